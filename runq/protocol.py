@@ -1,0 +1,181 @@
+"""The wire protocol shared by runq, runweb and worker: messages and framing.
+
+A frame is a 4-byte big-endian byte count followed by that many bytes of UTF-8
+JSON: one object with a ``type`` field naming the message.  Nothing is ever
+deserialized into language objects beyond JSON's own types; each message type
+declares its fields once (``SCHEMA``) and is validated when decoded, so a bad
+field raises ``ProtocolError`` naming it.
+
+Messages are plain dicts on both ends (cheap on runq's hot path); ``message()``
+builds one and checks it, ``decode_message()`` parses and checks one.
+"""
+from __future__ import annotations
+
+import json
+import struct
+
+MAX_FRAME = 10 * 1024 * 1024  # bytes, as the original
+HEADER = struct.Struct(">I")
+
+
+class ProtocolError(Exception):
+    """A frame or message that does not follow the protocol."""
+
+
+# Field kinds.  A tuple means "any of these"; None in it allows null.
+STR, INT, NUM, BOOL, MAP, LIST, ANY = str, int, (int, float), bool, dict, list, object
+OPT_STR, OPT_INT, OPT_NUM, OPT_MAP = (str, None), (int, None), (int, float, None), (dict, None)
+
+# name -> {field: kind}.  A field listed in OPTIONAL may be absent.
+_RUN = {"batch_id": INT, "batch_index": INT, "attempt": INT}
+_OPT_RUN = {"batch_id": OPT_INT, "batch_index": OPT_INT, "attempt": OPT_INT}
+_WORKER_TRAITS = {
+    "host": STR, "pid": INT, "group": STR, "user": STR, "engine": STR,
+    "cost": NUM, "speed": NUM, "priority": NUM,
+}
+SCHEMA: dict[str, dict[str, object]] = {
+    # worker -> runq
+    "WorkerReady": dict(_WORKER_TRAITS, token=OPT_STR),
+    "WorkerReconnect": dict(_WORKER_TRAITS, token=OPT_STR, worker_id=INT, **_OPT_RUN),
+    "WorkerHeartbeat": dict(worker_id=INT, **_OPT_RUN),
+    "WorkerUpdate": dict(worker_id=INT, **_RUN, progress=NUM, message=OPT_STR),
+    "WorkerFinishedRun": dict(worker_id=INT, **_RUN, data=ANY),
+    "WorkerFailedRun": dict(worker_id=INT, **_RUN, message=STR, traceback=OPT_STR),
+    "WorkerAbortedRun": dict(worker_id=INT, **_RUN, message=OPT_STR),
+    "WorkerStoppedRun": dict(worker_id=INT, **_RUN),
+    "WorkerDraining": dict(worker_id=INT),
+    # runq -> worker
+    "RunqAcceptWorker": dict(worker_id=INT, heartbeat_interval=NUM, keep_run=BOOL),
+    "RunqAssignRun": dict(**_RUN, engine=STR, param=MAP, time_limit=OPT_NUM),
+    "RunqAck": dict(**_RUN, accepted=BOOL, message=OPT_STR),
+    "RunqAbortRun": dict(**_RUN, reason=STR),
+    "RunqGetStatus": {},
+    "RunqDrain": {},
+    "RunqError": dict(message=STR),
+    # runweb (or any client) -> runq; each gets one Reply
+    "Ping": {},
+    "StartBatch": dict(
+        name=STR, group=STR, user=STR, engine=STR, n_runs=INT, param=MAP,
+        max_attempts=OPT_INT, max_requeues=OPT_INT, time_limit=OPT_NUM, idempotency_key=OPT_STR,
+    ),
+    "BatchList": dict(user=OPT_STR),
+    "BatchStatus": dict(batch_id=INT, offset=INT, limit=INT),
+    "RunStatus": dict(batch_id=INT, batch_index=INT),
+    "UserStatus": dict(user=STR),
+    "WorkerList": {},
+    "CancelBatch": dict(batch_id=INT),
+    "CancelRun": dict(batch_id=INT, batch_index=INT),
+    "DrainWorker": dict(worker_id=INT),
+    # runq -> client: {status: ok|error, code, message, ...data}
+    "Reply": dict(status=STR, code=INT, message=STR),
+}
+OPTIONAL: dict[str, frozenset[str]] = {
+    "WorkerReady": frozenset({"token"}),
+    "WorkerReconnect": frozenset({"token", "batch_id", "batch_index", "attempt"}),
+    "WorkerHeartbeat": frozenset({"batch_id", "batch_index", "attempt"}),
+    "WorkerUpdate": frozenset({"message"}),
+    "WorkerFailedRun": frozenset({"traceback"}),
+    "WorkerAbortedRun": frozenset({"message"}),
+    "RunqAck": frozenset({"message"}),
+    "RunqAssignRun": frozenset({"time_limit"}),
+    "StartBatch": frozenset({
+        "name", "group", "user", "param", "max_attempts", "max_requeues", "time_limit", "idempotency_key",
+    }),
+    "BatchList": frozenset({"user"}),
+    "BatchStatus": frozenset({"offset", "limit"}),
+}
+# Replies carry arbitrary data beside the envelope.
+OPEN_TYPES = frozenset({"Reply"})
+
+
+def _kind_ok(value, kind) -> bool:
+    if kind is object:
+        return True
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    for k in kinds:
+        if k is None:
+            if value is None:
+                return True
+        elif k is int or k is float:
+            # bool is an int in Python; never accept it as a number
+            if isinstance(value, k) and not isinstance(value, bool):
+                return True
+        elif isinstance(value, k):
+            return True
+    return False
+
+
+def check(msg: dict) -> dict:
+    """Validate a message dict in place; return it.  Raise ProtocolError naming the bad field."""
+    if not isinstance(msg, dict):
+        raise ProtocolError("message is not a JSON object")
+    mtype = msg.get("type")
+    schema = SCHEMA.get(mtype) if isinstance(mtype, str) else None
+    if schema is None:
+        raise ProtocolError(f"unknown message type {mtype!r}")
+    optional = OPTIONAL.get(mtype, ())
+    for field, kind in schema.items():
+        if field not in msg:
+            if field in optional:
+                continue
+            raise ProtocolError(f"{mtype}: missing field {field!r}")
+        if not _kind_ok(msg[field], kind):
+            raise ProtocolError(f"{mtype}: field {field!r} has the wrong type")
+    if mtype not in OPEN_TYPES:
+        extra = set(msg) - set(schema) - {"type"}
+        if extra:
+            raise ProtocolError(f"{mtype}: unknown field {sorted(extra)[0]!r}")
+    return msg
+
+
+def message(mtype: str, **fields) -> dict:
+    """Build and validate one message."""
+    return check({"type": mtype, **fields})
+
+
+def reply(status: str = "ok", code: int = 200, message: str = "ok", **data) -> dict:
+    return {"type": "Reply", "status": status, "code": code, "message": message, **data}
+
+
+def encode(msg: dict) -> bytes:
+    """One frame: length prefix + UTF-8 JSON (non-ASCII kept as UTF-8 bytes)."""
+    body = json.dumps(msg, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    if len(body) > MAX_FRAME:
+        raise ProtocolError(f"message of {len(body)} bytes exceeds the {MAX_FRAME}-byte limit")
+    return HEADER.pack(len(body)) + body
+
+
+def decode_message(body: bytes) -> dict:
+    try:
+        msg = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"frame is not UTF-8 JSON: {exc}") from None
+    return check(msg)
+
+
+class FrameReader:
+    """Incremental frame decoder: feed bytes, get whole message bodies."""
+
+    def __init__(self, max_frame: int = MAX_FRAME):
+        self.buf = bytearray()
+        self.max_frame = max_frame
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self.buf += data
+        bodies = []
+        while len(self.buf) >= 4:
+            (n,) = HEADER.unpack_from(self.buf)
+            if n > self.max_frame:
+                raise ProtocolError(f"frame of {n} bytes exceeds the {self.max_frame}-byte limit")
+            if len(self.buf) < 4 + n:
+                break
+            bodies.append(bytes(self.buf[4:4 + n]))
+            del self.buf[:4 + n]
+        return bodies
+
+
+def run_key(msg: dict) -> tuple[int, int, int] | None:
+    """(batch_id, batch_index, attempt) a message speaks of, or None."""
+    if msg.get("batch_id") is None:
+        return None
+    return msg["batch_id"], msg["batch_index"], msg["attempt"]
