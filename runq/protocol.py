@@ -84,6 +84,11 @@ OPTIONAL: dict[str, frozenset[str]] = {
     "BatchList": frozenset({"user"}),
     "BatchStatus": frozenset({"offset", "limit"}),
 }
+# Messages a worker sends (everything else a client may send is a request).
+FROM_WORKER = frozenset({
+    "WorkerReady", "WorkerReconnect", "WorkerHeartbeat", "WorkerUpdate", "WorkerFinishedRun",
+    "WorkerFailedRun", "WorkerAbortedRun", "WorkerStoppedRun", "WorkerDraining",
+})
 # Replies carry arbitrary data beside the envelope.
 OPEN_TYPES = frozenset({"Reply"})
 

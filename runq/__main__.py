@@ -1,0 +1,53 @@
+"""`python -m runq`: run the coordinator in the foreground, logs on stderr."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+
+from . import config as configuration
+from .coordinator import Coordinator
+from .server import Server
+from .store import Store
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="runq", description="simx coordinator")
+    parser.add_argument("--conf", help="configuration file (default conf/simx.yaml)")
+    parser.add_argument("--port", type=int, help="port to listen on (default RUNQ_PORT or 8096)")
+    parser.add_argument("--listen", help="comma-separated addresses to listen on")
+    parser.add_argument("--db-url", help="SQLAlchemy URL of the state database (default SIMX_DB_URL)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = configuration.load(args.conf, runq_port=args.port, runq_listen=args.listen, runq_db_url=args.db_url)
+    except configuration.ConfigError as exc:
+        print(f"runq: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=cfg.runq.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # dataset's schema checks are chatty
+    url = configuration.resolve_db_url(cfg.runq.db_url, cfg.root)
+    store = Store(url)
+    coordinator = Coordinator(store, cfg.runq, cfg.batch, now=time.time())
+    try:
+        server = Server(coordinator, store, [(h, cfg.runq.port) for h in cfg.runq.listen])
+    except OSError as exc:
+        print(f"runq: cannot listen on port {cfg.runq.port}: {exc}", file=sys.stderr)
+        return 1
+    logging.getLogger("runq").info("database %s", url)
+
+    def stop(signum, frame):
+        server.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    server.serve()
+    store.close()
+    logging.getLogger("runq").info("runq stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,377 @@
+"""runq's core, sans I/O: one message at a time at time `now`, messages out.
+
+``handle(conn, msg, now)``, ``connected(conn, peer, now)``, ``disconnected(conn, now)``
+and ``tick(now)`` change the in-memory model, buffer the matching writes in the
+store, and return ``[(conn, message)]`` to send (a message of None means: close
+that connection).  The server commits the store before it sends anything, so
+nothing is ever sent about state that is not durable.
+
+Worker-side logic lives here; client requests (StartBatch, listings, cancel)
+live in ``runq/api.py``, which uses the same model and the ``dispatch`` and
+``end_attempt`` steps below.
+"""
+from __future__ import annotations
+
+import heapq
+import hmac
+import logging
+
+from . import protocol, states
+from .config import BatchDefaults, RunqConfig
+from .errors import RunqError
+from .matching import Matcher
+from .model import Batch, Run, Worker
+from .store import Store
+
+log = logging.getLogger("runq.coordinator")
+
+CONTACT_WRITE_INTERVAL = 5.0   # seconds between writes of a worker's last_contact
+REPORT_OUTCOME = {
+    "WorkerFinishedRun": states.OUTCOME_FINISHED, "WorkerFailedRun": states.OUTCOME_FAILED,
+    "WorkerAbortedRun": states.OUTCOME_ABORTED, "WorkerStoppedRun": states.OUTCOME_STOPPED,
+}
+
+
+class Coordinator:
+    def __init__(self, store: Store, config: RunqConfig = RunqConfig(),
+                 batch_defaults: BatchDefaults = BatchDefaults(), now: float = 0.0):
+        from .api import Api  # the client half, kept in its own module
+        self.store, self.config, self.batch_defaults = store, config, batch_defaults
+        self.matcher = Matcher()
+        self.batches: dict[int, Batch] = {}      # active batches (runs left)
+        self.runs: dict[tuple[int, int], Run] = {}  # materialized non-terminal runs
+        self.workers: dict[int, Worker] = {}
+        self.conns: dict[object, int] = {}        # conn -> worker id
+        self.peers: dict[object, str] = {}
+        self.out: list[tuple[object, dict | None]] = []
+        self.started = now
+        self.api = Api(self)
+        self.recovery = None
+        from .recovery import recover
+        recover(self, now)
+
+    # ---- entry points the server calls
+    def connected(self, conn, peer: str, now: float) -> None:
+        self.peers[conn] = peer
+
+    def handle(self, conn, msg: dict, now: float) -> list:
+        mtype = msg["type"]
+        try:
+            if mtype in protocol.FROM_WORKER:
+                self._worker_message(conn, msg, now)
+            else:
+                self.send(conn, self.api.handle(msg, now))
+        except RunqError as exc:
+            log.warning("%s from %s refused: %s", mtype, self.peers.get(conn), exc)
+            if mtype in protocol.FROM_WORKER:
+                self.send(conn, protocol.message("RunqError", message=str(exc)))
+                self.send(conn, None)
+            else:
+                self.send(conn, protocol.reply("error", exc.code, str(exc)))
+        return self.take_output()
+
+    def disconnected(self, conn, now: float) -> list:
+        self.peers.pop(conn, None)
+        wid = self.conns.pop(conn, None)
+        worker = self.workers.get(wid)
+        if worker is not None and worker.conn == conn:
+            worker.conn = None
+            worker.disconnected_at = now
+            worker.state = states.DISCONNECTED
+            self.matcher.remove_idle(worker.id)
+            self.store.save_worker(worker.row())
+            log.info("worker %d disconnected%s", worker.id,
+                     f" holding run {worker.run}" if worker.run else "")
+        return self.take_output()
+
+    def tick(self, now: float) -> list:
+        """Leases, grace periods, time limits, periodic contact writes."""
+        lease, grace = self.config.lease, self.config.grace
+        for worker in list(self.workers.values()):
+            if worker.conn is None:
+                if worker.run and worker.disconnected_at is not None and now - worker.disconnected_at > grace:
+                    log.warning("worker %d not back within %.0fs: requeueing run %s", worker.id, grace, worker.run)
+                    self.take_back(worker, states.OUTCOME_LOST, "worker disconnected past the grace period", now)
+                    worker.state = states.GONE
+                    self.store.save_worker(worker.row())
+                continue
+            run = self.runs.get(worker.run) if worker.run else None
+            # the lease runs from the last word of the worker or the dispatch, whichever is later
+            if run is not None and now - max(worker.last_contact, run.started or 0.0) > lease:
+                log.warning("worker %d silent for %.0fs (lease %.0fs): requeueing run %s",
+                            worker.id, now - worker.last_contact, lease, worker.run)
+                self.take_back(worker, states.OUTCOME_LOST, "worker lease expired", now)
+            elif worker.last_contact - worker.saved_contact > CONTACT_WRITE_INTERVAL:
+                worker.saved_contact = worker.last_contact
+                self.store.save_worker(worker.row())
+        for run in list(self.runs.values()):
+            batch = self.batches.get(run.batch_id)
+            if (run.state == states.RUNNING and batch is not None and batch.time_limit
+                    and run.started is not None and now - run.started > batch.time_limit):
+                worker = self.workers.get(run.worker_id)
+                log.warning("run %s over its %ss time limit: aborting", run.key, batch.time_limit)
+                if worker is not None:
+                    self.take_back(worker, states.OUTCOME_TIMEOUT, f"time limit of {batch.time_limit}s exceeded", now)
+        self.api.tick(now)
+        return self.take_output()
+
+    # ---- output
+    def send(self, conn, msg: dict | None) -> None:
+        if conn is not None:
+            self.out.append((conn, msg))
+
+    def take_output(self) -> list:
+        out, self.out = self.out, []
+        return out
+
+    # ---- worker messages
+    def _worker_message(self, conn, msg: dict, now: float) -> None:
+        mtype = msg["type"]
+        if mtype in ("WorkerReady", "WorkerReconnect"):
+            self._check_token(msg)
+            self._hello(conn, msg, now)
+            return
+        worker = self.workers.get(msg["worker_id"])
+        if worker is None or worker.conn != conn:
+            raise RunqError(f"{mtype} from an unknown worker {msg['worker_id']} (send WorkerReady first)", 403)
+        worker.last_contact = now
+        if mtype == "WorkerHeartbeat":
+            self._heartbeat(worker, msg)
+        elif mtype == "WorkerUpdate":
+            run = self._current_run(worker, msg)
+            if run is not None:
+                run.progress = max(0.0, min(1.0, float(msg["progress"])))
+                run.message = msg.get("message")
+                self.store.save_run(run.row())
+        elif mtype == "WorkerDraining":
+            self.set_draining(worker)
+        elif mtype in REPORT_OUTCOME:
+            self._report(worker, msg, now)
+
+    def _check_token(self, msg: dict) -> None:
+        want = self.config.worker_token
+        if want and not hmac.compare_digest((msg.get("token") or "").encode(), want.encode()):
+            raise RunqError("worker token missing or wrong", 401)
+
+    def _hello(self, conn, msg: dict, now: float) -> None:
+        wid = msg.get("worker_id")
+        worker = self.workers.get(wid) if wid is not None else None
+        if worker is None:
+            wid = wid if wid is not None and wid > self.last_worker_id else self.last_worker_id + 1
+            self.last_worker_id = max(self.last_worker_id, wid)
+            worker = Worker(id=wid, host=msg["host"], ipaddr=self.peers.get(conn, ""), pid=msg["pid"],
+                            group=msg["group"], user=msg["user"], engine=msg["engine"], cost=msg["cost"],
+                            speed=msg["speed"], priority=msg["priority"], started=now)
+            self.workers[wid] = worker
+            new = True
+            log.info("worker %d ready: %s pid %d engine=%s group=%r user=%r", wid, worker.host, worker.pid,
+                     worker.engine, worker.group, worker.user)
+        else:
+            new = False
+            if worker.conn is not None and worker.conn != conn:
+                self.conns.pop(worker.conn, None)
+                self.send(worker.conn, None)  # a half-open old connection: drop it
+            log.info("worker %d reconnected", wid)
+        self.conns[conn] = wid
+        worker.conn, worker.last_contact, worker.disconnected_at = conn, now, None
+        worker.ipaddr = self.peers.get(conn, worker.ipaddr)
+        claimed = protocol.run_key(msg)
+        keep = False
+        if claimed is not None:
+            run = self.runs.get(claimed[:2])
+            keep = (run is not None and run.state == states.RUNNING and run.worker_id == wid
+                    and run.attempt == claimed[2])
+        if worker.run and not keep:
+            # runq gave this worker a run it does not have (the assignment was lost with the
+            # connection, or it restarted): the run goes back to the queue.
+            self.take_back(worker, states.OUTCOME_LOST, "worker came back without its run", now, abort=False)
+        if keep:
+            worker.run, worker.aborting = claimed[:2], None
+        elif claimed is not None and worker.aborting is None:
+            worker.aborting = claimed
+        self.send(conn, protocol.message("RunqAcceptWorker", worker_id=wid,
+                                         heartbeat_interval=self.config.heartbeat_interval, keep_run=keep))
+        if claimed is not None and not keep:
+            self.send(conn, protocol.message("RunqAbortRun", batch_id=claimed[0], batch_index=claimed[1],
+                                             attempt=claimed[2], reason="this run is no longer yours"))
+        self._settle_worker(worker, now)
+        self.store.save_worker(worker.row(), new=new)
+
+    def _heartbeat(self, worker: Worker, msg: dict) -> None:
+        claimed = protocol.run_key(msg)
+        if worker.aborting is not None and claimed != worker.aborting:
+            worker.aborting = None           # it let go of the run we took back
+            self._settle_worker(worker, worker.last_contact)
+        elif claimed is not None and worker.run != claimed[:2]:
+            self.send(worker.conn, protocol.message("RunqAbortRun", batch_id=claimed[0], batch_index=claimed[1],
+                                                    attempt=claimed[2], reason="this run is no longer yours"))
+
+    def _current_run(self, worker: Worker, msg: dict) -> Run | None:
+        run = self.runs.get((msg["batch_id"], msg["batch_index"]))
+        if (run is None or run.state != states.RUNNING or run.worker_id != worker.id
+                or run.attempt != msg["attempt"]):
+            return None
+        return run
+
+    def _report(self, worker: Worker, msg: dict, now: float) -> None:
+        mtype, key = msg["type"], protocol.run_key(msg)
+        run = self._current_run(worker, msg)
+        ack = dict(batch_id=key[0], batch_index=key[1], attempt=key[2])
+        if run is None:
+            accepted = self._already_recorded(worker, msg)
+            if not accepted:
+                log.warning("rejected %s from worker %d for run %s attempt %d: not its current attempt",
+                            mtype, worker.id, key[:2], key[2])
+            if worker.aborting == key:
+                worker.aborting = None
+            if mtype == "WorkerStoppedRun":
+                self.set_draining(worker)
+            self.send(worker.conn, protocol.message("RunqAck", accepted=accepted, **ack,
+                                                    message=None if accepted else "stale attempt"))
+            self._settle_worker(worker, now)
+            return
+        if mtype == "WorkerFinishedRun":
+            self.end_attempt(run, states.OUTCOME_FINISHED, None, now, result=msg["data"])
+        elif mtype == "WorkerFailedRun":
+            self.end_attempt(run, states.OUTCOME_FAILED, msg["message"], now, traceback=msg.get("traceback"))
+        elif mtype == "WorkerAbortedRun":
+            self.end_attempt(run, states.OUTCOME_ABORTED, msg.get("message") or "aborted by the worker", now)
+        else:  # WorkerStoppedRun: the worker process is stopping; its run goes back at once
+            self.set_draining(worker)
+            self.end_attempt(run, states.OUTCOME_STOPPED, "worker stopped", now)
+        worker.run = None
+        self.send(worker.conn, protocol.message("RunqAck", accepted=True, **ack))
+        self._settle_worker(worker, now)
+
+    def _already_recorded(self, worker: Worker, msg: dict) -> bool:
+        """A re-sent report whose outcome is already stored (runq died before its ack)."""
+        outcome = REPORT_OUTCOME[msg["type"]]
+        return any(a["attempt"] == msg["attempt"] and a["worker_id"] == worker.id and a["outcome"] == outcome
+                   for a in self.store.attempt_rows(msg["batch_id"], msg["batch_index"]))
+
+    # ---- worker state
+    def set_draining(self, worker: Worker) -> None:
+        if not worker.draining:
+            log.info("worker %d draining: no new runs", worker.id)
+        worker.draining = True
+        self.matcher.remove_idle(worker.id)
+        if worker.conn is not None:
+            worker.state = states.DRAINING
+        self.store.save_worker(worker.row())
+
+    def _settle_worker(self, worker: Worker, now: float) -> None:
+        """Give a connected worker with nothing to do its next run, or index it as idle."""
+        if worker.conn is None:
+            return
+        if worker.run is not None or worker.aborting is not None:
+            new = states.DRAINING if worker.draining else (states.BUSY if worker.run else states.ABORTING)
+        elif worker.draining:
+            new = states.DRAINING
+        else:
+            batch_id = self.matcher.batch_for(worker.traits)
+            if batch_id is not None:
+                self.assign(worker, self.batches[batch_id], now)
+                return
+            self.matcher.add_idle(worker.id, worker.traits, worker.cost, worker.speed, worker.priority)
+            new = states.IDLE
+        if new != worker.state:
+            worker.state = new
+            self.store.save_worker(worker.row())
+
+    # ---- dispatch
+    def make_ready(self, batch: Batch, now: float) -> None:
+        """A batch has waiting runs: hand them to idle matching workers, index the rest."""
+        while batch.has_waiting():
+            wid = self.matcher.take_worker_for(batch.traits)
+            if wid is None:
+                self.matcher.add_ready(batch.id, batch.traits)
+                return
+            self.assign(self.workers[wid], batch, now)
+        self.matcher.remove_ready(batch.id)
+
+    def assign(self, worker: Worker, batch: Batch, now: float) -> None:
+        index, materialized = batch.take_next_index()
+        run = self.runs.get((batch.id, index)) if materialized else None
+        new = run is None
+        if new:
+            run = Run(batch_id=batch.id, batch_index=index)
+            self.runs[run.key] = run
+            batch.active.add(index)
+        run.state, run.attempt, run.worker_id, run.host = states.RUNNING, run.attempt + 1, worker.id, worker.host
+        run.started, run.ended, run.progress, run.message = now, None, 0.0, None
+        batch.count(states.WAITING, -1)
+        batch.count(states.RUNNING, +1)
+        if not batch.has_waiting():
+            self.matcher.remove_ready(batch.id)
+        worker.run, worker.state = run.key, states.BUSY
+        self.store.save_run(run.row(), new=new)
+        self.store.save_batch(batch.row())
+        self.store.save_worker(worker.row())
+        self.send(worker.conn, protocol.message(
+            "RunqAssignRun", batch_id=batch.id, batch_index=index, attempt=run.attempt, engine=batch.engine,
+            param=batch.param, time_limit=batch.time_limit))
+
+    def take_back(self, worker: Worker, outcome: str, message: str, now: float, abort: bool = True) -> None:
+        """End the worker's current attempt without its report (lease, grace, timeout, cancel)."""
+        run = self.runs.get(worker.run) if worker.run else None
+        worker.run = None
+        if run is None:
+            return
+        if abort and worker.conn is not None:
+            worker.aborting = (run.batch_id, run.batch_index, run.attempt)
+            self.send(worker.conn, protocol.message("RunqAbortRun", batch_id=run.batch_id,
+                                                    batch_index=run.batch_index, attempt=run.attempt,
+                                                    reason=message))
+        self.end_attempt(run, outcome, message, now)
+        self._settle_worker(worker, now)
+
+    def end_attempt(self, run: Run, outcome: str, message: str | None, now: float,
+                    result=None, traceback: str | None = None) -> None:
+        """Record how a running attempt ended and move the run to its next state."""
+        batch = self.batches[run.batch_id]
+        self.store.add_attempt({"batch_id": run.batch_id, "batch_index": run.batch_index, "attempt": run.attempt,
+                                "worker_id": run.worker_id, "host": run.host, "started": run.started,
+                                "ended": now, "outcome": outcome, "message": message})
+        run.ended = now
+        if outcome == states.OUTCOME_FINISHED:
+            new, run.result, run.progress, run.error = states.FINISHED, result, 1.0, None
+        elif outcome == states.OUTCOME_CANCELLED:
+            new = states.CANCELLED
+        elif outcome in states.COUNTS_AS_FAILURE:
+            run.failures += 1
+            run.error, run.traceback = message, traceback
+            new = states.FAILED if run.failures >= batch.max_attempts else states.WAITING
+        else:
+            run.requeues += 1
+            if run.requeues > batch.max_requeues:
+                new, run.error = states.FAILED, f"lost too often ({run.requeues} times; last: {message})"
+            else:
+                new = states.WAITING
+        run.message = message if message is not None else run.message
+        self.move_run(run, new, now)
+
+    def move_run(self, run: Run, new: str, now: float) -> None:
+        batch = self.batches[run.batch_id]
+        states.check_transition(run.state, new)
+        batch.count(run.state, -1)
+        batch.count(new, +1)
+        run.state = new
+        self.store.save_run(run.row())
+        if new == states.WAITING:
+            heapq.heappush(batch.requeued, run.batch_index)
+            if batch.state == states.ACTIVE:
+                self.make_ready(batch, now)
+        else:
+            if new in states.TERMINAL:
+                del self.runs[run.key]
+                batch.active.discard(run.batch_index)
+            self.finish_batch_if_done(batch, now)
+        self.store.save_batch(batch.row())
+
+    def finish_batch_if_done(self, batch: Batch, now: float) -> None:
+        if batch.settle(now):
+            log.info("batch %d %s: %d finished, %d failed, %d cancelled in %.1fs", batch.id, batch.state,
+                     batch.n_finished, batch.n_failed, batch.n_cancelled, now - batch.start_time)
+            self.matcher.remove_ready(batch.id)
+            del self.batches[batch.id]
+            self.store.save_batch(batch.row())

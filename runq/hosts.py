@@ -1,0 +1,141 @@
+"""conf/hosts.yaml: the instances (hosts) that run simx programs, and their worker pools.
+
+An instance is one host with one supervisord: ``local`` is this host (the
+default when the file or its entry is absent: one pool of 3 dummy workers);
+remote instances carry what Fabric needs to reach them (user, host, port,
+key, dir).  Pure: a file in, frozen dataclasses out; a bad value raises
+ConfigError naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import yaml
+
+from .config import ROOT, ConfigError
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Pool:
+    """A set of identical workers: `count` processes of one supervisor program."""
+    name: str
+    engine: str = "dummy"
+    count: int = 3
+    group: str = ""
+    user: str = ""
+    cost: float = 1
+    speed: float = 1
+    priority: float = 0
+    retry_delay: float = 10
+
+    @property
+    def program(self) -> str:
+        return f"worker-{self.name}"
+
+    def process_names(self) -> list[str]:
+        return [f"{self.program}_{i:02d}" for i in range(self.count)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Instance:
+    """A host running simx programs under its own supervisord."""
+    name: str
+    host: str = "localhost"
+    user: str = ""                # ssh user (remote instances)
+    port: int = 22                # ssh port (remote instances)
+    key: str = ""                 # ssh private key file (remote instances)
+    dir: str = ""                 # simx checkout on that host; "" = this checkout
+    runq_host: str | None = None  # where its workers connect; None = runq.host (RUNQ_HOST)
+    runq_port: int | None = None  # None = runq.port (RUNQ_PORT)
+    pools: tuple[Pool, ...] = ()
+
+    @property
+    def is_local(self) -> bool:
+        return self.name == "local"
+
+
+DEFAULT_LOCAL = Instance(name="local", pools=(Pool(name="dummy"),))
+
+
+def _coerce(kind: str, value, where: str):
+    """Convert one value to the annotated type `kind`; raise ConfigError naming `where`."""
+    optional = kind.endswith("| None")
+    base = kind.split("|")[0].strip()
+    try:
+        if value is None or value == "" and base != "str":
+            if optional:
+                return None
+            if base == "str":
+                return ""
+            raise ValueError("must not be empty")
+        if isinstance(value, bool) or isinstance(value, (dict, list)):
+            raise ValueError(f"expected {base}")
+        if base == "str":
+            return str(value)
+        out = int(value) if base == "int" else float(value)
+        if base == "int" and out < 0:
+            raise ValueError("must not be negative")
+        return out
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: bad value {value!r} ({exc})") from None
+
+
+def _fields(cls, raw, where: str, skip=("name", "pools")) -> dict:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    kinds = {f.name: f.type for f in dataclasses.fields(cls) if f.name not in skip}
+    unknown = sorted(set(raw) - set(kinds) - set(skip))
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key")
+    return {k: _coerce(kinds[k], v, f"{where}.{k}") for k, v in raw.items() if k in kinds}
+
+
+def parse_pool(raw, where: str) -> Pool:
+    values = _fields(Pool, raw, where, skip=())
+    name = values.pop("name", "")
+    if not _NAME.match(name):
+        raise ConfigError(f"{where}.name: {name!r} must be letters, digits, '-' or '_'")
+    if values.get("engine") == "":
+        raise ConfigError(f"{where}.engine: must not be empty")
+    if values.get("retry_delay", 0) < 0:
+        raise ConfigError(f"{where}.retry_delay: must not be negative")
+    return Pool(name=name, **values)
+
+
+def parse_instance(name: str, raw, where: str) -> Instance:
+    if not _NAME.match(name):
+        raise ConfigError(f"{where}: instance name must be letters, digits, '-' or '_'")
+    raw = {} if raw is None else raw
+    values = _fields(Instance, raw, where)
+    pools_raw = raw.get("pools") or []
+    if not isinstance(pools_raw, list):
+        raise ConfigError(f"{where}.pools: expected a list")
+    pools = tuple(parse_pool(p, f"{where}.pools[{i}]") for i, p in enumerate(pools_raw))
+    names = [p.name for p in pools]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}.pools: pool names must be unique")
+    return Instance(name=name, pools=pools, **values)
+
+
+def load(path: str | Path | None = None, root: Path = ROOT) -> dict[str, Instance]:
+    """conf/hosts.yaml (under root) -> {name: Instance}, always with a `local` entry."""
+    path = Path(path) if path else root / "conf" / "hosts.yaml"
+    raw: dict = {}
+    if path.exists():
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(raw, dict) or set(raw) - {"instances"}:
+            raise ConfigError(f"{path}: expected one key, instances (a mapping of instance names)")
+    given = raw.get("instances") or {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"{path.name}: instances: expected a mapping of instance names")
+    instances = {str(name): parse_instance(str(name), body, f"{path.name}: instances.{name}")
+                 for name, body in given.items()}
+    instances.setdefault("local", DEFAULT_LOCAL)
+    return instances

@@ -1,0 +1,149 @@
+"""runq's in-memory records of what is active: batches with runs left, the
+materialized non-terminal runs, and workers.  The store persists them; the
+coordinator changes them.  Finished runs live only in the database.
+"""
+from __future__ import annotations
+
+import dataclasses
+import heapq
+
+from . import states
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class Batch:
+    id: int
+    name: str
+    group: str
+    user: str
+    engine: str
+    n_runs: int
+    param: dict
+    max_attempts: int
+    max_requeues: int
+    time_limit: float | None
+    idempotency_key: str | None
+    start_time: float
+    state: str = states.ACTIVE
+    next_index: int = 0            # runs at or past this index were never dispatched
+    n_waiting: int = 0
+    n_running: int = 0
+    n_finished: int = 0
+    n_failed: int = 0
+    n_cancelled: int = 0
+    end_time: float | None = None
+    requeued: list = dataclasses.field(default_factory=list)       # heap of waiting batch_index with rows
+    skip_ahead: set = dataclasses.field(default_factory=set)       # never-dispatched indices cancelled alone
+    active: set = dataclasses.field(default_factory=set)           # batch_index of runs held in memory
+
+    @property
+    def traits(self) -> tuple[str, str, str]:
+        return self.engine, self.group, self.user
+
+    def has_waiting(self) -> bool:
+        return self.state == states.ACTIVE and self.n_waiting > 0
+
+    def take_next_index(self) -> tuple[int, bool]:
+        """The next waiting run to dispatch: (batch_index, materialized?)."""
+        if self.requeued:
+            return heapq.heappop(self.requeued), True
+        while self.next_index in self.skip_ahead:
+            self.skip_ahead.discard(self.next_index)
+            self.next_index += 1
+        index = self.next_index
+        self.next_index += 1
+        return index, False
+
+    def count(self, state: str, delta: int) -> None:
+        name = "n_" + state
+        setattr(self, name, getattr(self, name) + delta)
+
+    def settle(self, now: float) -> bool:
+        """Mark the batch done when no run is left waiting or running; True if it just ended."""
+        if self.end_time is None and self.n_waiting == 0 and self.n_running == 0:
+            self.end_time = now
+            if self.state == states.ACTIVE:
+                self.state = states.DONE
+            return True
+        return False
+
+    def row(self) -> dict:
+        return {
+            "id": self.id, "name": self.name, "group": self.group, "user": self.user,
+            "engine": self.engine, "n_runs": self.n_runs, "param": self.param,
+            "max_attempts": self.max_attempts, "max_requeues": self.max_requeues,
+            "time_limit": self.time_limit, "idempotency_key": self.idempotency_key,
+            "state": self.state, "next_index": self.next_index,
+            "n_waiting": self.n_waiting, "n_running": self.n_running, "n_finished": self.n_finished,
+            "n_failed": self.n_failed, "n_cancelled": self.n_cancelled,
+            "start_time": self.start_time, "end_time": self.end_time,
+        }
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class Run:
+    batch_id: int
+    batch_index: int
+    state: str = states.WAITING
+    attempt: int = 0          # number of the latest dispatch; 0 = never dispatched
+    failures: int = 0         # engine failures so far (max_attempts)
+    requeues: int = 0         # attempts lost without a verdict (max_requeues)
+    worker_id: int | None = None
+    host: str = ""
+    progress: float = 0.0
+    message: str | None = None
+    result: object = None
+    error: str | None = None
+    traceback: str | None = None
+    started: float | None = None
+    ended: float | None = None
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.batch_id, self.batch_index
+
+    def row(self) -> dict:
+        return {
+            "batch_id": self.batch_id, "batch_index": self.batch_index, "state": self.state,
+            "attempt": self.attempt, "failures": self.failures, "requeues": self.requeues,
+            "worker_id": self.worker_id, "host": self.host, "progress": self.progress,
+            "message": self.message, "result": self.result, "error": self.error,
+            "traceback": self.traceback, "started": self.started, "ended": self.ended,
+        }
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class Worker:
+    id: int
+    host: str
+    ipaddr: str
+    pid: int
+    group: str
+    user: str
+    engine: str
+    cost: float
+    speed: float
+    priority: float
+    started: float
+    state: str = states.IDLE
+    conn: object = None                     # connection id while connected
+    run: tuple[int, int] | None = None      # (batch_id, batch_index) it is running
+    aborting: tuple[int, int, int] | None = None  # attempt taken back, until the worker lets go
+    draining: bool = False
+    last_contact: float = 0.0
+    disconnected_at: float | None = None
+    saved_contact: float = 0.0              # last_contact as last written
+
+    @property
+    def traits(self) -> tuple[str, str, str]:
+        return self.engine, self.group, self.user
+
+    def row(self) -> dict:
+        run = self.run or (None, None)
+        return {
+            "id": self.id, "host": self.host, "ipaddr": self.ipaddr, "pid": self.pid,
+            "group": self.group, "user": self.user, "engine": self.engine, "cost": self.cost,
+            "speed": self.speed, "priority": self.priority, "state": self.state,
+            "batch_id": run[0], "batch_index": run[1], "started": self.started,
+            "last_contact": self.last_contact, "draining": self.draining,
+        }

@@ -1,0 +1,40 @@
+"""Run, batch and worker states, and the legal run transitions.  States are
+lowercase strings, stored as they are."""
+
+WAITING, RUNNING, FINISHED, FAILED, CANCELLED = "waiting", "running", "finished", "failed", "cancelled"
+RUN_STATES = (WAITING, RUNNING, FINISHED, FAILED, CANCELLED)
+TERMINAL = frozenset({FINISHED, FAILED, CANCELLED})
+
+# (from, to): why the edge exists
+RUN_TRANSITIONS = {
+    (WAITING, RUNNING): "dispatched to a matching idle worker (a new attempt)",
+    (WAITING, CANCELLED): "the run or its batch was cancelled before it started",
+    (RUNNING, FINISHED): "the worker reported the current attempt finished",
+    (RUNNING, FAILED): "the engine failed max_attempts times, or the run was lost max_requeues times",
+    (RUNNING, WAITING): "the attempt ended without a verdict (lost lease, disconnect past grace, "
+                        "worker stopped, engine failure with attempts left): dispatch again",
+    (RUNNING, CANCELLED): "cancelled while running: aborted on its worker",
+}
+
+
+class IllegalTransition(Exception):
+    pass
+
+
+def check_transition(old: str, new: str) -> None:
+    if (old, new) not in RUN_TRANSITIONS:
+        raise IllegalTransition(f"run cannot go from {old} to {new}")
+
+
+# Attempt outcomes (attempts table), and which of them use up one of max_attempts.
+OUTCOME_FINISHED, OUTCOME_FAILED, OUTCOME_TIMEOUT = "finished", "failed", "timeout"
+OUTCOME_LOST, OUTCOME_STOPPED, OUTCOME_ABORTED, OUTCOME_CANCELLED = "lost", "stopped", "aborted", "cancelled"
+COUNTS_AS_FAILURE = frozenset({OUTCOME_FAILED, OUTCOME_TIMEOUT})
+
+# Batch states
+ACTIVE, DONE, BATCH_CANCELLED = "active", "done", "cancelled"
+
+# Worker states
+IDLE, BUSY, DRAINING, DISCONNECTED, GONE = "idle", "busy", "draining", "disconnected", "gone"
+# busy with a run runq has taken back (abort sent), until the worker says it stopped
+ABORTING = "aborting"

@@ -1,0 +1,247 @@
+"""The only module that touches the database (dataset + SQLAlchemy Core).
+
+Writes are buffered by intent (``add_batch``, ``save_run``, ``add_attempt``,
+``save_worker``) and written by ``commit()`` in one transaction with
+executemany of statements built once at start-up; runq's server calls it once
+per loop turn, before sending the turn's messages.  Reads (for the API and for
+recovery) commit the buffer first, so they always see the coordinator's state.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+import dataset
+import sqlalchemy as sa
+
+log = logging.getLogger("runq.store")
+
+# The columns of each table, declared once.  Types: i=integer, f=float, s=text, j=JSON text.
+COLUMNS = {
+    "batches": {
+        "id": "i", "name": "s", "group": "s", "user": "s", "engine": "s", "n_runs": "i", "param": "j",
+        "max_attempts": "i", "max_requeues": "i", "time_limit": "f", "idempotency_key": "s",
+        "state": "s", "next_index": "i", "n_waiting": "i", "n_running": "i", "n_finished": "i",
+        "n_failed": "i", "n_cancelled": "i", "start_time": "f", "end_time": "f",
+    },
+    "runs": {
+        "batch_id": "i", "batch_index": "i", "state": "s", "attempt": "i", "failures": "i",
+        "requeues": "i", "worker_id": "i", "host": "s", "progress": "f", "message": "s",
+        "result": "j", "error": "s", "traceback": "s", "started": "f", "ended": "f",
+    },
+    "attempts": {
+        "batch_id": "i", "batch_index": "i", "attempt": "i", "worker_id": "i", "host": "s",
+        "started": "f", "ended": "f", "outcome": "s", "message": "s",
+    },
+    "workers": {
+        "id": "i", "host": "s", "ipaddr": "s", "pid": "i", "group": "s", "user": "s", "engine": "s",
+        "cost": "f", "speed": "f", "priority": "f", "state": "s", "batch_id": "i", "batch_index": "i",
+        "started": "f", "last_contact": "f", "draining": "i",
+    },
+}
+INDEXES = [
+    ("runs", ["batch_id", "batch_index"], "runs_key", True),
+    ("attempts", ["batch_id", "batch_index", "attempt"], "attempts_key", False),
+    ("batches", ["user"], "batches_user", False),
+    ("batches", ["idempotency_key"], "batches_idempotency_key", True),
+    ("batches", ["state"], "batches_state", False),
+]
+
+
+def _jdump(value):
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _jload(text):
+    return None if text is None else json.loads(text)
+
+
+class Store:
+    def __init__(self, url: str):
+        sqlite = url.startswith("sqlite")
+        self.db = dataset.connect(
+            url,
+            sqlite_wal_mode=sqlite,
+            on_connect_statements=["PRAGMA synchronous=NORMAL", "PRAGMA busy_timeout=10000"] if sqlite else None,
+        )
+        self.engine = self.db.engine
+        self._types = {"i": self.db.types.bigint, "f": self.db.types.float, "s": self.db.types.text,
+                       "j": self.db.types.text}
+        self.tables = {name: self._ensure_table(name, cols) for name, cols in COLUMNS.items()}
+        self._json_cols = {name: [c for c, t in cols.items() if t == "j"] for name, cols in COLUMNS.items()}
+        self._build_statements()
+        self._reset_buffer()
+
+    # ---- schema
+    def _ensure_table(self, name: str, cols: dict) -> sa.Table:
+        has_id = "id" in cols
+        # Batches and workers get ids from runq; runs and attempts use an autoincrement
+        # surrogate (INTEGER PRIMARY KEY, so SQLite makes it the rowid).
+        table = self.db.create_table(name, primary_id="id",
+                                     primary_type=self.db.types.bigint if has_id else self.db.types.integer,
+                                     primary_increment=not has_id)
+        for col, kind in cols.items():
+            if col != "id" and not table.has_column(col):
+                table.create_column(col, self._types[kind])
+        for tname, icols, iname, unique in INDEXES:
+            if tname == name and not table.has_index(icols):
+                table.create_index(icols, name=iname, unique=unique)
+        return table.table
+
+    def _build_statements(self):
+        b, r, a, w = (self.tables[n] for n in ("batches", "runs", "attempts", "workers"))
+        self._ins = {n: t.insert() for n, t in self.tables.items()}
+        self._upd = {
+            "batches": b.update().where(b.c.id == sa.bindparam("_id")),
+            "workers": w.update().where(w.c.id == sa.bindparam("_id")),
+            "runs": r.update().where(sa.and_(r.c.batch_id == sa.bindparam("_b"),
+                                             r.c.batch_index == sa.bindparam("_i"))),
+        }
+        self._q_run = r.select().where(sa.and_(r.c.batch_id == sa.bindparam("b"), r.c.batch_index == sa.bindparam("i")))
+        self._q_runs = (r.select().where(sa.and_(r.c.batch_id == sa.bindparam("b"), r.c.batch_index >= sa.bindparam("lo"),
+                                                 r.c.batch_index < sa.bindparam("hi"))).order_by(r.c.batch_index))
+        self._q_attempts = (a.select().where(sa.and_(a.c.batch_id == sa.bindparam("b"), a.c.batch_index == sa.bindparam("i")))
+                            .order_by(a.c.attempt, a.c.id))
+        self._q_batch = b.select().where(b.c.id == sa.bindparam("b"))
+        self._q_key = b.select().where(b.c.idempotency_key == sa.bindparam("k"))
+
+    # ---- buffered writes
+    def _reset_buffer(self):
+        # name -> key -> (row, is_new); rows keep the latest snapshot per key
+        self._dirty: dict[str, dict] = {"batches": {}, "runs": {}, "workers": {}}
+        self._attempts: list[dict] = []
+
+    def _mark(self, name: str, key, row: dict, new: bool):
+        old = self._dirty[name].get(key)
+        self._dirty[name][key] = (row, new or (old is not None and old[1]))
+
+    def add_batch(self, row: dict):
+        self._mark("batches", row["id"], row, True)
+
+    def save_batch(self, row: dict):
+        self._mark("batches", row["id"], row, False)
+
+    def save_run(self, row: dict, new: bool = False):
+        self._mark("runs", (row["batch_id"], row["batch_index"]), row, new)
+
+    def add_attempt(self, row: dict):
+        self._attempts.append(row)
+
+    def save_worker(self, row: dict, new: bool = False):
+        self._mark("workers", row["id"], row, new)
+
+    def pending(self) -> bool:
+        return bool(self._attempts or any(self._dirty.values()))
+
+    def _encode(self, name: str, row: dict) -> dict:
+        out = dict(row)
+        for col in self._json_cols[name]:
+            out[col] = _jdump(out[col])
+        return out
+
+    def commit(self) -> None:
+        """Write everything buffered in one transaction."""
+        if not self.pending():
+            return
+        with self.engine.begin() as conn:
+            for name, keyname in (("batches", "_id"), ("workers", "_id"), ("runs", None)):
+                inserts, updates = [], []
+                for key, (row, new) in self._dirty[name].items():
+                    row = self._encode(name, row)
+                    if new:
+                        inserts.append(row)
+                    else:
+                        if keyname:
+                            row["_id"] = row.pop("id")
+                        else:
+                            row["_b"], row["_i"] = row.pop("batch_id"), row.pop("batch_index")
+                        updates.append(row)
+                if inserts:
+                    conn.execute(self._ins[name], inserts)
+                if updates:
+                    conn.execute(self._upd[name], updates)
+            if self._attempts:
+                conn.execute(self._ins["attempts"], self._attempts)
+        self._reset_buffer()
+
+    # ---- reads
+    def _rows(self, stmt, name: str, **params) -> list[dict]:
+        self.commit()
+        with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(stmt, params)]
+        for row in rows:
+            for col in self._json_cols[name]:
+                row[col] = _jload(row[col])
+        return rows
+
+    def batch_row(self, batch_id: int) -> dict | None:
+        rows = self._rows(self._q_batch, "batches", b=batch_id)
+        return rows[0] if rows else None
+
+    def batch_by_key(self, key: str) -> dict | None:
+        rows = self._rows(self._q_key, "batches", k=key)
+        return rows[0] if rows else None
+
+    def batch_rows(self, user: str | None = None, states: tuple[str, ...] | None = None) -> list[dict]:
+        b = self.tables["batches"]
+        stmt = b.select().order_by(b.c.id)
+        if user is not None:
+            stmt = stmt.where(b.c.user == user)
+        if states:
+            stmt = stmt.where(b.c.state.in_(states))
+        return self._rows(stmt, "batches")
+
+    def run_row(self, batch_id: int, batch_index: int) -> dict | None:
+        rows = self._rows(self._q_run, "runs", b=batch_id, i=batch_index)
+        return rows[0] if rows else None
+
+    def run_rows(self, batch_id: int, lo: int, hi: int) -> list[dict]:
+        return self._rows(self._q_runs, "runs", b=batch_id, lo=lo, hi=hi)
+
+    def active_run_rows(self, batch_ids: list[int]) -> list[dict]:
+        """Non-terminal run rows of the given batches, plus their individually cancelled
+        never-dispatched runs (for recovery)."""
+        r = self.tables["runs"]
+        out = []
+        for i in range(0, len(batch_ids), 500):
+            stmt = r.select().where(r.c.batch_id.in_(batch_ids[i:i + 500]))
+            stmt = stmt.where(r.c.state.in_(("waiting", "running", "cancelled")))
+            out += self._rows(stmt, "runs")
+        return out
+
+    def attempt_rows(self, batch_id: int, batch_index: int) -> list[dict]:
+        return self._rows(self._q_attempts, "attempts", b=batch_id, i=batch_index)
+
+    def worker_rows(self) -> list[dict]:
+        w = self.tables["workers"]
+        return self._rows(w.select().order_by(w.c.id), "workers")
+
+    def max_ids(self) -> tuple[int, int]:
+        self.commit()
+        b, w = self.tables["batches"], self.tables["workers"]
+        with self.engine.connect() as conn:
+            mb = conn.execute(sa.select(sa.func.max(b.c.id))).scalar() or 0
+            mw = conn.execute(sa.select(sa.func.max(w.c.id))).scalar() or 0
+        return mb, mw
+
+    # ---- retention
+    def purge(self, before: float) -> tuple[int, int]:
+        """Delete batches that ended before `before` (with their runs and attempts) and
+        workers last heard from before it that hold no run.  Returns (batches, workers)."""
+        self.commit()
+        b, r, a, w = (self.tables[n] for n in ("batches", "runs", "attempts", "workers"))
+        with self.engine.begin() as conn:
+            ids = [row[0] for row in conn.execute(
+                sa.select(b.c.id).where(sa.and_(b.c.end_time.is_not(None), b.c.end_time < before)))]
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                conn.execute(a.delete().where(a.c.batch_id.in_(chunk)))
+                conn.execute(r.delete().where(r.c.batch_id.in_(chunk)))
+                conn.execute(b.delete().where(b.c.id.in_(chunk)))
+            gone = conn.execute(w.delete().where(sa.and_(
+                w.c.last_contact < before, w.c.batch_id.is_(None), w.c.state.in_(("disconnected", "gone")))))
+        return len(ids), gone.rowcount
+
+    def close(self):
+        self.commit()
+        self.db.close()

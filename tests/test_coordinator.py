@@ -1,0 +1,304 @@
+"""The coordinator driven without sockets: messages in at time `now`, messages out.
+The store is real (SQLite in tmp_path), as it is in production."""
+import pytest
+
+from runq import protocol
+from runq.config import BatchDefaults, RunqConfig
+from runq.coordinator import Coordinator
+from runq.store import Store
+
+CFG = RunqConfig(heartbeat_interval=10, lease=30, grace=60)
+
+
+class Harness:
+    def __init__(self, path, now=1000.0, cfg=CFG):
+        self.path, self.now, self.cfg = path, now, cfg
+        self.store = Store(f"sqlite:///{path}")
+        self.coord = Coordinator(self.store, cfg, BatchDefaults(), now=now)
+        self.sent = []
+
+    def _run(self, out):
+        self.store.commit()
+        self.sent += out
+        return out
+
+    def request(self, mtype, **fields):
+        out = self._run(self.coord.handle("client", protocol.message(mtype, **fields), self.now))
+        assert out[-1][0] == "client"
+        return out[-1][1]
+
+    def worker(self, conn, group="", user="", engine="dummy", cost=1.0, speed=1.0, priority=0.0):
+        self.coord.connected(conn, "127.0.0.1", self.now)
+        out = self.send(conn, "WorkerReady", host="h-" + conn, pid=1, group=group, user=user, engine=engine,
+                        cost=cost, speed=speed, priority=priority)
+        assert out[0][1]["type"] == "RunqAcceptWorker"
+        return out[0][1]["worker_id"]
+
+    def send(self, conn, mtype, **fields):
+        return self._run(self.coord.handle(conn, protocol.message(mtype, **fields), self.now))
+
+    def to(self, conn, mtype=None):
+        return [m for c, m in self.sent if c == conn and m is not None and (mtype is None or m["type"] == mtype)]
+
+    def assigned(self, conn):
+        return self.to(conn, "RunqAssignRun")
+
+    def report(self, conn, wid, assign, mtype="WorkerFinishedRun", **extra):
+        key = {k: assign[k] for k in ("batch_id", "batch_index", "attempt")}
+        if mtype == "WorkerFinishedRun":
+            extra.setdefault("data", "ok")
+        if mtype == "WorkerFailedRun":
+            extra.setdefault("message", "boom")
+        return self.send(conn, mtype, worker_id=wid, **key, **extra)
+
+    def tick(self, dt):
+        self.now += dt
+        return self._run(self.coord.tick(self.now))
+
+    def batch(self, batch_id=1):
+        return self.request("BatchStatus", batch_id=batch_id)
+
+    def restart(self):
+        """runq dies (everything committed so far survives) and starts again on the same file."""
+        self.store.commit()
+        self.store = Store(f"sqlite:///{self.path}")
+        self.coord = Coordinator(self.store, self.cfg, BatchDefaults(), now=self.now)
+
+
+@pytest.fixture
+def h(tmp_path):
+    return Harness(tmp_path / "runq.sqlite")
+
+
+def start(h, n_runs=3, **fields):
+    fields.setdefault("engine", "dummy")
+    fields.setdefault("param", {"step_count": 0})
+    reply = h.request("StartBatch", name="b", group=fields.pop("group", ""), user=fields.pop("user", ""),
+                      n_runs=n_runs, **fields)
+    assert reply["status"] == "ok", reply
+    return reply["batch_id"]
+
+
+def test_runs_spread_over_idle_workers_and_batch_finishes(h):
+    wids = {c: h.worker(c) for c in ("w1", "w2", "w3")}
+    start(h, 3)
+    for conn, wid in wids.items():
+        (assign,) = h.assigned(conn)
+        assert h.report(conn, wid, assign)[-1][1] == protocol.message(
+            "RunqAck", accepted=True, batch_id=1, batch_index=assign["batch_index"], attempt=1)
+    batch = h.batch()["batch"]
+    assert (batch["state"], batch["n_finished"], batch["n_complete"]) == ("done", 3, 3)
+    assert batch["execution_time"] is not None
+
+
+def test_submit_of_a_million_runs_writes_one_row_and_lists_every_run(h):
+    start(h, 1_000_000)
+    assert h.store.run_rows(1, 0, 1_000_000) == []
+    status = h.request("BatchStatus", batch_id=1, offset=999_998, limit=10)
+    assert [r["batch_index"] for r in status["runs"]] == [999_998, 999_999]
+    assert status["runs"][0]["state"] == "waiting" and status["next_offset"] is None
+    assert h.batch()["batch"]["n_waiting"] == 1_000_000
+
+
+def test_runs_taken_in_submission_order(h):
+    start(h, 2)
+    start(h, 2)
+    wid = h.worker("w")
+    got = []
+    for _ in range(4):
+        a = h.assigned("w")[-1]
+        got.append((a["batch_id"], a["batch_index"]))
+        h.report("w", wid, a)
+    assert got == [(1, 0), (1, 1), (2, 0), (2, 1)]
+
+
+def test_engine_failure_retried_then_failed_with_message(h):
+    wid = h.worker("w")
+    start(h, 1, max_attempts=2)
+    h.report("w", wid, h.assigned("w")[-1], "WorkerFailedRun", message="first")
+    second = h.assigned("w")[-1]
+    assert second["attempt"] == 2
+    h.report("w", wid, second, "WorkerFailedRun", message="division by zero", traceback="tb")
+    run = h.request("RunStatus", batch_id=1, batch_index=0)["run"]
+    assert (run["state"], run["error"]) == ("failed", "division by zero")
+    assert [a["outcome"] for a in run["attempts"]] == ["failed", "failed"]
+    batch = h.batch()["batch"]
+    assert (batch["state"], batch["n_failed"], batch["n_complete"]) == ("done", 1, 0)
+
+
+def test_run_requeued_when_worker_disconnects_past_grace(h):
+    w1 = h.worker("w1")
+    start(h, 1)
+    first = h.assigned("w1")[-1]
+    h._run(h.coord.disconnected("w1", h.now))
+    h.tick(59)
+    assert h.batch()["batch"]["n_running"] == 1      # still within grace
+    w2 = h.worker("w2")
+    h.tick(2)
+    second = h.assigned("w2")[-1]
+    assert (second["batch_index"], second["attempt"]) == (0, 2)
+    # the first worker comes back late and reports: rejected, not counted
+    h.coord.connected("w1b", "127.0.0.1", h.now)
+    out = h.send("w1b", "WorkerReconnect", worker_id=w1, host="h", pid=1, group="", user="", engine="dummy",
+                 cost=1.0, speed=1.0, priority=0.0, batch_id=1, batch_index=0, attempt=1)
+    assert out[0][1]["keep_run"] is False
+    assert h.report("w1b", w1, first)[-1][1]["accepted"] is False
+    h.report("w2", w2, second)
+    batch = h.batch()["batch"]
+    assert (batch["n_finished"], batch["state"]) == (1, "done")
+    outcomes = [a["outcome"] for a in h.request("RunStatus", batch_id=1, batch_index=0)["run"]["attempts"]]
+    assert outcomes == ["lost", "finished"]
+
+
+def test_worker_reconnecting_within_grace_keeps_its_run(h):
+    wid = h.worker("w1")
+    start(h, 1)
+    a = h.assigned("w1")[-1]
+    h._run(h.coord.disconnected("w1", h.now))
+    h.tick(30)
+    h.coord.connected("w1b", "127.0.0.1", h.now)
+    out = h.send("w1b", "WorkerReconnect", worker_id=wid, host="h", pid=1, group="", user="", engine="dummy",
+                 cost=1.0, speed=1.0, priority=0.0, batch_id=1, batch_index=0, attempt=1)
+    assert out[0][1]["keep_run"] is True
+    for _ in range(10):   # well past grace: no effect, it is connected and heartbeats
+        h.tick(10)
+        h.send("w1b", "WorkerHeartbeat", worker_id=wid, batch_id=1, batch_index=0, attempt=1)
+    h.report("w1b", wid, a)
+    assert h.batch()["batch"]["n_finished"] == 1
+
+
+def test_silent_worker_loses_its_lease_and_late_result_is_rejected(h):
+    w1 = h.worker("w1")
+    start(h, 1)
+    first = h.assigned("w1")[-1]
+    w2 = h.worker("w2")
+    h.tick(31)
+    assert h.to("w1", "RunqAbortRun")
+    second = h.assigned("w2")[-1]
+    assert second["attempt"] == 2
+    assert h.report("w1", w1, first)[-1][1]["accepted"] is False
+    h.report("w2", w2, second)
+    assert h.batch()["batch"]["n_finished"] == 1
+
+
+def test_restart_readopts_running_runs_and_duplicate_report_counts_once(h):
+    wids = {c: h.worker(c) for c in ("w1", "w2")}
+    start(h, 3)
+    first = {c: h.assigned(c)[-1] for c in wids}
+    h.report("w1", wids["w1"], first["w1"])   # committed; runq "dies" before w1 reads the ack
+    h.restart()
+    status = h.batch()["batch"]
+    assert (status["n_finished"], status["n_running"], status["n_waiting"]) == (1, 2, 0)
+    # w1 never saw the ack nor its next assignment: it claims no run and re-sends its report;
+    # w2 is still computing its run and keeps it.
+    h.coord.connected("w1b", "127.0.0.1", h.now)
+    traits = dict(host="h", pid=1, group="", user="", engine="dummy", cost=1.0, speed=1.0, priority=0.0)
+    h.send("w1b", "WorkerReconnect", worker_id=wids["w1"], **traits)
+    assert h.report("w1b", wids["w1"], first["w1"])[-1][1]["accepted"] is True
+    h.coord.connected("w2b", "127.0.0.1", h.now)
+    claim = {k: first["w2"][k] for k in ("batch_id", "batch_index", "attempt")}
+    assert h.send("w2b", "WorkerReconnect", worker_id=wids["w2"], **traits, **claim)[0][1]["keep_run"] is True
+    h.report("w2b", wids["w2"], first["w2"])
+    for conn in ("w1b", "w2b"):
+        for a in h.assigned(conn):
+            h.report(conn, wids[conn[:2]], a)
+    status = h.batch()["batch"]
+    assert (status["state"], status["n_finished"]) == ("done", 3)
+    attempts = h.request("RunStatus", batch_id=1, batch_index=2)["run"]["attempts"]
+    assert [a["outcome"] for a in attempts] == ["lost", "finished"]
+
+
+def test_restart_requeues_runs_of_workers_not_back_within_grace(h):
+    h.worker("w1")
+    start(h, 1)
+    h.restart()
+    h.tick(61)
+    w2 = h.worker("w2")
+    a = h.assigned("w2")[-1]
+    assert a["attempt"] == 2
+    h.report("w2", w2, a)
+    run = h.request("RunStatus", batch_id=1, batch_index=0)["run"]
+    assert [x["outcome"] for x in run["attempts"]] == ["lost", "finished"]
+
+
+def test_cancel_batch_aborts_running_and_cancels_waiting_across_restart(h):
+    wid = h.worker("w1")
+    start(h, 5)
+    a = h.assigned("w1")[-1]
+    reply = h.request("CancelBatch", batch_id=1)
+    assert reply["batch"]["state"] == "cancelled"
+    assert reply["batch"]["n_cancelled"] == 5
+    assert h.to("w1", "RunqAbortRun")[-1]["batch_index"] == a["batch_index"]
+    assert h.report("w1", wid, a, "WorkerAbortedRun")[-1][1]["accepted"] is False
+    assert len(h.assigned("w1")) == 1                      # nothing else started
+    assert h.request("CancelBatch", batch_id=1)["status"] == "ok"   # idempotent
+    h.restart()
+    w2 = h.worker("w2")
+    assert h.assigned("w2") == []
+    runs = h.batch()["runs"]
+    assert {r["state"] for r in runs} == {"cancelled"}
+    assert w2
+
+
+def test_cancel_one_waiting_run_and_it_never_starts(h):
+    start(h, 3)
+    assert h.request("CancelRun", batch_id=1, batch_index=1)["run"]["state"] == "cancelled"
+    h.restart()
+    wid = h.worker("w")
+    got = []
+    while h.assigned("w")[len(got):]:
+        a = h.assigned("w")[len(got)]
+        got.append(a["batch_index"])
+        h.report("w", wid, a)
+    assert got == [0, 2]
+    batch = h.batch()["batch"]
+    assert (batch["state"], batch["n_finished"], batch["n_cancelled"]) == ("done", 2, 1)
+
+
+def test_time_limit_aborts_and_counts_as_failure(h):
+    wid = h.worker("w")
+    start(h, 1, time_limit=5.0, max_attempts=1)
+    a = h.assigned("w")[-1]
+    h.tick(6)
+    assert h.to("w", "RunqAbortRun")[-1]["reason"].startswith("time limit")
+    h.report("w", wid, a, "WorkerAbortedRun")
+    run = h.request("RunStatus", batch_id=1, batch_index=0)["run"]
+    assert run["state"] == "failed" and [x["outcome"] for x in run["attempts"]] == ["timeout"]
+
+
+def test_lost_too_often_fails_the_run(h):
+    start(h, 1, max_requeues=2)
+    for i in range(3):
+        wid = h.worker(f"w{i}")
+        a = h.assigned(f"w{i}")[-1]
+        h.report(f"w{i}", wid, a, "WorkerStoppedRun")
+    run = h.request("RunStatus", batch_id=1, batch_index=0)["run"]
+    assert run["state"] == "failed" and "lost too often" in run["error"]
+
+
+def test_stopped_worker_gets_no_new_run(h):
+    wid = h.worker("w")
+    start(h, 2)
+    h.report("w", wid, h.assigned("w")[-1], "WorkerStoppedRun")
+    assert len(h.assigned("w")) == 1
+    assert h.request("WorkerList")["workers"][0]["state"] == "draining"
+
+
+def test_idempotency_key_gives_one_batch(h):
+    one = h.request("StartBatch", name="x", engine="dummy", n_runs=2, param={}, idempotency_key="k1")
+    two = h.request("StartBatch", name="x", engine="dummy", n_runs=2, param={}, idempotency_key="k1")
+    assert (one["batch_id"], one["created"], two["batch_id"], two["created"]) == (1, True, 1, False)
+    assert len(h.request("BatchList")["batches"]) == 1
+
+
+def test_unknown_worker_message_is_refused(h):
+    h.coord.connected("x", "127.0.0.1", h.now)
+    out = h.send("x", "WorkerHeartbeat", worker_id=99)
+    assert out[0][1]["type"] == "RunqError" and out[1] == ("x", None)
+
+
+def test_bad_requests_name_the_problem(h):
+    assert h.request("BatchStatus", batch_id=9)["code"] == 404
+    assert "n_runs" in h.request("StartBatch", engine="dummy", n_runs=0)["message"]
+    start(h, 2)
+    assert h.request("RunStatus", batch_id=1, batch_index=2)["code"] == 404
