@@ -1,0 +1,86 @@
+"""runq as a real process on loopback: bad peers are cut off, everyone else is served."""
+import socket
+import struct
+
+from procs import start_runq
+from runq import protocol
+from runq.client import Link, RunqClient
+
+
+def raw(port):
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    return s
+
+
+def read_reply(sock):
+    link = Link(sock)
+    return link.recv()
+
+
+def closed(sock) -> bool:
+    sock.settimeout(5)
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return True
+    except ConnectionResetError:
+        return True
+
+
+def test_bad_peers_are_closed_and_others_keep_being_served(tmp_path):
+    runq = start_runq(tmp_path)
+    try:
+        port = runq.port
+        stalled = raw(port)
+        stalled.sendall(struct.pack(">I", 100) + b'{"type":')          # half a frame, then silence
+        garbage = raw(port)
+        garbage.sendall(struct.pack(">I", 5) + b"\xff\xff\xff\xff\xff")
+        reply = read_reply(garbage)
+        assert reply["status"] == "error" and "not UTF-8 JSON" in reply["message"]
+        assert closed(garbage)
+        huge = raw(port)
+        huge.sendall(struct.pack(">I", protocol.MAX_FRAME + 1))
+        assert "exceeds" in read_reply(huge)["message"]
+        assert closed(huge)
+        stranger = raw(port)
+        stranger.sendall(protocol.encode(protocol.message("WorkerHeartbeat", worker_id=42)))
+        error = read_reply(stranger)
+        assert error["type"] == "RunqError" and "unknown worker 42" in error["message"]
+        assert closed(stranger)
+        client = RunqClient(port=port)
+        reply = client.request("StartBatch", name="名前 ✓", engine="dummy", n_runs=2, param={"ü": "ß"})
+        status = client.request("BatchStatus", batch_id=reply["batch_id"])
+        assert status["batch"]["name"] == "名前 ✓" and status["batch"]["param"] == {"ü": "ß"}
+        stalled.close()
+        log = runq.log()
+        assert "sent a bad frame" in log and "unknown worker 42" in log
+    finally:
+        runq.stop()
+
+
+def test_restart_on_the_same_file_resumes_and_deleting_it_resets(tmp_path):
+    runq = start_runq(tmp_path)
+    port = runq.port
+    try:
+        RunqClient(port=port).request("StartBatch", name="keep", engine="dummy", n_runs=3)
+    finally:
+        assert runq.stop() == 0   # TERM: clean exit
+    runq = start_runq(tmp_path, port=port)
+    try:
+        batches = RunqClient(port=port).request("BatchList")["batches"]
+        assert [(b["name"], b["n_waiting"]) for b in batches] == [("keep", 3)]
+        link = Link.connect("127.0.0.1", port)
+        link.send(protocol.message("WorkerReady", host="h", pid=1, group="", user="", engine="dummy",
+                                   cost=1.0, speed=1.0, priority=0.0))
+        assert link.recv()["type"] == "RunqAcceptWorker"
+        assert link.recv()["type"] == "RunqAssignRun"      # waiting runs go to workers as they come
+        link.close()
+    finally:
+        runq.stop()
+    (tmp_path / "runq.sqlite").unlink()
+    runq = start_runq(tmp_path, port=port)
+    try:
+        assert RunqClient(port=port).request("BatchList")["batches"] == []
+    finally:
+        runq.stop()
