@@ -1,0 +1,72 @@
+"""``python -m runweb [--port P] [--bind ADDR] [--workers N] [--foreground-port]``: exec gunicorn.
+
+Port: --port, else runweb.run_port (4567) with --foreground-port, else
+RUNWEB_PORT / runweb.port (8097).  Bind address and worker count: the flag,
+else RUNWEB_BIND / conf.  The access log goes to stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from runq import config as simx_config
+
+APP = "runweb.app:get_app()"
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"port must be 1-65535, not {port}")
+    return port
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m runweb", description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=_port, help="port to listen on (default: RUNWEB_PORT or runweb.port)")
+    parser.add_argument("--bind", help="address to listen on (default: RUNWEB_BIND or runweb.bind)")
+    parser.add_argument("--workers", type=_positive, help="gunicorn worker processes (default: runweb.workers)")
+    parser.add_argument("--foreground-port", action="store_true",
+                        help="listen on runweb.run_port (4567, sinatra's old default) unless --port is given")
+    return parser.parse_args(argv)
+
+
+def gunicorn_argv(args: argparse.Namespace, cfg: simx_config.Config) -> list[str]:
+    port = args.port or (cfg.runweb.run_port if args.foreground_port else cfg.runweb.port)
+    bind = cfg.runweb.bind
+    host = f"[{bind}]" if ":" in bind and not bind.startswith("[") else bind  # IPv6
+    return [
+        sys.executable, "-m", "gunicorn",
+        "--chdir", str(cfg.root),  # so runweb imports from any directory
+        "-w", str(cfg.runweb.workers),
+        "-b", f"{host}:{port}",
+        "--access-logfile", "-",
+        "--graceful-timeout", "5",
+        "--no-control-socket",  # gunicorn 27's default ~/.gunicorn/gunicorn.ctl would be shared by every runweb
+        APP,
+    ]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = simx_config.load(runweb_bind=args.bind, runweb_workers=args.workers)
+    except simx_config.ConfigError as exc:
+        print(f"runweb: {exc}", file=sys.stderr)
+        return 2
+    command = gunicorn_argv(args, cfg)
+    sys.stdout.flush()
+    os.execv(command[0], command)
+    return 0  # not reached: gunicorn replaced this process
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""The runweb WSGI app: routes, middleware, and the one place errors become HTTP statuses.
+
+``create_app(client, config)`` takes a runq client (anything with
+``request(mtype, **fields) -> Reply dict``) and a ``runq.config.Config``;
+``get_app()`` is gunicorn's factory: ``gunicorn 'runweb.app:get_app()'``.
+Every reply, errors included, is the envelope ``{status, message, ...}``.
+"""
+from __future__ import annotations
+
+import falcon
+
+from runq import config as simx_config
+from runq.client import RunqClient, RunqUnavailable
+from runq.protocol import ProtocolError
+
+from . import auth, media, resources
+from .errors import BodyTooLarge, InvalidRequest, NotAuthenticated, RunqRefused
+
+RUNQ_TIMEOUT = 20.0  # seconds; under gunicorn's 30 s worker timeout, so a stuck runq gives a 503
+
+# path, resource, responder suffix, {method: description}.  GET / is built from this table.
+ROUTES = (
+    ("/", "index", None, {"GET": "this list of endpoints"}),
+    ("/health", "health", None, {"GET": "runq's status; 503 when runq does not answer"}),
+    ("/batch", "batches", None, {"GET": "all batches"}),
+    ("/batches", "batches", None, {"GET": "all batches (same as /batch)"}),
+    ("/batch/new", "batches", "new", {
+        "POST": "start a batch; the body is YAML like runweb/example/batch-req.yaml; 201 Created, "
+                "or 200 when an idempotency key (field or Idempotency-Key header) matched an earlier batch"}),
+    ("/batch/{batch_id}", "batch", None, {
+        "GET": f"one batch and a page of its runs (?offset=0&limit={resources.DEFAULT_LIMIT}, "
+               f"limit at most {resources.MAX_LIMIT}; next_offset is null on the last page)"}),
+    ("/batch/{batch_id}/cancel", "batch", "cancel", {"POST": "cancel the batch's unfinished runs"}),
+    ("/batch/{batch_id}/run/{batch_index}", "run", None, {"GET": "one run with its attempts"}),
+    ("/batch/{batch_id}/run/{batch_index}/cancel", "run", "cancel", {"POST": "cancel one run"}),
+    ("/user/{user}", "user", None, {"GET": "the batches of one user"}),
+    ("/worker", "workers", None, {"GET": "all workers, even long gone ones"}),
+    ("/workers", "workers", None, {"GET": "all workers (same as /worker)"}),
+    ("/worker/{worker_id}/drain", "worker", "drain", {"POST": "let the worker finish its run, then take no more"}),
+)
+
+# domain error -> (HTTP status, message prefix, extra headers)
+ERRORS = {
+    InvalidRequest: (400, "", {}),
+    NotAuthenticated: (401, "", {"WWW-Authenticate": 'Basic realm="simx"'}),
+    BodyTooLarge: (413, "", {}),
+    ProtocolError: (502, "bad exchange with runq: ", {}),
+    RunqUnavailable: (503, "runq is unavailable: ", {"Retry-After": "5"}),
+}
+
+
+def endpoints() -> list[dict]:
+    return [{"method": method, "path": path, "description": text}
+            for path, _, _, described in ROUTES for method, text in described.items()]
+
+
+def to_http(req, resp, ex: Exception, params) -> None:
+    """Error handler: a domain error becomes an HTTPError, which serialize_error renders."""
+    if isinstance(ex, RunqRefused):
+        code = ex.code if isinstance(ex.code, int) and 400 <= ex.code <= 599 else 502
+        raise falcon.HTTPError(code, description=str(ex))
+    status, prefix, headers = next(v for cls, v in ERRORS.items() if isinstance(ex, cls))
+    raise falcon.HTTPError(status, description=prefix + str(ex), headers=headers)
+
+
+def serialize_error(req, resp, ex: falcon.HTTPError) -> None:
+    """Every HTTPError (ours, and Falcon's 404/405/500) in the envelope, negotiated like any reply."""
+    if isinstance(ex, falcon.HTTPRouteNotFound):
+        message = f"no such endpoint: {req.path} (GET / lists them)"
+    elif isinstance(ex, falcon.HTTPMethodNotAllowed):
+        message = f"{req.method} is not allowed on {req.path}; allowed: {(ex.headers or {}).get('Allow', '')}"
+    else:
+        message = ex.description or ex.title
+    resp.content_type = media.negotiate(req)
+    resp.media = {"status": "error", "message": message}
+
+
+def create_app(client, config: simx_config.Config) -> falcon.App:
+    users = auth.Users(simx_config.resolve_path(config.runweb.users_file, config.root))
+    app = falcon.App(middleware=[media.Negotiate(), auth.Authenticate(config.runweb.trusted, users)])
+    media.install(app)
+    app.req_options.strip_url_path_trailing_slash = True
+    app.add_error_handler(tuple(ERRORS) + (RunqRefused,), to_http)
+    app.set_error_serializer(serialize_error)
+    named = {
+        "index": resources.Index(endpoints()),
+        "health": resources.Health(client),
+        "batches": resources.Batches(client, config.runweb.max_body),
+        "batch": resources.Batch(client),
+        "run": resources.Run(client),
+        "user": resources.User(client),
+        "workers": resources.Workers(client),
+        "worker": resources.Worker(client),
+    }
+    for path, name, suffix, _ in ROUTES:
+        app.add_route(path, named[name], suffix=suffix)
+    return app
+
+
+def get_app() -> falcon.App:
+    """gunicorn's factory: configuration from conf/simx.yaml and the environment."""
+    config = simx_config.load()
+    return create_app(RunqClient(config.runq.host, config.runq.port, timeout=RUNQ_TIMEOUT), config)

@@ -1,0 +1,205 @@
+"""The body of POST /batch/new: raw bytes of YAML -> the fields of a StartBatch message.
+
+Pure (no HTTP, no runq), so every rule is a row of a table-driven test.  Any
+problem raises InvalidRequest with a message naming the field.  Only fields
+the request gives are passed on; runq fills in the defaults (conf batch:).
+"""
+from __future__ import annotations
+
+import datetime
+import math
+
+import yaml
+
+from .errors import InvalidRequest
+
+MAX_RUNS = 100_000_000
+MAX_COUNT = 2**31 - 1           # max_attempts, max_requeues: anything larger is a typo
+MAX_KEY_CHARS = 200             # idempotency key
+MAX_DEPTH = 64                  # nesting of param
+MAX_PARAM_BYTES = 4 * 1024**2   # param as JSON, roughly, with YAML aliases expanded (a frame holds 10 MiB)
+EXAMPLE = "runweb/example/batch-req.yaml"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = (key_node.tag, key_node.value)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key_node.value!r} is given twice", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(body: bytes):
+    """One YAML document from UTF-8 bytes; InvalidRequest("malformed YAML: ...") with line and column."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(
+            f"malformed YAML: not UTF-8 (byte 0x{body[exc.start]:02x} at offset {exc.start})") from None
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = ", ".join(s for s in (exc.context, exc.problem) if s)  # PyYAML writes them as one sentence
+        raise InvalidRequest(f"malformed YAML: {where}{what}") from None
+    except yaml.YAMLError as exc:
+        raise InvalidRequest(f"malformed YAML: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest("malformed YAML: nested too deeply") from None
+    except (ValueError, OverflowError) as exc:  # e.g. a timestamp like 2020-13-45
+        raise InvalidRequest(f"malformed YAML: {exc}") from None
+
+
+def describe(value) -> str:
+    """A value as an error message shows it, with a hint where YAML surprises people."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (YAML reads yes/no/on/off/true/false as booleans; quote it for a string)"
+    if isinstance(value, datetime.date):
+        return f"the date/time {value.isoformat()} (quote it for a string)"
+    if isinstance(value, str):
+        return f"the string {value[:40] + '...' if len(value) > 40 else value!r}"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"a YAML {type(value).__name__}"
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _text(label: str, value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if _is_int(value):
+        return str(value)
+    raise InvalidRequest(f"{label} must be a string, not {describe(value)}")
+
+
+def _engine(label: str, value) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest(f"{label} must be a non-empty string, not {describe(value)}")
+    return value
+
+
+def _int_in(low: int, high: int):
+    def convert(label: str, value) -> int:
+        if not _is_int(value):
+            raise InvalidRequest(f"{label} must be an integer, not {describe(value)}")
+        if not low <= value <= high:
+            bound = f"at least {low}" if value < low else f"at most {high}"
+            raise InvalidRequest(f"{label} must be {bound}, not {value}")
+        return value
+    return convert
+
+
+def _time_limit(label: str, value) -> float | int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequest(f"{label} must be a number of seconds or null, not {describe(value)}")
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidRequest(f"{label} must be a number of seconds > 0, not {value}")
+    return value
+
+
+def _key(label: str, value) -> str:
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{label} must be a string, not {describe(value)}")
+    if not 1 <= len(value) <= MAX_KEY_CHARS:
+        raise InvalidRequest(f"{label} must be 1 to {MAX_KEY_CHARS} characters long, not {len(value)}")
+    return value
+
+
+def _param(label: str, value) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{label} must be a mapping, not {describe(value)}")
+    _check_json(value, "param")
+    return value
+
+
+def _check_json(value, root: str) -> None:
+    """Refuse what JSON (the wire) cannot carry unchanged; bound the size with aliases expanded."""
+    budget = MAX_PARAM_BYTES
+    stack = [(value, root, 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise InvalidRequest(f"field '{root}' is nested more than {MAX_DEPTH} levels deep (at {path})")
+        if isinstance(item, str):
+            budget -= len(item) + 3
+        elif item is None or isinstance(item, (bool, int)):
+            budget -= 6
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise InvalidRequest(f"field '{root}': {path} is {item}, which JSON cannot carry")
+            budget -= 12
+        elif isinstance(item, dict):
+            budget -= 2
+            for key, sub in item.items():
+                if not isinstance(key, str):
+                    raise InvalidRequest(f"field '{root}': key {describe(key)} in {path} is not a string; quote it")
+                budget -= len(key) + 4
+                stack.append((sub, f"{path}.{key}", depth + 1))
+        elif isinstance(item, list):
+            budget -= 2
+            stack.extend((sub, f"{path}[{i}]", depth + 1) for i, sub in enumerate(item))
+        else:
+            raise InvalidRequest(f"field '{root}': {path} is {describe(item)}, which JSON cannot carry")
+        if budget < 0:
+            raise InvalidRequest(f"field '{root}' is larger than {MAX_PARAM_BYTES} bytes as JSON "
+                                 "(YAML aliases are expanded)")
+
+
+# field -> converter, in StartBatch order.  A test checks these are protocol.SCHEMA["StartBatch"].
+FIELDS = {
+    "name": _text, "group": _text, "user": _text, "engine": _engine,
+    "n_runs": _int_in(1, MAX_RUNS), "param": _param,
+    "max_attempts": _int_in(1, MAX_COUNT), "max_requeues": _int_in(0, MAX_COUNT),
+    "time_limit": _time_limit, "idempotency_key": _key,
+}
+REQUIRED = ("engine", "n_runs")
+DEFAULT_WHEN_NULL = frozenset({"max_attempts", "max_requeues", "idempotency_key"})  # null: leave it to runq
+
+
+def parse(body: bytes, idempotency_header: str | None = None) -> dict:
+    """StartBatch fields from a YAML request body and the optional Idempotency-Key header."""
+    doc = load_yaml(body)
+    if doc is None:
+        raise InvalidRequest(f"the request body is empty; send a YAML batch request like {EXAMPLE}")
+    if not isinstance(doc, dict):
+        raise InvalidRequest(f"a batch request must be a YAML mapping of fields like {EXAMPLE}, "
+                             f"not {describe(doc)}")
+    for key in doc:
+        if key not in FIELDS:
+            raise InvalidRequest(f"unknown field {key!r}; known fields: {', '.join(FIELDS)}")
+    for field in REQUIRED:
+        if field not in doc:
+            raise InvalidRequest(f"field '{field}' is required")
+    fields = {}
+    for field, convert in FIELDS.items():
+        if field in doc and not (doc[field] is None and field in DEFAULT_WHEN_NULL):
+            fields[field] = convert(f"field '{field}'", doc[field])
+    if idempotency_header is not None:
+        header = _key("header 'Idempotency-Key'", idempotency_header)
+        if fields.get("idempotency_key", header) != header:
+            raise InvalidRequest("header 'Idempotency-Key' and field 'idempotency_key' differ")
+        fields["idempotency_key"] = header
+    return fields

@@ -1,0 +1,169 @@
+"""REST resources, one per noun: each responder asks runq one question and returns the answer.
+
+A reply keeps the original's envelope ``{status, message, ...data}``; runq's
+``type`` and ``code`` stay on the wire (``code`` becomes the HTTP status of an
+error).  Path and query parameters are checked here, naming the parameter;
+the body of POST /batch/new is checked by ``runweb.batch_request``.
+"""
+from __future__ import annotations
+
+import falcon
+
+from runq.client import RunqUnavailable
+from runq.protocol import ProtocolError
+
+from . import batch_request
+from .errors import BodyTooLarge, InvalidRequest, RunqRefused
+
+DEFAULT_LIMIT, MAX_LIMIT = 1000, 10000
+MAX_ID = 2**63 - 1  # what a database integer column holds
+
+
+def ask(client, mtype: str, **fields) -> dict:
+    """One request to runq -> the reply's envelope; an error reply raises RunqRefused."""
+    reply = client.request(mtype, **fields)
+    if reply.get("status") != "ok":
+        raise RunqRefused(reply.get("code", 502), reply.get("message") or f"runq refused {mtype}")
+    data = {k: v for k, v in reply.items() if k not in ("type", "code", "status", "message")}
+    return {"status": "ok", "message": reply.get("message", "ok"), **data}
+
+
+def integer(name: str, text: str, low: int = 0, high: int = MAX_ID) -> int:
+    """A path or query parameter of ASCII digits within [low, high]."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 20) or not low <= int(text) <= high:
+        bounds = f"an integer >= {low}" if high == MAX_ID else f"an integer from {low} to {high}"
+        raise InvalidRequest(f"parameter '{name}' must be {bounds}, not {text[:40]!r}")
+    return int(text)
+
+
+def query_integer(req: falcon.Request, name: str, default: int, low: int, high: int) -> int:
+    value = req.params.get(name)
+    if value is None:
+        return default
+    if isinstance(value, list):
+        raise InvalidRequest(f"parameter '{name}' is given more than once")
+    return integer(name, value, low, high)
+
+
+def read_body(req: falcon.Request, limit: int) -> bytes:
+    """The raw body, whatever its Content-Type; BodyTooLarge past `limit` bytes."""
+    too_large = BodyTooLarge(f"request body is larger than the {limit}-byte limit (runweb.max_body)")
+    if req.content_length is not None and req.content_length > limit:
+        raise too_large
+    # Chunked uploads have no Content-Length; a server that ends the input itself says so (gunicorn does).
+    chunked = req.content_length is None and req.env.get("wsgi.input_terminated")
+    body = (req.stream if chunked else req.bounded_stream).read(limit + 1)
+    if len(body) > limit:
+        raise too_large
+    return body
+
+
+def header_text(req: falcon.Request, name: str) -> str | None:
+    """A header as the client's UTF-8 text (WSGI hands headers over as latin-1)."""
+    value = req.get_header(name)
+    try:
+        return None if value is None else value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise InvalidRequest(f"header '{name}' is not UTF-8") from None
+
+
+class Index:
+    """GET /: the endpoints, with what each does."""
+
+    def __init__(self, endpoints: list[dict]):
+        self.endpoints = endpoints
+
+    def on_get(self, req, resp):
+        resp.media = {"status": "ok", "message": "simx runweb; endpoints below", "endpoints": self.endpoints}
+
+
+class Health:
+    """GET /health: runq's own status; 503 when runq does not answer."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def on_get(self, req, resp):
+        try:
+            resp.media = ask(self.client, "Ping")
+        except (RunqRefused, ProtocolError) as exc:
+            raise RunqUnavailable(f"runq answered Ping badly: {exc}") from None
+
+
+class Batches:
+    """GET /batch, /batches: all batches.  POST /batch/new: start one (201, or 200 if the key matched)."""
+
+    def __init__(self, client, max_body: int):
+        self.client, self.max_body = client, max_body
+
+    def on_get(self, req, resp):
+        resp.media = ask(self.client, "BatchList")
+
+    def on_post_new(self, req, resp):
+        fields = batch_request.parse(read_body(req, self.max_body), header_text(req, "Idempotency-Key"))
+        resp.media = reply = ask(self.client, "StartBatch", **fields)
+        if reply.get("created", True):
+            resp.status, resp.location = falcon.HTTP_201, f"/batch/{reply.get('batch_id')}"
+
+
+class Batch:
+    """GET /batch/{id}: the batch and a page of its runs.  POST /batch/{id}/cancel."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def on_get(self, req, resp, batch_id):
+        offset = query_integer(req, "offset", 0, 0, MAX_ID)
+        limit = query_integer(req, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+        resp.media = ask(self.client, "BatchStatus", batch_id=integer("batch_id", batch_id),
+                         offset=offset, limit=limit)
+
+    def on_post_cancel(self, req, resp, batch_id):
+        resp.media = ask(self.client, "CancelBatch", batch_id=integer("batch_id", batch_id))
+
+
+class Run:
+    """GET /batch/{id}/run/{i}: one run with its attempts.  POST /batch/{id}/run/{i}/cancel."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def on_get(self, req, resp, batch_id, batch_index):
+        resp.media = ask(self.client, "RunStatus", **self._key(batch_id, batch_index))
+
+    def on_post_cancel(self, req, resp, batch_id, batch_index):
+        resp.media = ask(self.client, "CancelRun", **self._key(batch_id, batch_index))
+
+    @staticmethod
+    def _key(batch_id: str, batch_index: str) -> dict:
+        return {"batch_id": integer("batch_id", batch_id), "batch_index": integer("batch_index", batch_index)}
+
+
+class User:
+    """GET /user/{name}: the batches of one user."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def on_get(self, req, resp, user):
+        resp.media = ask(self.client, "UserStatus", user=user)
+
+
+class Workers:
+    """GET /worker, /workers: every worker runq knows, even long gone ones."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def on_get(self, req, resp):
+        resp.media = ask(self.client, "WorkerList")
+
+
+class Worker:
+    """POST /worker/{id}/drain: the worker finishes its run and takes no other."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def on_post_drain(self, req, resp, worker_id):
+        resp.media = ask(self.client, "DrainWorker", worker_id=integer("worker_id", worker_id))

@@ -1,0 +1,159 @@
+"""runweb.batch_request: the POST /batch/new body, rule by rule (pure; no HTTP)."""
+from pathlib import Path
+
+import pytest
+
+from runq import protocol
+from runweb import batch_request
+from runweb.batch_request import parse
+from runweb.errors import InvalidRequest
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "runweb" / "example" / "batch-req.yaml"
+BASE = "engine: dummy\nn_runs: 3\n"
+
+
+def test_fields_are_exactly_those_of_start_batch():
+    assert list(batch_request.FIELDS) == list(protocol.SCHEMA["StartBatch"])
+    required = set(protocol.SCHEMA["StartBatch"]) - protocol.OPTIONAL["StartBatch"]
+    assert set(batch_request.REQUIRED) == required
+
+
+def test_the_original_readme_example_is_accepted_as_is():
+    text = EXAMPLE.read_text(encoding="utf-8")
+    assert text.splitlines()[0] == "name:           test123"
+    assert parse(EXAMPLE.read_bytes()) == {
+        "name": "test123", "group": "topl", "user": "topl", "engine": "dummy", "n_runs": 3,
+        "param": {"step_count": 5, "step_delay": 1},
+    }
+    protocol.message("StartBatch", **parse(EXAMPLE.read_bytes()))
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ("", {}),
+    ("name: 42\ngroup: 7\nuser: 0\n", {"name": "42", "group": "7", "user": "0"}),
+    ("name: null\ngroup: ~\nuser:\n", {"name": "", "group": "", "user": ""}),
+    ("name: テスト 試験\nuser: Zoë\ngroup: группа\n", {"name": "テスト 試験", "user": "Zoë", "group": "группа"}),
+    ("param: null\n", {"param": {}}),
+    ("param: {}\n", {"param": {}}),
+    ("param: {名前: 値, nested: {list: [1, 2.5, null, true, text]}}\n",
+     {"param": {"名前": "値", "nested": {"list": [1, 2.5, None, True, "text"]}}}),
+    ("param: {a: &x [1, 2], b: *x}\n", {"param": {"a": [1, 2], "b": [1, 2]}}),
+    ("param: {base: &b {x: 1}, more: {<<: *b, y: 2}}\n", {"param": {"base": {"x": 1}, "more": {"x": 1, "y": 2}}}),
+    ("max_attempts: 1\nmax_requeues: 0\n", {"max_attempts": 1, "max_requeues": 0}),
+    ("max_attempts: null\nmax_requeues: null\nidempotency_key: null\n", {}),
+    ("time_limit: 2.5\n", {"time_limit": 2.5}),
+    ("time_limit: 60\n", {"time_limit": 60}),
+    ("time_limit: null\n", {"time_limit": None}),
+    ("idempotency_key: " + "k" * 200 + "\n", {"idempotency_key": "k" * 200}),
+    ("n_runs: 100000000\n", {"n_runs": 100000000}),
+])
+def test_valid_requests(extra, expected):
+    body = BASE.replace("n_runs: 3\n", "") if "n_runs" in extra else BASE
+    fields = parse((body + extra).encode("utf-8"))
+    assert fields == {"engine": "dummy", "n_runs": 3, **expected}
+    protocol.message("StartBatch", **fields)  # runq would accept it
+
+
+@pytest.mark.parametrize("body, message", [
+    # the body itself
+    (b"", "the request body is empty"),
+    (b"\xff\xfe" + BASE.encode(), "malformed YAML: not UTF-8 (byte 0xff at offset 0)"),
+    (b"engine: [dummy\nn_runs: 3\n", "malformed YAML: line 2, column 7: while parsing a flow sequence, expected ',' or ']', but got ':'"),
+    (b"engine: dummy\n  n_runs: 3\n", "malformed YAML: line 2, column 9: mapping values are not allowed here"),
+    (b"engine: dummy\nengine: other\nn_runs: 3\n", "malformed YAML: line 2, column 1: key 'engine' is given twice"),
+    (b"a: 1\n---\nb: 2\n", "malformed YAML: line 2, column 1: expected a single document in the stream, but found another"),
+    (b"engine: !!python/object:os.system x\n", "malformed YAML: line 1, column 9"),
+    (b"[" * 5000, "malformed YAML: nested too deeply"),
+    (b"param: {day: 2020-13-45}\n", "malformed YAML: month must be in 1..12"),
+    (b"- engine: dummy\n", "a batch request must be a YAML mapping of fields"),
+    (b"just text\n", "not the string 'just text'"),
+    # field names
+    (BASE.encode() + b"priority: 3\n", "unknown field 'priority'"),
+    (BASE.encode() + b"1: x\n", "unknown field 1"),
+    (b"n_runs: 3\n", "field 'engine' is required"),
+    (b"engine: dummy\n", "field 'n_runs' is required"),
+    # engine
+    (b"engine: ''\nn_runs: 3\n", "field 'engine' must be a non-empty string"),
+    (b"engine: null\nn_runs: 3\n", "field 'engine' must be a non-empty string, not null"),
+    (b"engine: 5\nn_runs: 3\n", "field 'engine' must be a non-empty string, not 5"),
+    # n_runs
+    (b"engine: dummy\nn_runs: 0\n", "field 'n_runs' must be at least 1, not 0"),
+    (b"engine: dummy\nn_runs: -2\n", "field 'n_runs' must be at least 1"),
+    (b"engine: dummy\nn_runs: 100000001\n", "field 'n_runs' must be at most 100000000"),
+    (b"engine: dummy\nn_runs: 3.0\n", "field 'n_runs' must be an integer, not 3.0"),
+    (b"engine: dummy\nn_runs: '3'\n", "field 'n_runs' must be an integer, not the string '3'"),
+    (b"engine: dummy\nn_runs: true\n", "field 'n_runs' must be an integer, not true"),
+    (b"engine: dummy\nn_runs: null\n", "field 'n_runs' must be an integer, not null"),
+    # name, group, user
+    (BASE.encode() + b"name: [a]\n", "field 'name' must be a string, not a list"),
+    (BASE.encode() + b"group: 1.5\n", "field 'group' must be a string, not 1.5"),
+    (BASE.encode() + b"user: yes\n", "field 'user' must be a string, not true (YAML reads yes/no"),
+    (BASE.encode() + b"name: 2020-01-01\n", "field 'name' must be a string, not the date/time 2020-01-01"),
+    (BASE.encode() + b"user: {a: 1}\n", "field 'user' must be a string, not a mapping"),
+    # param
+    (BASE.encode() + b"param: [1, 2]\n", "field 'param' must be a mapping, not a list"),
+    (BASE.encode() + b"param: 5\n", "field 'param' must be a mapping, not 5"),
+    (BASE.encode() + b"param: {1: a}\n", "field 'param': key 1 in param is not a string; quote it"),
+    (BASE.encode() + b"param: {a: {yes: 1}}\n", "field 'param': key true (YAML reads"),
+    (BASE.encode() + b"param: {start: 2020-01-02}\n", "field 'param': param.start is the date/time 2020-01-02"),
+    (BASE.encode() + b"param: {x: .nan}\n", "field 'param': param.x is nan, which JSON cannot carry"),
+    (BASE.encode() + b"param: {x: [1, -.inf]}\n", "field 'param': param.x[1] is -inf"),
+    (BASE.encode() + b"param: {b: !!binary aGk=}\n", "field 'param': param.b is a YAML bytes"),
+    (BASE.encode() + b"param: {s: !!set {a}}\n", "field 'param': param.s is a YAML set"),
+    (BASE.encode() + b"param: &a {x: *a}\n", "field 'param' is nested more than 64 levels deep"),
+    (BASE.encode() + b"param: {x: " + b"[" * 70 + b"]" * 70 + b"}\n", "field 'param' is nested more than 64"),
+    # max_attempts, max_requeues
+    (BASE.encode() + b"max_attempts: 0\n", "field 'max_attempts' must be at least 1, not 0"),
+    (BASE.encode() + b"max_attempts: two\n", "field 'max_attempts' must be an integer"),
+    (BASE.encode() + b"max_attempts: 3000000000\n", "field 'max_attempts' must be at most 2147483647"),
+    (BASE.encode() + b"max_requeues: -1\n", "field 'max_requeues' must be at least 0, not -1"),
+    (BASE.encode() + b"max_requeues: false\n", "field 'max_requeues' must be an integer, not false"),
+    # time_limit
+    (BASE.encode() + b"time_limit: 0\n", "field 'time_limit' must be a number of seconds > 0, not 0"),
+    (BASE.encode() + b"time_limit: -1.5\n", "field 'time_limit' must be a number of seconds > 0"),
+    (BASE.encode() + b"time_limit: .inf\n", "field 'time_limit' must be a number of seconds > 0, not inf"),
+    (BASE.encode() + b"time_limit: 10s\n", "field 'time_limit' must be a number of seconds or null"),
+    (BASE.encode() + b"time_limit: true\n", "field 'time_limit' must be a number of seconds or null"),
+    # idempotency_key
+    (BASE.encode() + b"idempotency_key: 12345\n", "field 'idempotency_key' must be a string, not 12345"),
+    (BASE.encode() + b"idempotency_key: ''\n", "field 'idempotency_key' must be 1 to 200 characters long, not 0"),
+    (BASE.encode() + b"idempotency_key: " + b"k" * 201 + b"\n", "must be 1 to 200 characters long, not 201"),
+])
+def test_invalid_requests_name_the_problem(body, message):
+    with pytest.raises(InvalidRequest) as caught:
+        parse(body)
+    assert message in str(caught.value)
+
+
+def test_alias_bomb_is_refused_without_expanding_it():
+    lines = ['a0: &a0 ["' + "x" * 1000 + '"]']
+    lines += [f"a{i}: &a{i} [*a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}]" for i in range(1, 30)]
+    body = BASE + "param:\n" + "".join(f"  {line}\n" for line in lines)
+    with pytest.raises(InvalidRequest, match="field 'param' is larger than 4194304 bytes as JSON"):
+        parse(body.encode())
+
+
+@pytest.mark.parametrize("field, header, expected", [
+    (None, "key-1", "key-1"),
+    ("key-1", "key-1", "key-1"),
+    ("key-1", None, "key-1"),
+    (None, "ключ-東京", "ключ-東京"),
+])
+def test_idempotency_key_from_header_or_field(field, header, expected):
+    body = BASE + (f"idempotency_key: {field}\n" if field else "")
+    assert parse(body.encode(), header)["idempotency_key"] == expected
+
+
+@pytest.mark.parametrize("field, header, message", [
+    ("key-1", "key-2", "header 'Idempotency-Key' and field 'idempotency_key' differ"),
+    (None, "", "header 'Idempotency-Key' must be 1 to 200 characters long"),
+    (None, "h" * 201, "header 'Idempotency-Key' must be 1 to 200 characters long, not 201"),
+])
+def test_bad_idempotency_header(field, header, message):
+    body = BASE + (f"idempotency_key: {field}\n" if field else "")
+    with pytest.raises(InvalidRequest, match=message):
+        parse(body.encode(), header)
+
+
+def test_byte_order_mark_is_ignored():
+    assert parse("\ufeff".encode() + BASE.encode()) == {"engine": "dummy", "n_runs": 3}
