@@ -1,0 +1,118 @@
+"""Command line of one worker process:
+
+    python -m worker --engine dummy [--group G] [--user U] [--cost C] [--speed S] [--priority P]
+                     [--host H] [--port N] [--token T] [--retry-delay-max SECONDS]
+                     [--config FILE] [--log-level LEVEL]
+
+runq's address and the worker token default to conf/simx.yaml, overridden by
+RUNQ_HOST / RUNQ_PORT / SIMX_WORKER_TOKEN.  Exit status: 0 after a stop
+(SIGTERM/SIGINT) or a drain (SIGUSR1 or runq's RunqDrain), 2 for a
+configuration error (bad flag, unknown engine, token refused by runq).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import signal
+import socket
+import sys
+import threading
+
+from runq import config as runq_config
+from runq import protocol
+
+from .backoff import Backoff
+from .engines.base import UnknownEngine, engine_name, get_engine
+from .loop import WorkerLoop
+from .session import Traits
+
+log = logging.getLogger("worker")
+
+
+def number(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"not a finite number: {text}")
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m worker", description="Run one simx worker connected to runq.")
+    p.add_argument("--engine", required=True, help="engine name (dummy, command) or module:Class")
+    p.add_argument("--group", default="", help="only runs of this group (empty: any)")
+    p.add_argument("--user", default="", help="only runs of this user (empty: any)")
+    p.add_argument("--cost", type=number, default=1, help="lower cost is preferred (default 1)")
+    p.add_argument("--speed", type=number, default=1, help="higher speed is preferred (default 1)")
+    p.add_argument("--priority", type=number, default=0, help="higher priority is preferred (default 0)")
+    p.add_argument("--host", default=None, help="runq host (default RUNQ_HOST or conf, 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="runq port (default RUNQ_PORT or conf, 8096)")
+    p.add_argument("--token", default=None, help="worker token (default SIMX_WORKER_TOKEN or conf)")
+    p.add_argument("--retry-delay-max", "--retry-delay", type=float, default=None, metavar="SECONDS",
+                   help="longest wait between reconnect attempts (default conf worker.retry_delay_max, 10)")
+    p.add_argument("--config", "--conf", default=None, help="configuration file (default conf/simx.yaml)")
+    p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default SIMX_LOG_LEVEL or conf)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:  # argparse has printed the usage
+        return int(exc.code or 0)
+    try:
+        conf = runq_config.load(args.config, runq_host=args.host, runq_port=args.port,
+                                runq_worker_token=args.token, runq_log_level=args.log_level,
+                                worker_retry_delay_max=args.retry_delay_max)
+    except runq_config.ConfigError as exc:
+        print(f"worker: {exc}", file=sys.stderr)
+        return 2
+    level = logging.getLevelName(conf.runq.log_level.upper())
+    if not isinstance(level, int):
+        print(f"worker: unknown log level {conf.runq.log_level!r}", file=sys.stderr)
+        return 2
+    logging.basicConfig(stream=sys.stderr, level=level, format="%(asctime)s %(levelname)s [%(process)d] %(message)s")
+    try:
+        engine = get_engine(args.engine)
+        traits = Traits(host=socket.gethostname(), pid=os.getpid(), group=args.group, user=args.user,
+                        engine=engine_name(engine, args.engine), cost=args.cost, speed=args.speed,
+                        priority=args.priority)
+        loop = WorkerLoop(traits, engine, (conf.runq.host, conf.runq.port), conf.runq.worker_token or None,
+                          backoff=Backoff(cap=conf.worker.retry_delay_max))
+    except (UnknownEngine, protocol.ProtocolError) as exc:
+        log.error("%s", exc)
+        return 2
+    log.info("worker process %s starting: engine %s, group %r, user %r, runq at %s:%s", traits.pid, traits.engine,
+             traits.group, traits.user, conf.runq.host, conf.runq.port)
+    with _signals(loop):
+        return loop.run()
+
+
+class _signals:
+    """Route TERM/INT to a stop and USR1 to a drain while the loop runs (main thread only)."""
+
+    def __init__(self, loop: WorkerLoop):
+        self.handlers = {
+            signal.SIGTERM: lambda signum, frame: loop.request_stop(),
+            signal.SIGINT: lambda signum, frame: loop.request_stop(),
+            signal.SIGUSR1: lambda signum, frame: loop.request_drain(),
+        }
+        self.saved: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.saved = {sig: signal.signal(sig, handler) for sig, handler in self.handlers.items()}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""The engine interface every engine implements, and the registry that finds engines by name.
+
+An engine computes one run: ``run(param, progress, abort, context)`` is called in
+the worker's engine thread, once per run, and
+
+* returns the run's result data (anything JSON can encode; other values are
+  reported as their ``str()``),
+* calls ``progress(fraction, message=None)`` as often as it likes (the worker
+  throttles what it sends to runq), with ``fraction`` in 0..1,
+* checks ``abort`` (a ``threading.Event``) often enough to stop promptly, and
+  raises ``Aborted`` when it is set (runq cancelled the run, its time limit
+  passed, or the worker is stopping),
+* raises any other exception to fail the run: its message and traceback go to
+  runq, and the worker carries on with the next run.
+
+An engine instance is created once per worker process and reused for every
+run, so per-run state belongs in local variables, not on ``self``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import threading
+from typing import Any, Callable
+
+Progress = Callable[..., None]  # progress(fraction: float, message: str | None = None)
+
+
+class Aborted(Exception):
+    """Raised by an engine that stopped because its abort event was set."""
+
+
+class UnknownEngine(LookupError):
+    """No built-in engine has this name and it is not an importable ``module:Class``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+    """What an engine may want to know about the run beside its param."""
+
+    batch_id: int
+    batch_index: int
+    attempt: int  # 1 for the first dispatch, 2, ... after failures or requeues
+    worker_id: int | None
+    time_limit: float | None  # seconds; runq enforces it, the engine may use it to plan
+
+
+class Engine:
+    """Base class (and documentation) of engines; subclasses set ``name`` and override ``run``."""
+
+    name = ""
+
+    def run(self, param: dict, progress: Progress, abort: threading.Event, context: RunContext) -> Any:
+        raise NotImplementedError
+
+
+# Built-ins are named by import path so that a worker imports only the engine it runs.
+BUILTIN = {
+    "dummy": "worker.engines.dummy:DummyEngine",
+    "command": "worker.engines.command:CommandEngine",
+}
+
+
+def get_engine(name: str) -> Engine:
+    """A new instance of the engine called ``name``: a built-in, or ``package.module:Class``."""
+    path = BUILTIN.get(name, name)
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise UnknownEngine(f"unknown engine {name!r} (built-ins: {', '.join(sorted(BUILTIN))}; or module:Class)")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise UnknownEngine(f"cannot load engine {name!r}: {exc}") from None
+    engine = cls()
+    if not callable(getattr(engine, "run", None)):
+        raise UnknownEngine(f"engine {name!r} has no run() method")
+    return engine
+
+
+def engine_name(engine: Engine, requested: str) -> str:
+    """The name a worker advertises to runq: the engine's own ``name``, else what was asked for."""
+    return getattr(engine, "name", "") or requested

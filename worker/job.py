@@ -1,0 +1,134 @@
+"""One run being computed: the engine thread, its progress and its outcome.
+
+The loop thread owns everything else; the two threads share only what is
+guarded here (the latest progress, the outcome) and talk through ``wake()``,
+which writes to the loop's wakeup socket.  A Job never touches the network.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import traceback
+
+from runq import protocol
+
+from .engines.base import Aborted, Engine, RunContext
+
+log = logging.getLogger("worker")
+
+TRACEBACK_CHARS = 4000
+TRACEBACK_LINE = 1000
+MESSAGE_CHARS = 4000
+PROGRESS_MESSAGE_CHARS = 1000
+# Leave room in the 10 MiB frame for the envelope of WorkerFinishedRun.
+MAX_DATA_BYTES = protocol.MAX_FRAME - 64 * 1024
+
+
+def run_name(key) -> str:
+    """How logs name a run: batch/index#attempt."""
+    return "-" if key is None else f"{key[0]}/{key[1]}#{key[2]}"
+
+
+def jsonable(data):
+    """The engine's result as runq will store it: JSON as is, anything else as its str()."""
+    try:
+        text = json.dumps(data, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError):
+        data = str(data)
+        text = json.dumps(data, ensure_ascii=False)
+    if len(text.encode("utf-8")) > MAX_DATA_BYTES:
+        raise ValueError(f"result of {len(text)} characters is too large to send to runq")
+    return data
+
+
+def traceback_tail(exc: BaseException) -> str:
+    """The end of the traceback, with long lines (a huge exception message) cut in the middle
+    so that the frames still fit in the tail."""
+    chunks = traceback.TracebackException.from_exception(exc).format()
+    text = "".join(c if len(c) <= TRACEBACK_LINE else f"{c[:TRACEBACK_LINE // 2]} ... {c[-TRACEBACK_LINE // 2:]}"
+                   for c in chunks)
+    return text[-TRACEBACK_CHARS:]
+
+
+class Job:
+    """An assigned run: starts the engine in a thread and holds what the loop reports."""
+
+    def __init__(self, assignment: dict, engine: Engine, worker_id: int | None, wake):
+        self.key = protocol.run_key(assignment)
+        self.param = assignment["param"]
+        self.context = RunContext(
+            batch_id=assignment["batch_id"], batch_index=assignment["batch_index"],
+            attempt=assignment["attempt"], worker_id=worker_id, time_limit=assignment.get("time_limit"),
+        )
+        self.engine = engine
+        self.wake = wake
+        self.abort = threading.Event()
+        self.abort_reason: str | None = None
+        # Set by the loop once it has turned the outcome (or a stop) into a report;
+        # from then on the run is no longer "being computed" as far as runq is told.
+        self.report: str | None = None
+        self._lock = threading.Lock()
+        self._progress: tuple[float, str | None] | None = None
+        self._outcome: tuple[str, dict] | None = None
+        self.thread = threading.Thread(target=self._compute, name=f"engine-{run_name(self.key)}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    # -- engine thread -------------------------------------------------------
+
+    def progress(self, fraction, message=None) -> None:
+        """The callback handed to the engine; cheap, so engines may call it in tight loops."""
+        fraction = float(fraction)
+        if math.isnan(fraction):
+            return
+        fraction = min(1.0, max(0.0, fraction))
+        if message is not None:
+            message = str(message)[:PROGRESS_MESSAGE_CHARS]
+        with self._lock:
+            was_clean = self._progress is None
+            self._progress = (fraction, message)
+        if was_clean:  # one wakeup per batch of updates, however fast the engine reports
+            self.wake()
+
+    def _compute(self) -> None:
+        try:
+            data = self.engine.run(self.param, self.progress, self.abort, self.context)
+            outcome = ("WorkerFinishedRun", {"data": jsonable(data)})
+        except BaseException as exc:  # the thread's boundary: any escape is the run's outcome
+            outcome = self._failure(exc)
+        with self._lock:
+            self._outcome = outcome
+        self.wake()
+
+    def _failure(self, exc: BaseException) -> tuple[str, dict]:
+        if self.abort.is_set():
+            # Whatever the engine raised after being told to stop, the run was aborted.
+            return "WorkerAbortedRun", {"message": self.abort_reason or str(exc) or "aborted"}
+        message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if isinstance(exc, Aborted):
+            message = f"engine raised Aborted without an abort request ({message})"
+        return "WorkerFailedRun", {"message": message[-MESSAGE_CHARS:], "traceback": traceback_tail(exc)}
+
+    # -- loop thread -----------------------------------------------------------
+
+    def request_abort(self, reason: str) -> None:
+        if not self.abort.is_set():
+            self.abort_reason = reason
+            self.abort.set()
+
+    def take_progress(self) -> tuple[float, str | None] | None:
+        """The latest progress not yet taken, or None."""
+        with self._lock:
+            progress, self._progress = self._progress, None
+        return progress
+
+    def has_progress(self) -> bool:
+        return self._progress is not None
+
+    def outcome(self) -> tuple[str, dict] | None:
+        """(report type, fields) once the engine has returned or raised, else None."""
+        with self._lock:
+            return self._outcome

@@ -1,0 +1,303 @@
+"""What the worker holds and tells runq: its id, its run, reports awaiting ack, drain and stop.
+
+This is the worker's half of "Worker conversation" in docs/ARCHITECTURE.md
+without any I/O: the loop feeds it runq's messages and the time, and it sends
+through the ``send`` callable it was given (which drops messages while runq is
+away; the session re-sends what matters after the next RunqAcceptWorker).
+It runs on the loop thread only; the engine thread is reached through ``Job``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+
+from runq import protocol
+
+from .engines.base import Engine
+from .job import Job, run_name
+
+log = logging.getLogger("worker")
+
+UPDATE_INTERVAL = 0.2  # seconds: at most ~5 WorkerUpdate per second per run
+STOP_TIMEOUT = 5.0  # seconds a stopping worker waits for the ack of its WorkerStoppedRun
+DRAIN_LINGER = 0.5  # seconds an idle draining worker stays to refuse an assignment already in flight
+# How logs name each terminal report.
+OUTCOME = {"WorkerFinishedRun": "finished", "WorkerFailedRun": "failed", "WorkerAbortedRun": "aborted",
+           "WorkerStoppedRun": "stopped"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Traits:
+    """What a worker tells runq about itself; runq matches runs on these."""
+
+    host: str
+    pid: int
+    group: str
+    user: str
+    engine: str
+    cost: float
+    speed: float
+    priority: float
+
+
+class _WorkerLog(logging.LoggerAdapter):
+    """Prefixes every line with the worker id, which runq may change on a reconnect."""
+
+    def process(self, msg, kwargs):
+        return f"worker {self.extra['session'].worker_id or '-'}: {msg}", kwargs
+
+
+def run_fields(key) -> dict:
+    names = ("batch_id", "batch_index", "attempt")
+    return dict(zip(names, key if key is not None else (None, None, None)))
+
+
+class Session:
+    def __init__(self, traits: Traits, engine: Engine, send, wake, token: str | None = None, *,
+                 update_interval: float = UPDATE_INTERVAL, stop_timeout: float = STOP_TIMEOUT,
+                 drain_linger: float = DRAIN_LINGER):
+        self.traits, self.engine, self.send, self.wake, self.token = traits, engine, send, wake, token
+        self.update_interval, self.stop_timeout, self.drain_linger = update_interval, stop_timeout, drain_linger
+        self.log = _WorkerLog(log, {"session": self})
+        self.worker_id: int | None = None  # from the first RunqAcceptWorker on
+        self.online = False  # RunqAcceptWorker received on the current connection
+        self.heartbeat_interval = math.inf
+        self.next_heartbeat = math.inf
+        self.next_update = -math.inf
+        self.job: Job | None = None  # the run this worker holds, until its report is acked
+        self.last_job: Job | None = None  # joined at exit so an aborted engine can clean up
+        self.pending: dict[tuple, tuple[str, dict]] = {}  # run key -> terminal report awaiting RunqAck
+        self.stopping = False
+        self.stop_deadline = math.inf
+        self.draining = False
+        self.drain_sent_at = -math.inf
+        self.exit_code: int | None = None
+        self.hello()  # fails now, not at the first connection, if a trait has the wrong type
+
+    # -- connection events -----------------------------------------------------------
+
+    def hello(self) -> dict:
+        """The first message on a new connection: WorkerReady, or WorkerReconnect with the run held."""
+        traits = dataclasses.asdict(self.traits)
+        if self.token is not None:
+            traits["token"] = self.token
+        if self.worker_id is None:
+            return protocol.message("WorkerReady", **traits)
+        held = self.job.key if self.job is not None else None
+        return protocol.message("WorkerReconnect", worker_id=self.worker_id, **traits, **run_fields(held))
+
+    def disconnected(self) -> None:
+        self.online = False
+        self.next_heartbeat = math.inf
+
+    # -- messages from runq ----------------------------------------------------------
+
+    def handle(self, msg: dict, now: float) -> None:
+        try:
+            self._dispatch(msg, now)
+        except Exception:  # one bad message must not kill a worker that may hold a run
+            self.log.exception("failed to handle %s from runq", msg["type"])
+
+    def _dispatch(self, msg: dict, now: float) -> None:
+        mtype = msg["type"]
+        if mtype == "RunqAcceptWorker":
+            self._accepted(msg, now)
+        elif mtype == "RunqAssignRun":
+            self._assign(msg)
+        elif mtype == "RunqAck":
+            self._acked(msg)
+        elif mtype == "RunqAbortRun":
+            self._abort(msg)
+        elif mtype == "RunqGetStatus":
+            if self.online:
+                self._send_heartbeat(now)
+        elif mtype == "RunqDrain":
+            self.drain(now, "runq asked")
+        elif mtype == "RunqError":
+            self._error(msg)
+        else:
+            self.log.warning("ignoring unexpected %s from runq", mtype)
+
+    def _accepted(self, msg: dict, now: float) -> None:
+        if self.worker_id is not None and msg["worker_id"] != self.worker_id:
+            self.log.warning("runq registered this worker afresh as %s", msg["worker_id"])
+        self.worker_id = msg["worker_id"]
+        self.online = True
+        self.heartbeat_interval = msg["heartbeat_interval"] or math.inf
+        self.next_heartbeat = now + self.heartbeat_interval
+        self.log.info("accepted by runq (heartbeat every %ss, keep_run %s)", msg["heartbeat_interval"], msg["keep_run"])
+        job = self.job
+        if job is not None and job.report is None:
+            if msg["keep_run"]:
+                self.next_update = -math.inf  # progress made while away goes out at once
+            else:
+                self.log.info("runq did not keep run %s; aborting it", run_name(job.key))
+                job.request_abort("runq did not keep the run after a reconnect")
+        for key in self.pending:
+            self._send_report(key)
+        if self.draining:
+            self._send_draining(now)
+
+    def _assign(self, msg: dict) -> None:
+        key = protocol.run_key(msg)
+        if self.draining or self.stopping:
+            self.log.info("refusing run %s: %s", run_name(key), "stopping" if self.stopping else "draining")
+            self._report(key, "WorkerStoppedRun", {})
+        elif self.job is not None or key in self.pending:
+            held = run_name(self.job.key) if self.job is not None else "its report"
+            self.log.error("runq assigned run %s while this worker holds %s; ignored", run_name(key), held)
+        elif msg["engine"] != self.traits.engine:
+            self.log.error("runq assigned run %s of engine %r; this worker runs %r",
+                           run_name(key), msg["engine"], self.traits.engine)
+            self._report(key, "WorkerFailedRun", {
+                "message": f"worker runs engine {self.traits.engine!r}, not {msg['engine']!r}"})
+        else:
+            self.job = self.last_job = Job(msg, self.engine, self.worker_id, self.wake)
+            self.next_update = -math.inf
+            self.log.info("assigned run %s", run_name(key))
+            self.job.start()
+
+    def _acked(self, msg: dict) -> None:
+        key = protocol.run_key(msg)
+        report = self.pending.pop(key, None)
+        if report is None:
+            self.log.warning("ack for run %s, which has no report waiting; ignored", run_name(key))
+            return
+        level = logging.INFO if msg["accepted"] else logging.WARNING
+        note = f": {msg['message']}" if msg.get("message") else ""
+        self.log.log(level, "%s report of run %s acked (accepted %s%s)",
+                     OUTCOME[report[0]], run_name(key), msg["accepted"], note)
+        if self.job is not None and self.job.key == key:
+            self.job = None  # idle: runq assigns the next run on its own
+
+    def _abort(self, msg: dict) -> None:
+        key = protocol.run_key(msg)
+        job = self.job
+        if job is None or job.key != key or job.report is not None:
+            self.log.info("ignoring abort of run %s (%s): not computing it (holding %s)",
+                          run_name(key), msg["reason"], run_name(job.key if job else None))
+            return
+        self.log.info("aborting run %s: %s", run_name(key), msg["reason"])
+        job.request_abort(msg["reason"])
+
+    def _error(self, msg: dict) -> None:
+        self.log.error("runq error: %s", msg["message"])
+        # RunqError carries no code; a token complaint is a configuration error
+        # that retrying cannot fix, so give up rather than loop forever.
+        if "token" in msg["message"].lower():
+            self.log.error("runq refused the worker token; exiting")
+            self.exit_code = 2
+
+    # -- time and the engine -----------------------------------------------------------
+
+    def advance(self, now: float) -> None:
+        """Report an outcome the engine produced, and send progress and heartbeats that are due."""
+        self._collect_outcome()
+        if self.online:
+            self._send_progress(now)
+            if now >= self.next_heartbeat:
+                self._send_heartbeat(now)
+
+    def due(self, now: float) -> list[float]:
+        """Times at which advance() or check_exit() will act without being woken."""
+        times = [self.stop_deadline]
+        if self.online:
+            times.append(self.next_heartbeat)
+            job = self.job
+            if job is not None and job.report is None and job.has_progress():
+                times.append(self.next_update)
+            linger_end = self.drain_sent_at + self.drain_linger
+            if self.draining and job is None and not self.pending and linger_end > now:
+                times.append(linger_end)  # once past, only the output draining (a socket event) is awaited
+        return times
+
+    def _collect_outcome(self) -> None:
+        job = self.job
+        if job is None or job.report is not None:
+            return
+        outcome = job.outcome()
+        if outcome is None:
+            return
+        mtype, fields = outcome
+        job.report = mtype
+        detail = (fields.get("message") or "").strip()
+        detail = f": {detail.splitlines()[0][:200]}" if detail else ""
+        self.log.info("run %s %s%s", run_name(job.key), OUTCOME[mtype], detail)
+        self._report(job.key, mtype, fields)
+
+    # -- messages to runq ------------------------------------------------------------
+
+    def _report(self, key, mtype: str, fields: dict) -> None:
+        """Keep a terminal report until its RunqAck; send it now if runq is there."""
+        self.pending[key] = (mtype, fields)
+        if self.online:
+            self._send_report(key)
+
+    def _send_report(self, key) -> None:
+        mtype, fields = self.pending[key]
+        # worker_id is filled in at each send: runq may have given a new one on reconnect.
+        self.send(protocol.message(mtype, worker_id=self.worker_id, **run_fields(key), **fields))
+
+    def _send_heartbeat(self, now: float) -> None:
+        # Name the run only while computing it: once its report is sent, runq knows the outcome.
+        job = self.job
+        computing = job.key if job is not None and job.report is None else None
+        self.next_heartbeat = now + self.heartbeat_interval
+        self.send(protocol.message("WorkerHeartbeat", worker_id=self.worker_id, **run_fields(computing)))
+
+    def _send_progress(self, now: float) -> None:
+        job = self.job
+        if job is None or job.report is not None or now < self.next_update or not job.has_progress():
+            return
+        fraction, message = job.take_progress()
+        self.next_update = now + self.update_interval
+        self.send(protocol.message("WorkerUpdate", worker_id=self.worker_id, **run_fields(job.key),
+                                   progress=fraction, message=message))
+
+    def _send_draining(self, now: float) -> None:
+        self.drain_sent_at = now
+        self.send(protocol.message("WorkerDraining", worker_id=self.worker_id))
+
+    # -- stop and drain --------------------------------------------------------------
+
+    def stop(self, now: float) -> None:
+        """Give the run back to runq (WorkerStoppedRun) and wait a little for the ack."""
+        self._collect_outcome()  # a run that just finished keeps its result
+        self.stopping = True
+        self.stop_deadline = now + self.stop_timeout
+        job = self.job
+        if job is not None and job.report is None:
+            self.log.info("stopping: giving run %s back to runq", run_name(job.key))
+            job.request_abort("worker stopping")
+            job.report = "WorkerStoppedRun"
+            self._report(job.key, "WorkerStoppedRun", {})
+        else:
+            self.log.info("stopping")
+
+    def drain(self, now: float, why: str) -> None:
+        """Finish the current run, take no other, exit once every report is acked."""
+        if self.draining:
+            return
+        self.draining = True
+        self.log.info("draining (%s): finishing the current run, taking no other", why)
+        if self.online:
+            self._send_draining(now)
+
+    def check_exit(self, now: float, reachable: bool, flushed: bool) -> int | None:
+        """The exit status once the worker may exit, else None.
+
+        ``reachable``: a connection to runq exists or is being made;
+        ``flushed``: nothing is waiting to be written to it.
+        """
+        if self.exit_code is None and self.stopping:
+            if not reachable or not self.pending or now >= self.stop_deadline:
+                if self.pending:
+                    self.log.warning("exiting without runq's ack for %s", ", ".join(map(run_name, self.pending)))
+                self.exit_code = 0
+        elif self.exit_code is None and self.draining and self.job is None and not self.pending:
+            # While a handshake is under way, wait for it: runq may send an assignment with its answer.
+            if not reachable or (self.online and flushed and now >= self.drain_sent_at + self.drain_linger):
+                self.log.info("drained; exiting")
+                self.exit_code = 0
+        return self.exit_code
