@@ -134,7 +134,7 @@ def main(root: Path, env, keep: bool = False, timeout: float = 120.0, out=print)
         stack.start([RUNQ, RUNWEB] + stack.pools)
         wait_health(base)
         status, reply = request("POST", f"{base}/batch/new", (root / EXAMPLE).read_bytes())
-        if status != 200 or "batch_id" not in reply:
+        if status not in (200, 201) or "batch_id" not in reply:
             raise OpsError(f"POST /batch/new answered {status}: {reply.get('message')}")
         out(f"posted {EXAMPLE} as batch {reply['batch_id']}; runs:")
         started = time.monotonic()

@@ -93,9 +93,13 @@ class Server:
             elif not conn.closing:
                 try:
                     conn.outbuf += protocol.encode(msg)
-                except protocol.ProtocolError as exc:  # our own message too large: a bug, log it
+                except protocol.ProtocolError as exc:  # our own message too large
                     log.error("not sending %s to %r: %s", msg.get("type"), conn, exc)
-                    continue
+                    if msg.get("type") != "Reply":
+                        continue
+                    conn.outbuf += protocol.encode(protocol.reply(
+                        "error", 413, f"the reply would exceed {protocol.MAX_FRAME} bytes; ask for less "
+                                      "(a smaller limit)"))
             touched.append(conn)
         for conn in dict.fromkeys(touched):
             self._flush(conn)

@@ -29,7 +29,7 @@ import time
 import xmlrpc.client
 from pathlib import Path
 
-from supervisor.xmlrpc import Faults, SupervisorTransport
+from supervisor.xmlrpc import Faults, SupervisorTransport, getFaultDescription
 
 from .config import ENV, Config, ConfigError
 from .hosts import Instance, Pool
@@ -150,6 +150,12 @@ def render(config: Config, instance: Instance, env, python: str = sys.executable
     )
 
 
+def stop_order(groups) -> list[str]:
+    """Workers first, then runweb, then runq (start in the reverse order)."""
+    rank = {RUNWEB: 1, RUNQ: 2}
+    return sorted(groups, key=lambda g: (rank.get(g, 0), g))
+
+
 def expected_processes(instance: Instance, groups) -> list[str]:
     """`group:name` of every process the given program groups should have."""
     pools = {p.program: p for p in instance.pools}
@@ -199,19 +205,16 @@ class Supervisor:
         """Load the config file anew and apply it like `supervisorctl update`; say what changed."""
         rpc = self.rpc
         added, changed, removed = rpc.reloadConfig()[0]
-        for g in removed:
+        active = {i["group"] for i in self.processes().values()
+                  if i["statename"] in ("RUNNING", "STARTING", "BACKOFF")}
+        for g in stop_order(removed + changed):  # workers first: they report to runq as they stop
             self.stop(g)
             rpc.removeProcessGroup(g)
-        for g in changed:  # a running group is restarted with its new settings
-            was_running = any(i["statename"] in ("RUNNING", "STARTING", "BACKOFF")
-                              for i in self.processes().values() if i["group"] == g)
-            self.stop(g)
-            rpc.removeProcessGroup(g)
+        for g in changed + added:
             rpc.addProcessGroup(g)
-            if was_running:
+        for g in reversed(stop_order(changed)):  # a running group is restarted with its new settings
+            if g in active:
                 self.start(g)
-        for g in added:
-            rpc.addProcessGroup(g)
         return [f"{what}: {', '.join(gs)}" for what, gs in
                 (("added", added), ("changed (restarted if running)", changed), ("removed", removed)) if gs]
 
@@ -226,7 +229,8 @@ class Supervisor:
         failed = [r for r in self.rpc.startProcessGroup(group, True) if r["status"] != Faults.SUCCESS]
         if failed:
             names = ", ".join(f"{r['group']}:{r['name']}" for r in failed)
-            raise OpsError(f"{names} did not start ({failed[0]['description']}); its log ends:\n"
+            why = getFaultDescription(failed[0]["status"]).lower().replace("_", " ")
+            raise OpsError(f"{names} did not start ({why}); {failed[0]['name']}'s log ends:\n"
                            f"{tail(self.paths.log_dir / (failed[0]['name'] + '.log'))}")
 
     def stop(self, group: str) -> None:
@@ -375,7 +379,7 @@ class Stack:
         if not self.sup.running():
             self.out("supervisord is not running")
             return
-        for g in self.worker_groups() + [RUNWEB, RUNQ]:
+        for g in stop_order(set(self.sup.groups()) | {RUNWEB, RUNQ}):
             self.sup.stop(g)
         self.sup.shutdown()
         self.out("supervisord: shut down")
