@@ -17,10 +17,12 @@ import hmac
 import logging
 
 from . import protocol, states
+from .api import Api
 from .config import BatchDefaults, RunqConfig
 from .errors import RunqError
 from .matching import Matcher
 from .model import Batch, Run, Worker
+from .recovery import recover
 from .store import Store
 
 log = logging.getLogger("runq.coordinator")
@@ -35,7 +37,6 @@ REPORT_OUTCOME = {
 class Coordinator:
     def __init__(self, store: Store, config: RunqConfig = RunqConfig(),
                  batch_defaults: BatchDefaults = BatchDefaults(), now: float = 0.0):
-        from .api import Api  # the client half, kept in its own module
         self.store, self.config, self.batch_defaults = store, config, batch_defaults
         self.matcher = Matcher()
         self.batches: dict[int, Batch] = {}      # active batches (runs left)
@@ -46,8 +47,6 @@ class Coordinator:
         self.out: list[tuple[object, dict | None]] = []
         self.started = now
         self.api = Api(self)
-        self.recovery = None
-        from .recovery import recover
         recover(self, now)
 
     # ---- entry points the server calls
@@ -89,9 +88,12 @@ class Coordinator:
         lease, grace = self.config.lease, self.config.grace
         for worker in list(self.workers.values()):
             if worker.conn is None:
-                if worker.run and worker.disconnected_at is not None and now - worker.disconnected_at > grace:
-                    log.warning("worker %d not back within %.0fs: requeueing run %s", worker.id, grace, worker.run)
-                    self.take_back(worker, states.OUTCOME_LOST, "worker disconnected past the grace period", now)
+                if (worker.state != states.GONE and worker.disconnected_at is not None
+                        and now - worker.disconnected_at > grace):
+                    if worker.run:
+                        log.warning("worker %d not back within %.0fs: requeueing run %s", worker.id, grace,
+                                    worker.run)
+                        self.take_back(worker, states.OUTCOME_LOST, "worker disconnected past the grace period", now)
                     worker.state = states.GONE
                     self.store.save_worker(worker.row())
                 continue
