@@ -157,5 +157,9 @@ def main(root: Path, env, keep: bool = False, timeout: float = 120.0, out=print)
             out(f"  (status: SIMX_VAR={var} .venv/bin/fab all.status)")
         else:
             out("stopping the demo stack")
-            stack.shutdown()
+            try:
+                stack.shutdown()
+            except OpsError as exc:
+                out(f"could not stop the demo stack: {exc}")
+                code = 1
     return code

@@ -76,6 +76,8 @@ def _coerce(kind: str, value, where: str):
             raise ValueError(f"expected {base}")
         if base == "str":
             return str(value)
+        if base == "int" and isinstance(value, float) and not value.is_integer():
+            raise ValueError("expected a whole number")
         out = int(value) if base == "int" else float(value)
         if base == "int" and out < 0:
             raise ValueError("must not be negative")

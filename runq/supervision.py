@@ -119,7 +119,7 @@ def programs(config: Config, instance: Instance, env, python: str) -> list[dict]
         out.append(dict(program=RUNWEB, comment=f"the REST API, port {config.runweb.port}",
                         command=[python, "-m", "runweb"], environment=server_env, numprocs=1,
                         autorestart="true"))
-    for pool in instance.pools:
+    for pool in (p for p in instance.pools if p.count > 0):
         # exit 0 means drained or stopped on purpose: stay down; a kill or crash: restart
         out.append(dict(program=pool.program, comment=f"worker pool {pool.name}: {pool.count} x {pool.engine}",
                         command=worker_command(python, pool), environment=worker_env,
@@ -276,8 +276,8 @@ def alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:
-        return " Z " not in Path(f"/proc/{pid}/stat").read_text().split(")", 1)[1][:3] + " "
+    try:  # /proc/PID/stat is "pid (comm) STATE ..."; comm may hold ")"
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return True
 
@@ -303,7 +303,8 @@ class Stack:
 
     @property
     def pools(self) -> list[str]:
-        return [p.program for p in self.instance.pools]
+        """Programs of the configured worker pools (a pool of count 0 has none)."""
+        return [p.program for p in self.instance.pools if p.count > 0]
 
     def render(self) -> str:
         return render(self.config, self.instance, self.env, self.python)
@@ -360,8 +361,11 @@ class Stack:
             return [(n.split(":")[1], "STOPPED", "supervisord not running")
                     for n in expected_processes(self.instance, groups)]
         known = self.sup.processes()
+        configured = set(self.pools) | {RUNQ, RUNWEB}
+        names = expected_processes(self.instance, [g for g in groups if g in configured])
+        names += sorted(n for n in known if n.split(":")[0] in set(groups) - configured)  # pools no longer configured
         rows = []
-        for name in expected_processes(self.instance, groups):
+        for name in names:
             info = known.get(name)
             rows.append((name.split(":")[1], info["statename"], info["description"]) if info
                         else (name.split(":")[1], "ABSENT", "not in the running config (start it to apply)"))

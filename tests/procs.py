@@ -1,0 +1,231 @@
+"""Shared helpers for end-to-end tests: real runq, runweb and worker processes on loopback.
+
+Every process runs its real entry point (`python -m runq|runweb|worker`) with
+an environment that points it at a temporary directory: a fresh SQLite file,
+SIMX_VAR, free ports.  Its output goes to a log file in that directory, which
+failure messages quote.  Stop what you start in `finally` (`Proc.stop()`:
+terminate, wait, kill), or use the fixtures in conftest.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+# Settings a test must never inherit from the shell that runs pytest.
+SIMX_ENV = ("RUNQ_HOST", "RUNQ_PORT", "RUNQ_LISTEN", "SIMX_DB_URL", "SIMX_WORKER_TOKEN", "SIMX_LOG_LEVEL",
+            "SIMX_VAR", "RUNWEB_PORT", "RUNWEB_BIND", "RUNWEB_USERS")
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback never goes via a proxy
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_until(cond, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
+    """Poll `cond()` until it returns a true value (returned); raise AssertionError after `timeout` s.
+
+    An exception from `cond` counts as "not yet" (a server that is not up refuses), except an
+    AssertionError, which fails at once: assert inside `cond` for what must never happen.
+    """
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while True:
+        try:
+            value = cond()
+            if value:
+                return value
+        except AssertionError:
+            raise
+        except Exception as exc:  # a not-yet-ready server may refuse or reset: keep polling
+            last_exc = exc
+        if time.monotonic() > deadline:
+            detail = f" (last error: {last_exc!r})" if last_exc else ""
+            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}{detail}")
+        time.sleep(interval)
+
+
+def base_env(tmp: Path, runq_port: int, **extra) -> dict:
+    """The environment of a test process: no inherited simx settings, everything under `tmp`."""
+    env = {k: v for k, v in os.environ.items() if k not in SIMX_ENV}
+    env.update(
+        RUNQ_HOST="127.0.0.1", RUNQ_PORT=str(runq_port), RUNQ_LISTEN="127.0.0.1",
+        SIMX_DB_URL=f"sqlite:///{Path(tmp) / 'runq.sqlite'}", SIMX_VAR=str(Path(tmp) / "var"),
+        RUNWEB_BIND="127.0.0.1", PYTHONUNBUFFERED="1",
+    )
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+class Proc:
+    """One real subprocess with its output in a log file; `stop()` always leaves nothing behind."""
+
+    def __init__(self, name: str, args: list[str], env: dict, log: Path, cwd: Path = ROOT):
+        self.name, self.args, self.env, self.log_path = name, args, env, Path(log)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")
+        # own process group: stop() also reaches children (gunicorn's workers)
+        self.popen = subprocess.Popen(args, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=self._log,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def wait(self, timeout: float = 10.0) -> int:
+        return self.popen.wait(timeout)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """TERM, wait up to `timeout`, then KILL the whole process group."""
+        try:
+            if self.alive():
+                self._group_signal(signal.SIGTERM)
+                try:
+                    self.popen.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    pass
+            self._group_signal(signal.SIGKILL)  # stragglers of the group, if any
+            return self.popen.wait(timeout)
+        finally:
+            self._log.close()
+
+    def _group_signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def __repr__(self) -> str:
+        return f"<Proc {self.name} pid={self.pid} alive={self.alive()}>"
+
+    def describe(self) -> str:
+        """For assertion messages: the command and the end of its log."""
+        return f"{self.name} ({' '.join(self.args)}), log {self.log_path}:\n{self.log()[-3000:]}"
+
+
+def _wait_ready(proc: Proc, ready, timeout: float, what: str) -> Proc:
+    def check():
+        if not proc.alive():
+            raise AssertionError(f"{proc.name} exited with {proc.popen.returncode}\n{proc.describe()}")
+        return ready()
+    try:
+        wait_until(check, timeout, what=what)
+    except AssertionError as exc:
+        proc.stop()
+        if "exited with" in str(exc):
+            raise
+        raise AssertionError(f"{exc}\n{proc.describe()}") from None
+    return proc
+
+
+def ping(port: int, host: str = "127.0.0.1") -> dict:
+    from runq.client import RunqClient
+    return RunqClient(host, port, timeout=5.0).request("Ping")
+
+
+def start_runq(tmp: Path, port: int | None = None, env: dict | None = None, timeout: float = 15.0,
+               name: str = "runq") -> Proc:
+    """`python -m runq` on a free (or the given) port; returns once it answers Ping."""
+    port = port or free_port()
+    proc = Proc(name, [PYTHON, "-m", "runq"], env or base_env(tmp, port), Path(tmp) / f"{name}.log")
+    proc.port = port
+    return _wait_ready(proc, lambda: ping(port).get("status") == "ok", timeout, f"runq to answer Ping on {port}")
+
+
+def start_runweb(tmp: Path, runq_port: int, port: int | None = None, env: dict | None = None,
+                 workers: int = 2, healthy: bool = True, timeout: float = 20.0) -> Proc:
+    """`python -m runweb` (gunicorn); returns once GET /health is 200 (or, not `healthy`, once it answers)."""
+    port = port or free_port()
+    env = env or base_env(tmp, runq_port, RUNWEB_PORT=port)
+    proc = Proc("runweb", [PYTHON, "-m", "runweb", "--port", str(port), "--bind", "127.0.0.1",
+                           "--workers", str(workers)], env, Path(tmp) / "runweb.log")
+    proc.port, proc.url = port, f"http://127.0.0.1:{port}"
+
+    def ready():
+        status = http("GET", f"{proc.url}/health")[0]
+        return status == 200 if healthy else status > 0
+    return _wait_ready(proc, ready, timeout, f"runweb on {port} to answer /health")
+
+
+def start_worker(tmp: Path, runq_port: int, engine: str = "dummy", env: dict | None = None,
+                 name: str | None = None, **traits) -> Proc:
+    """`python -m worker --engine E ...`; traits: group, user, cost, speed, priority. Does not wait."""
+    traits = {"group": "", "user": "", "cost": 1, "speed": 1, "priority": 0, **traits}
+    args = [PYTHON, "-m", "worker", "--engine", engine]
+    for key in ("group", "user", "cost", "speed", "priority"):
+        args += [f"--{key}", str(traits.pop(key))]
+    if traits:
+        raise TypeError(f"unknown worker trait {sorted(traits)[0]!r}")
+    name = name or f"worker-{engine}-{free_port()}"
+    return Proc(name, args, env or base_env(tmp, runq_port), Path(tmp) / f"{name}.log")
+
+
+def workers_connected(runq_port: int) -> list[dict]:
+    """Workers runq lists as connected now."""
+    from runq.client import RunqClient
+    reply = RunqClient("127.0.0.1", runq_port, timeout=5.0).request("WorkerList")
+    return [w for w in reply.get("workers", []) if w.get("connected")]
+
+
+def _parse(content_type: str, data: bytes):
+    if not data:
+        return None
+    text = data.decode("utf-8", errors="replace")
+    try:
+        if "json" in content_type:
+            return json.loads(text)
+        if "yaml" in content_type:
+            return yaml.safe_load(text)
+    except ValueError:
+        pass
+    return text
+
+
+def http(method: str, url: str, body=None, headers: dict | None = None, timeout: float = 10.0):
+    """One HTTP request: (status, headers with lower-case names, body parsed by its content type).
+
+    `body` may be bytes, str, or a dict/list (sent as YAML).  An HTTP error status is returned,
+    not raised; a connection failure raises OSError.
+    """
+    headers = dict(headers or {})
+    if isinstance(body, (dict, list)):
+        body = yaml.safe_dump(body, allow_unicode=True, sort_keys=False)
+        headers.setdefault("Content-Type", "application/yaml")
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    req = urllib.request.Request(url, data=body, method=method, headers=headers)
+    try:
+        resp = _opener.open(req, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        resp = exc
+    with resp:
+        data = resp.read()
+        got = {k.lower(): v for k, v in resp.headers.items()}
+        return resp.code, got, _parse(got.get("content-type", ""), data)

@@ -1,0 +1,265 @@
+"""Operations as a user runs them: fab tasks driving a real supervisord with the real programs.
+
+Each test gets its own run-time directory (SIMX_VAR, under a short /tmp path
+because of the AF_UNIX socket length limit) and free loopback ports, so its
+supervisord never meets another one; supervisord is shut down in `finally`.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+import pytest
+
+from procs import ROOT, base_env, free_port, http, ping, wait_until, workers_connected, Proc
+from runq.client import RunqUnavailable
+from runq.supervision import Paths, Supervisor, alive, read_pid
+
+FAB = [sys.executable, "-m", "fabric"]  # the venv's `fab`
+WORKERS = ["worker-dummy:worker-dummy_00", "worker-dummy:worker-dummy_01", "worker-dummy:worker-dummy_02"]
+
+
+@pytest.fixture
+def ops():
+    """A private run-time dir and ports; `ops.fab(...)` runs a task; supervisord is shut down after."""
+    tmp = Path(tempfile.mkdtemp(prefix="simx-ops-"))
+    runq_port, runweb_port = free_port(), free_port()
+    env = base_env(tmp, runq_port, RUNWEB_PORT=runweb_port)
+    var = Path(env["SIMX_VAR"])
+    sup = Supervisor(Paths(var))
+
+    def fab(*args, env_extra=None, timeout=120):
+        run_env = dict(env, **(env_extra or {}))
+        return subprocess.run(FAB + list(args), cwd=ROOT, env=run_env, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def states():
+        return {name: info["statename"] for name, info in sup.processes().items()}
+
+    try:
+        yield types.SimpleNamespace(tmp=tmp, var=var, env=env, runq_port=runq_port, runweb_port=runweb_port,
+                                    url=f"http://127.0.0.1:{runweb_port}", sup=sup, fab=fab, states=states)
+    finally:
+        _shutdown(sup, tmp / "var" / "demo")
+        _shutdown(sup, None)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _shutdown(sup: Supervisor, demo_var: Path | None) -> None:
+    """Stop a supervisord left by a test (normal shutdown, else KILL its process group)."""
+    sup = Supervisor(Paths(demo_var)) if demo_var else sup
+    pid = read_pid(sup.paths.pid)
+    if sup.running():
+        try:
+            sup.shutdown(timeout=30)
+        except Exception:
+            pass
+    if pid and alive(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def ok(result) -> str:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def failed(result) -> str:
+    assert result.returncode != 0, f"expected a failure\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+# ------------------------------------------------------------------ task list
+
+def test_fab_list_shows_every_task_with_a_description(ops):
+    out = ok(ops.fab("--list"))
+    tasks = ["demo", "shutdown", "runq.run", "runq.start", "runq.stop", "runq.restart", "runq.status",
+             "runweb.run", "runweb.start", "runweb.stop", "runweb.restart", "runweb.status", "runweb.adduser",
+             "local.start", "local.stop", "local.restart", "local.status", "local.drain",
+             "all.start", "all.stop", "all.status"]
+    for name in tasks:
+        assert re.search(rf"^  {re.escape(name)}(\s+\(\w+\))?\s+\w", out, re.M), f"{name} not listed:\n{out}"
+    assert "local.start (local)" in out and "all.start (all)" in out  # `fab local`, `fab all`
+
+
+# ------------------------------------------------------------------ runq, runweb under supervisord
+
+def test_runq_start_status_stop(ops):
+    out = ok(ops.fab("runq.start"))
+    assert re.search(r"^runq\s+RUNNING", out, re.M), out
+    assert ping(ops.runq_port)["status"] == "ok"
+    assert re.search(r"^runq\s+RUNNING", ok(ops.fab("runq.status")), re.M)
+    # the generated config works with plain supervisorctl too
+    ctl = subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", str(ops.sup.paths.conf),
+                          "status", "runq"], capture_output=True, text=True, timeout=30)
+    assert re.search(r"^runq\s+RUNNING", ctl.stdout, re.M), ctl.stdout + ctl.stderr
+
+    ok(ops.fab("runq.stop"))
+    assert re.search(r"^runq\s+STOPPED", failed(ops.fab("runq.status")), re.M)
+    assert _refused(ops.runq_port)
+
+
+def test_start_applies_changed_settings_to_a_running_program(ops):
+    ok(ops.fab("runq.start"))
+    other = free_port()
+    out = ok(ops.fab("runq.start", env_extra={"RUNQ_PORT": str(other)}))
+    assert "changed" in out, out
+    assert ping(other)["status"] == "ok"
+    wait_until(lambda: _refused(ops.runq_port), 10, what="the old port to close")
+
+
+def _refused(port: int) -> bool:
+    try:
+        ping(port)
+    except (RunqUnavailable, OSError):
+        return True
+    return False
+
+
+def test_status_without_supervisord_fails_and_names_every_program(ops):
+    out = failed(ops.fab("all.status"))
+    for name in ["runq", "runweb"] + [w.split(":")[1] for w in WORKERS]:
+        assert re.search(rf"^{name}\s+STOPPED", out, re.M), out
+    assert not ops.sup.running()  # status never starts supervisord
+
+
+# ------------------------------------------------------------------ local worker pools
+
+def test_local_starts_three_workers_that_register_with_runq(ops):
+    ok(ops.fab("runq.start"))
+    out = ok(ops.fab("local"))
+    for name in WORKERS:
+        assert re.search(rf"^{name.split(':')[1]}\s+RUNNING", out, re.M), out
+    assert all(ops.states()[w] == "RUNNING" for w in WORKERS)
+    wait_until(lambda: len(workers_connected(ops.runq_port)) == 3, 20, what="3 workers in WorkerList")
+    ok(ops.fab("local.status"))
+    failed(ops.fab("all.status"))  # runweb is not running
+
+    ok(ops.fab("local.stop"))
+    assert all(ops.states()[w] == "STOPPED" for w in WORKERS)
+    failed(ops.fab("local.status"))
+    wait_until(lambda: not workers_connected(ops.runq_port), 20, what="the stopped workers to disconnect")
+
+
+def test_killed_worker_is_restarted_by_supervisor(ops):
+    ok(ops.fab("runq.start"))
+    ok(ops.fab("local"))
+    victim = ops.sup.processes()[WORKERS[1]]["pid"]
+    os.kill(victim, signal.SIGKILL)
+
+    def back():
+        info = ops.sup.processes()[WORKERS[1]]
+        return info["statename"] == "RUNNING" and info["pid"] not in (0, victim)
+    wait_until(back, 20, what="supervisor to restart the killed worker")
+    wait_until(lambda: len(workers_connected(ops.runq_port)) == 3, 20, what="3 connected workers again")
+    ok(ops.fab("local.status"))
+
+
+def test_drained_workers_exit_0_and_stay_down(ops):
+    ok(ops.fab("runq.start"))
+    ok(ops.fab("local"))
+    wait_until(lambda: len(workers_connected(ops.runq_port)) == 3, 20, what="3 workers in WorkerList")
+    ok(ops.fab("local.drain"))
+
+    def drained():
+        procs = ops.sup.processes()
+        return all(procs[w]["statename"] == "EXITED" and procs[w]["exitstatus"] == 0 for w in WORKERS)
+    wait_until(drained, 30, what="idle workers to drain and exit 0")
+    failed(ops.fab("local.status"))
+    ok(ops.fab("local"))  # a drained pool starts again
+    assert all(ops.states()[w] == "RUNNING" for w in WORKERS)
+
+
+def test_changed_pools_are_applied_by_the_next_start(ops):
+    hosts_file = ops.tmp / "hosts.yaml"
+    hosts_file.write_text("instances:\n  local:\n    pools:\n      - {name: small, engine: dummy, count: 2}\n")
+    use = {"SIMX_HOSTS": str(hosts_file)}
+    ok(ops.fab("runq.start", env_extra=use))
+    ok(ops.fab("local", env_extra=use))
+    assert sorted(n for n in ops.states() if n.startswith("worker-")) == ["worker-small:worker-small_00",
+                                                                          "worker-small:worker-small_01"]
+    hosts_file.write_text("instances:\n  local:\n    pools:\n      - {name: small, engine: dummy, count: 3}\n")
+    out = ok(ops.fab("local", env_extra=use))
+    assert "changed" in out and re.search(r"^worker-small_02\s+RUNNING", out, re.M), out
+    wait_until(lambda: len(workers_connected(ops.runq_port)) == 3, 20, what="3 workers in WorkerList")
+
+    hosts_file.write_text("instances:\n  local:\n    pools: []\n")
+    out = ok(ops.fab("local", env_extra=use))
+    assert "removed: worker-small" in out, out
+    assert not [n for n in ops.states() if n.startswith("worker-")]
+
+
+def test_a_worker_that_cannot_start_is_reported_with_its_log(ops):
+    hosts_file = ops.tmp / "hosts.yaml"
+    hosts_file.write_text("instances:\n  local:\n    pools:\n      - {name: bad, engine: no-such-engine, count: 1}\n")
+    result = ops.fab("local", env_extra={"SIMX_HOSTS": str(hosts_file)})
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "worker-bad:worker-bad_00 did not start" in result.stderr
+    assert "no-such-engine" in result.stderr  # the end of the worker's own log says why
+
+
+# ------------------------------------------------------------------ everything
+
+def test_all_starts_the_stack_and_shutdown_stops_supervisord(ops):
+    ok(ops.fab("all"))
+    assert set(ops.states()) == {"runq:runq", "runweb:runweb", *WORKERS}
+    assert set(ops.states().values()) == {"RUNNING"}
+    wait_until(lambda: http("GET", f"{ops.url}/health")[0] == 200, 20, what="runweb /health 200")
+    ok(ops.fab("all.status"))
+    pid = read_pid(ops.sup.paths.pid)
+
+    ok(ops.fab("shutdown"))
+    assert not ops.sup.running()
+    assert pid and not alive(pid)
+    assert _refused(ops.runq_port)
+    with pytest.raises(OSError):
+        http("GET", f"{ops.url}/health", timeout=2)
+    failed(ops.fab("all.status"))
+
+
+def test_run_tasks_serve_in_the_foreground(ops):
+    runq = Proc("fab-runq-run", FAB + ["runq.run"], ops.env, ops.tmp / "fab-runq-run.log")
+    runweb = None
+    try:
+        wait_until(lambda: ping(ops.runq_port)["status"] == "ok", 20, what=f"fab runq.run to serve\n{runq.log()}")
+        port = free_port()
+        runweb = Proc("fab-runweb-run", FAB + ["runweb.run", "--port", str(port)], ops.env,
+                      ops.tmp / "fab-runweb-run.log")
+        wait_until(lambda: http("GET", f"http://127.0.0.1:{port}/health")[0] == 200, 30,
+                   what=f"fab runweb.run to serve /health\n{runweb.log()}")
+    finally:
+        if runweb:
+            runweb.stop()
+        assert runq.stop() == 0, runq.log()  # runq exits cleanly on TERM
+
+
+def test_adduser_adds_a_hashed_user_to_the_users_file(ops):
+    users = ops.tmp / "users.yaml"
+    result = subprocess.run(FAB + ["runweb.adduser", "--name", "ann"], cwd=ROOT, input="pa55-word\n", text=True,
+                            capture_output=True, timeout=60, env=dict(ops.env, RUNWEB_USERS=str(users)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = users.read_text()
+    assert text.startswith("ann:") and "pa55-word" not in text
+    assert users.stat().st_mode & 0o077 == 0
+
+
+# ------------------------------------------------------------------ the demo
+
+def test_demo_runs_the_example_batch_and_stops_its_stack(ops):
+    result = ops.fab("demo", timeout=240)
+    out = ok(result)
+    assert re.search(r"3 runs: 3 finished, 0 failed", out), out
+    assert "curl 127.0.0.1:" in out
+    demo = Supervisor(Paths(ops.var / "demo"))
+    assert not demo.running()
+    pid = read_pid(demo.paths.pid)
+    assert pid is None or not alive(pid)
