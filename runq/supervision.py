@@ -101,9 +101,9 @@ def program_env(config: Config, env, runq_host: str, runq_port: int) -> dict[str
 
 
 def worker_command(python: str, pool: Pool) -> list[str]:
-    # pool.retry_delay has no flag on `python -m worker` yet (conf worker.retry_delay_max applies)
     return [python, "-m", "worker", "--engine", pool.engine, "--group", pool.group, "--user", pool.user,
-            "--cost", _num(pool.cost), "--speed", _num(pool.speed), "--priority", _num(pool.priority)]
+            "--cost", _num(pool.cost), "--speed", _num(pool.speed), "--priority", _num(pool.priority),
+            "--retry-delay-max", _num(pool.retry_delay)]
 
 
 def programs(config: Config, instance: Instance, env, python: str) -> list[dict]:

@@ -2,6 +2,7 @@
 killed, stopped and restarted the way production goes wrong."""
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import subprocess
@@ -255,3 +256,53 @@ def test_chaos_loop_loses_nothing_and_counts_nothing_twice(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     tally = [line for line in out.stdout.splitlines() if line.startswith("tally:")][0]
     assert "duplicates 0" in tally and "lost 0" in tally
+
+
+def test_quarter_of_supervised_workers_sigkilled_all_runs_finish(tmp_path):
+    """8 workers under supervisord (`fab all`); 2 are SIGKILLed mid-run and supervisor restarts them."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from runq.supervision import Paths, Supervisor
+
+    tmp = Path(tempfile.mkdtemp(prefix="simx-rel-"))   # short: AF_UNIX socket path limit
+    hosts = tmp / "hosts.yaml"
+    hosts.write_text("instances:\n  local:\n    pools:\n      - {name: dummy, engine: dummy, count: 8}\n")
+    port = procs.free_port()
+    env = procs.base_env(tmp, port, RUNWEB_PORT=procs.free_port(), SIMX_HOSTS=hosts, **dict(FAST, RUNQ_GRACE="2"))
+    sup = Supervisor(Paths(Path(env["SIMX_VAR"])))
+    client = RunqClient("127.0.0.1", port)
+    try:
+        out = subprocess.run([sys.executable, "-m", "fabric", "all"], cwd=procs.ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+        wait_until(lambda: len(procs.workers_connected(port)) == 8, 30, what="8 supervised workers")
+        client.request("StartBatch", name="k", engine="dummy", n_runs=200,
+                       param={"step_count": 4, "step_delay": 0.05})
+        wait_until(lambda: client.request("BatchStatus", batch_id=1, limit=1)["batch"]["n_finished"] >= 40, 30,
+                   what="the batch under way")
+        busy = [w for w in procs.workers_connected(port) if w["state"] == "busy"][:2]
+        assert len(busy) == 2
+        before = {name: info["pid"] for name, info in sup.processes().items()}
+        for w in busy:
+            os.kill(w["pid"], signal.SIGKILL)
+        wait_until(lambda: sum(1 for name, info in sup.processes().items()
+                               if info["statename"] == "RUNNING" and info["pid"] != before[name]) == 2,
+                   30, what="supervisor to restart the two killed workers")
+
+        def done():
+            batch = client.request("BatchStatus", batch_id=1, limit=1)["batch"]
+            return batch if batch["end_time"] else None
+        batch = wait_until(done, 60, what="the batch to finish")
+        assert (batch["n_finished"], batch["n_failed"]) == (200, 0)
+        with sqlite3.connect(f"file:{tmp / 'runq.sqlite'}?mode=ro", uri=True) as db:
+            per_run = db.execute("SELECT batch_index, SUM(outcome='finished') FROM attempts "
+                                 "WHERE batch_id=1 GROUP BY batch_index").fetchall()
+            lost_by = [r[0] for r in db.execute("SELECT worker_id FROM attempts WHERE outcome='lost'")]
+        assert len(per_run) == 200 and all(f == 1 for _, f in per_run)          # nothing counted twice
+        assert sorted(lost_by) == sorted(w["id"] for w in busy)                 # the killed attempts, recorded
+    finally:
+        subprocess.run([sys.executable, "-m", "fabric", "shutdown"], cwd=procs.ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+        shutil.rmtree(tmp, ignore_errors=True)
