@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=cfg.runq.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # dataset's schema checks are chatty
-    url = configuration.resolve_db_url(cfg.runq.db_url, cfg.root)
+    url = configuration.resolve_db_url(cfg.runq.db_url, cfg.root, cfg.var)
     store = Store(url)
     coordinator = Coordinator(store, cfg.runq, cfg.batch, now=time.time())
     try:

@@ -152,16 +152,22 @@ def load(path: str | Path | None = None, env: dict | None = None, root: Path = R
     return Config(root=root, var=var.resolve(), **built)
 
 
-def resolve_db_url(url: str, root: Path = ROOT) -> str:
-    """Make a relative sqlite path absolute against the simx root; create its directory."""
+def resolve_db_url(url: str, root: Path = ROOT, var: Path | None = None) -> str:
+    """Make a relative sqlite path absolute and create its directory.
+
+    A relative path resolves against the simx root, except that a leading ``var/``
+    means the run-time directory (SIMX_VAR when set), so the default database moves
+    with it.
+    """
     prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
-        path = root / url[len(prefix):]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return prefix + str(path)
-    if url.startswith(prefix + "/"):
-        Path(url[len(prefix):]).parent.mkdir(parents=True, exist_ok=True)
-    return url
+    if not url.startswith(prefix) or ":memory:" in url:
+        return url
+    path = Path(url[len(prefix):])
+    if not path.is_absolute():
+        parts = path.parts
+        path = (var / Path(*parts[1:])) if (var is not None and parts and parts[0] == "var") else root / path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return prefix + str(path)
 
 
 def resolve_path(path: str, root: Path = ROOT) -> Path:

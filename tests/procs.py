@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 # Settings a test must never inherit from the shell that runs pytest.
 SIMX_ENV = ("RUNQ_HOST", "RUNQ_PORT", "RUNQ_LISTEN", "SIMX_DB_URL", "SIMX_WORKER_TOKEN", "SIMX_LOG_LEVEL",
-            "SIMX_VAR", "RUNWEB_PORT", "RUNWEB_BIND", "RUNWEB_USERS")
+            "SIMX_VAR", "SIMX_HOSTS", "RUNWEB_PORT", "RUNWEB_BIND", "RUNWEB_USERS", "RUNQ_HEARTBEAT", "RUNQ_LEASE",
+            "RUNQ_GRACE")
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback never goes via a proxy
 
 

@@ -1,0 +1,46 @@
+"""Configuration: file, then environment, then flags; bad values name the key."""
+from pathlib import Path
+
+import pytest
+
+from runq import config
+
+
+def test_defaults_from_the_shipped_file():
+    cfg = config.load(env={})
+    assert (cfg.runq.port, cfg.runq.listen, cfg.runweb.port, cfg.runweb.run_port) == (8096, ("127.0.0.1",), 8097, 4567)
+    assert cfg.var == config.ROOT / "var"
+    assert (cfg.batch.max_attempts, cfg.batch.max_requeues, cfg.batch.time_limit) == (3, 10, None)
+
+
+def test_environment_then_flags_override():
+    env = {"RUNQ_PORT": "4949", "RUNQ_LISTEN": "127.0.0.1,::1", "RUNQ_LEASE": "2.5", "RUNWEB_PORT": "9000"}
+    cfg = config.load(env=env)
+    assert (cfg.runq.port, cfg.runq.listen, cfg.runq.lease, cfg.runweb.port) == (4949, ("127.0.0.1", "::1"), 2.5, 9000)
+    assert config.load(env=env, runq_port=5000).runq.port == 5000
+
+
+@pytest.mark.parametrize("env, key", [
+    ({"RUNQ_PORT": "eighty"}, "runq.port"),
+    ({"RUNQ_LEASE": "-1"}, "runq.lease"),
+])
+def test_bad_values_name_the_key(env, key):
+    with pytest.raises(config.ConfigError, match=key):
+        config.load(env=env)
+
+
+def test_unknown_key_in_the_file_is_named(tmp_path):
+    path = tmp_path / "simx.yaml"
+    path.write_text("runq:\n  prot: 1\n")
+    with pytest.raises(config.ConfigError, match="runq.prot"):
+        config.load(path, env={})
+
+
+def test_relative_sqlite_paths_resolve_against_root_or_var(tmp_path):
+    root, var = tmp_path / "root", tmp_path / "elsewhere"
+    assert config.resolve_db_url("sqlite:///var/data/runq.sqlite", root) == f"sqlite:///{root}/var/data/runq.sqlite"
+    assert config.resolve_db_url("sqlite:///var/data/runq.sqlite", root, var) == f"sqlite:///{var}/data/runq.sqlite"
+    assert config.resolve_db_url("sqlite:///db/x.sqlite", root, var) == f"sqlite:///{root}/db/x.sqlite"
+    assert config.resolve_db_url("postgresql://u@127.0.0.1/simx", root) == "postgresql://u@127.0.0.1/simx"
+    assert (var / "data").is_dir()
+    assert Path(config.load(env={"SIMX_VAR": str(var)}).var) == var
