@@ -11,37 +11,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from runq.client import RunqClient, RunqUnavailable  # noqa: E402
-
-PY = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(cond, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if cond():
-                return
-        except RunqUnavailable:
-            pass
-        time.sleep(0.02)
-    raise TimeoutError(what)
+from common import PY, ROOT, free_port, wait_until  # noqa: E402  (bench/ is on sys.path when run)
+from runq.client import RunqClient  # noqa: E402
 
 
 def start_server(kind: str, port: int, tmp: str) -> subprocess.Popen:

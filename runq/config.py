@@ -114,6 +114,19 @@ def _convert(section: str, key: str, value, default):
         raise ConfigError(f"configuration {name}: bad value {value!r} ({exc})") from None
 
 
+def read_mapping(path: Path, what: str) -> dict:
+    """A YAML file that must hold a mapping ({} when the file is absent)."""
+    if not path.exists():
+        return {}
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected {what}")
+    return raw
+
+
 def load(path: str | Path | None = None, env: dict | None = None, root: Path = ROOT, **overrides) -> Config:
     """Read the conf file (default conf/simx.yaml under root), apply env, then overrides.
 
@@ -121,14 +134,7 @@ def load(path: str | Path | None = None, env: dict | None = None, root: Path = R
     """
     env = os.environ if env is None else env
     path = Path(path) if path else root / "conf" / "simx.yaml"
-    raw: dict = {}
-    if path.exists():
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections")
+    raw = read_mapping(path, "a mapping of sections")
     for var, (section, key) in ENV.items():
         if env.get(var) not in (None, ""):
             raw.setdefault(section, {})[key] = env[var]

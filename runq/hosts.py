@@ -12,9 +12,8 @@ import dataclasses
 import re
 from pathlib import Path
 
-import yaml
 
-from .config import ROOT, ConfigError
+from .config import ROOT, ConfigError, read_mapping
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -126,14 +125,10 @@ def parse_instance(name: str, raw, where: str) -> Instance:
 def load(path: str | Path | None = None, root: Path = ROOT) -> dict[str, Instance]:
     """conf/hosts.yaml (under root) -> {name: Instance}, always with a `local` entry."""
     path = Path(path) if path else root / "conf" / "hosts.yaml"
-    raw: dict = {}
-    if path.exists():
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(raw, dict) or set(raw) - {"instances"}:
-            raise ConfigError(f"{path}: expected one key, instances (a mapping of instance names)")
+    expected = "one key, instances (a mapping of instance names)"
+    raw = read_mapping(path, expected)
+    if set(raw) - {"instances"}:
+        raise ConfigError(f"{path}: expected {expected}")
     given = raw.get("instances") or {}
     if not isinstance(given, dict):
         raise ConfigError(f"{path.name}: instances: expected a mapping of instance names")

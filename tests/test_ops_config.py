@@ -44,12 +44,12 @@ def test_shipped_hosts_yaml_is_the_documented_default():
 
 def test_hosts_yaml_describes_remote_instances(tmp_path):
     path = tmp_path / "hosts.yaml"
-    path.write_text("instances:\n  lab1:\n    host: 10.0.0.5\n    user: simx\n    port: 2222\n"
+    path.write_text("instances:\n  lab1:\n    host: lab1.example.org\n    user: simx\n    port: 2222\n"
                     "    key: ~/.ssh/k\n    dir: /srv/simx\n    runq_host: runq.example\n    runq_port: 8096\n"
                     "    pools: [{name: a, engine: aurora, count: 2, group: topl, cost: 2.5}]\n")
     found = hosts.load(path)
     lab = found["lab1"]
-    assert (lab.host, lab.user, lab.port, lab.dir, lab.runq_port) == ("10.0.0.5", "simx", 2222, "/srv/simx", 8096)
+    assert (lab.host, lab.user, lab.port, lab.dir, lab.runq_port) == ("lab1.example.org", "simx", 2222, "/srv/simx", 8096)
     assert lab.pools[0].process_names() == ["worker-a_00", "worker-a_01"]
     assert found["local"] == hosts.DEFAULT_LOCAL  # local stays the default
 
@@ -90,7 +90,8 @@ def test_rendered_config_runs_the_entry_points_as_supervisor_reads_it(tmp_path):
     assert [w.name for w in workers] == ["worker-dummy_00", "worker-dummy_01", "worker-dummy_02"]
     for w in workers:
         assert shlex.split(w.command) == ["/venv/bin/python", "-m", "worker", "--engine", "dummy", "--group", "",
-                                          "--user", "", "--cost", "1", "--speed", "1", "--priority", "0"]
+                                          "--user", "", "--cost", "1", "--speed", "1", "--priority", "0",
+                                          "--retry-delay-max", "10"]
         assert w.autorestart is RestartWhenExitUnexpected and w.exitcodes == [0]  # drained (exit 0): stay down
         assert (w.autostart, w.stopsignal, w.stopwaitsecs, w.startsecs) == (False, signal.SIGTERM, 15, 1)
         assert w.stopasgroup and w.killasgroup and w.redirect_stderr
@@ -111,13 +112,14 @@ def test_supervisord_files_live_under_the_run_time_directory(tmp_path):
 def test_pool_traits_and_instance_runq_address_reach_the_workers(tmp_path):
     cfg, env = _config(tmp_path)
     pool = hosts.Pool(name="topl", engine="aurora", count=2, group="topl", user="ann", cost=2.5, speed=3,
-                      priority=-1)
-    inst = hosts.Instance(name="local", runq_host="10.1.2.3", runq_port=9000, pools=(pool,))
+                      priority=-1, retry_delay=4.5)
+    inst = hosts.Instance(name="local", runq_host="runq.example.org", runq_port=9000, pools=(pool,))
     groups = _parse(tmp_path, render(cfg, inst, env, python=sys.executable, user="root"))
     w = groups["worker-topl"].process_configs[0]
     assert shlex.split(w.command)[3:] == ["--engine", "aurora", "--group", "topl", "--user", "ann",
-                                          "--cost", "2.5", "--speed", "3", "--priority", "-1"]
-    assert (w.environment["RUNQ_HOST"], w.environment["RUNQ_PORT"]) == ("10.1.2.3", "9000")
+                                          "--cost", "2.5", "--speed", "3", "--priority", "-1",
+                                          "--retry-delay-max", "4.5"]
+    assert (w.environment["RUNQ_HOST"], w.environment["RUNQ_PORT"]) == ("runq.example.org", "9000")
     runq = groups["runq"].process_configs[0]  # runq itself listens where conf/env say
     assert runq.environment["RUNQ_PORT"] == "4949"
 

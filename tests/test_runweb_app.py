@@ -310,18 +310,18 @@ def test_loopback_needs_no_password(client, addr):
 
 
 def test_remote_without_users_configured_is_401(client, runq):
-    result = client.simulate_get("/batch", remote_addr="10.1.2.3")
+    result = client.simulate_get("/batch", remote_addr="203.0.113.7")
     assert result.status_code == 401
     assert result.headers["www-authenticate"] == 'Basic realm="simx"'
     assert body(result)["status"] == "error"
-    assert client.simulate_get("/batch", remote_addr="10.1.2.3", headers=basic("relteq", "x")).status_code == 401
+    assert client.simulate_get("/batch", remote_addr="203.0.113.7", headers=basic("relteq", "x")).status_code == 401
     assert runq.requests == []
 
 
 def test_remote_with_the_right_password_passes(client, runq, users_file):
     runq.replies["BatchList"] = protocol.reply(batches=[])
     for _ in range(2):  # the second time from the cache of good logins
-        result = client.simulate_get("/batch", remote_addr="10.1.2.3", headers=basic("relteq", "topl5678"))
+        result = client.simulate_get("/batch", remote_addr="203.0.113.7", headers=basic("relteq", "topl5678"))
         assert result.status_code == 200
     assert client.simulate_get("/batch", remote_addr="2001:db8::5", headers=basic("zoë", "pässwörd")).status_code == 200
     assert len(runq.requests) == 3
@@ -337,20 +337,20 @@ def test_remote_with_the_right_password_passes(client, runq, users_file):
     {"Authorization": "Basic " + base64.b64encode(b"no-colon").decode()},
 ])
 def test_remote_with_a_wrong_or_missing_password_is_401(client, runq, users_file, headers):
-    result = client.simulate_get("/batch", remote_addr="10.1.2.3", headers=headers)
+    result = client.simulate_get("/batch", remote_addr="203.0.113.7", headers=headers)
     assert result.status_code == 401 and result.headers["www-authenticate"] == 'Basic realm="simx"'
     assert runq.requests == []
 
 
 def test_x_forwarded_for_is_not_trusted(client, cfg):
     headers = {"X-Forwarded-For": "127.0.0.1", "Forwarded": "for=127.0.0.1"}
-    assert client.simulate_get("/", remote_addr="10.1.2.3", headers=headers).status_code == 401
+    assert client.simulate_get("/", remote_addr="203.0.113.7", headers=headers).status_code == 401
 
 
 def test_trusted_networks_come_from_config(runq, tmp_path):
-    cfg = config.load(path=tmp_path / "none.yaml", env={}, root=tmp_path, runweb_trusted=["10.1.0.0/16"])
+    cfg = config.load(path=tmp_path / "none.yaml", env={}, root=tmp_path, runweb_trusted=["203.0.113.0/24"])
     client = falcon.testing.TestClient(create_app(runq, cfg))
-    assert client.simulate_get("/", remote_addr="10.1.2.3").status_code == 200
+    assert client.simulate_get("/", remote_addr="203.0.113.7").status_code == 200
     assert client.simulate_get("/", remote_addr="127.0.0.1").status_code == 401
     with pytest.raises(config.ConfigError, match="runweb.trusted"):
         create_app(runq, config.load(path=tmp_path / "none.yaml", env={}, root=tmp_path, runweb_trusted=["x/8"]))

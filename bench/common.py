@@ -1,0 +1,31 @@
+"""Helpers the bench scripts share: the simx root on sys.path, free ports, polling."""
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(cond, timeout: float, what: str, interval: float = 0.02, retry_on=(OSError,)) -> None:
+    """Poll cond() until true; exceptions in retry_on count as 'not yet'."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if cond():
+                return
+        except retry_on:
+            pass
+        time.sleep(interval)
+    raise TimeoutError(what)
