@@ -6,8 +6,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Debian packages the tests need (installed by `make deps-deb` when run as root).
-DEBS   := procps
+# Debian packages the tests need (installed by `make deps-deb` when run as root):
+# procps (ps/pkill in ops tests), postgresql (runq on a throwaway PostgreSQL cluster).
+DEBS   := procps postgresql
 BENCH_ARGS ?=
 
 .PHONY: all demo test bench deps-deb clean $(VENV)

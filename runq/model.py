@@ -145,5 +145,5 @@ class Worker:
             "group": self.group, "user": self.user, "engine": self.engine, "cost": self.cost,
             "speed": self.speed, "priority": self.priority, "state": self.state,
             "batch_id": run[0], "batch_index": run[1], "started": self.started,
-            "last_contact": self.last_contact, "draining": self.draining,
+            "last_contact": self.last_contact, "draining": int(self.draining),
         }

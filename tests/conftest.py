@@ -15,6 +15,17 @@ for path in (str(ROOT), str(ROOT / "tests")):  # runq/runweb/worker and procs, i
 import procs  # noqa: E402
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """One throwaway PostgreSQL cluster for the session; `postgres.new_database()` gives a URL."""
+    import pg
+    cluster = pg.Cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture
 def stack(tmp_path):
     """runq + runweb on free loopback ports in tmp_path; `stack.worker(**traits)` adds workers.

@@ -11,9 +11,9 @@ CFG = RunqConfig(heartbeat_interval=10, lease=30, grace=60)
 
 
 class Harness:
-    def __init__(self, path, now=1000.0, cfg=CFG):
-        self.path, self.now, self.cfg = path, now, cfg
-        self.store = Store(f"sqlite:///{path}")
+    def __init__(self, url, now=1000.0, cfg=CFG):
+        self.url, self.now, self.cfg = url, now, cfg
+        self.store = Store(url)
         self.coord = Coordinator(self.store, cfg, BatchDefaults(), now=now)
         self.sent = []
 
@@ -61,13 +61,21 @@ class Harness:
     def restart(self):
         """runq dies (everything committed so far survives) and starts again on the same file."""
         self.store.commit()
-        self.store = Store(f"sqlite:///{self.path}")
+        self.store.db.close()
+        self.store = Store(self.url)
         self.coord = Coordinator(self.store, self.cfg, BatchDefaults(), now=self.now)
 
 
-@pytest.fixture
-def h(tmp_path):
-    return Harness(tmp_path / "runq.sqlite")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def h(request, tmp_path):
+    """The same scenarios on SQLite (the default) and PostgreSQL (any SQLAlchemy URL)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'runq.sqlite'}"
+    else:
+        url = request.getfixturevalue("postgres").new_database()
+    harness = Harness(url)
+    yield harness
+    harness.store.db.close()
 
 
 def start(h, n_runs=3, **fields):

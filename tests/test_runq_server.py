@@ -84,3 +84,37 @@ def test_restart_on_the_same_file_resumes_and_deleting_it_resets(tmp_path):
         assert RunqClient(port=port).request("BatchList")["batches"] == []
     finally:
         runq.stop()
+
+
+def test_runq_on_postgresql_survives_sigkill(tmp_path, postgres):
+    """Any SQLAlchemy URL: the same runq on PostgreSQL, killed and restarted."""
+    import signal
+
+    from procs import base_env, free_port
+    port = free_port()
+    env = base_env(tmp_path, port, SIMX_DB_URL=postgres.new_database())
+    runq = start_runq(tmp_path, port=port, env=env)
+    try:
+        client = RunqClient(port=port)
+        client.request("StartBatch", name="pg ✓", engine="dummy", n_runs=3, param={"k": "ü"})
+        link = Link.connect("127.0.0.1", port)
+        link.send(protocol.message("WorkerReady", host="h", pid=1, group="", user="", engine="dummy",
+                                   cost=1.0, speed=1.0, priority=0.0))
+        wid = link.recv()["worker_id"]
+        run = link.recv()
+        link.send(protocol.message("WorkerFinishedRun", worker_id=wid, batch_id=1, batch_index=run["batch_index"],
+                                   attempt=run["attempt"], data={"flow": [1, 2]}))
+        assert link.recv()["accepted"] is True
+        runq.signal(signal.SIGKILL)
+        runq.wait()
+        link.close()
+    finally:
+        runq.stop()
+    runq = start_runq(tmp_path, port=port, env=env, name="runq-again")
+    try:
+        status = RunqClient(port=port).request("BatchStatus", batch_id=1)
+        assert status["batch"]["name"] == "pg ✓" and status["batch"]["n_finished"] == 1
+        assert status["runs"][0]["result"] == {"flow": [1, 2]}
+        assert [r["state"] for r in status["runs"]] == ["finished", "running", "waiting"]
+    finally:
+        runq.stop()
