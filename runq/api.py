@@ -156,7 +156,7 @@ class Api:
                 self._cancel_active(c.runs[(batch.id, index)], "batch cancelled", now)
             batch.requeued.clear()
             c.finish_batch_if_done(batch, now)
-            self.store.save_batch(batch.row())
+            self.store.save_batch(batch.counters())
         row = self._batch_row(msg["batch_id"])
         return protocol.reply(message="batch cancelled", batch=views.batch(row, now))
 
@@ -192,7 +192,7 @@ class Api:
                 if not batch.has_waiting():
                     c.matcher.remove_ready(b)
                 c.finish_batch_if_done(batch, now)
-                self.store.save_batch(batch.row())
+                self.store.save_batch(batch.counters())
         row = self._batch_row(b)
         return protocol.reply(message="run cancelled", run=self._run_view(row, index),
                               batch=views.batch(row, now))

@@ -307,7 +307,7 @@ class Coordinator:
             self.matcher.remove_ready(batch.id)
         worker.run, worker.state = run.key, states.BUSY
         self.store.save_run(run.row(), new=new)
-        self.store.save_batch(batch.row())
+        self.store.save_batch(batch.counters())
         self.store.save_worker(worker.row())
         self.send(worker.conn, protocol.message(
             "RunqAssignRun", batch_id=batch.id, batch_index=index, attempt=run.attempt, engine=batch.engine,
@@ -368,7 +368,7 @@ class Coordinator:
                 del self.runs[run.key]
                 batch.active.discard(run.batch_index)
             self.finish_batch_if_done(batch, now)
-        self.store.save_batch(batch.row())
+        self.store.save_batch(batch.counters())
 
     def finish_batch_if_done(self, batch: Batch, now: float) -> None:
         if batch.settle(now):
@@ -376,4 +376,4 @@ class Coordinator:
                      batch.n_finished, batch.n_failed, batch.n_cancelled, now - batch.start_time)
             self.matcher.remove_ready(batch.id)
             del self.batches[batch.id]
-            self.store.save_batch(batch.row())
+            self.store.save_batch(batch.counters())

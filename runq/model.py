@@ -67,6 +67,14 @@ class Batch:
             return True
         return False
 
+    def counters(self) -> dict:
+        """What changes while the batch runs (the rest is written once, at submit)."""
+        return {
+            "id": self.id, "state": self.state, "next_index": self.next_index,
+            "n_waiting": self.n_waiting, "n_running": self.n_running, "n_finished": self.n_finished,
+            "n_failed": self.n_failed, "n_cancelled": self.n_cancelled, "end_time": self.end_time,
+        }
+
     def row(self) -> dict:
         return {
             "id": self.id, "name": self.name, "group": self.group, "user": self.user,

@@ -113,12 +113,15 @@ class Store:
 
     def _mark(self, name: str, key, row: dict, new: bool):
         old = self._dirty[name].get(key)
-        self._dirty[name][key] = (row, new or (old is not None and old[1]))
+        if old is not None:   # a later, possibly partial, snapshot of the same row
+            row, new = {**old[0], **row}, new or old[1]
+        self._dirty[name][key] = (row, new)
 
     def add_batch(self, row: dict):
         self._mark("batches", row["id"], row, True)
 
     def save_batch(self, row: dict):
+        """Update a stored batch: ``row`` holds its id and the columns that changed (Batch.counters())."""
         self._mark("batches", row["id"], row, False)
 
     def save_run(self, row: dict, new: bool = False):
@@ -136,7 +139,8 @@ class Store:
     def _encode(self, name: str, row: dict) -> dict:
         out = dict(row)
         for col in self._json_cols[name]:
-            out[col] = _jdump(out[col])
+            if col in out:
+                out[col] = _jdump(out[col])
         return out
 
     def commit(self) -> None:
@@ -145,21 +149,22 @@ class Store:
             return
         with self.engine.begin() as conn:
             for name, keyname in (("batches", "_id"), ("workers", "_id"), ("runs", None)):
-                inserts, updates = [], []
+                inserts, updates = [], {}
                 for key, (row, new) in self._dirty[name].items():
                     row = self._encode(name, row)
                     if new:
                         inserts.append(row)
+                        continue
+                    if keyname:
+                        row["_id"] = row.pop("id")
                     else:
-                        if keyname:
-                            row["_id"] = row.pop("id")
-                        else:
-                            row["_b"], row["_i"] = row.pop("batch_id"), row.pop("batch_index")
-                        updates.append(row)
+                        row["_b"], row["_i"] = row.pop("batch_id"), row.pop("batch_index")
+                    # one executemany per set of columns (rows may be partial)
+                    updates.setdefault(tuple(row), []).append(row)
                 if inserts:
                     conn.execute(self._ins[name], inserts)
-                if updates:
-                    conn.execute(self._upd[name], updates)
+                for rows in updates.values():
+                    conn.execute(self._upd[name], rows)
             if self._attempts:
                 conn.execute(self._ins["attempts"], self._attempts)
         self._reset_buffer()
