@@ -156,6 +156,8 @@ class Coordinator:
             raise RunqError("worker token missing or wrong", 401)
 
     def _hello(self, conn, msg: dict, now: float) -> None:
+        if conn in self.conns:
+            raise RunqError(f"{msg['type']}: this connection already speaks for worker {self.conns[conn]}", 409)
         wid = msg.get("worker_id")
         worker = self.workers.get(wid) if wid is not None else None
         if worker is None:

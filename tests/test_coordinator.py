@@ -310,3 +310,25 @@ def test_bad_requests_name_the_problem(h):
     assert "n_runs" in h.request("StartBatch", engine="dummy", n_runs=0)["message"]
     start(h, 2)
     assert h.request("RunStatus", batch_id=1, batch_index=2)["code"] == 404
+
+
+def test_second_hello_on_one_connection_is_refused(h):
+    h.worker("w")
+    out = h.send("w", "WorkerReady", host="h", pid=2, group="", user="", engine="dummy", cost=1.0, speed=1.0,
+                 priority=0.0)
+    assert out[0][1]["type"] == "RunqError" and "already speaks for worker 1" in out[0][1]["message"]
+
+
+def test_retention_purges_old_finished_batches_and_long_gone_workers(tmp_path):
+    h = Harness(f"sqlite:///{tmp_path / 'r.sqlite'}", cfg=RunqConfig(lease=30, grace=60, retention_days=1))
+    wid = h.worker("w")
+    start(h, 1)
+    h.report("w", wid, h.assigned("w")[-1])
+    start(h, 1)                                    # still waiting: an active batch is never purged
+    h._run(h.coord.disconnected("w", h.now))
+    h.tick(3600)
+    assert len(h.request("BatchList")["batches"]) == 2      # younger than a day: kept
+    h.tick(86400)
+    assert [b["id"] for b in h.request("BatchList")["batches"]] == [2]
+    assert h.request("WorkerList")["workers"] == []
+    assert h.request("BatchStatus", batch_id=1)["code"] == 404
