@@ -11,6 +11,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 PY = sys.executable
 
+from runq.client import RunqUnavailable  # noqa: E402
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -18,7 +20,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(cond, timeout: float, what: str, interval: float = 0.02, retry_on=(OSError,)) -> None:
+def wait_until(cond, timeout: float, what: str, interval: float = 0.02, retry_on=(OSError, RunqUnavailable)) -> None:
     """Poll cond() until true; exceptions in retry_on count as 'not yet'."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
