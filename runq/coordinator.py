@@ -112,8 +112,11 @@ class Coordinator:
                     and run.started is not None and now - run.started > batch.time_limit):
                 worker = self.workers.get(run.worker_id)
                 log.warning("run %s over its %ss time limit: aborting", run.key, batch.time_limit)
-                if worker is not None:
-                    self.take_back(worker, states.OUTCOME_TIMEOUT, f"time limit of {batch.time_limit}s exceeded", now)
+                why = f"time limit of {batch.time_limit}s exceeded"
+                if worker is not None and worker.run == run.key:
+                    self.take_back(worker, states.OUTCOME_TIMEOUT, why, now)
+                else:
+                    self.end_attempt(run, states.OUTCOME_TIMEOUT, why, now)
         self.api.tick(now)
         return self.take_output()
 
@@ -191,7 +194,8 @@ class Coordinator:
             self.take_back(worker, states.OUTCOME_LOST, "worker came back without its run", now, abort=False)
         if keep:
             worker.run, worker.aborting = claimed[:2], None
-        elif claimed is not None and worker.aborting is None:
+        else:
+            # a run it still holds that is no longer its own: it is busy until it lets go
             worker.aborting = claimed
         self.send(conn, protocol.message("RunqAcceptWorker", worker_id=wid,
                                          heartbeat_interval=self.config.heartbeat_interval, keep_run=keep))
