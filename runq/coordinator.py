@@ -63,7 +63,7 @@ class Coordinator:
         except RunqError as exc:
             log.warning("%s from %s refused: %s", mtype, self.peers.get(conn), exc)
             if mtype in protocol.FROM_WORKER:
-                self.send(conn, protocol.message("RunqError", message=str(exc)))
+                self.send(conn, protocol.message("RunqError", message=str(exc), code=exc.code))
                 self.send(conn, None)
             else:
                 self.send(conn, protocol.reply("error", exc.code, str(exc)))

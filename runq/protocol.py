@@ -51,7 +51,7 @@ SCHEMA: dict[str, dict[str, object]] = {
     "RunqAbortRun": dict(**_RUN, reason=STR),
     "RunqGetStatus": {},
     "RunqDrain": {},
-    "RunqError": dict(message=STR),
+    "RunqError": dict(message=STR, code=OPT_INT),  # code: HTTP-like; 401 = bad worker token
     # runweb (or any client) -> runq; each gets one Reply
     "Ping": {},
     "StartBatch": dict(
@@ -77,6 +77,7 @@ OPTIONAL: dict[str, frozenset[str]] = {
     "WorkerFailedRun": frozenset({"traceback"}),
     "WorkerAbortedRun": frozenset({"message"}),
     "RunqAck": frozenset({"message"}),
+    "RunqError": frozenset({"code"}),
     "RunqAssignRun": frozenset({"time_limit"}),
     "StartBatch": frozenset({
         "name", "group", "user", "param", "max_attempts", "max_requeues", "time_limit", "idempotency_key",

@@ -118,3 +118,19 @@ def test_runq_on_postgresql_survives_sigkill(tmp_path, postgres):
         assert [r["state"] for r in status["runs"]] == ["finished", "running", "waiting"]
     finally:
         runq.stop()
+
+
+def test_workers_must_present_the_token_when_one_is_set(tmp_path):
+    from procs import base_env, free_port, start_worker, wait_until, workers_connected
+    port = free_port()
+    runq = start_runq(tmp_path, port=port, env=base_env(tmp_path, port, SIMX_WORKER_TOKEN="s3cret"))
+    wrong = start_worker(tmp_path, port, env=base_env(tmp_path, port, SIMX_WORKER_TOKEN="guess"), name="wrong")
+    right = start_worker(tmp_path, port, env=base_env(tmp_path, port, SIMX_WORKER_TOKEN="s3cret"), name="right")
+    try:
+        assert wrong.wait(20) == 2                      # a configuration error: no retry loop
+        assert "token" in wrong.log()
+        wait_until(lambda: len(workers_connected(port)) == 1, 20, what="the worker with the token")
+        assert "worker token missing or wrong" in runq.log()
+    finally:
+        for proc in (wrong, right, runq):
+            proc.stop()

@@ -183,9 +183,9 @@ class Session:
 
     def _error(self, msg: dict) -> None:
         self.log.error("runq error: %s", msg["message"])
-        # RunqError carries no code; a token complaint is a configuration error
-        # that retrying cannot fix, so give up rather than loop forever.
-        if "token" in msg["message"].lower():
+        # A refused token (code 401) is a configuration error that retrying cannot
+        # fix, so give up rather than loop forever.
+        if msg.get("code") == 401 or "token" in msg["message"].lower():
             self.log.error("runq refused the worker token; exiting")
             self.exit_code = 2
 
