@@ -15,7 +15,7 @@ from .model import Batch, Run
 log = logging.getLogger("runq.api")
 
 MAX_RUNS = 100_000_000
-MAX_PAGE = 10_000
+DEFAULT_PAGE, MAX_PAGE = 1000, 10_000
 PURGE_EVERY = 3600.0
 
 
@@ -27,7 +27,7 @@ class Api:
         self.handlers = {
             "Ping": self.ping, "StartBatch": self.start_batch, "BatchList": self.batch_list,
             "UserStatus": self.user_status, "BatchStatus": self.batch_status, "RunStatus": self.run_status,
-            "WorkerList": self.worker_list, "CancelBatch": self.cancel_batch, "CancelRun": self.cancel_run,
+            "WorkerList": self.worker_list, "WorkerStatus": self.worker_status, "CancelBatch": self.cancel_batch, "CancelRun": self.cancel_run,
             "DrainWorker": self.drain_worker,
         }
 
@@ -63,21 +63,32 @@ class Api:
             raise NotFound(f"no batch {batch_id}")
         return row
 
-    def batch_list(self, msg, now):
-        rows = self.store.batch_rows(user=msg.get("user"))
-        return protocol.reply(batches=[views.batch(r, now) for r in rows])
-
-    def user_status(self, msg, now):
-        rows = self.store.batch_rows(user=msg["user"])
-        return protocol.reply(batches=[views.batch(r, now) for r in rows])
-
-    def batch_status(self, msg, now):
-        row = self._batch_row(msg["batch_id"])
-        offset, limit = msg.get("offset", 0), msg.get("limit", 1000)
+    @staticmethod
+    def _page(msg) -> tuple[int, int]:
+        offset, limit = msg.get("offset", 0), msg.get("limit", DEFAULT_PAGE)
         if offset < 0:
             raise BadRequest("offset must be 0 or more")
         if not 1 <= limit <= MAX_PAGE:
             raise BadRequest(f"limit must be between 1 and {MAX_PAGE}")
+        return offset, limit
+
+    def _paged(self, name: str, rows: list, offset: int, limit: int, view) -> dict:
+        """A page of a listing: one row more than asked tells whether another page follows."""
+        more = len(rows) > limit
+        return protocol.reply(**{name: [view(r) for r in rows[:limit]]}, offset=offset, limit=limit,
+                              next_offset=offset + limit if more else None)
+
+    def batch_list(self, msg, now):
+        offset, limit = self._page(msg)
+        rows = self.store.batch_rows(user=msg.get("user"), offset=offset, limit=limit + 1)
+        return self._paged("batches", rows, offset, limit, lambda r: views.batch(r, now))
+
+    def user_status(self, msg, now):
+        return self.batch_list(msg, now)
+
+    def batch_status(self, msg, now):
+        row = self._batch_row(msg["batch_id"])
+        offset, limit = self._page(msg)
         hi = min(row["n_runs"], offset + limit)
         stored = {r["batch_index"]: r for r in self.store.run_rows(row["id"], offset, hi)}
         runs = [views.run(stored[i]) if i in stored else views.implicit_run(row, i) for i in range(offset, hi)]
@@ -96,13 +107,20 @@ class Api:
         run["attempts"] = [views.attempt(a) for a in self.store.attempt_rows(row["id"], msg["batch_index"])]
         return protocol.reply(run=run)
 
+    def _worker_view(self, row: dict) -> dict:
+        w = self.coord.workers.get(row["id"])
+        return views.worker(row, w is not None and w.conn is not None, w.state if w else row["state"])
+
     def worker_list(self, msg, now):
-        out = []
-        for row in self.store.worker_rows():
-            w = self.coord.workers.get(row["id"])
-            connected = w is not None and w.conn is not None
-            out.append(views.worker(row, connected, w.state if w else row["state"]))
-        return protocol.reply(workers=out)
+        offset, limit = self._page(msg)
+        rows = self.store.worker_rows(offset=offset, limit=limit + 1)
+        return self._paged("workers", rows, offset, limit, self._worker_view)
+
+    def worker_status(self, msg, now):
+        rows = self.store.worker_rows(worker_id=msg["worker_id"])
+        if not rows:
+            raise NotFound(f"no worker {msg['worker_id']}")
+        return protocol.reply(worker=self._worker_view(rows[0]))
 
     # ---- changes
     def start_batch(self, msg, now):
@@ -201,13 +219,13 @@ class Api:
         c = self.coord
         worker = c.workers.get(msg["worker_id"])
         if worker is None:
-            if not any(r["id"] == msg["worker_id"] for r in self.store.worker_rows()):
+            if not self.store.worker_rows(worker_id=msg["worker_id"]):
                 raise NotFound(f"no worker {msg['worker_id']}")
             raise Conflict(f"worker {msg['worker_id']} is gone")
         if worker.conn is None:
             raise Conflict(f"worker {worker.id} is not connected; it cannot be told to drain")
         c.set_draining(worker)
         c.send(worker.conn, protocol.message("RunqDrain"))
-        rows = {r["id"]: r for r in self.store.worker_rows()}
-        return protocol.reply(message="worker draining", worker=views.worker(rows[worker.id], True, worker.state))
+        return protocol.reply(message="worker draining",
+                              worker=self._worker_view(self.store.worker_rows(worker_id=worker.id)[0]))
 

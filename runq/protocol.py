@@ -58,11 +58,12 @@ SCHEMA: dict[str, dict[str, object]] = {
         name=STR, group=STR, user=STR, engine=STR, n_runs=INT, param=MAP,
         max_attempts=OPT_INT, max_requeues=OPT_INT, time_limit=OPT_NUM, idempotency_key=OPT_STR,
     ),
-    "BatchList": dict(user=OPT_STR),
+    "BatchList": dict(user=OPT_STR, offset=INT, limit=INT),
     "BatchStatus": dict(batch_id=INT, offset=INT, limit=INT),
     "RunStatus": dict(batch_id=INT, batch_index=INT),
-    "UserStatus": dict(user=STR),
-    "WorkerList": {},
+    "UserStatus": dict(user=STR, offset=INT, limit=INT),
+    "WorkerList": dict(offset=INT, limit=INT),
+    "WorkerStatus": dict(worker_id=INT),
     "CancelBatch": dict(batch_id=INT),
     "CancelRun": dict(batch_id=INT, batch_index=INT),
     "DrainWorker": dict(worker_id=INT),
@@ -82,7 +83,9 @@ OPTIONAL: dict[str, frozenset[str]] = {
     "StartBatch": frozenset({
         "name", "group", "user", "param", "max_attempts", "max_requeues", "time_limit", "idempotency_key",
     }),
-    "BatchList": frozenset({"user"}),
+    "BatchList": frozenset({"user", "offset", "limit"}),
+    "UserStatus": frozenset({"offset", "limit"}),
+    "WorkerList": frozenset({"offset", "limit"}),
     "BatchStatus": frozenset({"offset", "limit"}),
 }
 # Messages a worker sends (everything else a client may send is a request).

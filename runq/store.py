@@ -187,13 +187,16 @@ class Store:
         rows = self._rows(self._q_key, "batches", k=key)
         return rows[0] if rows else None
 
-    def batch_rows(self, user: str | None = None, states: tuple[str, ...] | None = None) -> list[dict]:
+    def batch_rows(self, user: str | None = None, states: tuple[str, ...] | None = None,
+                   offset: int = 0, limit: int | None = None) -> list[dict]:
         b = self.tables["batches"]
         stmt = b.select().order_by(b.c.id)
         if user is not None:
             stmt = stmt.where(b.c.user == user)
         if states:
             stmt = stmt.where(b.c.state.in_(states))
+        if offset or limit is not None:
+            stmt = stmt.offset(offset).limit(limit)
         return self._rows(stmt, "batches")
 
     def run_row(self, batch_id: int, batch_index: int) -> dict | None:
@@ -217,9 +220,14 @@ class Store:
     def attempt_rows(self, batch_id: int, batch_index: int) -> list[dict]:
         return self._rows(self._q_attempts, "attempts", b=batch_id, i=batch_index)
 
-    def worker_rows(self) -> list[dict]:
+    def worker_rows(self, offset: int = 0, limit: int | None = None, worker_id: int | None = None) -> list[dict]:
         w = self.tables["workers"]
-        return self._rows(w.select().order_by(w.c.id), "workers")
+        stmt = w.select().order_by(w.c.id)
+        if worker_id is not None:
+            stmt = stmt.where(w.c.id == worker_id)
+        if offset or limit is not None:
+            stmt = stmt.offset(offset).limit(limit)
+        return self._rows(stmt, "workers")
 
     def max_ids(self) -> tuple[int, int]:
         self.commit()

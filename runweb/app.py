@@ -18,12 +18,13 @@ from .errors import BodyTooLarge, InvalidRequest, NotAuthenticated, RunqRefused
 
 RUNQ_TIMEOUT = 20.0  # seconds; under gunicorn's 30 s worker timeout, so a stuck runq gives a 503
 
+PAGED = f" (?offset=0&limit={resources.DEFAULT_LIMIT}; next_offset is null on the last page)"
 # path, resource, responder suffix, {method: description}.  GET / is built from this table.
 ROUTES = (
     ("/", "index", None, {"GET": "this list of endpoints"}),
     ("/health", "health", None, {"GET": "runq's status; 503 when runq does not answer"}),
-    ("/batch", "batches", None, {"GET": "all batches"}),
-    ("/batches", "batches", None, {"GET": "all batches (same as /batch)"}),
+    ("/batch", "batches", None, {"GET": "all batches" + PAGED}),
+    ("/batches", "batches", None, {"GET": "all batches (same as /batch)" + PAGED}),
     ("/batch/new", "batches", "new", {
         "POST": "start a batch; the body is YAML like runweb/example/batch-req.yaml; 201 Created, "
                 "or 200 when an idempotency key (field or Idempotency-Key header) matched an earlier batch"}),
@@ -33,9 +34,10 @@ ROUTES = (
     ("/batch/{batch_id}/cancel", "batch", "cancel", {"POST": "cancel the batch's unfinished runs"}),
     ("/batch/{batch_id}/run/{batch_index}", "run", None, {"GET": "one run with its attempts"}),
     ("/batch/{batch_id}/run/{batch_index}/cancel", "run", "cancel", {"POST": "cancel one run"}),
-    ("/user/{user}", "user", None, {"GET": "the batches of one user"}),
-    ("/worker", "workers", None, {"GET": "all workers, even long gone ones"}),
-    ("/workers", "workers", None, {"GET": "all workers (same as /worker)"}),
+    ("/user/{user}", "user", None, {"GET": "the batches of one user" + PAGED}),
+    ("/worker", "workers", None, {"GET": "all workers, even long gone ones" + PAGED}),
+    ("/workers", "workers", None, {"GET": "all workers (same as /worker)" + PAGED}),
+    ("/worker/{worker_id}", "worker", None, {"GET": "one worker: its state, current run and last contact"}),
     ("/worker/{worker_id}/drain", "worker", "drain", {"POST": "let the worker finish its run, then take no more"}),
 )
 

@@ -45,6 +45,12 @@ def query_integer(req: falcon.Request, name: str, default: int, low: int, high: 
     return integer(name, value, low, high)
 
 
+def page(req: falcon.Request) -> dict:
+    """?offset=&limit= of a paged listing, checked."""
+    return {"offset": query_integer(req, "offset", 0, 0, MAX_ID),
+            "limit": query_integer(req, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)}
+
+
 def read_body(req: falcon.Request, limit: int) -> bytes:
     """The raw body, whatever its Content-Type; BodyTooLarge past `limit` bytes."""
     too_large = BodyTooLarge(f"request body is larger than the {limit}-byte limit (runweb.max_body)")
@@ -97,7 +103,7 @@ class Batches:
         self.client, self.max_body = client, max_body
 
     def on_get(self, req, resp):
-        resp.media = ask(self.client, "BatchList")
+        resp.media = ask(self.client, "BatchList", **page(req))
 
     def on_post_new(self, req, resp):
         fields = batch_request.parse(read_body(req, self.max_body), header_text(req, "Idempotency-Key"))
@@ -113,10 +119,7 @@ class Batch:
         self.client = client
 
     def on_get(self, req, resp, batch_id):
-        offset = query_integer(req, "offset", 0, 0, MAX_ID)
-        limit = query_integer(req, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-        resp.media = ask(self.client, "BatchStatus", batch_id=integer("batch_id", batch_id),
-                         offset=offset, limit=limit)
+        resp.media = ask(self.client, "BatchStatus", batch_id=integer("batch_id", batch_id), **page(req))
 
     def on_post_cancel(self, req, resp, batch_id):
         resp.media = ask(self.client, "CancelBatch", batch_id=integer("batch_id", batch_id))
@@ -146,7 +149,7 @@ class User:
         self.client = client
 
     def on_get(self, req, resp, user):
-        resp.media = ask(self.client, "UserStatus", user=user)
+        resp.media = ask(self.client, "UserStatus", user=user, **page(req))
 
 
 class Workers:
@@ -156,14 +159,17 @@ class Workers:
         self.client = client
 
     def on_get(self, req, resp):
-        resp.media = ask(self.client, "WorkerList")
+        resp.media = ask(self.client, "WorkerList", **page(req))
 
 
 class Worker:
-    """POST /worker/{id}/drain: the worker finishes its run and takes no other."""
+    """GET /worker/{id}: one worker.  POST /worker/{id}/drain: it finishes its run and takes no other."""
 
     def __init__(self, client):
         self.client = client
+
+    def on_get(self, req, resp, worker_id):
+        resp.media = ask(self.client, "WorkerStatus", worker_id=integer("worker_id", worker_id))
 
     def on_post_drain(self, req, resp, worker_id):
         resp.media = ask(self.client, "DrainWorker", worker_id=integer("worker_id", worker_id))

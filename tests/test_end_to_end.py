@@ -59,6 +59,13 @@ def test_listings_have_the_original_shapes(stack):
         workers = http("GET", stack.url + path)[2]["workers"]
         assert workers[0]["connected"] is True and workers[0]["group"] == "topl"
         assert {"id", "host", "pid", "engine", "state", "last_contact", "batch_id"} <= set(workers[0])
+    first = http("GET", f"{stack.url}/batches?limit=1")[2]
+    assert [b["id"] for b in first["batches"]] == [1] and first["next_offset"] == 1
+    last = http("GET", f"{stack.url}/batches?offset=1&limit=1")[2]
+    assert [b["id"] for b in last["batches"]] == [2] and last["next_offset"] is None
+    wid = workers[0]["id"]
+    assert http("GET", f"{stack.url}/worker/{wid}")[2]["worker"]["id"] == wid
+    assert http("GET", f"{stack.url}/worker/999")[0] == 404
     status, _, page = http("GET", f"{stack.url}/batch/2?offset=1&limit=1")
     assert status == 200 and [r["batch_index"] for r in page["runs"]] == [1] and page["next_offset"] is None
     status, headers, index = http("GET", stack.url + "/")

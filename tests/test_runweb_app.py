@@ -104,7 +104,8 @@ def test_user_name_in_path_is_decoded(client, runq):
     runq.replies["UserStatus"] = protocol.reply(batches=[])
     assert client.simulate_get("/user/%E7%94%B0%E4%B8%AD").status_code == 200
     assert client.simulate_get("/user/topl/").status_code == 200  # trailing slash tolerated
-    assert runq.requests == [("UserStatus", {"user": "田中"}), ("UserStatus", {"user": "topl"})]
+    page = {"offset": 0, "limit": 1000}
+    assert runq.requests == [("UserStatus", {"user": "田中", **page}), ("UserStatus", {"user": "topl", **page})]
 
 
 # --- errors -------------------------------------------------------------------------------
@@ -354,3 +355,16 @@ def test_trusted_networks_come_from_config(runq, tmp_path):
     assert client.simulate_get("/", remote_addr="127.0.0.1").status_code == 401
     with pytest.raises(config.ConfigError, match="runweb.trusted"):
         create_app(runq, config.load(path=tmp_path / "none.yaml", env={}, root=tmp_path, runweb_trusted=["x/8"]))
+
+
+def test_listings_are_paged_and_one_worker_can_be_asked_for(client, runq):
+    runq.replies["BatchList"] = protocol.reply(batches=[], offset=5, limit=2, next_offset=7)
+    runq.replies["WorkerList"] = protocol.reply(workers=[], offset=0, limit=1000, next_offset=None)
+    runq.replies["WorkerStatus"] = protocol.reply(worker={"id": 3, "state": "idle"})
+    assert client.simulate_get("/batches", params={"offset": "5", "limit": "2"}).status_code == 200
+    assert client.simulate_get("/workers").status_code == 200
+    result = client.simulate_get("/worker/3", headers={"Accept": "application/json"})
+    assert result.status_code == 200 and result.json["worker"]["state"] == "idle"
+    assert runq.requests == [("BatchList", {"offset": 5, "limit": 2}), ("WorkerList", {"offset": 0, "limit": 1000}),
+                             ("WorkerStatus", {"worker_id": 3})]
+    assert client.simulate_get("/workers", params={"limit": "0"}).status_code == 400
