@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import resource
 import signal
 import sys
 import time
@@ -11,6 +12,15 @@ from . import config as configuration
 from .coordinator import Coordinator
 from .server import Server
 from .store import Store
+
+
+def raise_open_files_limit() -> int:
+    """One socket per worker: take the hard limit on open files, not the soft default (often 1024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return hard
+    return soft
 
 
 def main(argv=None) -> int:
@@ -28,6 +38,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=cfg.runq.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # dataset's schema checks are chatty
+    open_files = raise_open_files_limit()
     url = configuration.resolve_db_url(cfg.runq.db_url, cfg.root, cfg.var)
     store = Store(url)
     coordinator = Coordinator(store, cfg.runq, cfg.batch, now=time.time())
@@ -36,7 +47,7 @@ def main(argv=None) -> int:
     except OSError as exc:
         print(f"runq: cannot listen on port {cfg.runq.port}: {exc}", file=sys.stderr)
         return 1
-    logging.getLogger("runq").info("database %s", url)
+    logging.getLogger("runq").info("database %s; up to %d open files", url, open_files)
 
     def stop(signum, frame):
         server.stopping = True
