@@ -60,6 +60,17 @@ def wait_until(cond, timeout: float = 10.0, interval: float = 0.05, what: str = 
         time.sleep(interval)
 
 
+def eventually(cond, timeout: float = 5.0, interval: float = 0.01) -> bool:
+    """Whether `cond()` becomes true within `timeout` s (for `assert eventually(...)`, and
+    `assert not eventually(...)` where something must not happen within a short while)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(interval)
+    return bool(cond())
+
+
 def base_env(tmp: Path, runq_port: int, **extra) -> dict:
     """The environment of a test process: no inherited simx settings, everything under `tmp`."""
     env = {k: v for k, v in os.environ.items() if k not in SIMX_ENV}

@@ -1,34 +1,18 @@
 """`python -m runweb` as a real gunicorn process on a free loopback port, with runq not listening."""
 import http.client
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from procs import eventually, free_port
 from runq import config
 from runweb.__main__ import gunicorn_argv, parse_args
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(cond, timeout, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(interval)
-    return False
 
 
 def call(port, method, path, body=None, headers=None, chunked=False):
@@ -60,7 +44,7 @@ def runweb(tmp_path_factory):
         except OSError:
             return False
     try:
-        assert wait_until(ready, 30), "runweb did not answer"
+        assert eventually(ready, 30), "runweb did not answer"
         yield port, log
     finally:
         proc.terminate()
@@ -99,7 +83,7 @@ def test_curl_style_post_is_validated_from_the_raw_body(runweb):
 def test_access_log_goes_to_stdout(runweb):
     port, log = runweb
     call(port, "GET", "/workers")
-    assert wait_until(lambda: log.seek(0) == 0 and '"GET /workers HTTP/1.1" 503' in log.read(), 10)
+    assert eventually(lambda: log.seek(0) == 0 and '"GET /workers HTTP/1.1" 503' in log.read(), 10)
 
 
 @pytest.mark.parametrize("argv, env, port", [

@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from procs import eventually
+
 from worker.engines import Aborted, Engine, RunContext, UnknownEngine, get_engine
 from worker.engines.command import CommandEngine, Tail, parse_progress
 from worker.engines.dummy import DummyEngine
@@ -26,13 +28,6 @@ class Recorder:
         self.calls.append((fraction, message))
 
 
-def wait_until(cond, timeout=5.0, interval=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(interval)
-    return cond()
 
 
 def run_in_thread(engine, param, abort, ctx=None):
@@ -227,14 +222,14 @@ def test_command_abort_kills_the_whole_process_group(tmp_path):
     """
     abort = threading.Event()
     thread, box = run_in_thread(CommandEngine(), {"argv": py(code)}, abort)
-    assert wait_until(lambda: pidfile.exists() and pidfile.read_text())
+    assert eventually(lambda: pidfile.exists() and pidfile.read_text())
     child = int(pidfile.read_text())
     start = time.monotonic()
     abort.set()
     thread.join(5)
     assert not thread.is_alive() and time.monotonic() - start < 3
     assert isinstance(box["error"], Aborted)
-    assert wait_until(lambda: not pid_alive(child), timeout=3)
+    assert eventually(lambda: not pid_alive(child), timeout=3)
 
 
 def test_command_abort_kills_a_program_that_ignores_term(tmp_path):
@@ -247,7 +242,7 @@ def test_command_abort_kills_a_program_that_ignores_term(tmp_path):
     """
     abort = threading.Event()
     thread, box = run_in_thread(CommandEngine(), {"argv": py(code), "kill_after": 0.3}, abort)
-    assert wait_until(ready.exists)
+    assert eventually(ready.exists)
     abort.set()
     thread.join(5)
     assert not thread.is_alive()

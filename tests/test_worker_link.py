@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from procs import eventually
 from runq import protocol
 from worker.backoff import Backoff
 from worker.engines import Engine
@@ -29,13 +30,6 @@ LONG = {"step_count": 1000, "step_delay": 0.05}  # runs until aborted
 QUIET = ("WorkerHeartbeat", "WorkerUpdate")
 
 
-def wait_until(cond, timeout=5.0, interval=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(interval)
-    return cond()
 
 
 class Peer:
@@ -220,7 +214,7 @@ def test_worker_retries_until_runq_is_up(start_worker):
     runq = FakeRunq(listen=False)  # bound but not listening: connections are refused
     try:
         worker = start_worker(runq.address)
-        assert wait_until(lambda: worker.loop.backoff.failures >= 3)
+        assert eventually(lambda: worker.loop.backoff.failures >= 3)
         runq.listen()
         peer, hello = handshake(runq)
         assert hello["type"] == "WorkerReady"
@@ -254,7 +248,7 @@ def test_report_is_kept_until_acked_and_resent_after_reconnect(runq, start_worke
     resent = peer.expect("WorkerFinishedRun", worker_id=9, **run_of(key))
     assert resent["data"].endswith("0 steps")
     ack(peer, key)
-    assert wait_until(lambda: worker.loop.session.job is None and not worker.loop.session.pending)
+    assert eventually(lambda: worker.loop.session.job is None and not worker.loop.session.pending)
     peer.send("RunqGetStatus")
     idle = peer.expect("WorkerHeartbeat", worker_id=9)
     assert idle.get("batch_id") is None
@@ -321,7 +315,7 @@ def test_abort_stops_the_engine_and_reports_aborted(runq, start_worker):
     peer.send("RunqAbortRun", **run_of(key), reason="cancelled by user")
     aborted = peer.expect("WorkerAbortedRun", timeout=2, **run_of(key))
     assert aborted["message"] == "cancelled by user"
-    assert wait_until(lambda: not worker.loop.session.last_job.thread.is_alive(), timeout=2)
+    assert eventually(lambda: not worker.loop.session.last_job.thread.is_alive(), timeout=2)
 
 
 def test_abort_of_another_attempt_is_ignored(runq, start_worker):
@@ -353,7 +347,7 @@ def test_runq_error_about_the_token_exits_with_status_2(runq, start_worker):
     peer.expect("WorkerReady")
     peer.send("RunqError", message="bad worker token")
     peer.close()
-    assert wait_until(worker.exited)
+    assert eventually(worker.exited)
     assert worker.code == 2
 
 
@@ -377,7 +371,7 @@ def test_stop_gives_the_run_back_and_exits_after_the_ack(runq, start_worker):
     peer.expect("WorkerStoppedRun", worker_id=7, **run_of(key))
     assert not worker.exited()  # waits for the ack
     ack(peer, key)
-    assert wait_until(worker.exited)
+    assert eventually(worker.exited)
     assert worker.code == 0
     assert not worker.loop.session.last_job.thread.is_alive()
 
@@ -389,7 +383,7 @@ def test_stop_exits_when_the_ack_does_not_come(runq, start_worker):
     peer.expect("WorkerUpdate")
     worker.loop.request_stop()
     peer.expect("WorkerStoppedRun", **run_of(key))
-    assert wait_until(worker.exited, timeout=2)
+    assert eventually(worker.exited, timeout=2)
     assert worker.code == 0
 
 
@@ -399,9 +393,9 @@ def test_stop_keeps_a_finished_report(runq, start_worker):
     key = assign(peer, step_count=0)
     peer.expect("WorkerFinishedRun", **run_of(key))
     worker.loop.request_stop()
-    assert not wait_until(worker.exited, timeout=0.2)
+    assert not eventually(worker.exited, timeout=0.2)
     ack(peer, key)
-    assert wait_until(worker.exited)
+    assert eventually(worker.exited)
     assert worker.code == 0 and "WorkerStoppedRun" not in peer.types()
 
 
@@ -409,9 +403,9 @@ def test_stop_without_runq_exits_at_once(start_worker):
     runq = FakeRunq(listen=False)
     try:
         worker = start_worker(runq.address)
-        assert wait_until(lambda: worker.loop.backoff.failures >= 1)
+        assert eventually(lambda: worker.loop.backoff.failures >= 1)
         worker.loop.request_stop()
-        assert wait_until(worker.exited, timeout=1)
+        assert eventually(worker.exited, timeout=1)
         assert worker.code == 0
     finally:
         runq.close()
@@ -427,9 +421,9 @@ def test_drain_finishes_the_run_refuses_others_and_exits(runq, start_worker):
     peer.expect("WorkerStoppedRun", **run_of(late))
     ack(peer, late)
     peer.expect("WorkerFinishedRun", **run_of(key))
-    assert not wait_until(worker.exited, timeout=0.2)  # waits for the ack
+    assert not eventually(worker.exited, timeout=0.2)  # waits for the ack
     ack(peer, key)
-    assert wait_until(worker.exited)
+    assert eventually(worker.exited)
     assert worker.code == 0
 
 
@@ -438,7 +432,7 @@ def test_drain_signal_while_idle_exits(runq, start_worker):
     peer, _ = handshake(runq)
     worker.loop.request_drain()
     peer.expect("WorkerDraining", worker_id=7)
-    assert wait_until(worker.exited)
+    assert eventually(worker.exited)
     assert worker.code == 0
 
 
