@@ -104,6 +104,8 @@ class Api:
     def run_status(self, msg, now):
         row = self._batch_row(msg["batch_id"])
         run = self._run_view(row, msg["batch_index"])
+        stored = self.store.run_row(row["id"], msg["batch_index"])
+        run["traceback"] = stored["traceback"] if stored else None   # only here: it can be long
         run["attempts"] = [views.attempt(a) for a in self.store.attempt_rows(row["id"], msg["batch_index"])]
         return protocol.reply(run=run)
 

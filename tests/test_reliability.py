@@ -192,6 +192,7 @@ def test_failing_engine_retried_then_failed_and_time_limit_aborts(cluster):
     c.wait_done(body["batch_id"])
     _, _, run = http("GET", f"{web.url}/batch/{body['batch_id']}/run/0")
     assert run["run"]["state"] == "failed" and "calibration diverged" in run["run"]["error"]
+    assert "RuntimeError: calibration diverged" in run["run"]["traceback"]
     assert [a["outcome"] for a in run["run"]["attempts"]] == ["failed"] * 3
     _, _, body = http("POST", f"{web.url}/batch/new", "engine: dummy\nn_runs: 1\nmax_attempts: 2\ntime_limit: 0.5\n"
                                                       "param: {step_count: 100, step_delay: 0.1}\n")
