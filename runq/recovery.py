@@ -22,9 +22,8 @@ _RUN_FIELDS = list(Run.__dataclass_fields__)
 def recover(coord, now: float) -> None:
     store = coord.store
     coord.last_batch_id, coord.last_worker_id = store.max_ids()
-    for row in store.batch_rows(states=(states.ACTIVE, states.BATCH_CANCELLED)):
-        if row["end_time"] is not None:
-            continue
+    # a cancel ends its batch at once (running runs are taken back), so only active ones have runs left
+    for row in store.batch_rows(states=(states.ACTIVE,)):
         batch = Batch(**{f: row[f] for f in _BATCH_FIELDS})
         coord.batches[batch.id] = batch
     for row in store.active_run_rows(list(coord.batches)):
