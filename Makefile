@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 DEBS   := procps postgresql
 BENCH_ARGS ?=
 
-.PHONY: all demo test bench deps-deb clean $(VENV)
+.PHONY: all demo test bench chaos deps-deb clean $(VENV)
 
 all: test
 
@@ -31,6 +31,11 @@ test: deps-deb $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py $(BENCH_ARGS)
+	$(BIN)/python bench/submit.py
+
+# five minutes of runq and workers killed at random; prints runs, finished, duplicates, lost
+chaos: $(STAMP)
+	$(BIN)/python bench/chaos.py --seconds $(or $(SECONDS),300)
 
 deps-deb:
 	@missing=""; \
