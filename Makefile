@@ -33,9 +33,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/throughput.py $(BENCH_ARGS)
 	$(BIN)/python bench/submit.py
 
-# five minutes of runq and workers killed at random; prints runs, finished, duplicates, lost
+# runq and workers killed at random for CHAOS_SECONDS (300); prints runs, finished, duplicates, lost
 chaos: $(STAMP)
-	$(BIN)/python bench/chaos.py --seconds $(or $(SECONDS),300)
+	$(BIN)/python bench/chaos.py --seconds $(or $(CHAOS_SECONDS),300)
 
 deps-deb:
 	@missing=""; \
