@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-from common import PY, ROOT, free_port  # noqa: E402  (bench/ is on sys.path when run)
+from common import PY, ROOT, free_port, stop_all  # noqa: E402  (bench/ is on sys.path when run)
 from runq.client import RunqClient, RunqUnavailable  # noqa: E402
 
 
@@ -168,15 +168,7 @@ class Chaos:
     def close(self):
         for pid in list(self.stopped):
             os.kill(pid, signal.SIGCONT)
-        for p in self.workers + ([self.runq] if self.runq else []):
-            if p.poll() is None:
-                p.terminate()
-        for p in self.workers + ([self.runq] if self.runq else []):
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_all(self.workers + [self.runq])
 
 
 def main(argv=None) -> int:

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from common import PY, ROOT, free_port, wait_until  # noqa: E402  (bench/ is on sys.path when run)
+from common import PY, ROOT, free_port, stop_all, wait_until  # noqa: E402  (bench/ is on sys.path when run)
 from runq.client import RunqClient  # noqa: E402
 
 
@@ -69,13 +69,7 @@ def measure(server: str, workers: str, args) -> list[float]:
             one_round(client, min(args.runs, 500))  # warm-up
             return [one_round(client, args.runs) for _ in range(args.repeat)]
         finally:
-            for p in procs + [srv]:
-                p.terminate()
-            for p in procs + [srv]:
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_all(procs + [srv])
 
 
 def main(argv=None) -> int:

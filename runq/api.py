@@ -139,7 +139,7 @@ class Api:
             raise BadRequest(f"n_runs must be an integer from 1 to {MAX_RUNS}")
         if not msg["engine"]:
             raise BadRequest("engine must not be empty")
-        max_attempts = msg.get("max_attempts") or d.max_attempts
+        max_attempts = d.max_attempts if msg.get("max_attempts") is None else msg["max_attempts"]
         max_requeues = d.max_requeues if msg.get("max_requeues") is None else msg["max_requeues"]
         time_limit = msg.get("time_limit", d.time_limit)
         if max_attempts < 1:

@@ -46,6 +46,7 @@ class Coordinator:
         self.peers: dict[object, str] = {}
         self.out: list[tuple[object, dict | None]] = []
         self.started = now
+        self.last_batch_id = self.last_worker_id = 0   # highest ids given out; recover() reads them
         self.api = Api(self)
         recover(self, now)
 
@@ -188,20 +189,22 @@ class Coordinator:
             run = self.runs.get(claimed[:2])
             keep = (run is not None and run.state == states.RUNNING and run.worker_id == wid
                     and run.attempt == claimed[2])
-        if worker.run and not keep:
-            # runq gave this worker a run it does not have (the assignment was lost with the
-            # connection, or it restarted): the run goes back to the queue.
-            self.take_back(worker, states.OUTCOME_LOST, "worker came back without its run", now, abort=False)
-        if keep:
-            worker.run, worker.aborting = claimed[:2], None
-        else:
-            # a run it still holds that is no longer its own: it is busy until it lets go
-            worker.aborting = claimed
+        # The answer goes first, and the worker is marked busy with a run it still holds
+        # before anything can settle it: otherwise it could be handed a new run ahead of
+        # RunqAcceptWorker, or while it is still computing one it will not give up at once.
         self.send(conn, protocol.message("RunqAcceptWorker", worker_id=wid,
                                          heartbeat_interval=self.config.heartbeat_interval, keep_run=keep))
-        if claimed is not None and not keep:
-            self.send(conn, protocol.message("RunqAbortRun", batch_id=claimed[0], batch_index=claimed[1],
-                                             attempt=claimed[2], reason="this run is no longer yours"))
+        if keep:
+            worker.aborting = None
+        else:
+            worker.aborting = claimed   # None when it holds nothing
+            if claimed is not None:
+                self.send(conn, protocol.message("RunqAbortRun", batch_id=claimed[0], batch_index=claimed[1],
+                                                 attempt=claimed[2], reason="this run is no longer yours"))
+            if worker.run:
+                # runq gave this worker a run it does not have (the assignment was lost with the
+                # connection, or runq restarted): the run goes back to the queue.
+                self.take_back(worker, states.OUTCOME_LOST, "worker came back without its run", now, abort=False)
         self._settle_worker(worker, now)
         self.store.save_worker(worker.row(), new=new)
 

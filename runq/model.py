@@ -76,15 +76,13 @@ class Batch:
         }
 
     def row(self) -> dict:
+        """The whole row, as written at submit: what never changes, then the counters."""
         return {
-            "id": self.id, "name": self.name, "group": self.group, "user": self.user,
+            "name": self.name, "group": self.group, "user": self.user,
             "engine": self.engine, "n_runs": self.n_runs, "param": self.param,
             "max_attempts": self.max_attempts, "max_requeues": self.max_requeues,
             "time_limit": self.time_limit, "idempotency_key": self.idempotency_key,
-            "state": self.state, "next_index": self.next_index,
-            "n_waiting": self.n_waiting, "n_running": self.n_running, "n_finished": self.n_finished,
-            "n_failed": self.n_failed, "n_cancelled": self.n_cancelled,
-            "start_time": self.start_time, "end_time": self.end_time,
+            "start_time": self.start_time, **self.counters(),
         }
 
 

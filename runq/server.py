@@ -126,9 +126,11 @@ class Server:
             return []
         except OSError as exc:
             log.info("%r read error: %s", conn, exc)
-            return self._close(conn)
+            self._finish_close(conn)
+            return []
         if not data:
-            return self._close(conn)
+            self._finish_close(conn)
+            return []
         out = []
         try:
             bodies = conn.reader.feed(data)
@@ -167,10 +169,6 @@ class Server:
             conn.want_write = bool(conn.outbuf)
             events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.want_write else 0)
             self.sel.modify(conn.sock, events, conn)
-
-    def _close(self, conn: Connection) -> list:
-        self._finish_close(conn)
-        return []
 
     def _finish_close(self, conn: Connection) -> None:
         if conn.sock.fileno() < 0:

@@ -34,6 +34,15 @@ class Harness:
         assert out[0][1]["type"] == "RunqAcceptWorker"
         return out[0][1]["worker_id"]
 
+    def reconnect(self, conn, wid, claim=None):
+        """A worker back on a new connection, claiming the run of `claim` (an assignment) or none."""
+        self.coord.connected(conn, "127.0.0.1", self.now)
+        run = {k: claim[k] for k in ("batch_id", "batch_index", "attempt")} if claim else {}
+        out = self.send(conn, "WorkerReconnect", worker_id=wid, host="h", pid=1, group="", user="", engine="dummy",
+                        cost=1.0, speed=1.0, priority=0.0, **run)
+        assert out[0][1]["type"] == "RunqAcceptWorker"
+        return out[0][1]
+
     def send(self, conn, mtype, **fields):
         return self._run(self.coord.handle(conn, protocol.message(mtype, **fields), self.now))
 
@@ -146,10 +155,7 @@ def test_run_requeued_when_worker_disconnects_past_grace(h):
     second = h.assigned("w2")[-1]
     assert (second["batch_index"], second["attempt"]) == (0, 2)
     # the first worker comes back late and reports: rejected, not counted
-    h.coord.connected("w1b", "127.0.0.1", h.now)
-    out = h.send("w1b", "WorkerReconnect", worker_id=w1, host="h", pid=1, group="", user="", engine="dummy",
-                 cost=1.0, speed=1.0, priority=0.0, batch_id=1, batch_index=0, attempt=1)
-    assert out[0][1]["keep_run"] is False
+    assert h.reconnect("w1b", w1, first)["keep_run"] is False
     assert h.report("w1b", w1, first)[-1][1]["accepted"] is False
     h.report("w2", w2, second)
     batch = h.batch()["batch"]
@@ -164,10 +170,7 @@ def test_worker_reconnecting_within_grace_keeps_its_run(h):
     a = h.assigned("w1")[-1]
     h._run(h.coord.disconnected("w1", h.now))
     h.tick(30)
-    h.coord.connected("w1b", "127.0.0.1", h.now)
-    out = h.send("w1b", "WorkerReconnect", worker_id=wid, host="h", pid=1, group="", user="", engine="dummy",
-                 cost=1.0, speed=1.0, priority=0.0, batch_id=1, batch_index=0, attempt=1)
-    assert out[0][1]["keep_run"] is True
+    assert h.reconnect("w1b", wid, a)["keep_run"] is True
     for _ in range(10):   # well past grace: no effect, it is connected and heartbeats
         h.tick(10)
         h.send("w1b", "WorkerHeartbeat", worker_id=wid, batch_id=1, batch_index=0, attempt=1)
@@ -199,13 +202,9 @@ def test_restart_readopts_running_runs_and_duplicate_report_counts_once(h):
     assert (status["n_finished"], status["n_running"], status["n_waiting"]) == (1, 2, 0)
     # w1 never saw the ack nor its next assignment: it claims no run and re-sends its report;
     # w2 is still computing its run and keeps it.
-    h.coord.connected("w1b", "127.0.0.1", h.now)
-    traits = dict(host="h", pid=1, group="", user="", engine="dummy", cost=1.0, speed=1.0, priority=0.0)
-    h.send("w1b", "WorkerReconnect", worker_id=wids["w1"], **traits)
+    h.reconnect("w1b", wids["w1"])
     assert h.report("w1b", wids["w1"], first["w1"])[-1][1]["accepted"] is True
-    h.coord.connected("w2b", "127.0.0.1", h.now)
-    claim = {k: first["w2"][k] for k in ("batch_id", "batch_index", "attempt")}
-    assert h.send("w2b", "WorkerReconnect", worker_id=wids["w2"], **traits, **claim)[0][1]["keep_run"] is True
+    assert h.reconnect("w2b", wids["w2"], first["w2"])["keep_run"] is True
     h.report("w2b", wids["w2"], first["w2"])
     for conn in ("w1b", "w2b"):
         for a in h.assigned(conn):
@@ -332,3 +331,25 @@ def test_retention_purges_old_finished_batches_and_long_gone_workers(tmp_path):
     assert [b["id"] for b in h.request("BatchList")["batches"]] == [2]
     assert h.request("WorkerList")["workers"] == []
     assert h.request("BatchStatus", batch_id=1)["code"] == 404
+
+
+def test_worker_back_with_a_stale_run_gets_no_new_one_until_it_lets_go(h):
+    """runq took attempt 1 back (lost lease) and gave the worker attempt 2, which was lost with
+    the connection; the worker reconnects still computing attempt 1: attempt 2 is requeued,
+    the worker gets its accept and an abort, and nothing new until it lets go."""
+    wid = h.worker("w")
+    start(h, 2)
+    stale = h.assigned("w")[-1]
+    h.tick(31)                                         # lease lost: attempt 1 taken back
+    assert h.assigned("w") == [stale]                  # aborting: nothing new yet
+    h.send("w", "WorkerHeartbeat", worker_id=wid)      # let go
+    given = h.assigned("w")[-1]
+    assert (given["batch_index"], given["attempt"]) == (0, 2)
+    h._run(h.coord.disconnected("w", h.now))
+    h.sent.clear()
+    h.reconnect("w2", wid, stale)
+    kinds = [m["type"] for c, m in h.sent if c == "w2"]
+    assert kinds == ["RunqAcceptWorker", "RunqAbortRun"]
+    assert h.request("BatchStatus", batch_id=1)["batch"]["n_running"] == 0
+    h.send("w2", "WorkerHeartbeat", worker_id=wid)     # it let go of the stale run
+    assert h.assigned("w2")

@@ -63,6 +63,15 @@ class Cluster:
         reply = self.ask("WorkerList")
         return [w for w in reply["workers"] if w["connected"]] if reply else []
 
+    def with_workers(self, n, **traits):
+        """Start n workers and wait until runq lists them connected; the last one's Proc."""
+        procs_ = [self.worker(**traits) for _ in range(n)]
+        self.wait_workers(n)
+        return procs_[-1]
+
+    def wait_running(self, n, timeout=10):
+        wait_until(lambda: self.batch().get("n_running") == n, timeout, what=f"{n} runs running")
+
     def wait_workers(self, n, timeout=20):
         wait_until(lambda: len(self.connected()) >= n, timeout, what=f"{n} workers connected")
 
@@ -122,9 +131,7 @@ def assert_consistent(c, batch_id, n_runs):
 
 def test_runq_sigkilled_three_times_mid_batch_every_run_finishes_once(cluster):
     c = cluster()
-    for _ in range(8):
-        c.worker()
-    c.wait_workers(8)
+    c.with_workers(8)
     start(c, 500)
     for mark in (100, 200, 300):
         wait_until(lambda: c.batch().get("n_finished", 0) >= mark, 60, what=f"{mark} runs finished")
@@ -141,10 +148,9 @@ def test_runq_sigkilled_three_times_mid_batch_every_run_finishes_once(cluster):
 
 def test_silent_worker_loses_its_run_and_its_late_result_is_rejected(cluster):
     c = cluster()
-    stale = c.worker()
-    c.wait_workers(1)
+    stale = c.with_workers(1)
     start(c, 1, param={"step_count": 20, "step_delay": 0.1})
-    wait_until(lambda: c.batch().get("n_running") == 1, 10, what="the run to start")
+    c.wait_running(1)
     stale.signal(signal.SIGSTOP)
     c.worker()
     wait_until(lambda: len(c.attempts(1, 0)) >= 1, 15, what="the lease to expire")
@@ -159,12 +165,10 @@ def test_silent_worker_loses_its_run_and_its_late_result_is_rejected(cluster):
 
 def test_cancel_mid_batch_aborts_running_and_holds_across_restart(cluster):
     c = cluster()
-    for _ in range(3):
-        c.worker()
-    c.wait_workers(3)
+    c.with_workers(3)
     web = c.runweb()
     start(c, 30, param={"step_count": 50, "step_delay": 0.1})
-    wait_until(lambda: c.batch().get("n_running") == 3, 10, what="three runs running")
+    c.wait_running(3)
     status, _, body = http("POST", f"{web.url}/batch/1/cancel")
     assert status == 200 and body["batch"]["state"] == "cancelled" and body["batch"]["n_cancelled"] == 30
     wait_until(lambda: all(w["state"] == "idle" for w in c.connected()), 10, what="workers to let go")
@@ -183,8 +187,7 @@ def test_cancel_mid_batch_aborts_running_and_holds_across_restart(cluster):
 
 def test_failing_engine_retried_then_failed_and_time_limit_aborts(cluster):
     c = cluster()
-    c.worker()
-    c.wait_workers(1)
+    c.with_workers(1)
     web = c.runweb()
     status, _, body = http("POST", f"{web.url}/batch/new", "engine: dummy\nn_runs: 1\nmax_attempts: 3\n"
                                                             "param: {step_count: 0, fail: 'calibration diverged'}\n")
@@ -205,10 +208,9 @@ def test_failing_engine_retried_then_failed_and_time_limit_aborts(cluster):
 
 def test_draining_worker_finishes_its_run_takes_no_other_and_exits_0(cluster):
     c = cluster()
-    w = c.worker()
-    c.wait_workers(1)
+    w = c.with_workers(1)
     start(c, 3, param={"step_count": 10, "step_delay": 0.1})
-    wait_until(lambda: c.batch().get("n_running") == 1, 10, what="a run to start")
+    c.wait_running(1)
     w.signal(signal.SIGUSR1)
     assert w.wait(20) == 0
     batch = c.batch()
@@ -221,15 +223,14 @@ def test_draining_worker_finishes_its_run_takes_no_other_and_exits_0(cluster):
 
 def test_drain_through_the_api_and_retried_post_creates_one_batch(cluster):
     c = cluster()
-    w = c.worker()
-    c.wait_workers(1)
+    w = c.with_workers(1)
     web = c.runweb()
     body = "engine: dummy\nn_runs: 2\nparam: {step_count: 5, step_delay: 0.1}\n"
     first = http("POST", f"{web.url}/batch/new", body, headers={"Idempotency-Key": "nightly-42"})
     again = http("POST", f"{web.url}/batch/new", body, headers={"Idempotency-Key": "nightly-42"})
     assert first[2]["batch_id"] == again[2]["batch_id"] and again[0] == 200
     assert len(http("GET", f"{web.url}/batches")[2]["batches"]) == 1
-    wait_until(lambda: c.batch().get("n_running") == 1, 10, what="a run to start")
+    c.wait_running(1)
     wid = c.connected()[0]["id"]
     status, _, reply = http("POST", f"{web.url}/worker/{wid}/drain")
     assert status == 200 and reply["worker"]["state"] == "draining"
@@ -239,10 +240,9 @@ def test_drain_through_the_api_and_retried_post_creates_one_batch(cluster):
 
 def test_term_returns_the_run_to_the_queue_at_once(cluster):
     c = cluster(RUNQ_GRACE="600")   # no help from the grace period: the worker says it stopped
-    w = c.worker()
-    c.wait_workers(1)
+    w = c.with_workers(1)
     start(c, 1, param={"step_count": 100, "step_delay": 0.1})
-    wait_until(lambda: c.batch().get("n_running") == 1, 10, what="the run to start")
+    c.wait_running(1)
     w.signal(signal.SIGTERM)
     assert w.wait(10) == 0
     wait_until(lambda: c.batch().get("n_waiting") == 1, 5, what="the run back in the queue")
