@@ -67,6 +67,14 @@ class Link:
             pass
 
 
+def handshake(link: "Link", role: str, secret: bytes | None = None, key_id: str | None = None) -> dict:
+    """Open the conversation as `role` ("worker" or "client"); return runq's challenge.
+
+    Placeholder until protocol v2 (docs: the auth stream): nothing to exchange yet.
+    """
+    return {}
+
+
 class RunqClient:
     """Request/reply client: one short connection per request, as runweb uses it."""
 

@@ -51,8 +51,13 @@ class Coordinator:
         recover(self, now)
 
     # ---- entry points the server calls
-    def connected(self, conn, peer: str, now: float) -> None:
+    def connected(self, conn, peer: str, now: float) -> list:
         self.peers[conn] = peer
+        return self.take_output()
+
+    def role_of(self, conn) -> str | None:
+        """"worker" or "client" once the connection has said who it is; None before."""
+        return "worker" if conn in self.conns else None
 
     def handle(self, conn, msg: dict, now: float) -> list:
         mtype = msg["type"]

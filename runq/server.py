@@ -71,7 +71,7 @@ class Server:
         outgoing = []
         for key, mask in self.sel.select(timeout):
             if key.data is None:
-                self._accept(key.fileobj)
+                outgoing += self._accept(key.fileobj)
                 continue
             conn = key.data
             if mask & selectors.EVENT_READ:
@@ -104,20 +104,22 @@ class Server:
         for conn in dict.fromkeys(touched):
             self._flush(conn)
 
-    def _accept(self, listener: socket.socket) -> None:
+    def _accept(self, listener: socket.socket) -> list:
+        out = []
         for _ in range(64):
             try:
                 sock, addr = listener.accept()
             except BlockingIOError:
-                return
+                return out
             except OSError as exc:  # EMFILE and friends: log, keep serving the others
                 log.error("accept failed: %s", exc)
-                return
+                return out
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = Connection(sock, addr[0])
             self.sel.register(sock, selectors.EVENT_READ, conn)
-            self.coord.connected(conn, addr[0], self.clock())
+            out += self.coord.connected(conn, addr[0], self.clock())
+        return out
 
     def _read(self, conn: Connection) -> list:
         try:
