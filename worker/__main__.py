@@ -1,10 +1,13 @@
 """Command line of one worker process:
 
-    python -m worker --engine dummy [--group G] [--user U] [--cost C] [--speed S] [--priority P]
+    python -m worker --engine NAME [--engines FILE] [--allow-any-command]
+                     [--group G] [--user U] [--cost C] [--speed S] [--priority P]
                      [--host H] [--port N] [--token T] [--retry-delay-max SECONDS]
                      [--config FILE] [--log-level LEVEL]
 
-runq's address and the worker token default to conf/simx.yaml, overridden by
+NAME is an engine declared in conf/engines.yaml (SIMX_ENGINES or --engines names another file),
+the built-in ``dummy``, or ``module:Class``; ``command`` (any program a batch names) only with
+--allow-any-command.  runq's address and the worker token default to conf/simx.yaml, overridden by
 RUNQ_HOST / RUNQ_PORT / SIMX_WORKER_TOKEN.  Exit status: 0 after a stop
 (SIGTERM/SIGINT) or a drain (SIGUSR1 or runq's RunqDrain), 2 for a
 configuration error (bad flag, unknown engine, token refused by runq).
@@ -21,10 +24,12 @@ import sys
 import threading
 
 from runq import config as runq_config
+from runq import engines as engine_catalog
 from runq import protocol
 
 from .backoff import Backoff
-from .engines.base import UnknownEngine, engine_name, get_engine
+from .engines.base import UnknownEngine, engine_name
+from .engines.named import engine_for
 from .loop import WorkerLoop
 from .session import Traits
 
@@ -44,7 +49,11 @@ def number(text: str) -> int | float:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m worker", description="Run one simx worker connected to runq.")
-    p.add_argument("--engine", required=True, help="engine name (dummy, command) or module:Class")
+    p.add_argument("--engine", required=True, help="an engine declared in the engines file, dummy, or module:Class")
+    p.add_argument("--engines", default=None, metavar="FILE",
+                   help="engine definitions (default SIMX_ENGINES, else conf/engines.yaml)")
+    p.add_argument("--allow-any-command", action="store_true",
+                   help="offer the raw 'command' engine, which runs any program a batch names")
     p.add_argument("--group", default="", help="only runs of this group (empty: any)")
     p.add_argument("--user", default="", help="only runs of this user (empty: any)")
     p.add_argument("--cost", type=number, default=1, help="lower cost is preferred (default 1)")
@@ -78,13 +87,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(stream=sys.stderr, level=level, format="%(asctime)s %(levelname)s [%(process)d] %(message)s")
     try:
-        engine = get_engine(args.engine)
+        engines_file = args.engines or os.environ.get("SIMX_ENGINES") or conf.root / "conf" / "engines.yaml"
+        catalog = engine_catalog.load(runq_config.resolve_path(str(engines_file), conf.root),
+                                      required=bool(args.engines or os.environ.get("SIMX_ENGINES")))
+        engine = engine_for(args.engine, catalog, root=conf.root, work_root=conf.var / "work",
+                            allow_any_command=args.allow_any_command)
         traits = Traits(host=socket.gethostname(), pid=os.getpid(), group=args.group, user=args.user,
                         engine=engine_name(engine, args.engine), cost=args.cost, speed=args.speed,
                         priority=args.priority)
         loop = WorkerLoop(traits, engine, (conf.runq.host, conf.runq.port), conf.runq.worker_token or None,
                           backoff=Backoff(cap=conf.worker.retry_delay_max))
-    except (UnknownEngine, protocol.ProtocolError) as exc:
+    except (UnknownEngine, engine_catalog.UnknownEngine, engine_catalog.SchemaError, protocol.ProtocolError) as exc:
         log.error("%s", exc)
         return 2
     log.info("worker process %s starting: engine %s, group %r, user %r, runq at %s:%s", traits.pid, traits.engine,

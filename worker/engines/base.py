@@ -13,6 +13,11 @@ the worker's engine thread, once per run, and
 * raises any other exception to fail the run: its message and traceback go to
   runq, and the worker carries on with the next run.
 
+A failure has a kind (``failure_kind(exc)``): ``Fatal`` means the run can never
+succeed (bad input: fail it at once, no retry), ``WorkerFault`` that this worker
+cannot run the engine (program missing: requeue elsewhere without using an
+attempt), anything else is ``transient`` (retried as ``max_attempts`` says).
+
 An engine instance is created once per worker process and reused for every
 run, so per-run state belongs in local variables, not on ``self``.
 """
@@ -28,6 +33,36 @@ Progress = Callable[..., None]  # progress(fraction: float, message: str | None 
 
 class Aborted(Exception):
     """Raised by an engine that stopped because its abort event was set."""
+
+
+FAILURE_KINDS = ("run", "worker", "transient")
+
+
+class Fatal(Exception):
+    """The run failed and will fail again wherever it runs: no retry."""
+
+    kind = "run"
+
+
+class ParamRejected(Fatal, ValueError):
+    """The run's param does not fit its engine."""
+
+
+class WorkerFault(Exception):
+    """This worker cannot run the engine (program missing or not executable, bad set-up):
+    the run should go to another worker without using an attempt."""
+
+    kind = "worker"
+
+
+class ProgramUnavailable(WorkerFault, OSError):
+    """The engine's program could not be started here (an OSError too, as Popen raised it)."""
+
+
+def failure_kind(exc: BaseException) -> str:
+    """run | worker | transient: what a failed run's report should say about its cause."""
+    kind = getattr(exc, "kind", None)
+    return kind if kind in FAILURE_KINDS else "transient"
 
 
 class UnknownEngine(LookupError):
