@@ -108,7 +108,7 @@ def validate_param(engine: EngineDef, param) -> dict:
             return paramschema.validate(paramschema.Field(types=("map",)), param)
         return paramschema.validate(engine.params, param)
     except ParamError as exc:
-        raise ParamError(exc.field, f"engine {engine.name!r}: {exc}") from None
+        raise ParamError(exc.field, exc.reason, prefix=f"engine {engine.name!r}: ") from None
 
 
 DUMMY = EngineDef(

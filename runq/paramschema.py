@@ -35,9 +35,10 @@ class SchemaError(ValueError):
 class ParamError(ValueError):
     """A param that does not fit its schema; ``field`` is the dotted path of the offending value."""
 
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
+    def __init__(self, field: str, message: str, prefix: str = ""):
+        super().__init__(f"{prefix}{field}: {message}")
         self.field = field
+        self.reason = message
 
 
 @dataclasses.dataclass(frozen=True)
