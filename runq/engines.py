@@ -142,6 +142,15 @@ class Catalog:
         return validate_param(self.get(name), param)
 
 
+def locate(root: Path, override: str | None = None) -> tuple[Path, bool]:
+    """(path, required) of the engines file: ``override`` (SIMX_ENGINES or a flag; relative to the
+    simx root) must exist; the default conf/engines.yaml may be absent (built-ins only)."""
+    if override:
+        path = Path(override)
+        return (path if path.is_absolute() else Path(root) / path), True
+    return Path(root) / "conf" / "engines.yaml", False
+
+
 def load(path: str | Path, required: bool = False) -> Catalog:
     """The catalog of a file (the built-ins alone when it is absent and not ``required``)."""
     path = Path(path)

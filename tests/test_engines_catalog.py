@@ -207,14 +207,16 @@ def fill(argv, param, **values):
 
 
 @pytest.mark.parametrize("argv, param, expected", [
-    (["{python}", "{root}/x.py", "{param.a}"], {"a": "two words; rm -rf /"}, ["/py", "/simx/x.py", "two words; rm -rf /"]),
+    (["{python}", "{root}/x.py", "{param.a}"], {"a": "two words; rm -rf /"},
+     ["/py", "/simx/x.py", "two words; rm -rf /"]),
     (["p", "--n={param.n}", "{param.f}", "{param.b}"], {"n": 3, "f": 0.5, "b": False}, ["p", "--n=3", "0.5", "false"]),
     (["p", "{param.files}", "end"], {"files": ["a b", "c", 1]}, ["p", "a b", "c", "1", "end"]),
     (["p", "{param.files}"], {"files": []}, ["p"]),
     (["p", "{param.m.k}"], {"m": {"k": "v"}}, ["p", "v"]),
     (["p", "{param.m}"], {"m": {"k": 1}}, ["p", '{"k": 1}']),
     (["p", "{param}"], {"a": 1}, ["p", '{"a": 1}']),
-    (["p", "{{literal}}", "{out}/r", "{batch_id}-{batch_index}-{attempt}"], {}, ["p", "{literal}", "/w/out/r", "4-2-1"]),
+    (["p", "{{literal}}", "{out}/r", "{batch_id}-{batch_index}-{attempt}"], {},
+     ["p", "{literal}", "/w/out/r", "4-2-1"]),
     (["p", "$HOME", "`id`", "*"], {}, ["p", "$HOME", "`id`", "*"]),
 ])
 def test_fill_argv_sets_values_never_splitting_them(argv, param, expected):
@@ -250,7 +252,8 @@ def test_progress_line_rule():
 
 
 def test_progress_regex_rule_with_scale_and_message():
-    d = catalog({"e": cmd(progress={"regex": r"^(?P<message>step \d+) .*?(?P<progress>[\d.]+)%", "scale": 100})}).get("e")
+    rule = {"regex": r"^(?P<message>step \d+) .*?(?P<progress>[\d.]+)%", "scale": 100}
+    d = catalog({"e": cmd(progress=rule)}).get("e")
     assert d.progress.parse("step 3 done 42.5%\n") == (pytest.approx(0.425), "step 3")
     assert d.progress.parse("progress 0.2 classic\n") == (0.2, "classic")  # the line form always works
     assert d.progress.parse("nothing here\n") is None

@@ -3,7 +3,6 @@ results, files, failure kinds, and the lookup a worker does at start."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -124,7 +123,8 @@ def test_worker_reads_the_engines_file_named_by_simx_engines(tmp_path):
 
 def test_param_values_reach_the_program_unsplit_and_unexpanded(tmp_path):
     engine = named(tmp_path, ECHO_ARGS, argv_tail=["--name={param.name}", "{param.files}", "{param.n}"],
-                   params={"name": "str", "files": {"type": "list", "items": "str"}, "n": {"type": "int", "default": 4}})
+                   params={"name": "str", "files": {"type": "list", "items": "str"},
+                           "n": {"type": "int", "default": 4}})
     nasty = "a b; touch pwned $(id) `x` *"
     data, _ = run(engine, {"name": nasty, "files": ["f 1", "-x"]})
     assert data["result"] == [f"--name={nasty}", "f 1", "-x", "4"]
@@ -159,8 +159,8 @@ def test_result_line_progress_regex_and_stdout_tail(tmp_path):
         print("plain output")
         print('result {"delay": 1.5}')
     """
-    engine = named(tmp_path, code, argv_tail=[], progress={"regex": r"Iteration (?P<message>\d+ of \d+) \((?P<progress>\d+)%",
-                                                           "scale": 100})
+    rule = {"regex": r"Iteration (?P<message>\d+ of \d+) \((?P<progress>\d+)%", "scale": 100}
+    engine = named(tmp_path, code, argv_tail=[], progress=rule)
     data, calls = run(engine, {})
     assert calls == [(0.25, "1 of 4"), (0.5, "halfway")]
     assert data == {"returncode": 0, "stdout_tail": "plain output\n", "result": {"delay": 1.5}}

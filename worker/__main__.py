@@ -87,9 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(stream=sys.stderr, level=level, format="%(asctime)s %(levelname)s [%(process)d] %(message)s")
     try:
-        engines_file = args.engines or os.environ.get("SIMX_ENGINES") or conf.root / "conf" / "engines.yaml"
-        catalog = engine_catalog.load(runq_config.resolve_path(str(engines_file), conf.root),
-                                      required=bool(args.engines or os.environ.get("SIMX_ENGINES")))
+        catalog = engine_catalog.load(*engine_catalog.locate(conf.root, args.engines or os.environ.get("SIMX_ENGINES")))
         engine = engine_for(args.engine, catalog, root=conf.root, work_root=conf.var / "work",
                             allow_any_command=args.allow_any_command)
         traits = Traits(host=socket.gethostname(), pid=os.getpid(), group=args.group, user=args.user,
