@@ -27,11 +27,11 @@ from typing import Any
 
 import yaml
 
-from . import paramschema
+from . import paramschema, sweep
 from .paramschema import ParamError, SchemaError
 
 __all__ = ["Catalog", "EngineDef", "ParamError", "ProgressRule", "SchemaError", "UnknownEngine",
-           "fill_argv", "fill_env", "load", "parse", "validate_param"]
+           "fill_argv", "fill_env", "load", "locate", "parse", "validate_param", "validate_sweep"]
 
 KINDS = ("command", "python")
 ENGINE_KEYS = {"kind", "argv", "env", "cwd", "kill_after", "class", "options", "params", "extra_params",
@@ -111,6 +111,33 @@ def validate_param(engine: EngineDef, param) -> dict:
         raise ParamError(exc.field, exc.reason, prefix=f"engine {engine.name!r}: ") from None
 
 
+def validate_sweep(engine: EngineDef, param, spec) -> int:
+    """Check a batch's param with its ``sweep``/``zip`` against the engine; return the number of runs.
+
+    O(number of values listed), never O(runs): every listed value is checked against the field its
+    key names, and the first run's whole param once (fields of a schema are independent, so every
+    combination then fits).  SweepError or ParamError, naming the engine and the key."""
+    try:
+        n = sweep.validate(spec, param if isinstance(param, dict) else None)
+    except sweep.SweepError as exc:
+        raise sweep.SweepError(exc.key, f"engine {engine.name!r}: {str(exc)[len(exc.key) + 2:]}") from None
+    for part in ("sweep", "zip") if engine.params is not None and spec else ():
+        for key, values in (spec.get(part) or {}).items():
+            field = paramschema.field_at(engine.params, key)
+            if field is None:
+                raise ParamError(f"{part}.{key}", "names no field of the engine's params",
+                                 prefix=f"engine {engine.name!r}: ")
+            if field is True:
+                continue  # a part of the param the schema leaves open
+            for i, value in enumerate(values):
+                try:
+                    paramschema.validate(field, value, f"{part}.{key}[{i}]")
+                except ParamError as exc:
+                    raise ParamError(exc.field, exc.reason, prefix=f"engine {engine.name!r}: ") from None
+    validate_param(engine, sweep.param_for(param, spec, 0) if n else param)
+    return n
+
+
 DUMMY = EngineDef(
     name="dummy", kind="python", cls="worker.engines.dummy:DummyEngine",
     description="counts step_count steps of step_delay seconds",
@@ -140,6 +167,10 @@ class Catalog:
     def validate_param(self, name: str, param) -> dict:
         """What runq and runweb call at submit: UnknownEngine or ParamError, else param with defaults."""
         return validate_param(self.get(name), param)
+
+    def validate_sweep(self, name: str, param, spec) -> int:
+        """At submit of a batch with ``sweep``/``zip``: the number of runs, or an error naming the key."""
+        return validate_sweep(self.get(name), param, spec)
 
 
 def locate(root: Path, override: str | None = None) -> tuple[Path, bool]:

@@ -259,3 +259,34 @@ def test_progress_regex_rule_with_scale_and_message():
     assert d.progress.parse("nothing here\n") is None
     d2 = catalog({"e": cmd(progress={"regex": r"(?P<progress>\S+)%"})}).get("e")
     assert d2.progress.parse("x%\n") is None and not math.isnan(d2.progress.parse("5%")[0])
+
+
+# -- a batch's sweep against its engine -----------------------------------------------------------------
+
+def test_the_shipped_sweep_batches_fit_their_engines():
+    c = engines.load(ROOT / "conf" / "engines.yaml")
+    for path, n in (("examples/aurora/batch-sweep.yaml", 8), ("examples/montecarlo/batch-sweep.yaml", 20)):
+        request = yaml.safe_load((ROOT / path).read_text())
+        spec = {k: request[k] for k in ("sweep", "zip") if k in request}
+        assert c.validate_sweep(request["engine"], request["param"], spec) == n
+
+
+@pytest.mark.parametrize("param, spec, field, message", [
+    ({"x": 1.0}, {"sweep": {"n": [1, 2, 20]}}, "sweep.n[2]", "value must be at most 10"),
+    ({"x": 1.0}, {"zip": {"n": [1, 2], "name": ["a", 5]}}, "zip.name[1]", "must be str, not int"),
+    ({"x": 1.0}, {"sweep": {"opts.k": ["a"]}}, "sweep.opts.k[0]", "must be int"),
+    ({"x": 1.0}, {"sweep": {"nope": [1]}}, "sweep.nope", "names no field"),
+    ({}, {"sweep": {"n": [1]}}, "param.x", "required"),
+])
+def test_sweep_values_are_checked_against_their_fields(param, spec, field, message):
+    d = engines.EngineDef(name="e", kind="command", argv=("p",), params=SCHEMA)
+    with pytest.raises(ParamError, match=message) as info:
+        engines.validate_sweep(d, param, spec)
+    assert info.value.field == field and str(info.value).startswith("engine 'e': ")
+
+
+def test_a_sweep_may_supply_a_required_field_and_open_parts_are_not_checked():
+    d = engines.EngineDef(name="e", kind="command", argv=("p",), params=SCHEMA)
+    assert engines.validate_sweep(d, {}, {"sweep": {"x": [1, 2.5], "free.anything": [[1], "z"]}}) == 4
+    with pytest.raises(engines.sweep.SweepError, match="engine 'e': expected a non-empty list"):
+        engines.validate_sweep(d, {"x": 1}, {"sweep": {"n": []}})
