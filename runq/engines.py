@@ -117,8 +117,10 @@ def validate_sweep(engine: EngineDef, param, spec) -> int:
     O(number of values listed), never O(runs): every listed value is checked against the field its
     key names, and the first run's whole param once (fields of a schema are independent, so every
     combination then fits).  SweepError or ParamError, naming the engine and the key."""
+    if not isinstance(param, dict):
+        validate_param(engine, param)  # raises, naming param
     try:
-        n = sweep.validate(spec, param if isinstance(param, dict) else None)
+        n = sweep.validate(spec, param)
     except sweep.SweepError as exc:
         raise sweep.SweepError(exc.key, f"engine {engine.name!r}: {str(exc)[len(exc.key) + 2:]}") from None
     for part in ("sweep", "zip") if engine.params is not None and spec else ():

@@ -9,7 +9,7 @@ A field is a type name (``duration: float``) or a mapping::
     seeds:    {type: list, items: int, max: 100}      # min/max: the length of a str or list
     demand:   {type: map, fields: {rate: float}, extra: false}
 
-Types: int, float (an int is accepted and becomes a float), str, bool, list, map, enum, any.
+Types: int (signed 64-bit), float (finite; an int is accepted and becomes a float), str, bool, list, map, enum, any.
 ``required`` (default false), ``default`` (filled in when the field is absent; checked against the
 field when the schema is compiled), ``min``/``max`` (numbers: the value; str and list: the length),
 ``items`` (list), ``fields`` and ``extra`` (map: the declared keys, and whether others are allowed;
@@ -24,6 +24,7 @@ from typing import Any
 
 TYPES = ("int", "float", "str", "bool", "list", "map", "enum", "any")
 KEYS = {"type", "required", "default", "min", "max", "items", "fields", "extra", "values", "description"}
+INT_LIMIT = 2**63  # an int fits a signed 64-bit integer, as programs in any language read it
 MAX_DEPTH = 16  # nesting of a schema; a param is only descended where its schema goes
 _ABSENT = object()
 
@@ -167,7 +168,9 @@ def _kind(value) -> str:
 def _fits(t: str, value) -> bool:
     kind = _kind(value)
     if t == "float":
-        return kind in ("int", "float") and math.isfinite(value)
+        return kind == "float" and math.isfinite(value) or kind == "int" and -INT_LIMIT <= value < INT_LIMIT
+    if t == "int":
+        return kind == "int" and -INT_LIMIT <= value < INT_LIMIT
     return t in ("any", "enum") or t == kind
 
 
@@ -179,12 +182,16 @@ def _bounds(field: Field, size, path: str, what: str) -> None:
 
 
 def validate(field: Field, value, path: str = "param"):
-    """``value`` checked against ``field``, with defaults filled in (a new object; ``value`` is not
-    changed).  Raises ParamError naming the path of the first offending value."""
+    """``value`` checked against ``field``, with defaults filled in.  ``value`` is not changed; the
+    mappings and lists the schema declares are new objects, parts it leaves open (``any``, extra
+    keys) are shared with ``value``.  Raises ParamError naming the path of the first offending value."""
     for t in field.types:
         if _fits(t, value):
             return _check(field, t, value, path)
-    raise ParamError(path, f"must be {' or '.join(field.types)}, not {_kind(value)}")
+    kind = _kind(value)
+    if kind == "int" and any(t in ("int", "float") for t in field.types):
+        raise ParamError(path, "an integer beyond the signed 64-bit range")
+    raise ParamError(path, f"must be {' or '.join(field.types)}, not {kind}")
 
 
 def _check(field: Field, t: str, value, path: str):
@@ -203,11 +210,11 @@ def _check(field: Field, t: str, value, path: str):
     if t == "list":
         _bounds(field, len(value), path, "length")
         if field.items is None:
-            return copy.deepcopy(value)
+            return list(value)
         return [validate(field.items, v, f"{path}[{i}]") for i, v in enumerate(value)]
     if t == "map":
         return _check_map(field, value, path)
-    return copy.deepcopy(value)  # bool, any
+    return value  # bool, any: never copied, so no depth of nesting costs recursion
 
 
 def _check_map(field: Field, value: dict, path: str) -> dict:
@@ -215,13 +222,13 @@ def _check_map(field: Field, value: dict, path: str) -> dict:
         if not isinstance(key, str):
             raise ParamError(path, f"key {key!r} is not a string")
     if field.fields is None:
-        return copy.deepcopy(value)
+        return dict(value)
     declared = dict(field.fields)
     if not field.extra:
         unknown = [k for k in value if k not in declared]
         if unknown:
             raise ParamError(f"{path}.{unknown[0]}", f"unknown field (known: {', '.join(declared) or 'none'})")
-    out = {k: copy.deepcopy(v) for k, v in value.items() if k not in declared}
+    out = {k: v for k, v in value.items() if k not in declared}
     for name, sub in field.fields:
         given = value.get(name, _ABSENT)
         if given is _ABSENT:

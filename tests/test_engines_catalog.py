@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from runq import engines, paramschema
 from runq.engines import ParamError, SchemaError, UnknownEngine
@@ -159,6 +161,9 @@ def test_valid_params_come_back_with_defaults(param, expected):
     ({"x": 1, "typo": 1}, "param.typo", "unknown field"),
     ({"x": 1, "free": []}, "param.free", "must be map, not list"),
     ({"x": None}, "param.x", "must be float, not null"),
+    ({"x": 10**400}, "param.x", "beyond the signed 64-bit range"),
+    ({"x": 1, "n": 2**63}, "param.n", "beyond the signed 64-bit range"),
+    ({"x": 1, "id": -2**63 - 1}, "param.id", "beyond the signed 64-bit range"),
 ])
 def test_invalid_params_name_the_field(param, field, message):
     with pytest.raises(ParamError, match=message) as info:
@@ -290,3 +295,31 @@ def test_a_sweep_may_supply_a_required_field_and_open_parts_are_not_checked():
     assert engines.validate_sweep(d, {}, {"sweep": {"x": [1, 2.5], "free.anything": [[1], "z"]}}) == 4
     with pytest.raises(engines.sweep.SweepError, match="engine 'e': expected a non-empty list"):
         engines.validate_sweep(d, {"x": 1}, {"sweep": {"n": []}})
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=5),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=4), children, max_size=4),
+    max_leaves=20)
+param_like = st.dictionaries(st.sampled_from(["x", "n", "name", "on", "mode", "ids", "id", "opts", "free", "blob",
+                                              "duration", "scenario", "zz"]), json_values, max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(param_like)
+def test_any_json_param_is_accepted_or_refused_with_a_named_field(param):
+    c = engines.load(ROOT / "conf" / "engines.yaml")
+    for check in (lambda p: paramschema.validate(SCHEMA, p), lambda p: c.validate_param("aurora", p)):
+        try:
+            out = check(param)
+        except ParamError as exc:
+            assert exc.field.startswith("param")
+        else:
+            assert isinstance(out, dict) and set(param) <= set(out)
+
+
+def test_deeply_nested_open_values_cost_no_recursion():
+    deep = []
+    for _ in range(100_000):
+        deep = [deep]
+    assert paramschema.validate(SCHEMA, {"x": 1, "blob": deep, "free": {"a": deep}})["blob"] is deep

@@ -311,3 +311,10 @@ def test_abort_kills_the_program_and_removes_the_work_directory(tmp_path):
     t.join(5)
     assert isinstance(box.get("error"), Aborted)
     assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_arguments_too_long_for_the_system_are_the_runs_fault(tmp_path):
+    engine = named(tmp_path, "pass", argv_tail=["{param.s}"])
+    with pytest.raises(Fatal, match="too long") as info:
+        run(engine, {"s": "x" * 200_000})
+    assert failure_kind(info.value) == "run"

@@ -11,6 +11,7 @@ lookup a worker does at start: ``engine_for(name, catalog, ...)``.
 from __future__ import annotations
 
 import collections
+import errno
 import importlib
 import os
 import sys
@@ -79,6 +80,8 @@ class NamedCommandEngine(Engine):
         try:
             done = run_program(argv, env, cwd, d.kill_after, abort, progress, parse=d.progress.parse)
         except OSError as exc:
+            if exc.errno == errno.E2BIG:  # the param's values are too long for an argv: the run's fault
+                raise Fatal(f"engine {d.name!r}: the arguments are too long for the system ({exc})") from None
             raise ProgramUnavailable(exc.errno, f"engine {d.name!r}: cannot start {argv[0]}"
                                                 f"{f' in {cwd}' if cwd else ''}: {exc.strerror or exc}") from None
         if done.returncode != 0:
