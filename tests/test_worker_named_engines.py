@@ -278,7 +278,7 @@ def test_a_failed_run_leaves_no_work_directory(tmp_path):
     engine = named(tmp_path, "import sys; sys.exit(1)", argv_tail=[], files=True)
     with pytest.raises(RuntimeError):
         run(engine, {})
-    assert list((tmp_path / "work").iterdir()) == []
+    assert list(engine.work_root.iterdir()) == []
 
 
 def test_too_many_bytes_under_out_fail_the_run(tmp_path, monkeypatch):
@@ -310,7 +310,7 @@ def test_abort_kills_the_program_and_removes_the_work_directory(tmp_path):
     abort.set()
     t.join(5)
     assert isinstance(box.get("error"), Aborted)
-    assert list((tmp_path / "work").iterdir()) == []
+    assert list(engine.work_root.iterdir()) == []
 
 
 def test_arguments_too_long_for_the_system_are_the_runs_fault(tmp_path):
@@ -318,3 +318,16 @@ def test_arguments_too_long_for_the_system_are_the_runs_fault(tmp_path):
     with pytest.raises(Fatal, match="too long") as info:
         run(engine, {"s": "x" * 200_000})
     assert failure_kind(info.value) == "run"
+
+
+def test_work_directories_of_dead_worker_processes_are_removed_at_start(tmp_path):
+    from worker.engines.outputs import process_root
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = os.getppid()
+    for pid in (dead.pid, live):
+        (tmp_path / f"w{pid}" / "1-0-1-x" / "out").mkdir(parents=True)
+    (tmp_path / "other").mkdir()
+    mine = process_root(tmp_path)
+    assert mine == tmp_path / f"w{os.getpid()}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"w{live}", "other"])

@@ -43,7 +43,7 @@ class NamedCommandEngine(Engine):
         self.definition = definition
         self.name = definition.name
         self.root = Path(root)
-        self.work_root = Path(work_root)
+        self.work_root = outputs.process_root(work_root) if definition.files else Path(work_root)
         self.python = python
         # Finished runs' work directories, oldest first, for the upload step to take.
         self.outputs: collections.OrderedDict[tuple, outputs.WorkDir] = collections.OrderedDict()

@@ -1,7 +1,8 @@
 """A run's work directory and the files it leaves under ``out/``.
 
-Only engines that declare ``files: true`` get one (``<root>/<batch>-<index>-<attempt>-<random>/``
-with ``out/`` inside).  After the run, ``manifest()`` lists the regular files under out/ (name
+Only engines that declare ``files: true`` get one (``<root>/w<pid>/<batch>-<index>-<attempt>-<random>/``
+with ``out/`` inside; ``w<pid>`` is the worker process's, and a worker starting removes those of
+worker processes that no longer exist).  After the run, ``manifest()`` lists the regular files under out/ (name
 relative to out/ with ``/`` separators, size, sha256); ``chunks(name)`` yields a file's bytes in
 pieces for the upload over the worker's link (a later step wires it into the loop: upload, then
 report the run finished, then ``remove()``).  Symbolic links are never followed or listed, so a
@@ -75,6 +76,29 @@ class WorkDir:
                 path = Path(dirpath) / filename
                 if stat.S_ISREG(path.lstat().st_mode):
                     yield path, path.relative_to(self.out).as_posix()
+
+
+def process_root(root: Path, pid: int | None = None) -> Path:
+    """This worker process's part of the work root, after removing the parts of dead processes
+    (several workers share a host's root; a process that died took its runs with it)."""
+    root = Path(root)
+    pid = os.getpid() if pid is None else pid
+    if root.is_dir():
+        for child in root.iterdir():
+            other = child.name[1:]
+            if child.name.startswith("w") and other.isdigit() and int(other) != pid and not _alive(int(other)):
+                shutil.rmtree(child, ignore_errors=True)
+    return root / f"w{pid}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def sha256_of(path: Path) -> str:
