@@ -146,7 +146,7 @@ def test_env_and_run_identity(tmp_path):
         print("result " + json.dumps([os.environ["A"], os.environ["SIMX_BATCH_INDEX"], os.environ["SIMX_ATTEMPT"],
                                        json.loads(os.environ["SIMX_PARAM"]), os.getcwd()]))
     """
-    engine = named(tmp_path, code, argv_tail=[], env={"A": "{param.x}!"}, cwd="sub")
+    engine = named(tmp_path, code, argv_tail=[], env={"A": "{param.x}!", "SIMX_ATTEMPT": "mine"}, cwd="sub")
     (tmp_path / "sub").mkdir()
     data, _ = run(engine, {"x": "v"}, ctx=context(attempt=2))
     assert data["result"] == ["v!", "3", "2", {"x": "v"}, str(tmp_path / "sub")]

@@ -71,7 +71,9 @@ class NamedCommandEngine(Engine):
             values.update(workdir=str(workdir.path), out=str(workdir.out))
         try:
             argv = catalog_mod.fill_argv(d, values)
-            env = dict(os.environ, **catalog_mod.fill_env(d, values), **run_env(param, context))
+            env = dict(os.environ)
+            env.update(catalog_mod.fill_env(d, values))
+            env.update(run_env(param, context))
         except ParamError as exc:
             raise ParamRejected(f"engine {d.name!r}: {exc}") from None
         if workdir is not None:
