@@ -99,16 +99,18 @@ class Metrics:
             batch_states[batch.state] = batch_states.get(batch.state, 0) + 1
             for s in states.RUN_STATES:
                 runs[s] += getattr(batch, "n_" + s)
-            if batch.has_waiting():
-                queue[batch.engine] = queue.get(batch.engine, 0) + batch.n_waiting
+            # every engine asked for or served gets a series, 0 included, so it does not vanish
+            queue[batch.engine] = queue.get(batch.engine, 0) + (batch.n_waiting if batch.has_waiting() else 0)
         by_worker: dict[tuple[str, str], int] = {}
         for w in workers:
+            if w.conn is not None:
+                queue.setdefault(w.engine, 0)
             by_worker[(w.engine, w.state)] = by_worker.get((w.engine, w.state), 0) + 1
         return {
             "uptime": round(now - self.started, 3),
             "runs": runs,
             "batches": batch_states,
-            "queue": queue,
+            "queue": dict(sorted(queue.items())),
             "workers": [{"engine": e, "state": s, "count": n} for (e, s), n in sorted(by_worker.items())],
             "totals": {"dispatched": self.n_dispatched, "finished": self.n_finished, "failed": self.n_failed,
                        "attempts": dict(sorted(self.outcomes.items()))},

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from runq.protocol import ProtocolError
 
 from .resources import ask
 
+# The classic text format: what every Prometheus scrapes (our names are plain ASCII).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 HISTOGRAMS = {
     "dispatch_latency_seconds": "Seconds a run waited from becoming ready (batch submitted, attempt "
                                 "requeued) to its dispatch to a worker",
@@ -95,5 +96,5 @@ class Metrics:
 
     def on_get(self, req, resp):
         body = render(ask(self.client, "Metrics"))
-        resp.content_type = CONTENT_TYPE_LATEST
+        resp.content_type = CONTENT_TYPE
         resp.data = body
