@@ -37,7 +37,8 @@ HTML_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
+                ".svg": "image/svg+xml"}
 
 # route template -> (page template, title); the page's JSON comes from the same URL
 PAGES = {
@@ -100,7 +101,7 @@ class Pages:
 class Static:
     """GET /static/{name}: the dashboard's script and style sheet, read from the package once."""
 
-    def __init__(self, names=("dash.js", "dash.css")):
+    def __init__(self, names=("dash.js", "dash.css", "favicon.svg")):
         self.files = {name: _read("static", name).encode("utf-8") for name in names}
 
     def on_get(self, req, resp, name):
