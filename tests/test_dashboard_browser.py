@@ -101,6 +101,8 @@ def test_dashboard_follows_a_running_batch_and_cancels_it(stack, page):
     b = procs.wait_until(counts_match, 10, what="page counts to equal the API's")
     assert b["n_finished"] >= 1
     shot(page, "batch")
+    if os.environ.get("SIMX_DOCS_SCREENSHOT"):   # regenerates the README's picture
+        page.screenshot(path=str(procs.ROOT / "docs" / "dashboard.png"), clip={"x": 0, "y": 0, "width": 920, "height": 640})
 
     # filter by state: only finished runs listed
     page.click("#filter a[data-state=finished]")
@@ -192,3 +194,65 @@ def test_another_origin_cannot_cancel(stack, page):
     finally:
         evil.shutdown()
         evil.server_close()
+
+
+class _RolesRunq:
+    """A stub runq whose views carry the hints the web stream's roles add: can_cancel / can_drain."""
+
+    def __init__(self):
+        self.cancels = []
+
+    def request(self, mtype, **fields):
+        batch = {"id": fields.get("batch_id", 1), "name": "theirs", "user": "bob", "group": "", "engine": "dummy",
+                 "n_runs": 2, "state": "active", "n_waiting": 1, "n_running": 1, "n_finished": 0, "n_failed": 0,
+                 "n_cancelled": 0, "elapsed": 1.0, "can_cancel": fields.get("batch_id") != 1}
+        run = {"batch_id": batch["id"], "batch_index": 0, "state": "running", "attempt": 1, "worker_id": 1,
+               "host": "h", "progress": 0.5, "message": None, "result": None, "error": None,
+               "can_cancel": batch["can_cancel"]}
+        if mtype == "BatchStatus":
+            return {"status": "ok", "message": "ok", "batch": batch, "runs": [run], "next_offset": None}
+        if mtype == "WorkerList":
+            return {"status": "ok", "message": "ok", "next_offset": None, "workers": [
+                {"id": 1, "host": "h", "engine": "dummy", "state": "busy", "connected": True, "can_drain": False}]}
+        if mtype == "CancelBatch":
+            self.cancels.append(fields)
+            return {"status": "error", "code": 403, "message": "batch 2 belongs to bob"}
+        return {"status": "error", "code": 404, "message": f"stub knows no {mtype}"}
+
+
+@pytest.fixture
+def roles_site(tmp_path):
+    """runweb's real app (in a thread, on a free loopback port) in front of the stub above."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from runq import config
+    from runweb.app import create_app
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args):
+            pass
+    runq = _RolesRunq()
+    cfg = config.load(path=tmp_path / "none.yaml", env={}, root=tmp_path)
+    server = make_server("127.0.0.1", 0, create_app(runq, cfg), handler_class=Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", runq
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_buttons_follow_the_apis_hints_and_show_a_refusal(roles_site, page):
+    url, runq = roles_site
+    page.goto(url + "/batch/1")     # can_cancel: false -> no cancel buttons at all
+    page.wait_for_function("() => document.querySelectorAll('#runs tbody tr').length === 1")
+    assert page.is_hidden("#cancel-batch") and page.locator("#runs button").count() == 0
+    page.goto(url + "/worker")      # can_drain: false -> no drain button
+    page.wait_for_function("() => document.querySelectorAll('#workers tbody tr').length === 1")
+    assert page.locator("#workers button").count() == 0
+    page.goto(url + "/batch/2")     # allowed by the hint, refused by runq: the message is shown
+    page.locator("#cancel-batch").wait_for(state="visible")
+    page.click("#cancel-batch")
+    page.locator("#flash").wait_for(state="visible")
+    assert "refused" in page.text_content("#flash") and "belongs to bob" in page.text_content("#flash")
+    assert page.is_hidden("#cancel-batch") and runq.cancels == [{"batch_id": 2}]

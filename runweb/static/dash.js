@@ -16,6 +16,7 @@
   let timer = null;
   let inflight = false;
   let failures = 0;
+  const refused = new Set();   // POST URLs answered 403: their buttons stay hidden
 
   // ---- small DOM helpers
   function el(tag, attrs, ...children) {
@@ -36,6 +37,7 @@
   const isInt = (v) => Number.isInteger(v) && v >= 0;
   const fmt = (v) => (v === null || v === undefined || v === "" ? "–" : String(v));
   function short(v, n) {
+    if (v === null || v === undefined) return "–";
     const text = typeof v === "string" ? v : JSON.stringify(v);
     if (text === undefined || text === null) return "–";
     return text.length > n ? text.slice(0, n - 1) + "…" : text;
@@ -67,7 +69,7 @@
   function facts(pairs) {
     const dl = $("#facts");
     const items = [];
-    for (const [k, v] of pairs) items.push(el("dt", { text: k }), el("dd", null, v instanceof Node ? v : fmt(v)));
+    for (const [k, v] of pairs) if (v !== undefined) items.push(el("dt", { text: k }), el("dd", null, v instanceof Node ? v : fmt(v)));
     dl.replaceChildren(...items);
   }
 
@@ -99,7 +101,7 @@
       try { data = await resp.json(); } catch (e) { data = null; }
       if (!resp.ok) {
         flash(what + " refused: " + ((data && data.message) || ("HTTP " + resp.status)));
-        if (resp.status === 403 && button) button.hidden = true;
+        if (resp.status === 403) { refused.add(url); if (button) button.hidden = true; }
       } else {
         flash((data && data.message) || "done");
       }
@@ -111,7 +113,7 @@
     }
   }
   function actionButton(label, url, what, allowed) {
-    if (allowed === false) return null;
+    if (allowed === false || refused.has(url)) return null;
     const b = el("button", { type: "button", class: "danger small", text: label });
     b.addEventListener("click", () => post(url, what, b));
     return b;
@@ -157,7 +159,7 @@
     nextOffset = data.next_offset;
     fill($("#batches tbody"), batches.map((b) => el("tr", { "data-batch": isInt(b.id) ? b.id : null },
       cell(batchLink(b.id)), cell(fmt(b.name)), cell(fmt(b.user)), cell(fmt(b.engine)), cell(stateBadge(b.state)),
-      cell(progressBar(b.n_runs ? completed(b) / b.n_runs : 0), " ", completed(b) + "/" + fmt(b.n_runs)),
+      el("td", { class: "nowrap" }, progressBar(b.n_runs ? completed(b) / b.n_runs : 0), " ", completed(b) + "/" + fmt(b.n_runs)),
       ...STATES.map((s) => el("td", { class: "num n-" + s, text: fmt(b["n_" + s]) })),
       el("td", { class: "num", text: rate(b) }), cell(duration(b.elapsed)),
       cell(b.state === "active" && isInt(b.id)
@@ -179,20 +181,20 @@
     const b = data.batch || {};
     facts([["name", b.name], ["user", b.user], ["group", b.group], ["engine", b.engine], ["state", stateBadge(b.state)],
       ["runs", b.n_runs], ["runs/s", rate(b)], ["started", b.start_time], ["elapsed", duration(b.elapsed)],
-      ["ended", b.end_time], ["served", b.served === undefined ? null : (b.served ? "yes" : "no: no connected worker matches")]]);
+      ["ended", b.end_time], ["served", b.served === undefined ? undefined : (b.served ? "yes" : "no: no connected worker matches")]]);
     const p = $("#progress");
     const f = b.n_runs ? completed(b) / b.n_runs : 0;
     p.value = f;
     $("#percent").textContent = Math.floor(f * 100) + "% (" + completed(b) + " of " + fmt(b.n_runs) + " ended)";
     countsTable(b);
     const cancel = $("#cancel-batch");
-    cancel.hidden = !(b.state === "active" && b.can_cancel !== false);
+    cancel.hidden = !(b.state === "active" && b.can_cancel !== false) || refused.has(API + "/cancel");
     // the API filters by ?state= when it knows how; filtering here too is harmless
     const runs = (data.runs || []).filter((r) => !state || r.state === state);
     nextOffset = data.next_offset;
     fill($("#runs tbody"), runs.map((r) => el("tr", { class: "run-" + String(r.state).replace(/[^a-z]/g, "") },
       cell(runLink(r.batch_id, r.batch_index)), cell(stateBadge(r.state)),
-      cell(progressBar(r.progress), " ", Math.round((Number(r.progress) || 0) * 100) + "%"),
+      el("td", { class: "nowrap" }, progressBar(r.progress), " ", Math.round((Number(r.progress) || 0) * 100) + "%"),
       el("td", { class: "num", text: fmt(r.attempt) }), cell(fmt(r.worker_id)), cell(fmt(r.host)),
       el("td", { class: "msg", text: short(r.message, 80) }),
       el("td", { class: "msg", text: r.state === "finished" ? short(r.result, 80) : short(r.error, 80) }),
@@ -211,7 +213,7 @@
     $("#progress").value = Math.max(0, Math.min(1, Number(r.progress) || 0));
     $("#percent").textContent = Math.round((Number(r.progress) || 0) * 100) + "%";
     const cancel = $("#cancel-run");
-    cancel.hidden = ENDED.has(r.state) || r.can_cancel === false;
+    cancel.hidden = ENDED.has(r.state) || r.can_cancel === false || refused.has(API + "/cancel");
     fill($("#attempts tbody"), (data.run && data.run.attempts || []).map((a) => el("tr", null,
       el("td", { class: "num", text: fmt(a.attempt) }), cell(fmt(a.worker_id)), cell(fmt(a.host)),
       cell(fmt(a.started)), cell(fmt(a.ended)), cell(stateBadge(a.outcome)), el("td", { class: "msg", text: fmt(a.message) }))));
