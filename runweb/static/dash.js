@@ -16,6 +16,7 @@
   let timer = null;
   let inflight = false;
   let failures = 0;
+  let quiet = false;           // the batch or run shown has ended: poll less often
   const refused = new Set();   // POST URLs answered 403: their buttons stay hidden
 
   // ---- small DOM helpers
@@ -202,6 +203,7 @@
         ? actionButton("cancel", "/batch/" + r.batch_id + "/run/" + r.batch_index + "/cancel",
           "Cancel run " + r.batch_index, r.can_cancel) : null))));
     pager(runs.length, state ? null : b.n_runs);
+    return b.end_time ? "ended" : null;
   }
 
   async function runPage() {
@@ -220,6 +222,7 @@
     const tb = r.traceback;
     $("#traceback-section").hidden = !tb;
     $("#traceback").textContent = tb || "";
+    return ENDED.has(r.state) ? "ended" : null;
   }
 
   async function workersPage() {
@@ -244,7 +247,7 @@
     inflight = true;
     clearTimeout(timer);
     try {
-      await PAGES[PAGE]();
+      quiet = (await PAGES[PAGE]()) === "ended";
       failures = 0;
       status("updated " + new Date().toLocaleTimeString(), false);
     } catch (e) {
@@ -252,8 +255,8 @@
       status("not updated: " + e.message, true);
     } finally {
       inflight = false;
-      // poll every POLL ms; back off to 5 s while the API fails, pause while the tab is hidden
-      timer = setTimeout(refresh, failures ? Math.min(5000, POLL * (1 + failures)) : POLL);
+      // poll every POLL ms; every 5 s once what the page shows has ended, or while the API fails
+      timer = setTimeout(refresh, failures ? Math.min(5000, POLL * (1 + failures)) : quiet ? 5 * POLL : POLL);
     }
   }
 
