@@ -1,11 +1,11 @@
 """runq's own counters and latency histograms, kept as plain numbers, and the Metrics reply.
 
 The coordinator and the server call one-line observations (``dispatched``,
-``run_ended``, ``committed``); nothing here does I/O or takes a lock, so it
+``attempt_ended``, ``batch_ended``, ``committed``); nothing here does I/O or takes a lock, so it
 costs a few additions on the dispatch path.  ``snapshot()`` builds the answer
 to the ``Metrics`` client request from these numbers plus the coordinator's
 in-memory model, so every runweb process (any gunicorn worker) shows the same
-figures.  runweb turns the snapshot into Prometheus text (runweb/dashboard.py).
+figures.  runweb turns the snapshot into Prometheus text (runweb/metrics.py).
 
 Runs of ended batches are not in memory: their totals by state come from the
 store once at start (``store.ended_batch_totals()``), grow as batches end,
