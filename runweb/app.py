@@ -13,7 +13,7 @@ from runq import config as simx_config
 from runq.client import RunqClient, RunqUnavailable
 from runq.protocol import ProtocolError
 
-from . import auth, dashboard, media, metrics, resources
+from . import auth, dashboard, media, metrics, request_metrics, resources
 from .errors import BodyTooLarge, InvalidRequest, NotAuthenticated, RunqRefused
 
 RUNQ_TIMEOUT = 20.0  # seconds; under gunicorn's 30 s worker timeout, so a stuck runq gives a 503
@@ -80,8 +80,8 @@ def serialize_error(req, resp, ex: falcon.HTTPError) -> None:
 
 def create_app(client, config: simx_config.Config) -> falcon.App:
     users = auth.Users(simx_config.resolve_path(config.runweb.users_file, config.root))
-    app = falcon.App(middleware=[media.Negotiate(), auth.Authenticate(config.runweb.trusted, users),
-                                 dashboard.Pages()])
+    app = falcon.App(middleware=[request_metrics.Timing(), media.Negotiate(),
+                                 auth.Authenticate(config.runweb.trusted, users), dashboard.Pages()])
     media.install(app)
     app.req_options.strip_url_path_trailing_slash = True
     app.add_error_handler(tuple(ERRORS) + (RunqRefused,), to_http)

@@ -4,9 +4,8 @@ One ``Metrics`` request to runq per scrape; its reply (built by
 runq/metrics.py from runq's memory) becomes metric families through a custom
 prometheus_client Collector registered in a fresh registry, so every gunicorn
 worker answers the same numbers and nothing is kept between requests.
-runweb's own request latency is not exported: per-process counters under
-gunicorn would need prometheus_client's multiprocess mode (a shared directory
-per runweb instance), which is not set up.
+runweb's own request latency is added from every gunicorn worker's files
+when multiprocess mode is set up (runweb/request_metrics.py).
 """
 from __future__ import annotations
 
@@ -15,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from runq.protocol import ProtocolError
 
+from . import request_metrics
 from .resources import ask
 
 # The classic text format: what every Prometheus scrapes (our names are plain ASCII).
@@ -85,6 +85,7 @@ class RunqCollector:
 def render(reply: dict) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RunqCollector(reply))
+    request_metrics.collect_into(registry)
     return generate_latest(registry)
 
 

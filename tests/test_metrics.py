@@ -122,3 +122,37 @@ def test_metrics_endpoint_matches_the_api_after_a_batch(stack):
     again = [families(procs.http("GET", f"{stack.url}/metrics")[2]) for _ in range(4)]
     assert {value(f, "simx_runs_finished", "simx_runs_finished_total") for f in again} == {6}
     assert math.isfinite(value(fams, "simx_runq_uptime_seconds"))
+
+
+def request_count(url: str, route: str) -> float:
+    fams = families(procs.http("GET", f"{url}/metrics")[2])
+    return sum(s.value for s in fams["simx_runweb_request_seconds"].samples
+               if s.name == "simx_runweb_request_seconds_count" and s.labels["route"] == route)
+
+
+def test_runweb_request_latency_is_summed_over_gunicorn_workers(tmp_path):
+    """Two gunicorn workers answer; /metrics (whichever answers) counts every request once, by route
+    template; a new instance on the same port starts from zero."""
+    runq = procs.start_runq(tmp_path)
+    port = procs.free_port()
+    runweb = None
+    try:
+        runweb = procs.start_runweb(tmp_path, runq.port, port=port, workers=2)
+        for i in range(20):
+            assert procs.http("GET", f"{runweb.url}/batch/{i + 1}")[0] == 404
+        counts = {request_count(runweb.url, "/batch/{batch_id}") for _ in range(4)}
+        assert counts == {20.0}
+        routes = {s.labels["route"] for s in families(procs.http("GET", f"{runweb.url}/metrics")[2])[
+            "simx_runweb_request_seconds"].samples}
+        assert "/batch/{batch_id}" in routes and not any(ch.isdigit() for r in routes for ch in r)  # templates only
+        files = list((tmp_path / "var" / f"runweb-metrics-{port}").glob("*.db"))
+        assert files, "no multiprocess files"
+        runweb.stop()
+        assert "Traceback" not in runweb.log(), runweb.log()   # child_exit hook ran cleanly
+        runweb = procs.start_runweb(tmp_path, runq.port, port=port, workers=2)
+        assert procs.http("GET", f"{runweb.url}/batch/1")[0] == 404
+        assert request_count(runweb.url, "/batch/{batch_id}") == 1
+    finally:
+        if runweb is not None:
+            runweb.stop()
+        runq.stop()
