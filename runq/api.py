@@ -28,7 +28,7 @@ class Api:
             "Ping": self.ping, "StartBatch": self.start_batch, "BatchList": self.batch_list,
             "UserStatus": self.user_status, "BatchStatus": self.batch_status, "RunStatus": self.run_status,
             "WorkerList": self.worker_list, "WorkerStatus": self.worker_status, "CancelBatch": self.cancel_batch, "CancelRun": self.cancel_run,
-            "DrainWorker": self.drain_worker,
+            "DrainWorker": self.drain_worker, "Metrics": self.metrics,
         }
 
     def handle(self, msg: dict, now: float) -> dict:
@@ -45,6 +45,8 @@ class Api:
             for wid in [w.id for w in self.coord.workers.values()
                         if w.conn is None and w.run is None and w.last_contact < now - days * 86400]:
                 del self.coord.workers[wid]
+            if n_batches:
+                self.coord.metrics.load_ended(self.store.ended_batch_totals())
             if n_batches or n_workers:
                 log.info("purged %d batches and %d workers older than %s days", n_batches, n_workers, days)
 
@@ -56,6 +58,10 @@ class Api:
             "workers_connected": sum(1 for w in c.workers.values() if w.conn is not None),
             "workers_idle": c.matcher.idle_count(), "runs_in_flight": len(c.runs),
         })
+
+    def metrics(self, msg, now):
+        c = self.coord
+        return protocol.reply(**c.metrics.snapshot(c.batches.values(), c.workers.values(), now))
 
     def _batch_row(self, batch_id: int) -> dict:
         row = self.store.batch_row(batch_id)

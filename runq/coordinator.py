@@ -21,6 +21,7 @@ from .api import Api
 from .config import BatchDefaults, RunqConfig
 from .errors import RunqError
 from .matching import Matcher
+from .metrics import Metrics
 from .model import Batch, Run, Worker
 from .recovery import recover
 from .store import Store
@@ -48,7 +49,9 @@ class Coordinator:
         self.started = now
         self.last_batch_id = self.last_worker_id = 0   # highest ids given out; recover() reads them
         self.api = Api(self)
+        self.metrics = Metrics(now)
         recover(self, now)
+        self.metrics.load_ended(store.ended_batch_totals())
 
     # ---- entry points the server calls
     def connected(self, conn, peer: str, now: float) -> list:
@@ -313,6 +316,7 @@ class Coordinator:
             run = Run(batch_id=batch.id, batch_index=index)
             self.runs[run.key] = run
             batch.active.add(index)
+        self.metrics.dispatched(now - (batch.start_time if run.ended is None else run.ended))
         run.state, run.attempt, run.worker_id, run.host = states.RUNNING, run.attempt + 1, worker.id, worker.host
         run.started, run.ended, run.progress, run.message = now, None, 0.0, None
         batch.count(states.WAITING, -1)
@@ -364,6 +368,7 @@ class Coordinator:
             else:
                 new = states.WAITING
         run.message = message if message is not None else run.message
+        self.metrics.attempt_ended(outcome, new)
         self.move_run(run, new, now)
 
     def move_run(self, run: Run, new: str, now: float) -> None:
@@ -388,6 +393,7 @@ class Coordinator:
         if batch.settle(now):
             log.info("batch %d %s: %d finished, %d failed, %d cancelled in %.1fs", batch.id, batch.state,
                      batch.n_finished, batch.n_failed, batch.n_cancelled, now - batch.start_time)
+            self.metrics.batch_ended(batch)
             self.matcher.remove_ready(batch.id)
             del self.batches[batch.id]
             self.store.save_batch(batch.counters())

@@ -67,6 +67,7 @@ SCHEMA: dict[str, dict[str, object]] = {
     "CancelBatch": dict(batch_id=INT),
     "CancelRun": dict(batch_id=INT, batch_index=INT),
     "DrainWorker": dict(worker_id=INT),
+    "Metrics": {},   # runq's counters and gauges for GET /metrics (runq/metrics.py)
     # runq -> client: {status: ok|error, code, message, ...data}
     "Reply": dict(status=STR, code=INT, message=STR),
 }

@@ -83,7 +83,10 @@ class Server:
             self.last_tick = now
             outgoing += self.coord.tick(now)
         # Commit before send: nothing goes out about state that is not durable.
+        pending, started = self.store.pending(), time.perf_counter()
         self.store.commit()
+        if pending:
+            self.coord.metrics.committed(time.perf_counter() - started)
         touched = []
         for conn, msg in outgoing:
             if conn.sock.fileno() < 0:

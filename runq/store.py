@@ -237,6 +237,18 @@ class Store:
             mw = conn.execute(sa.select(sa.func.max(w.c.id))).scalar() or 0
         return mb, mw
 
+    def ended_batch_totals(self) -> dict[str, dict[str, int]]:
+        """Ended batches by state: {state: {"batches": n, "finished": runs, "failed": .., "cancelled": ..}}
+        (for runq/metrics.py; one aggregate query)."""
+        self.commit()
+        b = self.tables["batches"]
+        stmt = (sa.select(b.c.state, sa.func.count(), sa.func.sum(b.c.n_finished), sa.func.sum(b.c.n_failed),
+                          sa.func.sum(b.c.n_cancelled))
+                .where(b.c.end_time.is_not(None)).group_by(b.c.state))
+        with self.engine.connect() as conn:
+            return {state: {"batches": n, "finished": int(f or 0), "failed": int(x or 0), "cancelled": int(c or 0)}
+                    for state, n, f, x, c in conn.execute(stmt)}
+
     # ---- retention
     def purge(self, before: float) -> tuple[int, int]:
         """Delete batches that ended before `before` (with their runs and attempts) and

@@ -12,6 +12,8 @@ import sys
 
 from runq import config as simx_config
 
+from . import request_metrics
+
 APP = "runweb.app:get_app()"
 
 
@@ -39,8 +41,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def listen_port(args: argparse.Namespace, cfg: simx_config.Config) -> int:
+    return args.port or (cfg.runweb.run_port if args.foreground_port else cfg.runweb.port)
+
+
 def gunicorn_argv(args: argparse.Namespace, cfg: simx_config.Config) -> list[str]:
-    port = args.port or (cfg.runweb.run_port if args.foreground_port else cfg.runweb.port)
+    port = listen_port(args, cfg)
     bind = cfg.runweb.bind
     host = f"[{bind}]" if ":" in bind and not bind.startswith("[") else bind  # IPv6
     return [
@@ -51,6 +57,7 @@ def gunicorn_argv(args: argparse.Namespace, cfg: simx_config.Config) -> list[str
         "--access-logfile", "-",
         "--graceful-timeout", "5",
         "--no-control-socket",  # gunicorn 27's default ~/.gunicorn/gunicorn.ctl would be shared by every runweb
+        "-c", "python:runweb.gunicorn_hooks",  # child_exit: request metrics of a dead worker
         APP,
     ]
 
@@ -63,6 +70,9 @@ def main(argv=None) -> int:
         print(f"runweb: {exc}", file=sys.stderr)
         return 2
     command = gunicorn_argv(args, cfg)
+    # request latency summed over gunicorn's workers: one fresh directory per instance (port)
+    metrics_dir = request_metrics.prepare(cfg.var / f"runweb-metrics-{listen_port(args, cfg)}")
+    os.environ[request_metrics.ENV] = str(metrics_dir)
     sys.stdout.flush()
     os.execv(command[0], command)
     return 0  # not reached: gunicorn replaced this process

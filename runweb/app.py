@@ -13,7 +13,7 @@ from runq import config as simx_config
 from runq.client import RunqClient, RunqUnavailable
 from runq.protocol import ProtocolError
 
-from . import auth, media, resources
+from . import auth, dashboard, media, metrics, request_metrics, resources
 from .errors import BodyTooLarge, InvalidRequest, NotAuthenticated, RunqRefused
 
 RUNQ_TIMEOUT = 20.0  # seconds; under gunicorn's 30 s worker timeout, so a stuck runq gives a 503
@@ -39,6 +39,7 @@ ROUTES = (
     ("/workers", "workers", None, {"GET": "all workers (same as /worker)" + PAGED}),
     ("/worker/{worker_id}", "worker", None, {"GET": "one worker: its state, current run and last contact"}),
     ("/worker/{worker_id}/drain", "worker", "drain", {"POST": "let the worker finish its run, then take no more"}),
+    ("/metrics", "metrics", None, {"GET": "runq's counters, gauges and latency histograms in Prometheus text format"}),
 )
 
 # domain error -> (HTTP status, message prefix, extra headers)
@@ -79,7 +80,8 @@ def serialize_error(req, resp, ex: falcon.HTTPError) -> None:
 
 def create_app(client, config: simx_config.Config) -> falcon.App:
     users = auth.Users(simx_config.resolve_path(config.runweb.users_file, config.root))
-    app = falcon.App(middleware=[media.Negotiate(), auth.Authenticate(config.runweb.trusted, users)])
+    app = falcon.App(middleware=[request_metrics.Timing(), media.Negotiate(),
+                                 auth.Authenticate(config.runweb.trusted, users), dashboard.Pages()])
     media.install(app)
     app.req_options.strip_url_path_trailing_slash = True
     app.add_error_handler(tuple(ERRORS) + (RunqRefused,), to_http)
@@ -93,9 +95,11 @@ def create_app(client, config: simx_config.Config) -> falcon.App:
         "user": resources.User(client),
         "workers": resources.Workers(client),
         "worker": resources.Worker(client),
+        "metrics": metrics.Metrics(client),
     }
     for path, name, suffix, _ in ROUTES:
         app.add_route(path, named[name], suffix=suffix)
+    app.add_route("/static/{name}", dashboard.Static())  # the dashboard's script and style; not an API endpoint
     return app
 
 

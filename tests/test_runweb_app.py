@@ -72,7 +72,8 @@ def test_json_when_the_client_prefers_it(client, runq):
     assert result.json == {"status": "ok", "message": "2 batches", "batches": [BATCH, BATCH]}
 
 
-@pytest.mark.parametrize("accept", [None, "*/*", "application/yaml", "text/html,*/*;q=0.8",
+# (a client preferring text/html gets the dashboard instead: tests/test_dashboard_pages.py)
+@pytest.mark.parametrize("accept", [None, "*/*", "application/yaml", "text/plain,*/*;q=0.8",
                                     "application/json;q=0.5, application/yaml", "text/plain"])
 def test_yaml_for_everyone_else(client, accept):
     result = client.simulate_get("/", headers={"Accept": accept} if accept else {})
