@@ -39,16 +39,17 @@ def flatten(result) -> dict:
     if not isinstance(result, dict):
         return {"result": _cell(result)} if result is not None else {}
     out: dict = {}
-    stack = [("", result, 1)]
-    while stack:
-        prefix, mapping, depth = stack.pop()
-        for key, value in mapping.items():
-            name = f"{prefix}{key}"
-            if isinstance(value, dict) and value and depth < MAX_DEPTH:
-                stack.append((name + ".", value, depth + 1))
-            else:
-                out[name] = _cell(value)
+    _flatten_into(out, "", result, 1)
     return out
+
+
+def _flatten_into(out: dict, prefix: str, mapping: dict, depth: int) -> None:
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and depth < MAX_DEPTH:
+            _flatten_into(out, name + ".", value, depth + 1)
+        else:
+            out[name] = _cell(value)
 
 
 def _cell(value):
