@@ -186,7 +186,7 @@ class LiveWatch:
         info = (f"{n_ended(b)}/{b['n_runs']}  finished {b['n_finished']}, failed {b['n_failed']}, "
                 f"running {b['n_running']}, waiting {b['n_waiting']}  {speed_text(rate, eta)}")
         if self.overall is None:
-            self.overall = self.progress.add_task(f"batch {b['id']}", total=b["n_runs"], info=info)
+            self.overall = self.progress.add_task("", total=b["n_runs"], info=info)
         self.progress.update(self.overall, completed=n_ended(b), info=info,
                              description=f"batch {b['id']} {b['state']}")
         shown = {r["batch_index"]: r for r in running[:self.max_bars]}

@@ -181,3 +181,72 @@ def test_csv_flattens_result_keys_with_dots_and_deeper_values_as_json():
         "1,failed,boom,,,,,",
         "2,finished,,,,,,plain",
     ]
+
+
+# ---- the same views through runweb (gunicorn), with real workers
+def test_views_over_http_summary_filter_results_served_health(stack):
+    import csv
+    import io
+    import json
+
+    from procs import http, wait_until
+    url = stack.url
+    JSON = {"Accept": "application/json"}
+    assert http("GET", f"{url}/health", headers=JSON)[2]["runq"]["engines"] == {}
+    status, _, reply = http("POST", f"{url}/batch/new", {"engine": "dummy", "n_runs": 5, "max_attempts": 1,
+                                                         "param": {"step_count": 0}})
+    assert status == 201
+    b = http("GET", f"{url}/batch/1?runs=none", headers=JSON)[2]
+    assert "runs" not in b and b["batch"]["served"] is False and b["batch"]["n_waiting"] == 5
+    assert "runs" not in http("GET", f"{url}/batch/1?limit=0", headers=JSON)[2]
+    waiting = http("GET", f"{url}/batch/1?state=waiting&offset=2&limit=2", headers=JSON)[2]
+    assert [r["batch_index"] for r in waiting["runs"]] == [2, 3] and waiting["next_offset"] == 4
+
+    stack.worker()
+    wait_until(lambda: http("GET", f"{url}/health", headers=JSON)[2]["runq"]["engines"] == {"dummy": 1},
+               15, what="/health to list the dummy engine")
+    done = wait_until(lambda: (lambda r: r if r["batch"]["state"] == "done" else None)(
+        http("GET", f"{url}/batch/1?runs=none", headers=JSON)[2]), 15, what="batch 1 done")
+    assert done["batch"]["served"] is True
+    finished = http("GET", f"{url}/batch/1?state=finished&limit=3", headers=JSON)[2]
+    assert [r["batch_index"] for r in finished["runs"]] == [0, 1, 2] and finished["next_offset"] == 3
+    assert http("GET", f"{url}/batch/1?state=finished&offset=3", headers=JSON)[2]["next_offset"] is None
+
+    status, headers, text = http("GET", f"{url}/batch/1/results")
+    assert status == 200 and headers["content-type"].startswith("application/x-ndjson")
+    assert headers.get("transfer-encoding") == "chunked" or "content-length" not in headers
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert [(r["batch_index"], r["state"]) for r in lines] == [(i, "finished") for i in range(5)]
+    for query, headers in (("?format=csv", {}), ("", {"Accept": "text/csv"})):
+        status, got, text = http("GET", f"{url}/batch/1/results{query}", headers=headers)
+        assert status == 200 and got["content-type"].startswith("text/csv")
+        rows = list(csv.DictReader(io.StringIO(text)))
+        assert [(r["batch_index"], r["state"], r["result"]) for r in rows] == [
+            (str(i), "finished", f"dummy run {i} of batch 1: 0 steps") for i in range(5)]
+    assert http("GET", f"{url}/batch/9/results", headers=JSON)[0] == 404
+    assert http("GET", f"{url}/batch/1/results?format=xml", headers=JSON)[0] == 400
+
+    # a batch whose runs fail ends `failed`; one cancelled ends `cancelled`; nobody serves engine `nope`
+    http("POST", f"{url}/batch/new", {"engine": "dummy", "n_runs": 2, "max_attempts": 1,
+                                      "param": {"step_count": 0, "fail": "bad"}})
+    failed = wait_until(lambda: (lambda b: b if b["state"] == "failed" else None)(
+        http("GET", f"{url}/batch/2?runs=none", headers=JSON)[2]["batch"]), 15, what="batch 2 failed")
+    assert failed["n_failed"] == 2
+    status, _, text = http("GET", f"{url}/batch/2/results?state=failed")
+    assert [json.loads(line)["error"] for line in text.splitlines()] == ["RuntimeError: bad"] * 2
+    http("POST", f"{url}/batch/new", {"engine": "nope", "n_runs": 3})
+    assert http("GET", f"{url}/batch/3?runs=none", headers=JSON)[2]["batch"]["served"] is False
+    assert http("POST", f"{url}/batch/3/cancel", headers=JSON)[2]["batch"]["state"] == "cancelled"
+    cancelled = http("GET", f"{url}/batch/3?state=cancelled", headers=JSON)[2]
+    assert [r["batch_index"] for r in cancelled["runs"]] == [0, 1, 2]
+
+
+def test_a_form_encoded_one_line_body_gets_the_data_binary_hint(stack):
+    from procs import ROOT, http
+    body = (ROOT / "runweb/example/batch-req.yaml").read_bytes().replace(b"\n", b"")   # what curl -d sends
+    status, _, reply = http("POST", f"{stack.url}/batch/new", body,
+                            headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 400 and "malformed YAML" in reply["message"] and "--data-binary" in reply["message"]
+    status, _, reply = http("POST", f"{stack.url}/batch/new", b"engine: dummy\nn_runs: [\n",
+                            headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 400 and "--data-binary" not in reply["message"]   # real YAML errors stay as they are
