@@ -6,6 +6,7 @@ unreachable, an HTTP error such as 404 or 401, a bad file or setting); 130 inter
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import commands, config, render
@@ -41,7 +42,7 @@ def _common() -> argparse.ArgumentParser:
                    help="password (visible to other local users in ps: prefer SIMX_PASSWORD or the config file)")
     g.add_argument("--cacert", default=argparse.SUPPRESS,
                    help="CA certificate that signed runweb's (https; else SIMX_CACERT, the config file)")
-    g.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help="seconds per HTTP request (30)")
+    g.add_argument("--timeout", type=_interval, default=argparse.SUPPRESS, help="seconds per HTTP request (30)")
     g.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON, for scripts")
     return p
 
@@ -108,5 +109,7 @@ def main(argv=None, env=None, stdin=None, stdout=None, stderr=None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:   # `simx results N | head`
+    except BrokenPipeError:   # `simx results N | head`: the reader has what it wanted
+        if stdout is sys.stdout:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no second error at exit
         return 0

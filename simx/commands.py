@@ -13,6 +13,8 @@ from .http import SimxError
 
 MAX_BARS = 20            # running runs shown as bars by `watch`
 MAX_FAILED_SHOWN = 20    # failed runs listed by `show`
+TRANSIENT = (None, 502, 503, 504)   # no answer, or runq away: `watch` retries these
+WATCH_PATIENCE = 60.0    # seconds `watch` keeps trying through them before it gives up
 # fields of a batch request; `--set KEY=VALUE` with another first key sets param.KEY
 REQUEST_FIELDS = ("name", "engine", "group", "user", "n_runs", "param", "max_attempts", "max_requeues",
                   "time_limit", "idempotency_key")
@@ -90,7 +92,7 @@ def submit(ctx: Context, args) -> int:
         ctx.json(reply)
     else:
         verb = "started" if reply.get("created", True) else "exists already (same idempotency key)"
-        ctx.out.print(f"batch {reply['batch_id']} {verb}: {b['n_runs']} runs of {b['engine']}")
+        ctx.out.print(f"batch {reply['batch_id']} {verb}: {b['n_runs']} runs of {render.esc(b['engine'])}")
         for line in render.batch_summary(b)[2:]:   # the "nobody serves it" hint, if any
             ctx.out.print(line)
     if args.watch:
@@ -163,7 +165,7 @@ def run(ctx: Context, args) -> int:
     out = ctx.out
     out.print(f"run {r['batch_index']} of batch {r['batch_id']}: {render.styled(r['state'])}, attempt "
               f"{r.get('attempt')}, worker {r.get('worker_id') if r.get('worker_id') is not None else '-'}"
-              f" ({r.get('host') or '-'}), progress {100 * (r.get('progress') or 0):.0f}%")
+              f" ({render.esc(r.get('host') or '-')}), progress {100 * (r.get('progress') or 0):.0f}%")
     out.print(f"  started {render.when(r.get('started')) or '-'}, ended {render.when(r.get('ended')) or '-'}")
     for label in ("message", "error"):
         if r.get(label):
@@ -210,7 +212,7 @@ def cancel(ctx: Context, args) -> int:
         ctx.json(reply)
     else:
         b = reply.get("batch", {})
-        ctx.out.print(f"{reply.get('message')}; batch {b.get('id')} is {render.styled(b.get('state', '?'))}")
+        ctx.out.print(f"{render.esc(reply.get('message'))}; batch {b.get('id')} is {render.styled(b.get('state', '?'))}")
     return 0
 
 
@@ -220,7 +222,7 @@ def drain(ctx: Context, args) -> int:
         ctx.json(reply)
     else:
         w = reply.get("worker", {})
-        ctx.out.print(f"{reply.get('message')}: worker {w.get('id')} on {w.get('host')} is "
+        ctx.out.print(f"{render.esc(reply.get('message'))}: worker {w.get('id')} on {render.esc(w.get('host'))} is "
                       f"{render.styled(w.get('state', '?'))}")
     return 0
 
@@ -238,12 +240,22 @@ def watch_batch(ctx: Context, batch_id: int, interval: float) -> int:
         view = render.LiveWatch(ctx.out, MAX_BARS)
     else:
         view = render.PlainWatch(ctx.out)
-    last = None
+    last, b, trouble_since = None, None, None
     try:
         while True:
-            b = _summary(ctx, batch_id)
-            running = ctx.client.get(f"/batch/{batch_id}", state="running", limit=MAX_BARS)["runs"] \
-                if b["n_running"] and view is not None else []
+            try:
+                b = _summary(ctx, batch_id)
+                running = ctx.client.get(f"/batch/{batch_id}", state="running", limit=MAX_BARS)["runs"] \
+                    if b["n_running"] and view is not None else []
+                trouble_since = None
+            except SimxError as exc:
+                # runweb or runq restarting while we watch: keep polling for a while
+                now = time.monotonic()
+                trouble_since = trouble_since or now
+                if b is None or exc.status not in TRANSIENT or now - trouble_since > WATCH_PATIENCE:
+                    raise
+                ctx.sleep(interval)
+                continue
             if view is not None:
                 view.update(b, running)
             elif _counts(b) != last:
@@ -253,10 +265,10 @@ def watch_batch(ctx: Context, batch_id: int, interval: float) -> int:
             if b["state"] in render.ENDED:
                 break
             ctx.sleep(interval)
-    except KeyboardInterrupt:
+    except BaseException:
         if view is not None:
             view.close()
-        return 130
+        raise
     if view is not None:
         view.close()
         print_summary(ctx, b, _failed(ctx, batch_id, MAX_FAILED_SHOWN) if b["n_failed"] else [])

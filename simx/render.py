@@ -6,6 +6,7 @@ import json
 import time
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
@@ -31,9 +32,14 @@ def when(iso: str | None) -> str:
     return "" if not iso else iso.replace("T", " ").split(".")[0].rstrip("Z")
 
 
+def esc(value) -> str:
+    """Text from runweb (names, hosts, messages) as literal text in rich markup."""
+    return escape("" if value is None else str(value))
+
+
 def styled(state: str) -> str:
     style = STATE_STYLE.get(state)
-    return f"[{style}]{state}[/]" if style else state
+    return f"[{style}]{state}[/]" if style else esc(state)
 
 
 def n_ended(b: dict) -> int:
@@ -55,7 +61,7 @@ def batches_table(batches: list[dict]) -> Table:
         t.add_column(col, justify="right" if col in ("id", "ended", "finished", "failed", "running",
                                                      "waiting", "elapsed") else "left")
     for b in batches:
-        t.add_row(str(b["id"]), b.get("name") or "", b.get("user") or "", b["engine"], styled(b["state"]),
+        t.add_row(str(b["id"]), esc(b.get("name")), esc(b.get("user")), esc(b["engine"]), styled(b["state"]),
                   f"{n_ended(b)}/{b['n_runs']}", str(b["n_finished"]), str(b["n_failed"]), str(b["n_running"]),
                   str(b["n_waiting"]), _served(b), when(b.get("start_time")), seconds(b.get("elapsed")))
     return t
@@ -68,13 +74,13 @@ def _served(b: dict) -> str:
 
 
 def batch_summary(b: dict) -> list[str]:
-    lines = [f"batch {b['id']} ({b.get('name') or 'unnamed'}): {styled(b['state'])}, "
+    lines = [f"batch {b['id']} ({esc(b.get('name') or 'unnamed')}): {styled(b['state'])}, "
              f"{n_ended(b)} of {b['n_runs']} runs ended, elapsed {seconds(b.get('elapsed'))}",
-             f"  engine {b['engine']}, group {b.get('group') or '-'}, user {b.get('user') or '-'}; "
+             f"  engine {esc(b['engine'])}, group {esc(b.get('group') or '-')}, user {esc(b.get('user') or '-')}; "
              f"started {when(b.get('start_time'))}" + (f", ended {when(b['end_time'])}" if b.get("end_time") else "")]
     if b.get("served") is False and b["state"] not in ENDED:
-        lines.append(f"  [red]no connected worker serves this batch[/] (engine {b['engine']}, group "
-                     f"{b.get('group') or '-'}, user {b.get('user') or '-'}): its runs wait")
+        lines.append(f"  [red]no connected worker serves this batch[/] (engine {esc(b['engine'])}, group "
+                     f"{esc(b.get('group') or '-')}, user {esc(b.get('user') or '-')}): its runs wait")
     return lines
 
 
@@ -93,9 +99,9 @@ def runs_table(runs: list[dict]) -> Table:
     for r in runs:
         text = r.get("error") if r["state"] == "failed" else r.get("message")
         t.add_row(str(r["batch_index"]), styled(r["state"]), str(r.get("attempt") or 0),
-                  "" if r.get("worker_id") is None else str(r["worker_id"]), r.get("host") or "",
+                  "" if r.get("worker_id") is None else str(r["worker_id"]), esc(r.get("host")),
                   f"{100 * (r.get('progress') or 0):.0f}%", when(r.get("started")), when(r.get("ended")),
-                  _one_line(text))
+                  esc(_one_line(text)))
     return t
 
 
@@ -112,8 +118,8 @@ def attempts_table(attempts: list[dict]) -> Table:
         t.add_column(col)
     for a in attempts:
         t.add_row(str(a["attempt"]), styled(a.get("outcome") or ""),
-                  "" if a.get("worker_id") is None else str(a["worker_id"]), a.get("host") or "",
-                  when(a.get("started")), when(a.get("ended")), _one_line(a.get("message")))
+                  "" if a.get("worker_id") is None else str(a["worker_id"]), esc(a.get("host")),
+                  when(a.get("started")), when(a.get("ended")), esc(_one_line(a.get("message"))))
     return t
 
 
@@ -123,8 +129,8 @@ def workers_table(workers: list[dict]) -> Table:
         t.add_column(col, justify="right" if col in ("id", "pid") else "left")
     for w in workers:
         run = "" if w.get("batch_id") is None else f"{w['batch_id']}/{w['batch_index']}"
-        t.add_row(str(w["id"]), w.get("host") or "", str(w.get("pid") or ""), w.get("engine") or "",
-                  w.get("group") or "", w.get("user") or "", styled(w.get("state") or ""), run,
+        t.add_row(str(w["id"]), esc(w.get("host")), str(w.get("pid") or ""), esc(w.get("engine")),
+                  esc(w.get("group")), esc(w.get("user")), styled(w.get("state") or ""), run,
                   when(w.get("last_contact")))
     return t
 
@@ -188,13 +194,13 @@ class LiveWatch:
         if self.overall is None:
             self.overall = self.progress.add_task("", total=b["n_runs"], info=info)
         self.progress.update(self.overall, completed=n_ended(b), info=info,
-                             description=f"batch {b['id']} {b['state']}")
+                             description=f"batch {b['id']} {styled(b['state'])}")
         shown = {r["batch_index"]: r for r in running[:self.max_bars]}
         for index in [i for i in self.bars if i not in shown]:
             self.progress.remove_task(self.bars.pop(index))
         for index, r in shown.items():
-            label = f"  run {index} on worker {r.get('worker_id')} ({r.get('host') or '?'})"
-            info = f"{100 * (r.get('progress') or 0):3.0f}%  {_one_line(r.get('message'))}"
+            label = f"  run {index} on worker {r.get('worker_id')} ({esc(r.get('host') or '?')})"
+            info = f"{100 * (r.get('progress') or 0):3.0f}%  {esc(_one_line(r.get('message')))}"
             if index not in self.bars:
                 self.bars[index] = self.progress.add_task(label, total=1.0, info=info)
             self.progress.update(self.bars[index], completed=r.get("progress") or 0.0, info=info,

@@ -178,6 +178,12 @@ def test_errors_are_one_line_with_the_http_status(stack, tmp_path):
     assert code == 2 and "cannot read" in err and "No such file" in err
     code, _, err = simx(env, "submit", request_file(tmp_path, 0))
     assert code == 2 and err.startswith("simx: HTTP 400: field 'n_runs' must be at least 1")
+    code, out, _ = simx(env, "submit", "-", "--set", "name='[red]x[/] [/]'", stdin="engine: dummy\nn_runs: 1\n")
+    assert code == 0
+    code, out, _ = simx(env, "show", "1")   # names are shown as they are, never as rich markup
+    assert code == 0 and "batch 1 ([red]x[/] [/]): active" in out and "no connected worker serves" in out
+    code, out, _ = simx(env, "ls")
+    assert "[red]x[/] [/]" in out
     proc = simx_process(env, "run", "99", "0")   # the console entry point: the same line, status 2
     assert (proc.returncode, proc.stderr) == (2, "simx: HTTP 404: no batch 99\n")
 
@@ -260,3 +266,33 @@ def test_set_overrides_nested_keys_with_yaml_values(sets, want):
 def test_bad_set_is_refused_naming_it(bad, message):
     with pytest.raises(SimxError, match=re.escape(message)):
         commands.apply_set({"param": {"a": {"b": 1}}}, bad)
+
+
+class FlakyClient:
+    """Answers like runweb, but fails the first polls as a restarting runweb would."""
+
+    def __init__(self, failures):
+        self.failures, self.polls = list(failures), 0
+        self.settings = config.Settings()
+
+    def get(self, path, **params):
+        self.polls += 1
+        if self.polls > 1 and self.failures:
+            raise self.failures.pop(0)
+        ended = self.polls >= 5
+        return {"batch": {"id": 1, "name": "", "engine": "dummy", "group": "", "user": "", "state":
+                          "done" if ended else "active", "n_runs": 2, "n_waiting": 0 if ended else 2,
+                          "n_running": 0, "n_finished": 2 if ended else 0, "n_failed": 0, "n_cancelled": 0,
+                          "elapsed": 1.0, "served": True}, "runs": []}
+
+
+def test_watch_rides_out_a_runweb_restart_but_not_a_404():
+    out = io.StringIO()
+    client = FlakyClient([SimxError("cannot reach runweb"), SimxError("HTTP 503: runq is unavailable", 503)])
+    ctx = commands.Context(client, commands.render.console(out), out, None, False, sleep=lambda s: None)
+    assert commands.watch_batch(ctx, 1, 0.1) == 0
+    assert "batch 1 done: 2/2 ended" in out.getvalue()
+    client = FlakyClient([SimxError("HTTP 404: no batch 1", 404)])
+    ctx = commands.Context(client, commands.render.console(out), out, None, False, sleep=lambda s: None)
+    with pytest.raises(SimxError, match="404"):
+        commands.watch_batch(ctx, 1, 0.1)
