@@ -21,6 +21,13 @@ def _nonneg(text: str) -> int:
     return int(text)
 
 
+def _positive(text: str) -> int:
+    value = _nonneg(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
 def _interval(text: str) -> float:
     try:
         value = float(text)
@@ -75,7 +82,7 @@ def parser() -> argparse.ArgumentParser:
     p = command("runs", commands.runs, "the runs of a batch, all or in one state")
     p.add_argument("batch", type=_nonneg, metavar="N")
     p.add_argument("--state", choices=RUN_STATES)
-    p.add_argument("--limit", type=_nonneg, help="at most this many runs")
+    p.add_argument("--limit", type=_positive, help="at most this many runs")
     p = command("run", commands.run, "one run: its state, result, attempts and last traceback")
     p.add_argument("batch", type=_nonneg, metavar="N")
     p.add_argument("index", type=_nonneg, metavar="I")

@@ -218,6 +218,47 @@ def test_wrong_password_is_401_in_one_line(tmp_path):
         server.server_close()
 
 
+def make_ca_and_cert(tmp):
+    """A private CA and a certificate for 127.0.0.1 signed by it (openssl, as an operator would)."""
+    def ssl_(*args):
+        subprocess.run(["openssl", *args], cwd=tmp, check=True, capture_output=True, timeout=60)
+    ssl_("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+         "-subj", "/CN=simx test CA")
+    ssl_("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "web.key", "-out", "web.csr", "-subj", "/CN=127.0.0.1")
+    (tmp / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    ssl_("x509", "-req", "-in", "web.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+         "-out", "web.pem", "-days", "2", "-extfile", "san.ext")
+    return tmp / "ca.pem", tmp / "web.pem", tmp / "web.key"
+
+
+def test_https_is_verified_against_the_given_ca(tmp_path):
+    import ssl
+    ca, cert, key = make_ca_and_cert(tmp_path)
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [b'{"status": "ok", "workers": [], "next_offset": null}']
+
+    server = wsgiref.simple_server.make_server("127.0.0.1", 0, app, handler_class=_QuietHandler)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = cli_env(f"https://127.0.0.1:{server.server_port}", tmp_path)
+        code, out, err = simx(dict(env, SIMX_CACERT=str(ca)), "workers")
+        assert (code, err, out.strip()) == (0, "", "no connected workers (--all lists the ones gone too)")
+        code, out, err = simx(env, "workers", "--cacert", str(ca))
+        assert code == 0
+        code, _, err = simx(env, "workers")            # the system's CAs do not know ours
+        assert code == 2 and err.startswith("simx: TLS with runweb at https://127.0.0.1:") and "verify" in err
+        code, _, err = simx(env, "workers", "--cacert", str(tmp_path / "nope.pem"))
+        assert code == 2 and "does not exist" in err
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 class _QuietHandler(wsgiref.simple_server.WSGIRequestHandler):
     def log_message(self, *args):
         pass

@@ -62,9 +62,10 @@ def mixed_batch(h, n_runs=40, seed=1):
     return b
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
 @pytest.mark.parametrize("cancel_batch", [False, True])
-def test_state_filter_pages_match_the_full_listing(h, cancel_batch):
-    b = mixed_batch(h)
+def test_state_filter_pages_match_the_full_listing(h, cancel_batch, seed):
+    b = mixed_batch(h, seed=seed)
     if cancel_batch:
         h.request("CancelBatch", batch_id=b)
     everything = all_runs(h, b)
