@@ -22,7 +22,8 @@ PAGED = f" (?offset=0&limit={resources.DEFAULT_LIMIT}; next_offset is null on th
 # path, resource, responder suffix, {method: description}.  GET / is built from this table.
 ROUTES = (
     ("/", "index", None, {"GET": "this list of endpoints"}),
-    ("/health", "health", None, {"GET": "runq's status; 503 when runq does not answer"}),
+    ("/health", "health", None, {"GET": "runq's status, with the engines served and their worker counts; "
+                                        "503 when runq does not answer"}),
     ("/batch", "batches", None, {"GET": "all batches" + PAGED}),
     ("/batches", "batches", None, {"GET": "all batches (same as /batch)" + PAGED}),
     ("/batch/new", "batches", "new", {

@@ -191,11 +191,13 @@ class LiveWatch:
         rate, eta = self.speed.observe(n_ended(b), b["n_runs"])
         info = (f"{n_ended(b)}/{b['n_runs']}  finished {b['n_finished']}, failed {b['n_failed']}, "
                 f"running {b['n_running']}, waiting {b['n_waiting']}  {speed_text(rate, eta)}")
+        shown = {r["batch_index"]: r for r in running[:self.max_bars]}
+        hidden = b["n_running"] - len(shown)
+        info += f"  (bars for {len(shown)} of {b['n_running']} running)" if hidden > 0 else ""
         if self.overall is None:
             self.overall = self.progress.add_task("", total=b["n_runs"], info=info)
         self.progress.update(self.overall, completed=n_ended(b), info=info,
                              description=f"batch {b['id']} {styled(b['state'])}")
-        shown = {r["batch_index"]: r for r in running[:self.max_bars]}
         for index in [i for i in self.bars if i not in shown]:
             self.progress.remove_task(self.bars.pop(index))
         for index, r in shown.items():

@@ -184,6 +184,10 @@ def test_errors_are_one_line_with_the_http_status(stack, tmp_path):
     assert code == 0 and "batch 1 ([red]x[/] [/]): active" in out and "no connected worker serves" in out
     code, out, _ = simx(env, "ls")
     assert "[red]x[/] [/]" in out
+    code, out, _ = simx(env, "ls", "--user", "topl")       # the batches of user topl: none
+    assert (code, out.strip()) == (0, "no batches of user topl (--all for everyone's)")
+    code, out, _ = simx(dict(env, SIMX_USER="topl"), "--json", "ls", "--all")
+    assert [b["id"] for b in json.loads(out)] == [1]
     proc = simx_process(env, "run", "99", "0")   # the console entry point: the same line, status 2
     assert (proc.returncode, proc.stderr) == (2, "simx: HTTP 404: no batch 99\n")
 
@@ -281,6 +285,11 @@ def test_settings_come_from_flags_then_environment_then_a_private_file(tmp_path)
     assert (got.url, got.user, got.password) == ("http://127.0.0.1:1", "bob", "env")
     with pytest.raises(config.ConfigError, match="must start with http"):
         config.load({"url": "ftp://x"}, env)
+    os.chmod(path, 0o640)
+    code, out, err = simx({"HOME": str(tmp_path)}, "ls")   # the command refuses it too, before any request
+    assert (code, out) == (2, "") and err == f"simx: {path} is open to other users (mode 0640) and may hold a " \
+        f"password: run `chmod 600 {path}`\n"
+    os.chmod(path, 0o600)
     path.write_text("url: http://x\ncolour: red\n")
     with pytest.raises(config.ConfigError, match="unknown key 'colour'"):
         config.load({}, env)
