@@ -17,6 +17,8 @@ log = logging.getLogger("runq.api")
 MAX_RUNS = 100_000_000
 DEFAULT_PAGE, MAX_PAGE = 1000, 10_000
 PURGE_EVERY = 3600.0
+RESULT_STATES = (states.FINISHED, states.FAILED)   # runs that ended with a verdict
+RESULTS_BUDGET = protocol.MAX_FRAME // 4           # bytes of results per BatchResults reply, about
 
 
 class Api:
@@ -28,7 +30,7 @@ class Api:
             "Ping": self.ping, "StartBatch": self.start_batch, "BatchList": self.batch_list,
             "UserStatus": self.user_status, "BatchStatus": self.batch_status, "RunStatus": self.run_status,
             "WorkerList": self.worker_list, "WorkerStatus": self.worker_status, "CancelBatch": self.cancel_batch, "CancelRun": self.cancel_run,
-            "DrainWorker": self.drain_worker, "Metrics": self.metrics,
+            "DrainWorker": self.drain_worker, "Metrics": self.metrics, "BatchResults": self.batch_results,
         }
 
     def handle(self, msg: dict, now: float) -> dict:
@@ -57,6 +59,7 @@ class Api:
             "version": "0.1.0", "started": views.iso(c.started), "batches_active": len(c.batches),
             "workers_connected": sum(1 for w in c.workers.values() if w.conn is not None),
             "workers_idle": c.matcher.idle_count(), "runs_in_flight": len(c.runs),
+            "engines": c.presence.engines(),
         })
 
     def metrics(self, msg, now):
@@ -69,13 +72,16 @@ class Api:
             raise NotFound(f"no batch {batch_id}")
         return row
 
+    def _batch_view(self, row: dict, now: float) -> dict:
+        return views.batch(row, now, served=self.coord.presence.serves((row["engine"], row["group"], row["user"])))
+
     @staticmethod
-    def _page(msg) -> tuple[int, int]:
+    def _page(msg, low: int = 1) -> tuple[int, int]:
         offset, limit = msg.get("offset", 0), msg.get("limit", DEFAULT_PAGE)
         if offset < 0:
             raise BadRequest("offset must be 0 or more")
-        if not 1 <= limit <= MAX_PAGE:
-            raise BadRequest(f"limit must be between 1 and {MAX_PAGE}")
+        if not low <= limit <= MAX_PAGE:
+            raise BadRequest(f"limit must be between {low} and {MAX_PAGE}")
         return offset, limit
 
     def _paged(self, name: str, rows: list, offset: int, limit: int, view) -> dict:
@@ -87,19 +93,91 @@ class Api:
     def batch_list(self, msg, now):
         offset, limit = self._page(msg)
         rows = self.store.batch_rows(user=msg.get("user"), offset=offset, limit=limit + 1)
-        return self._paged("batches", rows, offset, limit, lambda r: views.batch(r, now))
+        return self._paged("batches", rows, offset, limit, lambda r: self._batch_view(r, now))
 
     def user_status(self, msg, now):
         return self.batch_list(msg, now)
 
     def batch_status(self, msg, now):
+        """The batch and a page of its runs; limit 0: the batch alone; `state`: only runs in it
+        (offset and next_offset then count those runs)."""
         row = self._batch_row(msg["batch_id"])
-        offset, limit = self._page(msg)
-        hi = min(row["n_runs"], offset + limit)
-        stored = {r["batch_index"]: r for r in self.store.run_rows(row["id"], offset, hi)}
-        runs = [views.run(stored[i]) if i in stored else views.implicit_run(row, i) for i in range(offset, hi)]
-        return protocol.reply(batch=views.batch(row, now), runs=runs, offset=offset, limit=limit,
-                              next_offset=hi if hi < row["n_runs"] else None)
+        offset, limit = self._page(msg, low=0)
+        state = msg.get("state")
+        if state is not None and state not in states.RUN_STATES:
+            raise BadRequest(f"state must be one of {', '.join(states.RUN_STATES)}, not {state[:40]!r}")
+        if limit == 0:
+            return protocol.reply(batch=self._batch_view(row, now))
+        if state is None:
+            hi = min(row["n_runs"], offset + limit)
+            stored = {r["batch_index"]: r for r in self.store.run_rows(row["id"], offset, hi)}
+            runs = [views.run(stored[i]) if i in stored else views.implicit_run(row, i) for i in range(offset, hi)]
+            more = hi < row["n_runs"]
+        else:
+            runs, more = self._runs_in_state(row, state, offset, limit)
+        return protocol.reply(batch=self._batch_view(row, now), runs=runs, offset=offset, limit=limit,
+                              next_offset=offset + len(runs) if more else None)
+
+    def _runs_in_state(self, row: dict, state: str, offset: int, limit: int) -> tuple[list, bool]:
+        """A page of the runs in `state`, without looking at the runs in other states.
+
+        Runs below the batch's `next_index` were dispatched and all have rows: their part
+        comes from the (batch_id, state, batch_index) index.  From `next_index` on, runs are
+        implicit (waiting, or cancelled with their batch) except the few cancelled alone,
+        which have rows: that tail is walked arithmetically, skipping the rows in other states.
+        """
+        b, ni, n = row["id"], row["next_index"], row["n_runs"]
+        head = self.store.runs_in_state(b, state, hi=ni, offset=offset, limit=limit + 1)
+        runs = [views.run(r) for r in head[:limit]]
+        if len(head) > limit:
+            return runs, True
+        implicit = states.CANCELLED if row["state"] == states.BATCH_CANCELLED else states.WAITING
+        room = limit - len(runs)
+        # where the page starts in the tail: past the head's runs in `state` if this page has none
+        p = 0 if head else max(0, offset - self.store.count_runs_in_state(b, state, hi=ni))
+        if state != implicit:   # in the tail only rows (runs cancelled alone) can be in `state`
+            tail = self.store.runs_in_state(b, state, lo=ni, offset=p, limit=room + 1)
+            return runs + [views.run(r) for r in tail[:room]], len(tail) > room
+        # the tail's p-th run in `state` is ni + p, pushed on past each stored run in another state
+        holes = self.store.run_indexes_not_in(b, state, ni)
+        index, h = ni + p, 0
+        while h < len(holes) and holes[h] <= index:
+            index, h = index + 1, h + 1
+        want = []
+        while len(want) < room + 1 and index < n:
+            want.append(index)
+            index += 1
+            while h < len(holes) and holes[h] == index:
+                index, h = index + 1, h + 1
+        page, more = want[:room], len(want) > room
+        if page:
+            stored = {r["batch_index"]: r for r in self.store.run_rows(b, page[0], page[-1] + 1)}
+            runs += [views.run(stored[i]) if i in stored else views.implicit_run(row, i) for i in page]
+        return runs, more
+
+    def batch_results(self, msg, now):
+        """A page of results (finished and failed runs, or those of `state`) from batch_index `start` on,
+        in index order; `next_start` continues it.  A page stops early before the reply grows past
+        RESULTS_BUDGET bytes, so big results never make a reply too large for a frame."""
+        row = self._batch_row(msg["batch_id"])
+        start, limit = msg.get("start", 0), msg.get("limit", DEFAULT_PAGE)
+        if start < 0:
+            raise BadRequest("start must be 0 or more")
+        if not 1 <= limit <= MAX_PAGE:
+            raise BadRequest(f"limit must be between 1 and {MAX_PAGE}")
+        state = msg.get("state")
+        if state is not None and state not in RESULT_STATES:
+            raise BadRequest(f"state must be one of {', '.join(RESULT_STATES)}, not {state[:40]!r}")
+        rows = self.store.result_rows(row["id"], (state,) if state else RESULT_STATES, start - 1, limit + 1)
+        results, budget = [], RESULTS_BUDGET
+        for r in rows[:limit]:
+            budget -= r.pop("size") + 100
+            if results and budget < 0:
+                break
+            results.append(r)
+        more = len(results) < len(rows)
+        return protocol.reply(results=results, start=start, limit=limit,
+                              next_start=results[-1]["batch_index"] + 1 if more else None)
 
     def _run_view(self, batch_row: dict, index: int) -> dict:
         if not 0 <= index < batch_row["n_runs"]:
@@ -139,7 +217,7 @@ class Api:
             if row is not None:
                 log.info("batch request with known idempotency key %r: batch %d", key, row["id"])
                 return protocol.reply(message="batch exists (same idempotency key)", batch_id=row["id"],
-                                      created=False, batch=views.batch(row, now))
+                                      created=False, batch=self._batch_view(row, now))
         n_runs = msg["n_runs"]
         if not 1 <= n_runs <= MAX_RUNS:
             raise BadRequest(f"n_runs must be an integer from 1 to {MAX_RUNS}")
@@ -166,7 +244,7 @@ class Api:
                  batch.group, batch.user)
         c.make_ready(batch, now)
         return protocol.reply(message="batch started", batch_id=batch.id, created=True,
-                              batch=views.batch(batch.row(), now))
+                              batch=self._batch_view(batch.row(), now))
 
     def cancel_batch(self, msg, now):
         c = self.coord
@@ -184,7 +262,7 @@ class Api:
             c.finish_batch_if_done(batch, now)
             self.store.save_batch(batch.counters())
         row = self._batch_row(msg["batch_id"])
-        return protocol.reply(message="batch cancelled", batch=views.batch(row, now))
+        return protocol.reply(message="batch cancelled", batch=self._batch_view(row, now))
 
     def _cancel_active(self, run: Run, why: str, now: float) -> None:
         c = self.coord
@@ -221,7 +299,7 @@ class Api:
                 self.store.save_batch(batch.counters())
         row = self._batch_row(b)
         return protocol.reply(message="run cancelled", run=self._run_view(row, index),
-                              batch=views.batch(row, now))
+                              batch=self._batch_view(row, now))
 
     def drain_worker(self, msg, now):
         c = self.coord

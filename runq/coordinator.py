@@ -20,7 +20,7 @@ from . import protocol, states
 from .api import Api
 from .config import BatchDefaults, RunqConfig
 from .errors import RunqError
-from .matching import Matcher
+from .matching import Matcher, Presence
 from .metrics import Metrics
 from .model import Batch, Run, Worker
 from .recovery import recover
@@ -40,6 +40,7 @@ class Coordinator:
                  batch_defaults: BatchDefaults = BatchDefaults(), now: float = 0.0):
         self.store, self.config, self.batch_defaults = store, config, batch_defaults
         self.matcher = Matcher()
+        self.presence = Presence()                # connected, non-draining workers by traits
         self.batches: dict[int, Batch] = {}      # active batches (runs left)
         self.runs: dict[tuple[int, int], Run] = {}  # materialized non-terminal runs
         self.workers: dict[int, Worker] = {}
@@ -87,6 +88,7 @@ class Coordinator:
             worker.disconnected_at = now
             worker.state = states.DISCONNECTED
             self.matcher.remove_idle(worker.id)
+            self.note_presence(worker)
             self.store.save_worker(worker.row())
             log.info("worker %d disconnected%s", worker.id,
                      f" holding run {worker.run}" if worker.run else "")
@@ -213,6 +215,7 @@ class Coordinator:
                 # runq gave this worker a run it does not have (the assignment was lost with the
                 # connection, or runq restarted): the run goes back to the queue.
                 self.take_back(worker, states.OUTCOME_LOST, "worker came back without its run", now, abort=False)
+        self.note_presence(worker)
         self._settle_worker(worker, now)
         self.store.save_worker(worker.row(), new=new)
 
@@ -276,7 +279,12 @@ class Coordinator:
         self.matcher.remove_idle(worker.id)
         if worker.conn is not None:
             worker.state = states.DRAINING
+        self.note_presence(worker)
         self.store.save_worker(worker.row())
+
+    def note_presence(self, worker: Worker) -> None:
+        """Keep the presence index (batch `served`, engines in Ping) in step with the worker."""
+        self.presence.update(worker.id, worker.traits, worker.conn is not None and not worker.draining)
 
     def _settle_worker(self, worker: Worker, now: float) -> None:
         """Give a connected worker with nothing to do its next run, or index it as idle."""

@@ -95,7 +95,7 @@ def watch(base: str, batch_id: int, timeout: float, out=print, interval: float =
                 seen[run["batch_index"]] = line
                 out(line)
         batch = reply.get("batch", {})
-        if batch.get("state") in ("done", "cancelled"):
+        if batch.get("state") in ("done", "failed", "cancelled"):
             return reply
         if time.monotonic() > deadline:
             raise OpsError(f"batch {batch_id} did not finish within {timeout:.0f} s (state {batch.get('state')})")

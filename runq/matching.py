@@ -113,3 +113,40 @@ class Matcher:
                 return batch_id
             heapq.heappop(heap)
         return None
+
+
+class Presence:
+    """Connected workers that take new runs, counted by traits, so that "does any worker serve
+    this batch?" (views: `served`) and "which engines are served?" (Ping) cost O(1) and O(engines),
+    not a scan of the workers.  The coordinator calls ``update`` whenever a worker connects,
+    disconnects or starts draining; it is idempotent."""
+
+    def __init__(self):
+        self._traits: dict[int, tuple[str, str, str]] = {}   # worker id -> traits, while present
+        self._count: dict[tuple[str, str, str], int] = {}
+        self._engines: dict[str, int] = {}
+
+    def update(self, worker_id: int, traits: tuple[str, str, str], present: bool) -> None:
+        old = self._traits.pop(worker_id, None)
+        if old is not None:
+            self._add(old, -1)
+        if present:
+            self._traits[worker_id] = traits
+            self._add(traits, +1)
+
+    def _add(self, traits: tuple[str, str, str], delta: int) -> None:
+        for table, key in ((self._count, traits), (self._engines, traits[0])):
+            n = table.get(key, 0) + delta
+            if n:
+                table[key] = n
+            else:
+                del table[key]
+
+    def serves(self, batch_traits: tuple[str, str, str]) -> bool:
+        """Whether a present worker matches a batch with these (engine, group, user)."""
+        e, g, u = batch_traits
+        return any(key in self._count for key in ((e, g, u), (e, g, ""), (e, "", u), (e, "", "")))
+
+    def engines(self) -> dict[str, int]:
+        """engine -> number of present workers, by name."""
+        return dict(sorted(self._engines.items()))

@@ -59,11 +59,10 @@ class Batch:
         setattr(self, name, getattr(self, name) + delta)
 
     def settle(self, now: float) -> bool:
-        """Mark the batch done when no run is left waiting or running; True if it just ended."""
+        """End the batch (done, failed or cancelled) when no run is left waiting or running; True if it just ended."""
         if self.end_time is None and self.n_waiting == 0 and self.n_running == 0:
             self.end_time = now
-            if self.state == states.ACTIVE:
-                self.state = states.DONE
+            self.state = states.batch_end_state(self.state, self.n_failed)
             return True
         return False
 

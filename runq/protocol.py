@@ -59,7 +59,8 @@ SCHEMA: dict[str, dict[str, object]] = {
         max_attempts=OPT_INT, max_requeues=OPT_INT, time_limit=OPT_NUM, idempotency_key=OPT_STR,
     ),
     "BatchList": dict(user=OPT_STR, offset=INT, limit=INT),
-    "BatchStatus": dict(batch_id=INT, offset=INT, limit=INT),
+    "BatchStatus": dict(batch_id=INT, offset=INT, limit=INT, state=OPT_STR),
+    "BatchResults": dict(batch_id=INT, start=INT, limit=INT, state=OPT_STR),
     "RunStatus": dict(batch_id=INT, batch_index=INT),
     "UserStatus": dict(user=STR, offset=INT, limit=INT),
     "WorkerList": dict(offset=INT, limit=INT),
@@ -87,7 +88,8 @@ OPTIONAL: dict[str, frozenset[str]] = {
     "BatchList": frozenset({"user", "offset", "limit"}),
     "UserStatus": frozenset({"offset", "limit"}),
     "WorkerList": frozenset({"offset", "limit"}),
-    "BatchStatus": frozenset({"offset", "limit"}),
+    "BatchStatus": frozenset({"offset", "limit", "state"}),
+    "BatchResults": frozenset({"start", "limit", "state"}),
 }
 # Messages a worker sends (everything else a client may send is a request).
 FROM_WORKER = frozenset({

@@ -31,8 +31,18 @@ OUTCOME_FINISHED, OUTCOME_FAILED, OUTCOME_TIMEOUT = "finished", "failed", "timeo
 OUTCOME_LOST, OUTCOME_STOPPED, OUTCOME_ABORTED, OUTCOME_CANCELLED = "lost", "stopped", "aborted", "cancelled"
 COUNTS_AS_FAILURE = frozenset({OUTCOME_FAILED, OUTCOME_TIMEOUT})
 
-# Batch states
-ACTIVE, DONE, BATCH_CANCELLED = "active", "done", "cancelled"
+# Batch states.  A batch ends in one of three, chosen in this order: cancelled (someone cancelled
+# it), failed (at least one run failed), done (every run finished or was cancelled alone).
+# Databases written before `failed` existed hold `done` for those; the store migrates them.
+ACTIVE, DONE, BATCH_FAILED, BATCH_CANCELLED = "active", "done", "failed", "cancelled"
+BATCH_ENDED = frozenset({DONE, BATCH_FAILED, BATCH_CANCELLED})
+
+
+def batch_end_state(state: str, n_failed: int) -> str:
+    """The state a batch ends in: cancelled > failed > done."""
+    if state == BATCH_CANCELLED:
+        return BATCH_CANCELLED
+    return BATCH_FAILED if n_failed > 0 else DONE
 
 # Worker states
 IDLE, BUSY, DRAINING, DISCONNECTED, GONE = "idle", "busy", "draining", "disconnected", "gone"

@@ -45,6 +45,7 @@ INDEXES = [
     ("batches", ["user"], "batches_user", False),
     ("batches", ["idempotency_key"], "batches_idempotency_key", True),
     ("batches", ["state"], "batches_state", False),
+    ("runs", ["batch_id", "state", "batch_index"], "runs_state", False),   # ?state= filters, results
 ]
 
 
@@ -71,6 +72,14 @@ class Store:
         self._json_cols = {name: [c for c, t in cols.items() if t == "j"] for name, cols in COLUMNS.items()}
         self._build_statements()
         self._reset_buffer()
+        self._migrate()
+
+    def _migrate(self):
+        """Bring rows written by older versions up to date (idempotent)."""
+        b = self.tables["batches"]
+        with self.engine.begin() as conn:
+            # `failed` batch state (issue 8): a batch that ended with failed runs used to say `done`
+            conn.execute(b.update().where(sa.and_(b.c.state == "done", b.c.n_failed > 0)).values(state="failed"))
 
     # ---- schema
     def _ensure_table(self, name: str, cols: dict) -> sa.Table:
@@ -205,6 +214,58 @@ class Store:
 
     def run_rows(self, batch_id: int, lo: int, hi: int) -> list[dict]:
         return self._rows(self._q_runs, "runs", b=batch_id, lo=lo, hi=hi)
+
+    def _runs_where(self, batch_id: int, state: str | None, lo: int, hi: int | None, *cols):
+        r = self.tables["runs"]
+        stmt = sa.select(*cols) if cols else r.select()
+        stmt = stmt.where(r.c.batch_id == batch_id)
+        if state is not None:
+            stmt = stmt.where(r.c.state == state)
+        if lo:
+            stmt = stmt.where(r.c.batch_index >= lo)
+        if hi is not None:
+            stmt = stmt.where(r.c.batch_index < hi)
+        return stmt
+
+    def runs_in_state(self, batch_id: int, state: str, lo: int = 0, hi: int | None = None,
+                      offset: int = 0, limit: int | None = None) -> list[dict]:
+        """Stored runs of a batch in one state with lo <= batch_index < hi, in index order, paged."""
+        r = self.tables["runs"]
+        stmt = self._runs_where(batch_id, state, lo, hi).order_by(r.c.batch_index)
+        if offset or limit is not None:
+            stmt = stmt.offset(offset).limit(limit)
+        return self._rows(stmt, "runs")
+
+    def count_runs_in_state(self, batch_id: int, state: str, lo: int = 0, hi: int | None = None) -> int:
+        self.commit()
+        stmt = self._runs_where(batch_id, state, lo, hi, sa.func.count())
+        with self.engine.connect() as conn:
+            return conn.execute(stmt).scalar() or 0
+
+    def run_indexes_not_in(self, batch_id: int, state: str, lo: int) -> list[int]:
+        """batch_index of the stored runs at or past `lo` whose state is not `state`, ascending."""
+        self.commit()
+        r = self.tables["runs"]
+        stmt = (self._runs_where(batch_id, None, lo, None, r.c.batch_index).where(r.c.state != state)
+                .order_by(r.c.batch_index))
+        with self.engine.connect() as conn:
+            return [row[0] for row in conn.execute(stmt)]
+
+    def result_rows(self, batch_id: int, states: tuple[str, ...], after: int, limit: int) -> list[dict]:
+        """Up to `limit` stored runs in `states` with batch_index > after: batch_index, state, result
+        (decoded), error, and `size`, the length of the stored result text (to bound a reply)."""
+        self.commit()
+        r = self.tables["runs"]
+        stmt = (sa.select(r.c.batch_index, r.c.state, r.c.result, r.c.error)
+                .where(sa.and_(r.c.batch_id == batch_id, r.c.state.in_(states), r.c.batch_index > after))
+                .order_by(r.c.batch_index).limit(limit))
+        with self.engine.connect() as conn:
+            rows = [dict(row._mapping) for row in conn.execute(stmt)]
+        for row in rows:
+            text = row["result"]
+            row["size"] = len(text or "") + len(row["error"] or "")
+            row["result"] = _jload(text)
+        return rows
 
     def active_run_rows(self, batch_ids: list[int]) -> list[dict]:
         """Non-terminal run rows of the given batches, plus their individually cancelled

@@ -12,7 +12,8 @@ def iso(t: float | None) -> str | None:
     return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def batch(row: dict, now: float) -> dict:
+def batch(row: dict, now: float, served: bool | None = None) -> dict:
+    """`served`: whether a connected worker matches the batch (None: not known here)."""
     end = row.get("end_time")
     return {
         "id": row["id"], "name": row["name"], "group": row["group"], "user": row["user"],
@@ -23,6 +24,7 @@ def batch(row: dict, now: float) -> dict:
         "time_limit": row["time_limit"], "start_time": iso(row["start_time"]), "end_time": iso(end),
         "execution_time": None if end is None else round(end - row["start_time"], 3),
         "elapsed": round((end if end is not None else now) - row["start_time"], 3),
+        "served": served,
     }
 
 

@@ -22,7 +22,8 @@ PAGED = f" (?offset=0&limit={resources.DEFAULT_LIMIT}; next_offset is null on th
 # path, resource, responder suffix, {method: description}.  GET / is built from this table.
 ROUTES = (
     ("/", "index", None, {"GET": "this list of endpoints"}),
-    ("/health", "health", None, {"GET": "runq's status; 503 when runq does not answer"}),
+    ("/health", "health", None, {"GET": "runq's status, with the engines served and their worker counts; "
+                                        "503 when runq does not answer"}),
     ("/batch", "batches", None, {"GET": "all batches" + PAGED}),
     ("/batches", "batches", None, {"GET": "all batches (same as /batch)" + PAGED}),
     ("/batch/new", "batches", "new", {
@@ -30,7 +31,12 @@ ROUTES = (
                 "or 200 when an idempotency key (field or Idempotency-Key header) matched an earlier batch"}),
     ("/batch/{batch_id}", "batch", None, {
         "GET": f"one batch and a page of its runs (?offset=0&limit={resources.DEFAULT_LIMIT}, "
-               f"limit at most {resources.MAX_LIMIT}; next_offset is null on the last page)"}),
+               f"limit at most {resources.MAX_LIMIT}; next_offset is null on the last page); "
+               "?runs=none (or limit=0): the batch alone; ?state=waiting|running|finished|failed|cancelled: "
+               "only runs in that state (offset and next_offset count them)"}),
+    ("/batch/{batch_id}/results", "batch", "results", {
+        "GET": "every result (finished and failed runs; ?state=finished|failed) streamed as JSON lines, "
+               "or CSV with Accept: text/csv or ?format=csv (result keys flattened with dots)"}),
     ("/batch/{batch_id}/cancel", "batch", "cancel", {"POST": "cancel the batch's unfinished runs"}),
     ("/batch/{batch_id}/run/{batch_index}", "run", None, {"GET": "one run with its attempts"}),
     ("/batch/{batch_id}/run/{batch_index}/cancel", "run", "cancel", {"POST": "cancel one run"}),

@@ -12,10 +12,14 @@ import falcon
 from runq.client import RunqUnavailable
 from runq.protocol import ProtocolError
 
-from . import batch_request
+from . import batch_request, results
 from .errors import BodyTooLarge, InvalidRequest, RunqRefused
 
 DEFAULT_LIMIT, MAX_LIMIT = 1000, 10000
+RUN_STATES = ("waiting", "running", "finished", "failed", "cancelled")
+JSON_LINES, CSV = "application/x-ndjson; charset=utf-8", "text/csv; charset=utf-8"
+FORM_HINT = ("; the body has no line breaks, as `curl -d @FILE` sends it (it strips them): "
+             "send the file with `curl --data-binary @FILE`")
 MAX_ID = 2**63 - 1  # what a database integer column holds
 
 
@@ -49,6 +53,24 @@ def page(req: falcon.Request) -> dict:
     """?offset=&limit= of a paged listing, checked."""
     return {"offset": query_integer(req, "offset", 0, 0, MAX_ID),
             "limit": query_integer(req, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)}
+
+
+def choice(req: falcon.Request, name: str, allowed: tuple[str, ...]) -> str | None:
+    """A query parameter that must be one of `allowed` (None when absent)."""
+    value = req.params.get(name)
+    if value is None:
+        return None
+    if isinstance(value, list):
+        raise InvalidRequest(f"parameter '{name}' is given more than once")
+    if value not in allowed:
+        raise InvalidRequest(f"parameter '{name}' must be one of {', '.join(allowed)}, not {value[:40]!r}")
+    return value
+
+
+def looks_form_encoded(req: falcon.Request, body: bytes) -> bool:
+    """A body sent with `curl -d @file`: labelled as a form, on one line though it holds several fields."""
+    form = (req.content_type or "").startswith("application/x-www-form-urlencoded")
+    return form and b"\n" not in body.strip() and body.count(b":") >= 2
 
 
 def read_body(req: falcon.Request, limit: int) -> bytes:
@@ -106,20 +128,54 @@ class Batches:
         resp.media = ask(self.client, "BatchList", **page(req))
 
     def on_post_new(self, req, resp):
-        fields = batch_request.parse(read_body(req, self.max_body), header_text(req, "Idempotency-Key"))
+        body = read_body(req, self.max_body)
+        try:
+            fields = batch_request.parse(body, header_text(req, "Idempotency-Key"))
+        except InvalidRequest as exc:
+            if looks_form_encoded(req, body):
+                raise InvalidRequest(f"{exc}{FORM_HINT}") from None
+            raise
         resp.media = reply = ask(self.client, "StartBatch", **fields)
         if reply.get("created", True):
             resp.status, resp.location = falcon.HTTP_201, f"/batch/{reply.get('batch_id')}"
 
 
 class Batch:
-    """GET /batch/{id}: the batch and a page of its runs.  POST /batch/{id}/cancel."""
+    """GET /batch/{id}: the batch and a page of its runs (?runs=none or limit=0: the batch alone;
+    ?state=: only runs in that state).  GET /batch/{id}/results: every result, streamed.
+    POST /batch/{id}/cancel."""
 
     def __init__(self, client):
         self.client = client
 
     def on_get(self, req, resp, batch_id):
-        resp.media = ask(self.client, "BatchStatus", batch_id=integer("batch_id", batch_id), **page(req))
+        fields = {"offset": query_integer(req, "offset", 0, 0, MAX_ID),
+                  "limit": query_integer(req, "limit", DEFAULT_LIMIT, 0, MAX_LIMIT)}
+        if choice(req, "runs", ("all", "none")) == "none":
+            fields["limit"] = 0
+        state = choice(req, "state", RUN_STATES)
+        if state is not None:
+            fields["state"] = state
+        resp.media = ask(self.client, "BatchStatus", batch_id=integer("batch_id", batch_id), **fields)
+
+    def on_get_results(self, req, resp, batch_id):
+        batch_id = integer("batch_id", batch_id)
+        fmt = choice(req, "format", ("jsonl", "csv"))
+        if fmt is None:
+            fmt = "csv" if req.client_prefers((JSON_LINES.split(";")[0], "text/csv")) == "text/csv" else "jsonl"
+        state = choice(req, "state", ("finished", "failed"))
+        ask_ = lambda mtype, **fields: ask(self.client, mtype, **fields)  # noqa: E731
+        first = ask_("BatchResults", batch_id=batch_id, **({"state": state} if state else {}))  # 404 now
+        if fmt == "csv":
+            try:
+                names = results.columns(results.pages(ask_, batch_id, state, first))
+            except ValueError as exc:
+                raise InvalidRequest(str(exc)) from None
+            resp.content_type = CSV
+            resp.stream = results.csv_stream(results.pages(ask_, batch_id, state), names)
+        else:
+            resp.content_type = JSON_LINES
+            resp.stream = results.jsonl_stream(results.pages(ask_, batch_id, state, first))
 
     def on_post_cancel(self, req, resp, batch_id):
         resp.media = ask(self.client, "CancelBatch", batch_id=integer("batch_id", batch_id))

@@ -140,7 +140,7 @@ def test_engine_failure_retried_then_failed_with_message(h):
     assert (run["state"], run["error"]) == ("failed", "division by zero")
     assert [a["outcome"] for a in run["attempts"]] == ["failed", "failed"]
     batch = h.batch()["batch"]
-    assert (batch["state"], batch["n_failed"], batch["n_complete"]) == ("done", 1, 0)
+    assert (batch["state"], batch["n_failed"], batch["n_complete"]) == ("failed", 1, 0)
 
 
 def test_run_requeued_when_worker_disconnects_past_grace(h):

@@ -193,8 +193,11 @@ def test_batch_page_defaults_and_passes_next_offset_through(client, runq):
     ("/batch/" + "9" * 5000, "", "parameter 'batch_id'"),  # more digits than int() takes
     ("/batch/1", "offset=-5", "parameter 'offset' must be an integer >= 0, not '-5'"),
     ("/batch/1", "offset=x", "parameter 'offset'"),
-    ("/batch/1", "limit=0", "parameter 'limit' must be an integer from 1 to 10000, not '0'"),
-    ("/batch/1", "limit=10001", "parameter 'limit' must be an integer from 1 to 10000"),
+    ("/batch", "limit=0", "parameter 'limit' must be an integer from 1 to 10000, not '0'"),
+    ("/batch/1", "limit=-1", "parameter 'limit' must be an integer from 0 to 10000"),
+    ("/batch/1", "state=done", "parameter 'state' must be one of waiting, running"),
+    ("/batch/1", "runs=some", "parameter 'runs' must be one of all, none"),
+    ("/batch/1", "limit=10001", "parameter 'limit' must be an integer from 0 to 10000"),
     ("/batch/1", "limit=1&limit=2", "parameter 'limit' is given more than once"),
     ("/batch/1/run/x", "", "parameter 'batch_index' must be an integer"),
     ("/batch/y/run/1", "", "parameter 'batch_id'"),
