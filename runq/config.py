@@ -226,7 +226,7 @@ def load(path: str | Path | None = None, env: dict | None = None, root: Path = R
         unknown = set(given) - set(fields) - {k for s, k in REMOVED if s == section}
         if unknown:
             raise ConfigError(f"configuration {section}.{sorted(unknown)[0]}: unknown key")
-        values = {k: _convert(section, k, given[k], fields[k]) for k in given}
+        values = {k: _convert(section, k, given[k], fields.get(k)) for k in given}
         built[section] = cls(**values)
     var = Path(env["SIMX_VAR"]) if env.get("SIMX_VAR") else root / "var"
     return Config(root=root, var=var.resolve(), **built)
