@@ -218,12 +218,14 @@ def start_runweb(tmp: Path, runq_port: int, port: int | None = None, env: dict |
 
 
 def start_worker(tmp: Path, runq_port: int, engine: str = "dummy", env: dict | None = None,
-                 name: str | None = None, **traits) -> Proc:
-    """`python -m worker --engine E ...`; traits: group, user, cost, speed, priority. Does not wait."""
+                 name: str | None = None, args: tuple = (), **traits) -> Proc:
+    """`python -m worker --engine E ...`; traits: group, user, cost, speed, priority; `args`: more flags.
+    Does not wait."""
     traits = {"group": "", "user": "", "cost": 1, "speed": 1, "priority": 0, **traits}
-    args = [PYTHON, "-m", "worker", "--engine", engine]
+    extra, args = args, [PYTHON, "-m", "worker", "--engine", engine]
     for key in ("group", "user", "cost", "speed", "priority"):
-        args += [f"--{key}", str(traits.pop(key))]
+        args += [f"--{key}={traits.pop(key)}"]
+    args += extra
     if traits:
         raise TypeError(f"unknown worker trait {sorted(traits)[0]!r}")
     name = name or f"worker-{engine}-{free_port()}"
