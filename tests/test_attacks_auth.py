@@ -3,6 +3,7 @@ hijack by reconnect, forged reports, wrong-role secrets, overflow ids, runaway t
 assignments, a database reset while workers run, protected mode."""
 from __future__ import annotations
 
+import signal
 import subprocess
 
 import pytest
@@ -191,33 +192,47 @@ def test_a_dropped_assignment_is_taken_back_and_finished_elsewhere(tmp_path):
 
 
 def test_database_reset_while_workers_run(tmp_path):
+    """Both workers finish a run of the old database while runq is down: their reports name runs
+    (1/0#1, 1/1#1) that the new database gives out again, to the very workers that hold them."""
     port = free_port()
     env = base_env(tmp_path, port, **make_secrets(tmp_path))
     runq = start_runq(tmp_path, port=port, env=env)
     workers = [start_worker(tmp_path, port, env=env, name=f"w{i}", args=FAST) for i in range(2)]
     client = RunqClient(port=port, secret=secret_of(env))
     try:
-        client.request("StartBatch", name="old", engine="dummy", n_runs=2, param={"step_count": 200,
-                                                                                    "step_delay": 0.05})
+        client.request("StartBatch", name="old", engine="dummy", n_runs=2, param={"step_count": 10,
+                                                                                    "step_delay": 0.1})
         wait_until(lambda: client.request("BatchStatus", batch_id=1)["batch"]["n_running"] == 2, 20,
                    what="both workers running a run of the old database")
         client.close()
         assert runq.stop() == 0
+        wait_until(lambda: all("#1 finished" in w.log() for w in workers), 20, what="the old runs to end")
+        workers.sort(key=lambda w: "assigned run 1/0#1" not in w.log())   # the holder of 1/0#1 first
+        for w in workers:
+            w.signal(signal.SIGSTOP)
         for path in tmp_path.glob("runq.sqlite*"):
             path.unlink()                                     # the documented reset
         runq = start_runq(tmp_path, port=port, env=env, name="runq-reset")
+        batch = client.request("StartBatch", name="new", engine="dummy", n_runs=2, param={"step_count": 2})
+        assert batch["batch_id"] == 1                          # the same ids as the old batch's
+        for n, w in enumerate(workers, 1):
+            w.signal(signal.SIGCONT)
+            wait_until(lambda: len(procs.workers_connected(port, env)) == n, 20, what=f"worker {n} back")
         wait_until(lambda: sorted(w["id"] for w in procs.workers_connected(port, env)) == [1, 2], 20,
                    what="both workers registered afresh as 1 and 2")
-        batch = client.request("StartBatch", name="new", engine="dummy", n_runs=4, param={"step_count": 2})
-        assert batch["batch_id"] == 1                          # the same ids as the old batch's
         status = wait_until(lambda: (s := client.request("BatchStatus", batch_id=1))["batch"]["state"] == "done"
                             and s, 30, what="the new batch to complete")
-        assert all(r["result"].endswith(": 2 steps") for r in status["runs"])   # no result of the old batch
-        assert status["batch"]["n_finished"] == 4
+        # nothing of the old database leaks in: no old result, no old report counted against a new run
+        assert [(r["attempt"], r["result"][-7:]) for r in status["runs"]] == [(1, "2 steps")] * 2
+        more = client.request("StartBatch", name="more", engine="dummy", n_runs=4, param={"step_count": 1})
+        wait_until(lambda: client.request("BatchStatus", batch_id=more["batch_id"])["batch"]["state"] == "done",
+                   30, what="another batch to complete")
         for w in workers:
             assert "new instance" in w.log() and w.alive()
     finally:
         client.close()
+        for w in workers:
+            w.signal(signal.SIGCONT)
         for proc in (*workers, runq):
             proc.stop()
 
