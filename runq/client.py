@@ -1,6 +1,7 @@
 """Blocking client side of the runq protocol, used by runweb, worker, fab tasks and tests."""
 from __future__ import annotations
 
+import os
 import select
 import socket
 import threading
@@ -120,8 +121,19 @@ class RunqClient:
         self.host, self.port, self.timeout, self.secret, self.tls = host, port, timeout, secret, tls
         self._local = threading.local()
 
+    @classmethod
+    def from_config(cls, config, timeout: float = 30.0, port: int | None = None) -> "RunqClient":
+        """The client runweb, fab and the benches use: runq's address and the client secret from conf."""
+        from . import config as simx_config
+        path = config.runq.client_secret_file
+        secret = (auth.load_secret(simx_config.resolve_var_path(path, config.root, config.var))
+                  if path else None)
+        return cls(config.runq.host, port or config.runq.port, timeout=timeout, secret=secret)
+
     def _link(self) -> Link:
         link = getattr(self._local, "link", None)
+        if link is not None and getattr(self._local, "pid", None) != os.getpid():
+            link = None   # inherited through fork (gunicorn): the parent's, never shared
         if link is not None and not _idle_and_open(link):
             link.close()
             link = None
@@ -132,7 +144,7 @@ class RunqClient:
             except BaseException:
                 link.close()
                 raise
-            self._local.link = link
+            self._local.link, self._local.pid = link, os.getpid()
         return link
 
     def request(self, mtype: str, **fields) -> dict:

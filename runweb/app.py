@@ -10,7 +10,6 @@ from __future__ import annotations
 import falcon
 
 from runq import config as simx_config
-from runq import auth as runq_auth
 from runq.client import RunqClient, RunqUnavailable
 from runq.protocol import ProtocolError
 
@@ -103,13 +102,4 @@ def create_app(client, config: simx_config.Config) -> falcon.App:
 def get_app() -> falcon.App:
     """gunicorn's factory: configuration from conf/simx.yaml and the environment."""
     config = simx_config.load()
-    return create_app(RunqClient(config.runq.host, config.runq.port, timeout=RUNQ_TIMEOUT,
-                                 secret=client_secret(config)), config)
-
-
-def client_secret(config) -> bytes | None:
-    """The client secret conf names (runq.client_secret_file), or None."""
-    path = config.runq.client_secret_file
-    if not path:
-        return None
-    return runq_auth.load_secret(simx_config.resolve_var_path(path, config.root, config.var))
+    return create_app(RunqClient.from_config(config, timeout=RUNQ_TIMEOUT), config)
