@@ -243,10 +243,38 @@ class PeerState:
 
 
 class Gate:
-    """runq's side of the handshake: Hello -> RunqChallenge, Auth -> authenticated or refused."""
+    """runq's side of the handshake: Hello -> RunqChallenge, Auth -> authenticated or refused.
+
+    Keeps each connection's PeerState from its Hello until ``forget(conn)``."""
 
     def __init__(self, secrets: Secrets, instance: str):
         self.secrets, self.instance = secrets, instance
+        self.states: dict[object, PeerState] = {}
+        self.refused: set = set()     # refused connections: ignored until closed
+
+    def role_of(self, conn) -> str | None:
+        state = self.states.get(conn)
+        return state.role if state is not None and state.authenticated else None
+
+    def opening(self, conn, msg: dict) -> dict | None:
+        """Hello: the RunqChallenge fields to send; Auth: None once authenticated.  AuthError if refused."""
+        state = self.states.get(conn)
+        if msg["type"] == "Hello":
+            if state is not None:
+                raise AuthError("Hello: this connection already said hello", 409)
+            state, fields = self.challenge(msg)
+            self.states[conn] = state
+            return fields
+        if state is None:
+            raise AuthError("Auth before Hello", 400)
+        if state.authenticated:
+            raise AuthError("Auth: this connection is already authenticated", 409)
+        self.authenticate(state, msg)
+        return None
+
+    def forget(self, conn) -> None:
+        self.states.pop(conn, None)
+        self.refused.discard(conn)
 
     def challenge(self, msg: dict) -> tuple[PeerState, dict]:
         """The state and the fields of the RunqChallenge answering a Hello; AuthError if refused."""

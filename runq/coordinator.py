@@ -39,9 +39,7 @@ class Coordinator:
                  secrets: auth.Secrets = auth.Secrets()):
         self.store, self.config, self.batch_defaults = store, config, batch_defaults
         self.instance = store.instance()
-        self.gate = auth.Gate(secrets, self.instance)
-        self.auth_states: dict[object, auth.PeerState] = {}   # conn -> its handshake, from Hello on
-        self.refused: set = set()                # conns refused at the handshake: ignored until closed
+        self.gate = auth.Gate(secrets, self.instance)   # each connection's handshake
         self.matcher = Matcher()
         self.batches: dict[int, Batch] = {}      # active batches (runs left)
         self.runs: dict[tuple[int, int], Run] = {}  # materialized non-terminal runs
@@ -61,19 +59,20 @@ class Coordinator:
 
     def role_of(self, conn) -> str | None:
         """"worker" or "client" once the connection has authenticated; None before."""
-        state = self.auth_states.get(conn)
-        return state.role if state is not None and state.authenticated else None
+        return self.gate.role_of(conn)
 
     def handle(self, conn, msg: dict, now: float) -> list:
         mtype = msg["type"]
-        if conn in self.refused:
+        if conn in self.gate.refused:
             return self.take_output()
         role = self.role_of(conn)
         try:
             if mtype in ("Hello", "Auth"):
-                self._opening(conn, msg)
+                challenge = self.gate.opening(conn, msg)
+                if challenge is not None:
+                    self.send(conn, protocol.message("RunqChallenge", **challenge))
             elif role is None:
-                state = self.auth_states.get(conn)
+                state = self.gate.states.get(conn)
                 raise RunqError(f"{mtype} before authentication: runq speaks protocol {protocol.VERSION}, which "
                                 "opens with Hello and Auth" if state is None else
                                 f"{mtype} before Auth", 426 if state is None else 401)
@@ -86,7 +85,7 @@ class Coordinator:
                 self.send(conn, self.api.handle(msg, now))
         except auth.AuthError as exc:
             log.warning("%s from %s refused: %s", mtype, self.peers.get(conn), exc)
-            self.refused.add(conn)
+            self.gate.refused.add(conn)
             self.send(conn, protocol.message("RunqError", message=str(exc), code=exc.code))
             self.send(conn, None)
         except RunqError as exc:
@@ -94,33 +93,16 @@ class Coordinator:
             if role == "client" or (role is None and mtype not in protocol.FROM_WORKER):
                 self.send(conn, protocol.reply("error", exc.code, str(exc)))
                 if role is None:
-                    self.refused.add(conn)
+                    self.gate.refused.add(conn)
                     self.send(conn, None)
             else:
                 self.send(conn, protocol.message("RunqError", message=str(exc), code=exc.code))
                 self.send(conn, None)
         return self.take_output()
 
-    def _opening(self, conn, msg: dict) -> None:
-        """Hello -> RunqChallenge; Auth -> authenticated (or AuthError: refused and closed)."""
-        state = self.auth_states.get(conn)
-        if msg["type"] == "Hello":
-            if state is not None:
-                raise auth.AuthError("Hello: this connection already said hello", 409)
-            state, fields = self.gate.challenge(msg)
-            self.auth_states[conn] = state
-            self.send(conn, protocol.message("RunqChallenge", **fields))
-            return
-        if state is None:
-            raise auth.AuthError("Auth before Hello", 400)
-        if state.authenticated:
-            raise auth.AuthError("Auth: this connection is already authenticated", 409)
-        self.gate.authenticate(state, msg)
-
     def disconnected(self, conn, now: float) -> list:
         self.peers.pop(conn, None)
-        self.auth_states.pop(conn, None)
-        self.refused.discard(conn)
+        self.gate.forget(conn)
         wid = self.conns.pop(conn, None)
         worker = self.workers.get(wid)
         if worker is not None and worker.conn == conn:
@@ -220,7 +202,7 @@ class Coordinator:
     def _hello(self, conn, msg: dict, now: float) -> None:
         if conn in self.conns:
             raise RunqError(f"{msg['type']}: this connection already speaks for worker {self.conns[conn]}", 409)
-        state = self.auth_states[conn]
+        state = self.gate.states[conn]
         try:
             state.bounds.check(msg)
         except auth.AuthError as exc:
