@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from runq import protocol
+from runq import auth, protocol
 from worker.engines import Aborted, Engine
 from worker.session import Session, Traits
 
@@ -45,11 +45,22 @@ def sent():
 
 @pytest.fixture
 def session(engine, sent):
-    return Session(TRAITS, engine, sent.append, lambda: None, update_interval=0.2,
-                   stop_timeout=5.0, drain_linger=0.5)
+    s = Session(TRAITS, engine, sent.append, lambda: None, update_interval=0.2,
+                stop_timeout=5.0, drain_linger=0.5)
+    s.sent_to_test = sent
+    return s
+
+
+def challenge(session, instance="inst-1"):
+    """A new connection: Hello out, runq's challenge in (no secret); the session sends Auth + registration."""
+    session.hello()
+    session.handle(protocol.message("RunqChallenge", version=protocol.VERSION, instance=instance,
+                                    nonce=auth.new_nonce(), proof=None), 0.0)
 
 
 def accept(session, now=0.0, worker_id=3, interval=10.0, keep_run=False):
+    challenge(session)
+    del session.sent_to_test[:]
     session.handle(protocol.message("RunqAcceptWorker", worker_id=worker_id, heartbeat_interval=interval,
                                     keep_run=keep_run), now)
 

@@ -114,7 +114,15 @@ class Session:
 
     def _dispatch(self, msg: dict, now: float) -> None:
         mtype = msg["type"]
-        if mtype == "RunqChallenge":
+        if mtype == "RunqError":
+            self._error(msg)
+        elif self.runq_nonce is None and mtype != "RunqChallenge":
+            # nothing counts before runq has answered Hello (and, with a secret, proved itself)
+            self.log.warning("ignoring %s from runq before its challenge", mtype)
+        elif mtype == "RunqChallenge":
+            if self.runq_nonce is not None:
+                self.log.warning("ignoring a second RunqChallenge on this connection")
+                return
             self._challenged(msg)
         elif mtype == "RunqAcceptWorker":
             self._accepted(msg, now)
@@ -129,8 +137,6 @@ class Session:
                 self._send_heartbeat(now)
         elif mtype == "RunqDrain":
             self.drain(now, "runq asked")
-        elif mtype == "RunqError":
-            self._error(msg)
         else:
             self.log.warning("ignoring unexpected %s from runq", mtype)
 
