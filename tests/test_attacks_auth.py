@@ -146,20 +146,23 @@ def test_reconnect_with_the_largest_id_gets_a_fresh_one_that_survives_a_restart(
     port = free_port()
     env = base_env(tmp_path, port)
     runq = start_runq(tmp_path, port=port, env=env)
+    client = RunqClient(port=port)      # its kept connection outlives runq: replaced, not reused
     try:
         link, _ = connect(port)
         link.send(protocol.message("WorkerReconnect", worker_id=2 ** 63 - 1, proof=None, **TRAITS))
         assert link.recv()["worker_id"] == 1
         link.close()
+        assert client.request("Ping")["status"] == "ok"
     finally:
         assert runq.stop() == 0
     runq = start_runq(tmp_path, port=port, env=env, name="runq-again")
     try:
         link, accept = register(port)
         assert accept["worker_id"] == 2
-        assert sorted(w["id"] for w in RunqClient(port=port).request("WorkerList")["workers"]) == [1, 2]
+        assert sorted(w["id"] for w in client.request("WorkerList")["workers"]) == [1, 2]
         link.close()
     finally:
+        client.close()
         assert runq.stop() == 0
 
 

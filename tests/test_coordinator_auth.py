@@ -146,3 +146,24 @@ def test_heartbeat_runs_are_validated(h):
     wid = h.worker("w")
     out = h.send("w", "WorkerHeartbeat", worker_id=wid, seq=0, runs=[[1, 2]])
     assert out[0][1]["code"] == 400 and out[1] == ("w", None)
+
+
+def test_a_database_from_before_protocol_v2_is_migrated(tmp_path):
+    """Old workers rows gain `key` (NULL: such workers re-register) and `assign_seq`; a meta table
+    with the instance appears."""
+    import sqlite3
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute('CREATE TABLE workers (id BIGINT PRIMARY KEY, host TEXT, ipaddr TEXT, pid BIGINT, "group" TEXT, '
+                   '"user" TEXT, engine TEXT, cost FLOAT, speed FLOAT, priority FLOAT, state TEXT, batch_id BIGINT, '
+                   'batch_index BIGINT, started FLOAT, last_contact FLOAT, draining BIGINT)')
+        db.execute("INSERT INTO workers VALUES (4, 'h', '127.0.0.1', 1, '', '', 'dummy', 1, 1, 0, 'idle', NULL, NULL, "
+                   "1.0, 1.0, 0)")
+    h = Harness(f"sqlite:///{path}")
+    try:
+        worker = h.coord.workers[4]
+        assert (worker.key, worker.assign_seq) == (None, 0)
+        assert h.reconnect("w", 4, proof="0" * 64)["worker_id"] == 5
+        assert h.store.instance() == h.coord.instance
+    finally:
+        h.store.db.close()
