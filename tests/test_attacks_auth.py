@@ -102,6 +102,11 @@ def test_requests_need_the_client_secret_and_worker_messages_the_worker_secret(s
     link, _ = connect(port, "worker", worker_secret)                  # a worker asking for client things
     link.send(protocol.message("DrainWorker", worker_id=1))
     assert link.recv()["code"] == 403 and closed(link)
+    old = Link.connect("127.0.0.1", port)                             # another protocol version
+    old.send({"type": "Hello", "version": 1, "role": "client", "nonce": "00" * 32, "compression": "none"})
+    error = old.recv()
+    assert error["code"] == 426 and "version 1" in error["message"] and "version 2" in error["message"]
+    assert closed(old)
     for path in (env["SIMX_WORKER_SECRET_FILE"], env["SIMX_CLIENT_SECRET_FILE"]):
         assert open(path).read().strip() not in secured.log()         # secrets are never logged
 
