@@ -103,6 +103,19 @@ def runq_status(c):
     _check([RUNQ])
 
 
+@task(name="secrets")
+def runq_secrets(c, force=False):
+    """Create the worker and client secret files (mode 0600; --force replaces existing ones)."""
+    from runq import auth
+    try:
+        cfg = simx_config.load(env=os.environ)
+        lines = auth.create_secret_files(cfg.runq, lambda p: simx_config.resolve_var_path(p, cfg.root, cfg.var),
+                                         force=bool(force))
+    except (simx_config.ConfigError, auth.SecretError) as exc:
+        raise Exit(f"simx: {exc}", code=1)
+    print("\n".join(lines))
+
+
 # ------------------------------------------------------------------ runweb
 
 @task(name="run")
@@ -217,7 +230,7 @@ def demo(c, keep=False, timeout=120):
 
 ns = Collection(
     demo, shutdown,
-    Collection("runq", runq_run, runq_start, runq_stop, runq_restart, runq_status),
+    Collection("runq", runq_run, runq_start, runq_stop, runq_restart, runq_status, runq_secrets),
     Collection("runweb", runweb_run, runweb_start, runweb_stop, runweb_restart, runweb_status, runweb_adduser),
     Collection("local", local_start, local_stop, local_restart, local_status, local_drain),
     Collection("all", all_start, all_stop, all_status),

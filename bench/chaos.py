@@ -27,8 +27,8 @@ import sys
 import tempfile
 import time
 
-from common import PY, ROOT, free_port, stop_all  # noqa: E402  (bench/ is on sys.path when run)
-from runq.client import RunqClient, RunqUnavailable  # noqa: E402
+from common import PY, ROOT, free_port, stop_all, runq_client  # noqa: E402  (bench/ is on sys.path when run)
+from runq.client import RunqUnavailable  # noqa: E402
 
 
 class Chaos:
@@ -43,7 +43,7 @@ class Chaos:
         self.runq: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
         self.stopped: dict[int, float] = {}   # pid -> when to SIGCONT
-        self.client = RunqClient(port=self.port, timeout=10)
+        self.client = runq_client(self.port, timeout=10)
         self.events = {"runq_kill": 0, "worker_kill": 0, "worker_stop_cont": 0, "worker_term": 0}
         self.batches: list[int] = []
 

@@ -15,6 +15,15 @@ PY = sys.executable
 from runq.client import RunqUnavailable  # noqa: E402
 
 
+def runq_client(port: int, timeout: float = 30.0):
+    """A RunqClient for the bench's runq on loopback, holding the client secret conf names
+    (runq.client_secret_file / SIMX_CLIENT_SECRET_FILE), as runweb and fab do."""
+    from runq import config
+    from runq.client import RunqClient
+    secret = RunqClient.from_config(config.load()).secret
+    return RunqClient("127.0.0.1", port, timeout=timeout, secret=secret)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

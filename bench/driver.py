@@ -10,12 +10,16 @@ import socket
 import sys
 
 sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
-from runq import protocol  # noqa: E402
-from runq.client import Link, RunqUnavailable  # noqa: E402
+from runq import auth, config, protocol  # noqa: E402
+from runq.client import Link, RunqUnavailable, handshake  # noqa: E402
 
 
 def main(port: int) -> int:
+    cfg = config.load()
+    path = cfg.runq.worker_secret_file
+    secret = auth.load_secret(config.resolve_var_path(path, cfg.root, cfg.var)) if path else None
     link = Link.connect("127.0.0.1", port, timeout=None)
+    handshake(link, "worker", secret)
     link.send(protocol.message("WorkerReady", host=socket.gethostname(), pid=os.getpid(), group="", user="",
                                engine="dummy", cost=1.0, speed=1.0, priority=0.0))
     wid = None

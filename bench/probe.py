@@ -12,7 +12,7 @@ import sys
 import time
 
 sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
-from runq import protocol  # noqa: E402
+from runq import auth, config, protocol  # noqa: E402
 
 
 def main(port: int) -> None:
@@ -22,13 +22,16 @@ def main(port: int) -> None:
     sel.register(lsock, selectors.EVENT_READ, None)
     state = {"next": 0, "n": 0, "done": 0, "idle": [], "start": 0.0, "end": None}
     readers = {}
+    cfg = config.load()   # the same secrets as runq, so the same clients and drivers talk to it
+    gate = auth.Gate(auth.load_secrets(cfg.runq, lambda p: config.resolve_var_path(p, cfg.root, cfg.var)), "probe")
+    handshakes = {}
 
     def assign(sock):
         if state["next"] < state["n"]:
             i = state["next"]
             state["next"] += 1
             sock.sendall(protocol.encode({"type": "RunqAssignRun", "batch_id": 1, "batch_index": i, "attempt": 1,
-                                          "engine": "dummy", "param": {"step_count": 0}, "time_limit": None}))
+                                          "seq": i + 1, "engine": "dummy", "param": {"step_count": 0}, "time_limit": None}))
         else:
             state["idle"].append(sock)
 
@@ -49,7 +52,12 @@ def main(port: int) -> None:
             for body in readers[s].feed(data):
                 msg = protocol.decode_message(body)
                 t = msg["type"]
-                if t == "WorkerReady":
+                if t == "Hello":
+                    handshakes[s], fields = gate.challenge(msg)
+                    s.sendall(protocol.encode(protocol.message("RunqChallenge", **fields)))
+                elif t == "Auth":
+                    gate.authenticate(handshakes.pop(s), msg)
+                elif t == "WorkerReady":
                     s.sendall(protocol.encode({"type": "RunqAcceptWorker", "worker_id": 1,
                                                "heartbeat_interval": 10, "keep_run": False}))
                     assign(s)

@@ -15,8 +15,7 @@ import sys
 import tempfile
 import time
 
-from common import PY, ROOT, free_port, wait_until  # noqa: E402  (bench/ is on sys.path when run)
-from runq.client import RunqClient  # noqa: E402
+from common import PY, ROOT, free_port, wait_until, runq_client  # noqa: E402  (bench/ is on sys.path when run)
 
 SIZES = (1, 1_000, 100_000, 1_000_000)
 
@@ -31,7 +30,7 @@ def main(argv=None) -> int:
                    SIMX_LOG_LEVEL="WARNING", SIMX_VAR=tmp)
         srv = subprocess.Popen([PY, "-m", "runq"], cwd=ROOT, env=env)
         try:
-            client = RunqClient(port=port)
+            client = runq_client(port)
             wait_until(lambda: client.request("Ping")["status"] == "ok", 20, "runq up")
             print(f"submit: StartBatch round trip by n_runs, median of {args.repeat} (no workers connected)")
             for n in SIZES:

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from common import PY, ROOT, free_port, stop_all, wait_until  # noqa: E402  (bench/ is on sys.path when run)
+from common import PY, ROOT, free_port, stop_all, wait_until, runq_client  # noqa: E402  (bench/ is on sys.path when run)
 from runq.client import RunqClient  # noqa: E402
 
 
@@ -26,7 +26,7 @@ def start_server(kind: str, port: int, tmp: str) -> subprocess.Popen:
                SIMX_LOG_LEVEL="WARNING", SIMX_VAR=tmp)
     cmd = [PY, "-m", "runq"] if kind == "runq" else [PY, str(ROOT / "bench" / "probe.py"), str(port)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=open(f"{tmp}/{kind}.log", "ab"))
-    wait_until(lambda: RunqClient(port=port, timeout=2).request("Ping")["status"] == "ok", 20, f"{kind} up")
+    wait_until(lambda: runq_client(port, timeout=2).request("Ping")["status"] == "ok", 20, f"{kind} up")
     return proc
 
 
@@ -59,7 +59,7 @@ def measure(server: str, workers: str, args) -> list[float]:
         port = free_port()
         srv = start_server(server, port, tmp)
         procs = start_workers(workers, port, args.workers, tmp)
-        client = RunqClient(port=port)
+        client = runq_client(port)
         try:
             if server == "runq":
                 wait_until(lambda: sum(w["connected"] for w in client.request("WorkerList")["workers"])

@@ -8,6 +8,7 @@ import signal
 import sys
 import time
 
+from . import auth
 from . import config as configuration
 from .coordinator import Coordinator
 from .server import Server
@@ -35,19 +36,27 @@ def main(argv=None) -> int:
     except configuration.ConfigError as exc:
         print(f"runq: {exc}", file=sys.stderr)
         return 2
+    try:
+        secrets = auth.load_secrets(cfg.runq, lambda p: configuration.resolve_var_path(p, cfg.root, cfg.var))
+        auth.check_exposure(cfg.runq.listen, secrets)
+    except auth.SecretError as exc:
+        print(f"runq: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=cfg.runq.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # dataset's schema checks are chatty
     open_files = raise_open_files_limit()
     url = configuration.resolve_db_url(cfg.runq.db_url, cfg.root, cfg.var)
     store = Store(url)
-    coordinator = Coordinator(store, cfg.runq, cfg.batch, now=time.time())
+    coordinator = Coordinator(store, cfg.runq, cfg.batch, now=time.time(), secrets=secrets)
     try:
         server = Server(coordinator, store, [(h, cfg.runq.port) for h in cfg.runq.listen])
     except OSError as exc:
         print(f"runq: cannot listen on port {cfg.runq.port}: {exc}", file=sys.stderr)
         return 1
-    logging.getLogger("runq").info("database %s; up to %d open files", url, open_files)
+    logging.getLogger("runq").info("database %s (instance %s); up to %d open files; %d worker secret(s), "
+                                   "client secret %s", url, coordinator.instance, open_files,
+                                   len(secrets.workers), "set" if secrets.client else "not set")
 
     def stop(signum, frame):
         server.stopping = True

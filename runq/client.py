@@ -1,9 +1,12 @@
 """Blocking client side of the runq protocol, used by runweb, worker, fab tasks and tests."""
 from __future__ import annotations
 
+import os
+import select
 import socket
+import threading
 
-from . import protocol
+from . import auth, protocol
 
 
 class RunqUnavailable(Exception):
@@ -67,29 +70,115 @@ class Link:
             pass
 
 
-def handshake(link: "Link", role: str, secret: bytes | None = None, key_id: str | None = None) -> dict:
-    """Open the conversation as `role` ("worker" or "client"); return runq's challenge.
+class RunqRefused(RunqUnavailable):
+    """runq refused the handshake (wrong secret, other version) or did not prove itself."""
 
-    Placeholder until protocol v2 (docs: the auth stream): nothing to exchange yet.
+
+def handshake(link, role: str, secret: bytes | None = None, key_id: str | None = None) -> dict:
+    """Open the conversation as `role` ("worker" or "client"); return runq's RunqChallenge.
+
+    Hello, RunqChallenge, Auth (runq/auth.py).  With a secret, runq must prove it holds it
+    too, or RunqRefused is raised: a peer with a secret never talks to an impostor.
+    `link` is a Link or a connected blocking socket.
     """
-    return {}
+    if isinstance(link, socket.socket):
+        link = Link(link)
+    nonce = auth.new_nonce()
+    if secret is not None and key_id is None:
+        key_id = auth.key_id(secret)
+    link.send(protocol.message("Hello", version=protocol.VERSION, role=role, nonce=nonce, key_id=key_id))
+    answer = link.recv()
+    if answer["type"] != "RunqChallenge":
+        raise RunqRefused(f"runq refused the {role} handshake: {answer.get('message', answer['type'])}")
+    check_challenge(answer, role, secret, nonce)
+    proof = auth.peer_proof(secret, role, answer["nonce"], nonce) if secret is not None else None
+    link.send(protocol.message("Auth", proof=proof))
+    return answer
+
+
+def check_challenge(answer: dict, role: str, secret: bytes | None, nonce: str) -> None:
+    """Raise RunqRefused unless runq's RunqChallenge is usable (and, with a secret, proves runq holds it)."""
+    if answer["version"] != protocol.VERSION:
+        raise RunqRefused(f"runq speaks protocol version {answer['version']}, this program {protocol.VERSION}")
+    if not auth.is_hex(answer["nonce"], 2 * auth.NONCE_BYTES):
+        raise RunqRefused("runq's challenge has a malformed nonce")
+    if secret is not None and not auth.same(auth.server_proof(secret, role, nonce, answer["nonce"]),
+                                            answer.get("proof")):
+        raise RunqRefused(f"runq did not prove it holds the {role} secret"
+                          + (" (it has none configured)" if answer.get("proof") is None else ""))
 
 
 class RunqClient:
-    """Request/reply client: one short connection per request, as runweb uses it."""
+    """Request/reply client, as runweb, fab and the benches use it.
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 8096, timeout: float = 30.0):
-        self.host, self.port, self.timeout = host, port, timeout
+    Each thread keeps one authenticated connection and reuses it across requests (the
+    handshake costs a round trip).  A kept connection that runq closed meanwhile is noticed
+    before the request is sent and replaced; a request is never sent twice.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 8096, timeout: float = 30.0,
+                 secret: bytes | None = None, tls=None):
+        self.host, self.port, self.timeout, self.secret, self.tls = host, port, timeout, secret, tls
+        self._local = threading.local()
+
+    @classmethod
+    def from_config(cls, config, timeout: float = 30.0, port: int | None = None) -> "RunqClient":
+        """The client runweb, fab and the benches use: runq's address and the client secret from conf."""
+        from . import config as simx_config
+        path = config.runq.client_secret_file
+        secret = (auth.load_secret(simx_config.resolve_var_path(path, config.root, config.var))
+                  if path else None)
+        return cls(config.runq.host, port or config.runq.port, timeout=timeout, secret=secret)
+
+    def _link(self) -> Link:
+        link = getattr(self._local, "link", None)
+        if link is not None and getattr(self._local, "pid", None) != os.getpid():
+            link = None   # inherited through fork (gunicorn): the parent's, never shared
+        if link is not None and not _idle_and_open(link):
+            link.close()
+            link = None
+        if link is None:
+            link = Link.connect(self.host, self.port, self.timeout)
+            try:
+                handshake(link, "client", self.secret)
+            except BaseException:
+                link.close()
+                raise
+            self._local.link, self._local.pid = link, os.getpid()
+        return link
 
     def request(self, mtype: str, **fields) -> dict:
         """Send one request; return runq's Reply dict (status ok or error)."""
         msg = protocol.message(mtype, **fields)
-        link = Link.connect(self.host, self.port, self.timeout)
+        link = self._link()
         try:
             link.send(msg)
             answer = link.recv()
-        finally:
-            link.close()
+        except BaseException:
+            self.close()
+            raise
+        if answer.get("type") == "RunqError":
+            self.close()
+            raise RunqRefused(f"runq refused {mtype}: {answer['message']}")
         if answer.get("type") != "Reply":
-            raise RunqUnavailable(f"runq answered {answer.get('type')} to {mtype}")
+            self.close()
+            raise RunqUnavailable(f"runq answered {answer.get('type')} to {mtype}: {answer.get('message', '')}")
         return answer
+
+    def close(self) -> None:
+        """Close this thread's connection (the next request opens another)."""
+        link = getattr(self._local, "link", None)
+        self._local.link = None
+        if link is not None:
+            link.close()
+
+
+def _idle_and_open(link: Link) -> bool:
+    """A kept connection with nothing to read is still open; EOF or stray bytes mean replace it."""
+    if link.pending or link.reader.buf:
+        return False
+    try:
+        readable, _, _ = select.select([link.sock], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable

@@ -13,10 +13,9 @@ live in ``runq/api.py``, which uses the same model and the ``dispatch`` and
 from __future__ import annotations
 
 import heapq
-import hmac
 import logging
 
-from . import protocol, states
+from . import auth, protocol, states
 from .api import Api
 from .config import BatchDefaults, RunqConfig
 from .errors import RunqError
@@ -37,8 +36,11 @@ REPORT_OUTCOME = {
 
 class Coordinator:
     def __init__(self, store: Store, config: RunqConfig = RunqConfig(),
-                 batch_defaults: BatchDefaults = BatchDefaults(), now: float = 0.0):
+                 batch_defaults: BatchDefaults = BatchDefaults(), now: float = 0.0,
+                 secrets: auth.Secrets = auth.Secrets()):
         self.store, self.config, self.batch_defaults = store, config, batch_defaults
+        self.instance = store.instance()
+        self.gate = auth.Gate(secrets, self.instance)   # each connection's handshake
         self.matcher = Matcher()
         self.presence = Presence()                # connected, non-draining workers by traits
         self.batches: dict[int, Batch] = {}      # active batches (runs left)
@@ -56,31 +58,55 @@ class Coordinator:
 
     # ---- entry points the server calls
     def connected(self, conn, peer: str, now: float) -> list:
-        self.peers[conn] = peer
+        self.peers[conn] = peer   # the peer speaks first (Hello)
         return self.take_output()
 
     def role_of(self, conn) -> str | None:
-        """"worker" or "client" once the connection has said who it is; None before."""
-        return "worker" if conn in self.conns else None
+        """"worker" or "client" once the connection has authenticated; None before."""
+        return self.gate.role_of(conn)
 
     def handle(self, conn, msg: dict, now: float) -> list:
         mtype = msg["type"]
+        if conn in self.gate.refused:
+            return self.take_output()
+        role = self.role_of(conn)
         try:
-            if mtype in protocol.FROM_WORKER:
+            if mtype in ("Hello", "Auth"):
+                challenge = self.gate.opening(conn, msg)
+                if challenge is not None:
+                    self.send(conn, protocol.message("RunqChallenge", **challenge))
+            elif role is None:
+                state = self.gate.states.get(conn)
+                raise RunqError(f"{mtype} before authentication: runq speaks protocol {protocol.VERSION}, which "
+                                "opens with Hello and Auth" if state is None else
+                                f"{mtype} before Auth", 426 if state is None else 401)
+            elif (mtype in protocol.FROM_WORKER) != (role == "worker"):
+                raise RunqError(f"{mtype} is not allowed on a {role} connection "
+                                f"(the {role} secret allows only {role} messages)", 403)
+            elif role == "worker":
                 self._worker_message(conn, msg, now)
             else:
                 self.send(conn, self.api.handle(msg, now))
+        except auth.AuthError as exc:
+            log.warning("%s from %s refused: %s", mtype, self.peers.get(conn), exc)
+            self.gate.refused.add(conn)
+            self.send(conn, protocol.message("RunqError", message=str(exc), code=exc.code))
+            self.send(conn, None)
         except RunqError as exc:
             log.warning("%s from %s refused: %s", mtype, self.peers.get(conn), exc)
-            if mtype in protocol.FROM_WORKER:
+            if role == "client" or (role is None and mtype not in protocol.FROM_WORKER):
+                self.send(conn, protocol.reply("error", exc.code, str(exc)))
+                if role is None:
+                    self.gate.refused.add(conn)
+                    self.send(conn, None)
+            else:
                 self.send(conn, protocol.message("RunqError", message=str(exc), code=exc.code))
                 self.send(conn, None)
-            else:
-                self.send(conn, protocol.reply("error", exc.code, str(exc)))
         return self.take_output()
 
     def disconnected(self, conn, now: float) -> list:
         self.peers.pop(conn, None)
+        self.gate.forget(conn)
         wid = self.conns.pop(conn, None)
         worker = self.workers.get(wid)
         if worker is not None and worker.conn == conn:
@@ -144,15 +170,17 @@ class Coordinator:
     def _worker_message(self, conn, msg: dict, now: float) -> None:
         mtype = msg["type"]
         if mtype in ("WorkerReady", "WorkerReconnect"):
-            self._check_token(msg)
             self._hello(conn, msg, now)
             return
-        worker = self.workers.get(msg["worker_id"])
-        if worker is None or worker.conn != conn:
-            raise RunqError(f"{mtype} from an unknown worker {msg['worker_id']} (send WorkerReady first)", 403)
+        # Only the connection that registered or proved a worker speaks for it.
+        wid = self.conns.get(conn)
+        if wid is None or msg["worker_id"] != wid:
+            raise RunqError(f"{mtype} for worker {msg['worker_id']}: this connection speaks for "
+                            f"{'worker %d' % wid if wid is not None else 'no worker (send WorkerReady first)'}", 403)
+        worker = self.workers[wid]
         worker.last_contact = now
         if mtype == "WorkerHeartbeat":
-            self._heartbeat(worker, msg)
+            self._heartbeat(worker, msg, now)
         elif mtype == "WorkerUpdate":
             run = self._current_run(worker, msg)
             if run is not None:
@@ -164,28 +192,44 @@ class Coordinator:
         elif mtype in REPORT_OUTCOME:
             self._report(worker, msg, now)
 
-    def _check_token(self, msg: dict) -> None:
-        want = self.config.worker_token
-        if want and not hmac.compare_digest((msg.get("token") or "").encode(), want.encode()):
-            raise RunqError("worker token missing or wrong", 401)
+    def _proven(self, state: auth.PeerState, msg: dict) -> tuple[Worker | None, str]:
+        """The worker a WorkerReconnect proves to be, or (None, why not).  Claiming a run proves nothing."""
+        wid = msg["worker_id"]
+        worker = self.workers.get(wid)
+        if worker is None:
+            return None, f"unknown worker id {wid} (another runq instance, or a purged worker)"
+        if worker.key is None:
+            return None, f"worker {wid} has no key (registered before protocol v2)"
+        if not auth.same(auth.reconnect_proof(worker.key, wid, state.runq_nonce), msg.get("proof")):
+            return None, f"wrong proof of identity for worker {wid}"
+        return worker, ""
 
     def _hello(self, conn, msg: dict, now: float) -> None:
         if conn in self.conns:
             raise RunqError(f"{msg['type']}: this connection already speaks for worker {self.conns[conn]}", 409)
-        wid = msg.get("worker_id")
-        worker = self.workers.get(wid) if wid is not None else None
-        if worker is None:
-            wid = wid if wid is not None and wid > self.last_worker_id else self.last_worker_id + 1
-            self.last_worker_id = max(self.last_worker_id, wid)
+        state = self.gate.states[conn]
+        try:
+            state.bounds.check(msg)
+        except auth.AuthError as exc:
+            raise RunqError(f"{msg['type']}: {exc}", exc.code) from None
+        worker, why = self._proven(state, msg) if msg["type"] == "WorkerReconnect" else (None, "")
+        sent_key = None
+        new = worker is None
+        if new:
+            if why:
+                log.warning("worker from %s not recognized: %s; registering it as new", self.peers.get(conn), why)
+            # A fresh id, never one the peer chose: ids stay dense and in range.
+            wid = self.last_worker_id = self.last_worker_id + 1
+            key, send_key = self.gate.new_worker_key(state)
+            sent_key = key if send_key else None
             worker = Worker(id=wid, host=msg["host"], ipaddr=self.peers.get(conn, ""), pid=msg["pid"],
                             group=msg["group"], user=msg["user"], engine=msg["engine"], cost=msg["cost"],
-                            speed=msg["speed"], priority=msg["priority"], started=now)
+                            speed=msg["speed"], priority=msg["priority"], started=now, key=key)
             self.workers[wid] = worker
-            new = True
             log.info("worker %d ready: %s pid %d engine=%s group=%r user=%r", wid, worker.host, worker.pid,
                      worker.engine, worker.group, worker.user)
         else:
-            new = False
+            wid = worker.id
             if worker.conn is not None and worker.conn != conn:
                 self.conns.pop(worker.conn, None)
                 self.send(worker.conn, None)  # a half-open old connection: drop it
@@ -195,14 +239,14 @@ class Coordinator:
         worker.ipaddr = self.peers.get(conn, worker.ipaddr)
         claimed = protocol.run_key(msg)
         keep = False
-        if claimed is not None:
+        if claimed is not None and not new:
             run = self.runs.get(claimed[:2])
             keep = (run is not None and run.state == states.RUNNING and run.worker_id == wid
                     and run.attempt == claimed[2])
         # The answer goes first, and the worker is marked busy with a run it still holds
         # before anything can settle it: otherwise it could be handed a new run ahead of
         # RunqAcceptWorker, or while it is still computing one it will not give up at once.
-        self.send(conn, protocol.message("RunqAcceptWorker", worker_id=wid,
+        self.send(conn, protocol.message("RunqAcceptWorker", worker_id=wid, key=sent_key,
                                          heartbeat_interval=self.config.heartbeat_interval, keep_run=keep))
         if keep:
             worker.aborting = None
@@ -219,14 +263,31 @@ class Coordinator:
         self._settle_worker(worker, now)
         self.store.save_worker(worker.row(), new=new)
 
-    def _heartbeat(self, worker: Worker, msg: dict) -> None:
-        claimed = protocol.run_key(msg)
-        if worker.aborting is not None and claimed != worker.aborting:
+    def _heartbeat(self, worker: Worker, msg: dict, now: float) -> None:
+        """Reconcile what the worker computes with what runq gave it.
+
+        A run assigned at a seq the worker has seen (seq <= the heartbeat's) that it does not
+        list was lost on the way or dropped: it goes back to the queue.  One assigned later is
+        still in flight.  Written for a worker holding several runs; today it holds one.
+        """
+        held = held_runs(msg)
+        let_go = worker.aborting is not None and worker.aborting not in held
+        if let_go:
             worker.aborting = None           # it let go of the run we took back
-            self._settle_worker(worker, worker.last_contact)
-        elif claimed is not None and worker.run != claimed[:2]:
-            self.send(worker.conn, protocol.message("RunqAbortRun", batch_id=claimed[0], batch_index=claimed[1],
-                                                    attempt=claimed[2], reason="this run is no longer yours"))
+        run = self.runs.get(worker.run) if worker.run else None
+        current = (run.batch_id, run.batch_index, run.attempt) if run is not None else None
+        if current is not None and current not in held and worker.assign_seq <= msg["seq"]:
+            log.warning("worker %d does not hold run %s (assignment %d lost or dropped): requeueing it",
+                        worker.id, worker.run, worker.assign_seq)
+            self.take_back(worker, states.OUTCOME_LOST, "the worker did not hold the run it was assigned", now,
+                           abort=False)
+            current = None
+        for key in held:
+            if key != current and key != worker.aborting:
+                self.send(worker.conn, protocol.message("RunqAbortRun", batch_id=key[0], batch_index=key[1],
+                                                        attempt=key[2], reason="this run is no longer yours"))
+        if let_go:
+            self._settle_worker(worker, now)
 
     def _current_run(self, worker: Worker, msg: dict) -> Run | None:
         run = self.runs.get((msg["batch_id"], msg["batch_index"]))
@@ -332,12 +393,13 @@ class Coordinator:
         if not batch.has_waiting():
             self.matcher.remove_ready(batch.id)
         worker.run, worker.state = run.key, states.BUSY
+        worker.assign_seq += 1
         self.store.save_run(run.row(), new=new)
         self.store.save_batch(batch.counters())
         self.store.save_worker(worker.row())
         self.send(worker.conn, protocol.message(
-            "RunqAssignRun", batch_id=batch.id, batch_index=index, attempt=run.attempt, engine=batch.engine,
-            param=batch.param, time_limit=batch.time_limit))
+            "RunqAssignRun", batch_id=batch.id, batch_index=index, attempt=run.attempt, seq=worker.assign_seq,
+            engine=batch.engine, param=batch.param, time_limit=batch.time_limit))
 
     def take_back(self, worker: Worker, outcome: str, message: str, now: float, abort: bool = True) -> None:
         """End the worker's current attempt without its report (lease, grace, timeout, cancel)."""
@@ -405,3 +467,21 @@ class Coordinator:
             self.matcher.remove_ready(batch.id)
             del self.batches[batch.id]
             self.store.save_batch(batch.counters())
+
+
+MAX_HELD_RUNS = 64
+MAX_ID = 2 ** 63 - 1
+
+
+def held_runs(msg: dict) -> set[tuple[int, int, int]]:
+    """The runs a WorkerHeartbeat lists, validated: [[batch_id, batch_index, attempt], ...]."""
+    runs = msg["runs"]
+    if len(runs) > MAX_HELD_RUNS:
+        raise RunqError(f"WorkerHeartbeat: runs lists {len(runs)} runs; at most {MAX_HELD_RUNS}", 400)
+    out = set()
+    for item in runs:
+        if (not isinstance(item, list) or len(item) != 3
+                or not all(type(v) is int and 0 <= v <= MAX_ID for v in item)):
+            raise RunqError("WorkerHeartbeat: each entry of runs must be [batch_id, batch_index, attempt]", 400)
+        out.add(tuple(item))
+    return out

@@ -138,6 +138,8 @@ class Worker:
     last_contact: float = 0.0
     disconnected_at: float | None = None
     saved_contact: float = 0.0              # last_contact as last written
+    key: str | None = None                  # proves the worker on reconnect (hex); None: cannot reconnect
+    assign_seq: int = 0                     # seq of its latest RunqAssignRun (its current run's, if any)
 
     @property
     def traits(self) -> tuple[str, str, str]:
@@ -151,4 +153,5 @@ class Worker:
             "speed": self.speed, "priority": self.priority, "state": self.state,
             "batch_id": run[0], "batch_index": run[1], "started": self.started,
             "last_contact": self.last_contact, "draining": int(self.draining),
+            "key": self.key, "assign_seq": self.assign_seq,
         }

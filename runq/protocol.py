@@ -34,10 +34,15 @@ _WORKER_TRAITS = {
     "cost": NUM, "speed": NUM, "priority": NUM,
 }
 SCHEMA: dict[str, dict[str, object]] = {
+    # connection opening, both roles (runq/auth.py)
+    "Hello": dict(version=INT, role=STR, nonce=STR, key_id=OPT_STR),
+    "RunqChallenge": dict(version=INT, instance=STR, nonce=STR, proof=OPT_STR),
+    "Auth": dict(proof=OPT_STR),
     # worker -> runq
-    "WorkerReady": dict(_WORKER_TRAITS, token=OPT_STR),
-    "WorkerReconnect": dict(_WORKER_TRAITS, token=OPT_STR, worker_id=INT, **_OPT_RUN),
-    "WorkerHeartbeat": dict(worker_id=INT, **_OPT_RUN),
+    "WorkerReady": dict(_WORKER_TRAITS),
+    "WorkerReconnect": dict(_WORKER_TRAITS, worker_id=INT, proof=OPT_STR, **_OPT_RUN),
+    # seq: highest RunqAssignRun.seq received; runs: [[batch_id, batch_index, attempt], ...] it computes
+    "WorkerHeartbeat": dict(worker_id=INT, seq=INT, runs=LIST),
     "WorkerUpdate": dict(worker_id=INT, **_RUN, progress=NUM, message=OPT_STR),
     "WorkerFinishedRun": dict(worker_id=INT, **_RUN, data=ANY),
     "WorkerFailedRun": dict(worker_id=INT, **_RUN, message=STR, traceback=OPT_STR),
@@ -45,13 +50,14 @@ SCHEMA: dict[str, dict[str, object]] = {
     "WorkerStoppedRun": dict(worker_id=INT, **_RUN),
     "WorkerDraining": dict(worker_id=INT),
     # runq -> worker
-    "RunqAcceptWorker": dict(worker_id=INT, heartbeat_interval=NUM, keep_run=BOOL),
-    "RunqAssignRun": dict(**_RUN, engine=STR, param=MAP, time_limit=OPT_NUM),
+    # key: only at a registration without a worker secret (with one, both ends derive it)
+    "RunqAcceptWorker": dict(worker_id=INT, heartbeat_interval=NUM, keep_run=BOOL, key=OPT_STR),
+    "RunqAssignRun": dict(**_RUN, seq=INT, engine=STR, param=MAP, time_limit=OPT_NUM),
     "RunqAck": dict(**_RUN, accepted=BOOL, message=OPT_STR),
     "RunqAbortRun": dict(**_RUN, reason=STR),
     "RunqGetStatus": {},
     "RunqDrain": {},
-    "RunqError": dict(message=STR, code=OPT_INT),  # code: HTTP-like; 401 = bad worker token
+    "RunqError": dict(message=STR, code=OPT_INT),  # code: HTTP-like; 401 = bad secret, 426 = version
     # runweb (or any client) -> runq; each gets one Reply
     "Ping": {},
     "StartBatch": dict(
@@ -73,9 +79,9 @@ SCHEMA: dict[str, dict[str, object]] = {
     "Reply": dict(status=STR, code=INT, message=STR),
 }
 OPTIONAL: dict[str, frozenset[str]] = {
-    "WorkerReady": frozenset({"token"}),
-    "WorkerReconnect": frozenset({"token", "batch_id", "batch_index", "attempt"}),
-    "WorkerHeartbeat": frozenset({"batch_id", "batch_index", "attempt"}),
+    "Hello": frozenset({"key_id"}),
+    "WorkerReconnect": frozenset({"proof", "batch_id", "batch_index", "attempt"}),
+    "RunqAcceptWorker": frozenset({"key"}),
     "WorkerUpdate": frozenset({"message"}),
     "WorkerFailedRun": frozenset({"traceback"}),
     "WorkerAbortedRun": frozenset({"message"}),
@@ -96,8 +102,10 @@ FROM_WORKER = frozenset({
     "WorkerReady", "WorkerReconnect", "WorkerHeartbeat", "WorkerUpdate", "WorkerFinishedRun",
     "WorkerFailedRun", "WorkerAbortedRun", "WorkerStoppedRun", "WorkerDraining",
 })
-# Replies carry arbitrary data beside the envelope.
-OPEN_TYPES = frozenset({"Reply"})
+# Replies carry arbitrary data beside the envelope; the opening messages may grow optional
+# fields in later versions, which older peers ignore.
+OPEN_TYPES = frozenset({"Reply", "Hello", "RunqChallenge"})
+VERSION = 2
 
 
 def _kind_ok(value, kind) -> bool:

@@ -3,7 +3,10 @@
 Active batches, their non-terminal run rows and known workers are loaded.
 Workers are all disconnected now; the ones holding a run keep it for the grace
 period (``Coordinator.tick`` requeues it after that), so a worker that
-reconnects in time carries on with its computation.
+reconnects in time, proving its identity with the key stored in its row,
+carries on with its computation.  A row without a key (written before
+protocol v2) cannot be proved: that worker registers as new and its run goes
+back to the queue after the grace period.
 """
 from __future__ import annotations
 
@@ -44,7 +47,8 @@ def recover(coord, now: float) -> None:
                         group=row["group"], user=row["user"], engine=row["engine"], cost=row["cost"],
                         speed=row["speed"], priority=row["priority"], started=row["started"],
                         state=states.DISCONNECTED, draining=bool(row["draining"]),
-                        last_contact=row["last_contact"] or now, disconnected_at=now)
+                        last_contact=row["last_contact"] or now, disconnected_at=now,
+                        key=row["key"], assign_seq=row["assign_seq"] or 0)
         if row["batch_id"] is not None:
             worker.run = (row["batch_id"], row["batch_index"])
         coord.workers[worker.id] = worker

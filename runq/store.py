@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 
 import dataset
 import sqlalchemy as sa
@@ -37,7 +38,9 @@ COLUMNS = {
         "id": "i", "host": "s", "ipaddr": "s", "pid": "i", "group": "s", "user": "s", "engine": "s",
         "cost": "f", "speed": "f", "priority": "f", "state": "s", "batch_id": "i", "batch_index": "i",
         "started": "f", "last_contact": "f", "draining": "i",
+        "key": "s", "assign_seq": "i",   # proof of identity (hex); seq of its latest RunqAssignRun
     },
+    "meta": {"name": "s", "value": "s"},   # this database's facts: its instance uuid
 }
 INDEXES = [
     ("runs", ["batch_id", "batch_index"], "runs_key", True),
@@ -46,6 +49,7 @@ INDEXES = [
     ("batches", ["idempotency_key"], "batches_idempotency_key", True),
     ("batches", ["state"], "batches_state", False),
     ("runs", ["batch_id", "state", "batch_index"], "runs_state", False),   # ?state= filters, results
+    ("meta", ["name"], "meta_name", True),
 ]
 
 
@@ -99,7 +103,7 @@ class Store:
 
     def _build_statements(self):
         b, r, a, w = (self.tables[n] for n in ("batches", "runs", "attempts", "workers"))
-        self._ins = {n: t.insert() for n, t in self.tables.items()}
+        self._ins = {n: t.insert() for n, t in self.tables.items() if n != "meta"}
         self._upd = {
             "batches": b.update().where(b.c.id == sa.bindparam("_id")),
             "workers": w.update().where(w.c.id == sa.bindparam("_id")),
@@ -289,6 +293,17 @@ class Store:
         if offset or limit is not None:
             stmt = stmt.offset(offset).limit(limit)
         return self._rows(stmt, "workers")
+
+    def instance(self) -> str:
+        """This database's identity (a uuid made with it): workers tell a reset database by it."""
+        self.commit()
+        m = self.tables["meta"]
+        with self.engine.begin() as conn:
+            value = conn.execute(sa.select(m.c.value).where(m.c.name == "instance")).scalar()
+            if value is None:
+                value = str(uuid.uuid4())
+                conn.execute(m.insert(), {"name": "instance", "value": value})
+        return value
 
     def max_ids(self) -> tuple[int, int]:
         self.commit()

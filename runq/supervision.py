@@ -316,7 +316,7 @@ class Stack:
         self.paths.log_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.paths.conf.with_suffix(".tmp")
         tmp.write_text(text, encoding="utf-8")
-        tmp.chmod(0o600)  # it may hold SIMX_WORKER_TOKEN
+        tmp.chmod(0o600)  # it may name secret files
         tmp.replace(self.paths.conf)
         if not self.sup.running():
             self.out(f"supervisord: starting ({self.paths.conf})")

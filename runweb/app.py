@@ -112,4 +112,4 @@ def create_app(client, config: simx_config.Config) -> falcon.App:
 def get_app() -> falcon.App:
     """gunicorn's factory: configuration from conf/simx.yaml and the environment."""
     config = simx_config.load()
-    return create_app(RunqClient(config.runq.host, config.runq.port, timeout=RUNQ_TIMEOUT), config)
+    return create_app(RunqClient.from_config(config, timeout=RUNQ_TIMEOUT), config)

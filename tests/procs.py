@@ -26,7 +26,7 @@ PYTHON = sys.executable
 # Settings a test must never inherit from the shell that runs pytest.
 SIMX_ENV = ("RUNQ_HOST", "RUNQ_PORT", "RUNQ_LISTEN", "SIMX_DB_URL", "SIMX_WORKER_TOKEN", "SIMX_LOG_LEVEL",
             "SIMX_VAR", "SIMX_HOSTS", "RUNWEB_PORT", "RUNWEB_BIND", "RUNWEB_USERS", "RUNQ_HEARTBEAT", "RUNQ_LEASE",
-            "RUNQ_GRACE")
+            "RUNQ_GRACE", "SIMX_WORKER_SECRET_FILE", "SIMX_CLIENT_SECRET_FILE")
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback never goes via a proxy
 
 
@@ -157,18 +157,49 @@ def _wait_ready(proc: Proc, ready, timeout: float, what: str) -> Proc:
     return proc
 
 
-def ping(port: int, host: str = "127.0.0.1") -> dict:
+def make_secrets(tmp: Path) -> dict:
+    """A worker and a client secret file under `tmp` (mode 0600): the env naming them, to pass to
+    base_env(**...).  Processes started with it authenticate; `client(port, env)` does too."""
+    from runq import auth
+    out = {}
+    for role in ("worker", "client"):
+        path = Path(tmp) / "secrets" / f"{role}.secret"
+        if not path.exists():
+            auth.write_secret(path)
+        out[f"SIMX_{role.upper()}_SECRET_FILE"] = str(path)
+    return out
+
+
+def secret_of(env: dict | None, role: str = "client") -> bytes | None:
+    """The secret a process started with `env` would use for `role` (None without one)."""
+    from runq import auth
+    path = (env or {}).get(f"SIMX_{role.upper()}_SECRET_FILE")
+    return auth.load_secret(path) if path else None
+
+
+def client(port: int, env: dict | None = None, timeout: float = 5.0, host: str = "127.0.0.1"):
+    """A RunqClient holding the client secret `env` names, if any."""
     from runq.client import RunqClient
-    return RunqClient(host, port, timeout=5.0).request("Ping")
+    return RunqClient(host, port, timeout=timeout, secret=secret_of(env))
+
+
+def ping(port: int, host: str = "127.0.0.1", env: dict | None = None) -> dict:
+    c = client(port, env, host=host)
+    try:
+        return c.request("Ping")
+    finally:
+        c.close()
 
 
 def start_runq(tmp: Path, port: int | None = None, env: dict | None = None, timeout: float = 15.0,
                name: str = "runq") -> Proc:
     """`python -m runq` on a free (or the given) port; returns once it answers Ping."""
     port = port or free_port()
-    proc = Proc(name, [PYTHON, "-m", "runq"], env or base_env(tmp, port), Path(tmp) / f"{name}.log")
+    env = env or base_env(tmp, port)
+    proc = Proc(name, [PYTHON, "-m", "runq"], env, Path(tmp) / f"{name}.log")
     proc.port = port
-    return _wait_ready(proc, lambda: ping(port).get("status") == "ok", timeout, f"runq to answer Ping on {port}")
+    return _wait_ready(proc, lambda: ping(port, env=env).get("status") == "ok", timeout,
+                       f"runq to answer Ping on {port}")
 
 
 def start_runweb(tmp: Path, runq_port: int, port: int | None = None, env: dict | None = None,
@@ -187,22 +218,27 @@ def start_runweb(tmp: Path, runq_port: int, port: int | None = None, env: dict |
 
 
 def start_worker(tmp: Path, runq_port: int, engine: str = "dummy", env: dict | None = None,
-                 name: str | None = None, **traits) -> Proc:
-    """`python -m worker --engine E ...`; traits: group, user, cost, speed, priority. Does not wait."""
+                 name: str | None = None, args: tuple = (), **traits) -> Proc:
+    """`python -m worker --engine E ...`; traits: group, user, cost, speed, priority; `args`: more flags.
+    Does not wait."""
     traits = {"group": "", "user": "", "cost": 1, "speed": 1, "priority": 0, **traits}
-    args = [PYTHON, "-m", "worker", "--engine", engine]
+    extra, args = args, [PYTHON, "-m", "worker", "--engine", engine]
     for key in ("group", "user", "cost", "speed", "priority"):
-        args += [f"--{key}", str(traits.pop(key))]
+        args += [f"--{key}={traits.pop(key)}"]
+    args += extra
     if traits:
         raise TypeError(f"unknown worker trait {sorted(traits)[0]!r}")
     name = name or f"worker-{engine}-{free_port()}"
     return Proc(name, args, env or base_env(tmp, runq_port), Path(tmp) / f"{name}.log")
 
 
-def workers_connected(runq_port: int) -> list[dict]:
-    """Workers runq lists as connected now."""
-    from runq.client import RunqClient
-    reply = RunqClient("127.0.0.1", runq_port, timeout=5.0).request("WorkerList")
+def workers_connected(runq_port: int, env: dict | None = None) -> list[dict]:
+    """Workers runq lists as connected now (`env`: the client secret it names, if any)."""
+    c = client(runq_port, env)
+    try:
+        reply = c.request("WorkerList")
+    finally:
+        c.close()
     return [w for w in reply.get("workers", []) if w.get("connected")]
 
 

@@ -2,7 +2,7 @@
 The store is real (SQLite in tmp_path), as it is in production."""
 import pytest
 
-from runq import protocol
+from runq import auth, protocol
 from runq.config import BatchDefaults, RunqConfig
 from runq.coordinator import Coordinator
 from runq.store import Store
@@ -16,6 +16,26 @@ class Harness:
         self.store = Store(url)
         self.coord = Coordinator(self.store, cfg, BatchDefaults(), now=now)
         self.sent = []
+        self.keys = {}        # worker id -> key runq gave it
+        self.opened = {}      # conn -> runq's RunqChallenge
+
+    def open(self, conn, role="worker", secret=None):
+        """Connect and authenticate `conn` (Hello, RunqChallenge, Auth); runq's challenge."""
+        self.coord.connected(conn, "127.0.0.1", self.now)
+        nonce = auth.new_nonce()
+        out = self.send(conn, "Hello", version=protocol.VERSION, role=role, nonce=nonce)
+        challenge = out[0][1]
+        assert challenge["type"] == "RunqChallenge", out
+        proof = auth.peer_proof(secret, role, challenge["nonce"], nonce) if secret else None
+        assert self.send(conn, "Auth", proof=proof) == []
+        self.opened[conn] = challenge
+        return challenge
+
+    def heartbeat(self, conn, wid, *held):
+        """A heartbeat having seen every assignment so far, computing the runs `held` (assignments)."""
+        seq = max([m["seq"] for m in self.to(conn, "RunqAssignRun")] or [0])
+        runs = [[a["batch_id"], a["batch_index"], a["attempt"]] for a in held]
+        return self.send(conn, "WorkerHeartbeat", worker_id=wid, seq=seq, runs=runs)
 
     def _run(self, out):
         self.store.commit()
@@ -23,24 +43,31 @@ class Harness:
         return out
 
     def request(self, mtype, **fields):
+        if "client" not in self.opened:
+            self.open("client", "client")
         out = self._run(self.coord.handle("client", protocol.message(mtype, **fields), self.now))
         assert out[-1][0] == "client"
         return out[-1][1]
 
     def worker(self, conn, group="", user="", engine="dummy", cost=1.0, speed=1.0, priority=0.0):
-        self.coord.connected(conn, "127.0.0.1", self.now)
+        self.open(conn)
         out = self.send(conn, "WorkerReady", host="h-" + conn, pid=1, group=group, user=user, engine=engine,
                         cost=cost, speed=speed, priority=priority)
         assert out[0][1]["type"] == "RunqAcceptWorker"
+        self.keys[out[0][1]["worker_id"]] = out[0][1]["key"]
         return out[0][1]["worker_id"]
 
-    def reconnect(self, conn, wid, claim=None):
+    def reconnect(self, conn, wid, claim=None, proof=None):
         """A worker back on a new connection, claiming the run of `claim` (an assignment) or none."""
-        self.coord.connected(conn, "127.0.0.1", self.now)
+        challenge = self.open(conn)
         run = {k: claim[k] for k in ("batch_id", "batch_index", "attempt")} if claim else {}
+        if proof is None and wid in self.keys:
+            proof = auth.reconnect_proof(self.keys[wid], wid, challenge["nonce"])
         out = self.send(conn, "WorkerReconnect", worker_id=wid, host="h", pid=1, group="", user="", engine="dummy",
-                        cost=1.0, speed=1.0, priority=0.0, **run)
+                        cost=1.0, speed=1.0, priority=0.0, proof=proof, **run)
         assert out[0][1]["type"] == "RunqAcceptWorker"
+        if out[0][1]["key"] is not None:
+            self.keys[out[0][1]["worker_id"]] = out[0][1]["key"]
         return out[0][1]
 
     def send(self, conn, mtype, **fields):
@@ -73,6 +100,7 @@ class Harness:
         self.store.db.close()
         self.store = Store(self.url)
         self.coord = Coordinator(self.store, self.cfg, BatchDefaults(), now=self.now)
+        self.opened.clear()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -173,7 +201,7 @@ def test_worker_reconnecting_within_grace_keeps_its_run(h):
     assert h.reconnect("w1b", wid, a)["keep_run"] is True
     for _ in range(10):   # well past grace: no effect, it is connected and heartbeats
         h.tick(10)
-        h.send("w1b", "WorkerHeartbeat", worker_id=wid, batch_id=1, batch_index=0, attempt=1)
+        h.heartbeat("w1b", wid, a)
     h.report("w1b", wid, a)
     assert h.batch()["batch"]["n_finished"] == 1
 
@@ -299,8 +327,8 @@ def test_idempotency_key_gives_one_batch(h):
 
 
 def test_unknown_worker_message_is_refused(h):
-    h.coord.connected("x", "127.0.0.1", h.now)
-    out = h.send("x", "WorkerHeartbeat", worker_id=99)
+    h.open("x")
+    out = h.send("x", "WorkerHeartbeat", worker_id=99, seq=0, runs=[])
     assert out[0][1]["type"] == "RunqError" and out[1] == ("x", None)
 
 
@@ -342,14 +370,14 @@ def test_worker_back_with_a_stale_run_gets_no_new_one_until_it_lets_go(h):
     stale = h.assigned("w")[-1]
     h.tick(31)                                         # lease lost: attempt 1 taken back
     assert h.assigned("w") == [stale]                  # aborting: nothing new yet
-    h.send("w", "WorkerHeartbeat", worker_id=wid)      # let go
+    h.heartbeat("w", wid)                              # let go
     given = h.assigned("w")[-1]
     assert (given["batch_index"], given["attempt"]) == (0, 2)
     h._run(h.coord.disconnected("w", h.now))
     h.sent.clear()
     h.reconnect("w2", wid, stale)
-    kinds = [m["type"] for c, m in h.sent if c == "w2"]
+    kinds = [m["type"] for c, m in h.sent if c == "w2" and m["type"] != "RunqChallenge"]
     assert kinds == ["RunqAcceptWorker", "RunqAbortRun"]
     assert h.request("BatchStatus", batch_id=1)["batch"]["n_running"] == 0
-    h.send("w2", "WorkerHeartbeat", worker_id=wid)     # it let go of the stale run
+    h.heartbeat("w2", wid)                             # it let go of the stale run
     assert h.assigned("w2")

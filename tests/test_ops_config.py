@@ -126,10 +126,10 @@ def test_pool_traits_and_instance_runq_address_reach_the_workers(tmp_path):
 
 def test_only_simx_settings_are_passed_and_odd_characters_survive(tmp_path):
     url = "postgresql://u:p%40ss,w\"rd@127.0.0.1/simx"
-    cfg, env = _config(tmp_path, SIMX_DB_URL=url, SIMX_WORKER_TOKEN="s3cret", UNRELATED="x")
+    cfg, env = _config(tmp_path, SIMX_DB_URL=url, SIMX_WORKER_SECRET_FILE="/etc/simx/w.secret", UNRELATED="x")
     runq = _parse(tmp_path, render(cfg, hosts.DEFAULT_LOCAL, env, user="root"))["runq"].process_configs[0]
     assert runq.environment["SIMX_DB_URL"] == url
-    assert runq.environment["SIMX_WORKER_TOKEN"] == "s3cret"
+    assert runq.environment["SIMX_WORKER_SECRET_FILE"] == "/etc/simx/w.secret"
     assert "UNRELATED" not in runq.environment
 
 

@@ -44,6 +44,9 @@ def test_bad_messages_name_what_is_wrong(body, complaint):
 
 
 def test_optional_fields_may_be_absent_and_nullable_ones_null():
-    protocol.message("WorkerHeartbeat", worker_id=1)
-    protocol.message("WorkerHeartbeat", worker_id=1, batch_id=None, batch_index=None, attempt=None)
+    protocol.message("WorkerReconnect", worker_id=1, host="h", pid=1, group="", user="", engine="e", cost=1,
+                     speed=1, priority=0)
+    protocol.message("WorkerReconnect", worker_id=1, host="h", pid=1, group="", user="", engine="e", cost=1,
+                     speed=1, priority=0, proof=None, batch_id=None, batch_index=None, attempt=None)
+    protocol.message("Hello", version=2, role="client", nonce="00")
     protocol.message("StartBatch", engine="e", n_runs=2, time_limit=1.5)

@@ -4,7 +4,7 @@ import struct
 
 from procs import start_runq
 from runq import protocol
-from runq.client import Link, RunqClient
+from runq.client import Link, RunqClient, handshake
 
 
 def raw(port):
@@ -44,9 +44,9 @@ def test_bad_peers_are_closed_and_others_keep_being_served(tmp_path):
         assert "exceeds" in read_reply(huge)["message"]
         assert closed(huge)
         stranger = raw(port)
-        stranger.sendall(protocol.encode(protocol.message("WorkerHeartbeat", worker_id=42)))
+        stranger.sendall(protocol.encode(protocol.message("WorkerHeartbeat", worker_id=42, seq=0, runs=[])))
         error = read_reply(stranger)
-        assert error["type"] == "RunqError" and "unknown worker 42" in error["message"]
+        assert error["type"] == "RunqError" and "before authentication" in error["message"]
         assert closed(stranger)
         client = RunqClient(port=port)
         reply = client.request("StartBatch", name="名前 ✓", engine="dummy", n_runs=2, param={"ü": "ß"})
@@ -54,7 +54,7 @@ def test_bad_peers_are_closed_and_others_keep_being_served(tmp_path):
         assert status["batch"]["name"] == "名前 ✓" and status["batch"]["param"] == {"ü": "ß"}
         stalled.close()
         log = runq.log()
-        assert "sent a bad frame" in log and "unknown worker 42" in log
+        assert "sent a bad frame" in log and "WorkerHeartbeat before authentication" in log
     finally:
         runq.stop()
 
@@ -71,6 +71,7 @@ def test_restart_on_the_same_file_resumes_and_deleting_it_resets(tmp_path):
         batches = RunqClient(port=port).request("BatchList")["batches"]
         assert [(b["name"], b["n_waiting"]) for b in batches] == [("keep", 3)]
         link = Link.connect("127.0.0.1", port)
+        handshake(link, "worker")
         link.send(protocol.message("WorkerReady", host="h", pid=1, group="", user="", engine="dummy",
                                    cost=1.0, speed=1.0, priority=0.0))
         assert link.recv()["type"] == "RunqAcceptWorker"
@@ -98,6 +99,7 @@ def test_runq_on_postgresql_survives_sigkill(tmp_path, postgres):
         client = RunqClient(port=port)
         client.request("StartBatch", name="pg ✓", engine="dummy", n_runs=3, param={"k": "ü"})
         link = Link.connect("127.0.0.1", port)
+        handshake(link, "worker")
         link.send(protocol.message("WorkerReady", host="h", pid=1, group="", user="", engine="dummy",
                                    cost=1.0, speed=1.0, priority=0.0))
         wid = link.recv()["worker_id"]
@@ -120,17 +122,24 @@ def test_runq_on_postgresql_survives_sigkill(tmp_path, postgres):
         runq.stop()
 
 
-def test_workers_must_present_the_token_when_one_is_set(tmp_path):
-    from procs import base_env, free_port, start_worker, wait_until, workers_connected
+def test_workers_must_prove_the_worker_secret_when_one_is_set(tmp_path):
+    from procs import base_env, free_port, make_secrets, start_worker, wait_until, workers_connected
     port = free_port()
-    runq = start_runq(tmp_path, port=port, env=base_env(tmp_path, port, SIMX_WORKER_TOKEN="s3cret"))
-    wrong = start_worker(tmp_path, port, env=base_env(tmp_path, port, SIMX_WORKER_TOKEN="guess"), name="wrong")
-    right = start_worker(tmp_path, port, env=base_env(tmp_path, port, SIMX_WORKER_TOKEN="s3cret"), name="right")
+    secrets = make_secrets(tmp_path)
+    env = base_env(tmp_path, port, **secrets)
+    runq = start_runq(tmp_path, port=port, env=env)
+    other = tmp_path / "other.secret"
+    other.write_text("0123456789abcdef" * 4 + "\n")
+    other.chmod(0o600)
+    wrong = start_worker(tmp_path, port, env=base_env(tmp_path, port, SIMX_WORKER_SECRET_FILE=other), name="wrong")
+    right = start_worker(tmp_path, port, env=env, name="right")
     try:
         assert wrong.wait(20) == 2                      # a configuration error: no retry loop
-        assert "token" in wrong.log()
-        wait_until(lambda: len(workers_connected(port)) == 1, 20, what="the worker with the token")
-        assert "worker token missing or wrong" in runq.log()
+        assert "runq refused this worker (401)" in wrong.log()
+        wait_until(lambda: len(workers_connected(port, env)) == 1, 20, what="the worker with the secret")
+        assert "no worker secret with key id" in runq.log()
+        for path in secrets.values():                  # secrets are never logged
+            assert open(path).read().strip() not in runq.log() + right.log() + wrong.log()
     finally:
         for proc in (wrong, right, runq):
             proc.stop()

@@ -25,7 +25,7 @@ class Scripted(Engine):
 
 
 def assignment(**param):
-    return protocol.message("RunqAssignRun", batch_id=4, batch_index=2, attempt=1, engine="dummy",
+    return protocol.message("RunqAssignRun", batch_id=4, batch_index=2, attempt=1, seq=1, engine="dummy",
                             param=param, time_limit=30.0)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from procs import eventually
-from runq import protocol
+from runq import auth, protocol
 from worker.backoff import Backoff
 from worker.engines import Engine
 from worker.engines.dummy import DummyEngine
@@ -115,11 +115,11 @@ class FakeRunq:
 class RunningWorker:
     """A WorkerLoop in a thread, with quick reconnects."""
 
-    def __init__(self, address, engine: Engine | None = None, token: str | None = None, **options):
+    def __init__(self, address, engine: Engine | None = None, secret: bytes | None = None, **options):
         traits = Traits(host="testhost", pid=os.getpid(), group="g", user="u", engine="dummy",
                         cost=1, speed=2, priority=3)
         options.setdefault("backoff", Backoff(initial=0.02, cap=0.1))
-        self.loop = WorkerLoop(traits, engine or DummyEngine(), address, token, **options)
+        self.loop = WorkerLoop(traits, engine or DummyEngine(), address, secret, **options)
         self.code: int | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -157,16 +157,34 @@ def start_worker(runq):
         assert not worker.thread.is_alive(), "worker loop did not stop"
 
 
-def handshake(runq: FakeRunq, worker_id=7, heartbeat_interval=30.0, keep_run=False) -> tuple[Peer, dict]:
+def challenge(runq: FakeRunq, secret: bytes | None = None, instance: str = "instance-1") -> Peer:
+    """Accept a connection and run runq's half of the v2 handshake up to the worker's Auth."""
     peer = runq.accept()
     hello = peer.recv()
+    assert hello is not None and hello["type"] == "Hello" and hello["role"] == "worker", hello
+    peer.nonce = auth.new_nonce()
+    proof = auth.server_proof(secret, "worker", hello["nonce"], peer.nonce) if secret else None
+    peer.send("RunqChallenge", version=protocol.VERSION, instance=instance, nonce=peer.nonce, proof=proof)
+    got = peer.expect("Auth", skip=())
+    if secret:
+        assert got["proof"] == auth.peer_proof(secret, "worker", peer.nonce, hello["nonce"])
+    peer.hello = hello
+    return peer
+
+
+def handshake(runq: FakeRunq, worker_id=7, heartbeat_interval=30.0, keep_run=False, secret=None,
+              instance="instance-1", key=None) -> tuple[Peer, dict]:
+    peer = challenge(runq, secret, instance)
+    hello = peer.recv()
     assert hello is not None and hello["type"] in ("WorkerReady", "WorkerReconnect")
-    peer.send("RunqAcceptWorker", worker_id=worker_id, heartbeat_interval=heartbeat_interval, keep_run=keep_run)
+    peer.send("RunqAcceptWorker", worker_id=worker_id, heartbeat_interval=heartbeat_interval, keep_run=keep_run,
+              key=key)
     return peer, hello
 
 
 def assign(peer: Peer, batch_id=5, batch_index=0, attempt=1, **param) -> tuple[int, int, int]:
-    peer.send("RunqAssignRun", batch_id=batch_id, batch_index=batch_index, attempt=attempt,
+    peer.seq = getattr(peer, "seq", 0) + 1
+    peer.send("RunqAssignRun", batch_id=batch_id, batch_index=batch_index, attempt=attempt, seq=peer.seq,
               engine="dummy", param=param, time_limit=None)
     return batch_id, batch_index, attempt
 
@@ -181,13 +199,15 @@ def ack(peer: Peer, key, accepted=True) -> None:
 
 # -- handshake, heartbeats, status ---------------------------------------------------------
 
-def test_first_contact_sends_ready_with_traits_and_token(runq, start_worker):
-    start_worker(runq.address, token="s3cret")
-    peer, hello = handshake(runq, heartbeat_interval=0.1)
+def test_first_contact_proves_the_secret_then_sends_ready_with_traits(runq, start_worker):
+    secret = b"ab" * 32
+    start_worker(runq.address, secret=secret)
+    peer, hello = handshake(runq, heartbeat_interval=0.1, secret=secret)
+    assert peer.hello["key_id"] == auth.key_id(secret) and "s3cret" not in str(peer.seen)
     assert hello == {"type": "WorkerReady", "host": "testhost", "pid": os.getpid(), "group": "g", "user": "u",
-                     "engine": "dummy", "cost": 1, "speed": 2, "priority": 3, "token": "s3cret"}
+                     "engine": "dummy", "cost": 1, "speed": 2, "priority": 3}
     beat = peer.expect("WorkerHeartbeat", skip=())
-    assert beat["worker_id"] == 7 and beat.get("batch_id") is None
+    assert beat["worker_id"] == 7 and beat["runs"] == [] and beat["seq"] == 0
     peer.expect("WorkerHeartbeat", skip=())  # and again, every heartbeat_interval
 
 
@@ -197,7 +217,7 @@ def test_get_status_is_answered_with_a_heartbeat_naming_the_run(runq, start_work
     key = assign(peer, **LONG)
     peer.expect("WorkerUpdate")
     peer.send("RunqGetStatus")
-    peer.expect("WorkerHeartbeat", skip=("WorkerUpdate",), worker_id=7, **run_of(key))
+    peer.expect("WorkerHeartbeat", skip=("WorkerUpdate",), worker_id=7, runs=[list(key)], seq=1)
 
 
 def test_invalid_message_from_runq_is_skipped_without_dropping_the_link(runq, start_worker):
@@ -251,7 +271,7 @@ def test_report_is_kept_until_acked_and_resent_after_reconnect(runq, start_worke
     assert eventually(lambda: worker.loop.session.job is None and not worker.loop.session.pending)
     peer.send("RunqGetStatus")
     idle = peer.expect("WorkerHeartbeat", worker_id=9)
-    assert idle.get("batch_id") is None
+    assert idle["runs"] == []
     key2 = assign(peer, batch_index=1, step_count=0)  # idle again: takes the next run
     peer.expect("WorkerFinishedRun", **run_of(key2))
 
@@ -338,14 +358,14 @@ def test_reconnect_without_keep_run_aborts_the_run(runq, start_worker):
     peer.expect("WorkerAbortedRun", timeout=2, **run_of(key))
     ack(peer, key, accepted=False)
     peer.send("RunqGetStatus")
-    assert peer.expect("WorkerHeartbeat").get("batch_id") is None
+    assert peer.expect("WorkerHeartbeat")["runs"] == []
 
 
-def test_runq_error_about_the_token_exits_with_status_2(runq, start_worker):
-    worker = start_worker(runq.address, token="wrong")
+def test_runq_refusing_the_secret_exits_with_status_2(runq, start_worker):
+    worker = start_worker(runq.address, secret=b"cd" * 32)
     peer = runq.accept()
-    peer.expect("WorkerReady")
-    peer.send("RunqError", message="bad worker token")
+    peer.expect("Hello")
+    peer.send("RunqError", message="Auth: missing or wrong proof for the worker secret", code=401)
     peer.close()
     assert eventually(worker.exited)
     assert worker.code == 2
@@ -516,16 +536,26 @@ def test_sigusr1_drains_the_process(runq, tmp_path, python):
         finish(proc, 0)
 
 
-def test_bad_token_exits_the_process_with_status_2(runq, tmp_path, python):
-    proc = spawn([python, "-m", "worker", "--engine", "dummy", "--token", "wrong"], runq.address[1], tmp_path)
+def test_refused_secret_exits_the_process_with_status_2(runq, tmp_path, python):
+    secret = tmp_path / "worker.secret"
+    secret.write_text("ef" * 32 + "\n")
+    secret.chmod(0o600)
+    proc = spawn([python, "-m", "worker", "--engine", "dummy", "--secret-file", str(secret)], runq.address[1],
+                 tmp_path)
     try:
         peer = runq.accept()
-        assert peer.expect("WorkerReady")["token"] == "wrong"
-        peer.send("RunqError", message="invalid worker token")
+        assert peer.expect("Hello")["key_id"] == auth.key_id(("ef" * 32).encode())
+        peer.send("RunqError", message="Auth: missing or wrong proof for the worker secret", code=401)
         peer.close()
         assert finish(proc) == 2
     finally:
         finish(proc, 0)
+
+
+def test_old_token_flag_is_a_configuration_error_naming_its_replacement(tmp_path, python):
+    proc = spawn([python, "-m", "worker", "--engine", "dummy", "--token", "t"], 1, tmp_path)
+    assert finish(proc) == 2
+    assert "--secret-file" in (tmp_path / "worker.log").read_text()
 
 
 def test_unknown_engine_is_a_configuration_error(tmp_path, python):

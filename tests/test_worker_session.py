@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from runq import protocol
+from runq import auth, protocol
 from worker.engines import Aborted, Engine
 from worker.session import Session, Traits
 
@@ -45,18 +45,29 @@ def sent():
 
 @pytest.fixture
 def session(engine, sent):
-    return Session(TRAITS, engine, sent.append, lambda: None, token="t", update_interval=0.2,
-                   stop_timeout=5.0, drain_linger=0.5)
+    s = Session(TRAITS, engine, sent.append, lambda: None, update_interval=0.2,
+                stop_timeout=5.0, drain_linger=0.5)
+    s.sent_to_test = sent
+    return s
+
+
+def challenge(session, instance="inst-1"):
+    """A new connection: Hello out, runq's challenge in (no secret); the session sends Auth + registration."""
+    session.hello()
+    session.handle(protocol.message("RunqChallenge", version=protocol.VERSION, instance=instance,
+                                    nonce=auth.new_nonce(), proof=None), 0.0)
 
 
 def accept(session, now=0.0, worker_id=3, interval=10.0, keep_run=False):
+    challenge(session)
+    del session.sent_to_test[:]
     session.handle(protocol.message("RunqAcceptWorker", worker_id=worker_id, heartbeat_interval=interval,
                                     keep_run=keep_run), now)
 
 
 def assign(session, engine, now=0.0, attempt=1):
-    session.handle(protocol.message("RunqAssignRun", batch_id=1, batch_index=0, attempt=attempt, engine="dummy",
-                                    param={}, time_limit=None), now)
+    session.handle(protocol.message("RunqAssignRun", batch_id=1, batch_index=0, attempt=attempt, seq=attempt,
+                                    engine="dummy", param={}, time_limit=None), now)
     assert engine.started.wait(5)
     return (1, 0, attempt)
 
@@ -71,11 +82,12 @@ def finish(session, engine, now):
     session.advance(now)
 
 
-def test_hello_is_ready_first_then_reconnect_naming_the_run(session, engine):
-    assert session.hello()["type"] == "WorkerReady" and session.hello()["token"] == "t"
+def test_registration_is_ready_first_then_reconnect_naming_the_run(session, engine):
+    assert session.hello()["type"] == "Hello"
+    assert session.registration()["type"] == "WorkerReady"
     accept(session)
     key = assign(session, engine)
-    hello = session.hello()
+    hello = session.registration()
     assert hello["type"] == "WorkerReconnect" and hello["worker_id"] == 3 and protocol.run_key(hello) == key
 
 
@@ -160,7 +172,7 @@ def test_drain_before_accept_waits_for_the_handshake(session, sent):
 
 def test_assignment_of_another_engine_fails_at_once(session, sent):
     accept(session)
-    session.handle(protocol.message("RunqAssignRun", batch_id=1, batch_index=0, attempt=1, engine="aurora",
+    session.handle(protocol.message("RunqAssignRun", batch_id=1, batch_index=0, attempt=1, seq=1, engine="aurora",
                                     param={}, time_limit=None), 0.0)
     assert sent[-1]["type"] == "WorkerFailedRun" and "aurora" in sent[-1]["message"]
     assert session.job is None

@@ -2,15 +2,15 @@
 
     python -m worker --engine NAME [--engines FILE] [--allow-any-command]
                      [--group G] [--user U] [--cost C] [--speed S] [--priority P]
-                     [--host H] [--port N] [--token T] [--retry-delay-max SECONDS]
+                     [--host H] [--port N] [--secret-file FILE] [--retry-delay-max SECONDS]
                      [--config FILE] [--log-level LEVEL]
 
 NAME is an engine declared in conf/engines.yaml (SIMX_ENGINES or --engines names another file),
 the built-in ``dummy``, or ``module:Class``; ``command`` (any program a batch names) only with
---allow-any-command.  runq's address and the worker token default to conf/simx.yaml, overridden by
-RUNQ_HOST / RUNQ_PORT / SIMX_WORKER_TOKEN.  Exit status: 0 after a stop
+--allow-any-command.  runq's address and the worker secret file default to conf/simx.yaml, overridden by
+RUNQ_HOST / RUNQ_PORT / SIMX_WORKER_SECRET_FILE.  Exit status: 0 after a stop
 (SIGTERM/SIGINT) or a drain (SIGUSR1 or runq's RunqDrain), 2 for a
-configuration error (bad flag, unknown engine, token refused by runq).
+configuration error (bad flag, unknown engine, secret refused by runq).
 """
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ import socket
 import sys
 import threading
 
+from runq import auth, protocol
 from runq import config as runq_config
 from runq import engines as engine_catalog
-from runq import protocol
 
 from .backoff import Backoff
 from .engines.base import UnknownEngine, engine_name
@@ -61,7 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--priority", type=number, default=0, help="higher priority is preferred (default 0)")
     p.add_argument("--host", default=None, help="runq host (default RUNQ_HOST or conf, 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="runq port (default RUNQ_PORT or conf, 8096)")
-    p.add_argument("--token", default=None, help="worker token (default SIMX_WORKER_TOKEN or conf)")
+    p.add_argument("--secret-file", default=None,
+                   help="worker secret file (default SIMX_WORKER_SECRET_FILE or conf runq.worker_secret_file)")
+    p.add_argument("--token", default=None, help=argparse.SUPPRESS)  # gone: a clear error says what replaces it
     p.add_argument("--retry-delay-max", "--retry-delay", type=float, default=None, metavar="SECONDS",
                    help="longest wait between reconnect attempts (default conf worker.retry_delay_max, 10)")
     p.add_argument("--config", "--conf", default=None, help="configuration file (default conf/simx.yaml)")
@@ -74,11 +76,19 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
     except SystemExit as exc:  # argparse has printed the usage
         return int(exc.code or 0)
+    if args.token is not None:
+        print("worker: --token is gone: workers now prove a secret without sending it; use --secret-file FILE "
+              "(a file made by `fab runq.secrets`, see docs/SECURITY.md)", file=sys.stderr)
+        return 2
     try:
         conf = runq_config.load(args.config, runq_host=args.host, runq_port=args.port,
-                                runq_worker_token=args.token, runq_log_level=args.log_level,
-                                worker_retry_delay_max=args.retry_delay_max)
-    except runq_config.ConfigError as exc:
+                                runq_log_level=args.log_level, worker_retry_delay_max=args.retry_delay_max)
+        # a flag names a file as the shell sees it; conf and environment resolve like every conf path
+        secret_file = (args.secret_file or
+                       (conf.runq.worker_secret_file and
+                        runq_config.resolve_var_path(conf.runq.worker_secret_file, conf.root, conf.var)))
+        secret = auth.load_secret(secret_file) if secret_file else None
+    except (runq_config.ConfigError, auth.SecretError) as exc:
         print(f"worker: {exc}", file=sys.stderr)
         return 2
     level = logging.getLevelName(conf.runq.log_level.upper())
@@ -93,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         traits = Traits(host=socket.gethostname(), pid=os.getpid(), group=args.group, user=args.user,
                         engine=engine_name(engine, args.engine), cost=args.cost, speed=args.speed,
                         priority=args.priority)
-        loop = WorkerLoop(traits, engine, (conf.runq.host, conf.runq.port), conf.runq.worker_token or None,
+        loop = WorkerLoop(traits, engine, (conf.runq.host, conf.runq.port), secret,
                           backoff=Backoff(cap=conf.worker.retry_delay_max))
     except (UnknownEngine, engine_catalog.UnknownEngine, engine_catalog.SchemaError, protocol.ProtocolError) as exc:
         log.error("%s", exc)

@@ -33,14 +33,14 @@ class WorkerLoop:
     ``session_options`` (update_interval, stop_timeout, drain_linger) go to ``Session``.
     """
 
-    def __init__(self, traits: Traits, engine: Engine, address: tuple[str, int], token: str | None = None, *,
+    def __init__(self, traits: Traits, engine: Engine, address: tuple[str, int], secret: bytes | None = None, *,
                  clock=time.monotonic, backoff: Backoff | None = None,
                  connect_timeout: float = CONNECT_TIMEOUT, **session_options):
         self.address = address
         self.clock = clock
         self.backoff = backoff or Backoff()
         self.connect_timeout = connect_timeout
-        self.session = Session(traits, engine, self._send, self.wake, token, **session_options)
+        self.session = Session(traits, engine, self._send, self.wake, secret, **session_options)
         self.log = self.session.log
         self.link: Link | None = None  # while connecting or connected
         self.retry_at = -math.inf  # when to connect next while there is no link
@@ -129,6 +129,8 @@ class WorkerLoop:
                 if events & selectors.EVENT_READ:
                     for msg in link.receive():
                         self._receive(msg)
+                        if self.session.hangup is not None and self.link is link:
+                            self._drop(self.clock(), self.session.hangup)
                         if self.link is not link or self.session.exit_code is not None:
                             break
                 if events & selectors.EVENT_WRITE and self.link is link:

@@ -12,7 +12,8 @@ import dataclasses
 import logging
 import math
 
-from runq import protocol
+from runq import auth, protocol
+from runq.client import RunqRefused, check_challenge
 
 from .engines.base import Engine
 from .job import Job, run_name
@@ -54,13 +55,19 @@ def run_fields(key) -> dict:
 
 
 class Session:
-    def __init__(self, traits: Traits, engine: Engine, send, wake, token: str | None = None, *,
+    def __init__(self, traits: Traits, engine: Engine, send, wake, secret: bytes | None = None, *,
                  update_interval: float = UPDATE_INTERVAL, stop_timeout: float = STOP_TIMEOUT,
                  drain_linger: float = DRAIN_LINGER):
-        self.traits, self.engine, self.send, self.wake, self.token = traits, engine, send, wake, token
+        self.traits, self.engine, self.send, self.wake, self.secret = traits, engine, send, wake, secret
         self.update_interval, self.stop_timeout, self.drain_linger = update_interval, stop_timeout, drain_linger
         self.log = _WorkerLog(log, {"session": self})
         self.worker_id: int | None = None  # from the first RunqAcceptWorker on
+        self.key: str | None = None  # proves this worker's identity on reconnect (never sent)
+        self.instance: str | None = None  # the runq database this worker is registered with
+        self.seq = 0  # highest RunqAssignRun.seq received
+        self.nonce: str | None = None  # this connection's Hello nonce
+        self.runq_nonce: str | None = None  # this connection's RunqChallenge nonce
+        self.hangup: str | None = None  # set when the loop must drop the connection (runq not proven)
         self.online = False  # RunqAcceptWorker received on the current connection
         self.heartbeat_interval = math.inf
         self.next_heartbeat = math.inf
@@ -73,19 +80,25 @@ class Session:
         self.draining = False
         self.drain_sent_at = -math.inf
         self.exit_code: int | None = None
-        self.hello()  # fails now, not at the first connection, if a trait has the wrong type
+        self.registration()  # fails now, not at the first connection, if a trait has the wrong type
 
     # -- connection events -----------------------------------------------------------
 
     def hello(self) -> dict:
-        """The first message on a new connection: WorkerReady, or WorkerReconnect with the run held."""
+        """The first message on a new connection: Hello (protocol v2, runq/auth.py)."""
+        self.nonce, self.runq_nonce, self.hangup = auth.new_nonce(), None, None
+        return protocol.message("Hello", version=protocol.VERSION, role="worker", nonce=self.nonce,
+                                key_id=auth.key_id(self.secret) if self.secret is not None else None)
+
+    def registration(self) -> dict:
+        """After Auth: WorkerReady, or WorkerReconnect proving the identity, with the run held."""
         traits = dataclasses.asdict(self.traits)
-        if self.token is not None:
-            traits["token"] = self.token
         if self.worker_id is None:
             return protocol.message("WorkerReady", **traits)
         held = self.job.key if self.job is not None else None
-        return protocol.message("WorkerReconnect", worker_id=self.worker_id, **traits, **run_fields(held))
+        proof = auth.reconnect_proof(self.key, self.worker_id, self.runq_nonce) if self.key else None
+        return protocol.message("WorkerReconnect", worker_id=self.worker_id, proof=proof, **traits,
+                                **run_fields(held))
 
     def disconnected(self) -> None:
         self.online = False
@@ -101,7 +114,17 @@ class Session:
 
     def _dispatch(self, msg: dict, now: float) -> None:
         mtype = msg["type"]
-        if mtype == "RunqAcceptWorker":
+        if mtype == "RunqError":
+            self._error(msg)
+        elif self.runq_nonce is None and mtype != "RunqChallenge":
+            # nothing counts before runq has answered Hello (and, with a secret, proved itself)
+            self.log.warning("ignoring %s from runq before its challenge", mtype)
+        elif mtype == "RunqChallenge":
+            if self.runq_nonce is not None:
+                self.log.warning("ignoring a second RunqChallenge on this connection")
+                return
+            self._challenged(msg)
+        elif mtype == "RunqAcceptWorker":
             self._accepted(msg, now)
         elif mtype == "RunqAssignRun":
             self._assign(msg)
@@ -114,14 +137,45 @@ class Session:
                 self._send_heartbeat(now)
         elif mtype == "RunqDrain":
             self.drain(now, "runq asked")
-        elif mtype == "RunqError":
-            self._error(msg)
         else:
             self.log.warning("ignoring unexpected %s from runq", mtype)
 
+    def _challenged(self, msg: dict) -> None:
+        """Check runq's proof, prove the secret, then register or reconnect (pipelined)."""
+        try:
+            check_challenge(msg, "worker", self.secret, self.nonce)
+        except RunqRefused as exc:
+            self.log.error("%s; not talking to it", exc)
+            self.hangup = str(exc)
+            return
+        if self.instance is not None and msg["instance"] != self.instance:
+            self._forget_instance()
+        self.instance, self.runq_nonce = msg["instance"], msg["nonce"]
+        proof = auth.peer_proof(self.secret, "worker", self.runq_nonce, self.nonce) if self.secret else None
+        self.send(protocol.message("Auth", proof=proof))
+        self.send(self.registration())
+
+    def _forget_instance(self) -> None:
+        """runq's database is another one (it was reset): nothing this worker held there means anything."""
+        self.log.warning("runq is a new instance (its database was reset?): registering afresh, "
+                         "dropping the run and reports of the old one")
+        self.worker_id, self.key, self.seq = None, None, 0
+        self.pending.clear()
+        job = self.job
+        if job is not None:
+            if job.report is None:
+                job.request_abort("runq's database was reset")
+                job.report = "abandoned"
+            self.job = None  # last_job keeps it, to be joined at exit
+
     def _accepted(self, msg: dict, now: float) -> None:
-        if self.worker_id is not None and msg["worker_id"] != self.worker_id:
-            self.log.warning("runq registered this worker afresh as %s", msg["worker_id"])
+        if msg["worker_id"] != self.worker_id:
+            if self.worker_id is not None:
+                self.log.warning("runq registered this worker afresh as %s", msg["worker_id"])
+            # a new identity: its key comes with it (no secret) or from this handshake (secret)
+            self.key = msg.get("key") or (auth.worker_key(self.secret, self.runq_nonce, self.nonce)
+                                          if self.secret else None)
+            self.seq = 0
         self.worker_id = msg["worker_id"]
         self.online = True
         self.heartbeat_interval = msg["heartbeat_interval"] or math.inf
@@ -141,6 +195,7 @@ class Session:
 
     def _assign(self, msg: dict) -> None:
         key = protocol.run_key(msg)
+        self.seq = max(self.seq, msg["seq"])  # even when refused: runq learns from the heartbeat
         if self.draining or self.stopping:
             self.log.info("refusing run %s: %s", run_name(key), "stopping" if self.stopping else "draining")
             self._report(key, "WorkerStoppedRun", {})
@@ -183,10 +238,12 @@ class Session:
 
     def _error(self, msg: dict) -> None:
         self.log.error("runq error: %s", msg["message"])
-        # A refused token (code 401) is a configuration error that retrying cannot
-        # fix, so give up rather than loop forever.
-        if msg.get("code") == 401 or "token" in msg["message"].lower():
-            self.log.error("runq refused the worker token; exiting")
+        # A refused secret (401), another protocol version (426) or traits outside the
+        # secret's bounds (403 at registration) are configuration errors that retrying
+        # cannot fix, so give up rather than loop forever.
+        code = msg.get("code")
+        if code in (401, 426) or (code == 403 and not self.online):
+            self.log.error("runq refused this worker (%s); exiting", code)
             self.exit_code = 2
 
     # -- time and the engine -----------------------------------------------------------
@@ -244,7 +301,8 @@ class Session:
         job = self.job
         computing = job.key if job is not None and job.report is None else None
         self.next_heartbeat = now + self.heartbeat_interval
-        self.send(protocol.message("WorkerHeartbeat", worker_id=self.worker_id, **run_fields(computing)))
+        self.send(protocol.message("WorkerHeartbeat", worker_id=self.worker_id, seq=self.seq,
+                                   runs=[list(computing)] if computing is not None else []))
 
     def _send_progress(self, now: float) -> None:
         job = self.job
