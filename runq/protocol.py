@@ -67,6 +67,8 @@ SCHEMA: dict[str, dict[str, object]] = {
     "CancelBatch": dict(batch_id=INT),
     "CancelRun": dict(batch_id=INT, batch_index=INT),
     "DrainWorker": dict(worker_id=INT),
+    # a failed login runweb reports (failed: true) or asks about; the Reply says retry_after (s or null)
+    "LoginThrottle": dict(address=STR, user=STR, failed=BOOL),
     # runq -> client: {status: ok|error, code, message, ...data}
     "Reply": dict(status=STR, code=INT, message=STR),
 }
@@ -88,6 +90,13 @@ OPTIONAL: dict[str, frozenset[str]] = {
     "WorkerList": frozenset({"offset", "limit"}),
     "BatchStatus": frozenset({"offset", "limit"}),
 }
+# Who asks (web stream): every client request may carry the runweb user it acts for and whether
+# that user is an admin.  Absent = a holder of the client secret (fab, benches): admin.
+CLIENT_REQUESTS = ("StartBatch", "BatchList", "BatchStatus", "RunStatus", "UserStatus", "WorkerList",
+                   "WorkerStatus", "CancelBatch", "CancelRun", "DrainWorker")
+for _name in CLIENT_REQUESTS:
+    SCHEMA[_name].update(actor=OPT_STR, admin=BOOL)
+    OPTIONAL[_name] = OPTIONAL.get(_name, frozenset()) | {"actor", "admin"}
 # Messages a worker sends (everything else a client may send is a request).
 FROM_WORKER = frozenset({
     "WorkerReady", "WorkerReconnect", "WorkerHeartbeat", "WorkerUpdate", "WorkerFinishedRun",

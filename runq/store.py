@@ -23,6 +23,7 @@ COLUMNS = {
         "max_attempts": "i", "max_requeues": "i", "time_limit": "f", "idempotency_key": "s",
         "state": "s", "next_index": "i", "n_waiting": "i", "n_running": "i", "n_finished": "i",
         "n_failed": "i", "n_cancelled": "i", "start_time": "f", "end_time": "f",
+        "owner": "s",  # the runweb user who submitted it; rows from before owners: their `user`
     },
     "runs": {
         "batch_id": "i", "batch_index": "i", "state": "s", "attempt": "i", "failures": "i",
@@ -43,6 +44,7 @@ INDEXES = [
     ("runs", ["batch_id", "batch_index"], "runs_key", True),
     ("attempts", ["batch_id", "batch_index", "attempt"], "attempts_key", False),
     ("batches", ["user"], "batches_user", False),
+    ("batches", ["owner"], "batches_owner", False),
     ("batches", ["idempotency_key"], "batches_idempotency_key", True),
     ("batches", ["state"], "batches_state", False),
 ]
@@ -71,6 +73,13 @@ class Store:
         self._json_cols = {name: [c for c, t in cols.items() if t == "j"] for name, cols in COLUMNS.items()}
         self._build_statements()
         self._reset_buffer()
+        self._migrate()
+
+    def _migrate(self):
+        """Batches stored before owners existed are owned by their `user` field."""
+        b = self.tables["batches"]
+        with self.engine.begin() as conn:
+            conn.execute(b.update().where(b.c.owner.is_(None)).values(owner=b.c.user))
 
     # ---- schema
     def _ensure_table(self, name: str, cols: dict) -> sa.Table:
@@ -188,11 +197,13 @@ class Store:
         return rows[0] if rows else None
 
     def batch_rows(self, user: str | None = None, states: tuple[str, ...] | None = None,
-                   offset: int = 0, limit: int | None = None) -> list[dict]:
+                   offset: int = 0, limit: int | None = None, owner: str | None = None) -> list[dict]:
         b = self.tables["batches"]
         stmt = b.select().order_by(b.c.id)
         if user is not None:
             stmt = stmt.where(b.c.user == user)
+        if owner is not None:
+            stmt = stmt.where(b.c.owner == owner)
         if states:
             stmt = stmt.where(b.c.state.in_(states))
         if offset or limit is not None:

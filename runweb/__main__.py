@@ -3,6 +3,9 @@
 Port: --port, else runweb.run_port (4567) with --foreground-port, else
 RUNWEB_PORT / runweb.port (8097).  Bind address and worker count: the flag,
 else RUNWEB_BIND / conf.  The access log goes to stdout.
+
+Worker class, threads and timeouts come from conf (runweb.worker_class,
+threads, timeout, keepalive): see WORKER_CLASSES for why gthread.
 """
 from __future__ import annotations
 
@@ -13,6 +16,15 @@ import sys
 from runq import config as simx_config
 
 APP = "runweb.app:get_app()"
+# conf name -> gunicorn worker class.  Measured against a slowloris (bench/slowloris.py,
+# docs/ARCHITECTURE.md "runweb under load"): sync stalls everyone while two sockets hang;
+# runweb's own gthread class bounds how long a socket may take to send its request.
+WORKER_CLASSES = {
+    "gthread": "runweb.gunicorn_worker.ThreadWorker",
+    "sync": "sync",
+    "stock-gthread": "gthread",  # gunicorn's own, for bench/slowloris.py
+    "gevent": "gevent",
+}
 
 
 def _port(text: str) -> int:
@@ -47,6 +59,7 @@ def gunicorn_argv(args: argparse.Namespace, cfg: simx_config.Config) -> list[str
         sys.executable, "-m", "gunicorn",
         "--chdir", str(cfg.root),  # so runweb imports from any directory
         "-w", str(cfg.runweb.workers),
+        *worker_flags(cfg.runweb),
         "-b", f"{host}:{port}",
         "--access-logfile", "-",
         "--graceful-timeout", "5",
@@ -55,14 +68,26 @@ def gunicorn_argv(args: argparse.Namespace, cfg: simx_config.Config) -> list[str
     ]
 
 
+def worker_flags(web: simx_config.RunwebConfig) -> list[str]:
+    """gunicorn flags for the worker class, threads and timeouts, from conf."""
+    if web.worker_class not in WORKER_CLASSES:
+        raise simx_config.ConfigError(f"configuration runweb.worker_class: {web.worker_class!r} is not one of "
+                                      f"{', '.join(WORKER_CLASSES)}")
+    flags = ["-k", WORKER_CLASSES[web.worker_class], "--timeout", str(web.timeout),
+             "--keep-alive", str(web.keepalive)]
+    if "gthread" in web.worker_class:
+        flags += ["--threads", str(web.threads)]
+    return flags
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         cfg = simx_config.load(runweb_bind=args.bind, runweb_workers=args.workers)
+        command = gunicorn_argv(args, cfg)
     except simx_config.ConfigError as exc:
         print(f"runweb: {exc}", file=sys.stderr)
         return 2
-    command = gunicorn_argv(args, cfg)
     sys.stdout.flush()
     os.execv(command[0], command)
     return 0  # not reached: gunicorn replaced this process

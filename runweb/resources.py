@@ -19,8 +19,14 @@ DEFAULT_LIMIT, MAX_LIMIT = 1000, 10000
 MAX_ID = 2**63 - 1  # what a database integer column holds
 
 
-def ask(client, mtype: str, **fields) -> dict:
-    """One request to runq -> the reply's envelope; an error reply raises RunqRefused."""
+def ask(client, req: falcon.Request, mtype: str, **fields) -> dict:
+    """One request to runq, as the caller (req.context.actor, admin) -> the reply's envelope;
+    an error reply raises RunqRefused."""
+    return ask_plain(client, mtype, actor=req.context.actor, admin=req.context.admin, **fields)
+
+
+def ask_plain(client, mtype: str, **fields) -> dict:
+    """One request to runq as is (Ping: about runq, not about anyone's batches)."""
     reply = client.request(mtype, **fields)
     if reply.get("status") != "ok":
         raise RunqRefused(reply.get("code", 502), reply.get("message") or f"runq refused {mtype}")
@@ -91,7 +97,7 @@ class Health:
 
     def on_get(self, req, resp):
         try:
-            resp.media = ask(self.client, "Ping")
+            resp.media = ask_plain(self.client, "Ping")
         except (RunqRefused, ProtocolError) as exc:
             raise RunqUnavailable(f"runq answered Ping badly: {exc}") from None
 
@@ -103,11 +109,11 @@ class Batches:
         self.client, self.max_body = client, max_body
 
     def on_get(self, req, resp):
-        resp.media = ask(self.client, "BatchList", **page(req))
+        resp.media = ask(self.client, req, "BatchList", **page(req))
 
     def on_post_new(self, req, resp):
         fields = batch_request.parse(read_body(req, self.max_body), header_text(req, "Idempotency-Key"))
-        resp.media = reply = ask(self.client, "StartBatch", **fields)
+        resp.media = reply = ask(self.client, req, "StartBatch", **fields)
         if reply.get("created", True):
             resp.status, resp.location = falcon.HTTP_201, f"/batch/{reply.get('batch_id')}"
 
@@ -119,10 +125,10 @@ class Batch:
         self.client = client
 
     def on_get(self, req, resp, batch_id):
-        resp.media = ask(self.client, "BatchStatus", batch_id=integer("batch_id", batch_id), **page(req))
+        resp.media = ask(self.client, req, "BatchStatus", batch_id=integer("batch_id", batch_id), **page(req))
 
     def on_post_cancel(self, req, resp, batch_id):
-        resp.media = ask(self.client, "CancelBatch", batch_id=integer("batch_id", batch_id))
+        resp.media = ask(self.client, req, "CancelBatch", batch_id=integer("batch_id", batch_id))
 
 
 class Run:
@@ -132,10 +138,10 @@ class Run:
         self.client = client
 
     def on_get(self, req, resp, batch_id, batch_index):
-        resp.media = ask(self.client, "RunStatus", **self._key(batch_id, batch_index))
+        resp.media = ask(self.client, req, "RunStatus", **self._key(batch_id, batch_index))
 
     def on_post_cancel(self, req, resp, batch_id, batch_index):
-        resp.media = ask(self.client, "CancelRun", **self._key(batch_id, batch_index))
+        resp.media = ask(self.client, req, "CancelRun", **self._key(batch_id, batch_index))
 
     @staticmethod
     def _key(batch_id: str, batch_index: str) -> dict:
@@ -149,7 +155,8 @@ class User:
         self.client = client
 
     def on_get(self, req, resp, user):
-        resp.media = ask(self.client, "UserStatus", user=user, **page(req))
+        user = batch_request.plain_text("parameter 'user'", user)
+        resp.media = ask(self.client, req, "UserStatus", user=user, **page(req))
 
 
 class Workers:
@@ -159,7 +166,7 @@ class Workers:
         self.client = client
 
     def on_get(self, req, resp):
-        resp.media = ask(self.client, "WorkerList", **page(req))
+        resp.media = ask(self.client, req, "WorkerList", **page(req))
 
 
 class Worker:
@@ -169,7 +176,7 @@ class Worker:
         self.client = client
 
     def on_get(self, req, resp, worker_id):
-        resp.media = ask(self.client, "WorkerStatus", worker_id=integer("worker_id", worker_id))
+        resp.media = ask(self.client, req, "WorkerStatus", worker_id=integer("worker_id", worker_id))
 
     def on_post_drain(self, req, resp, worker_id):
-        resp.media = ask(self.client, "DrainWorker", worker_id=integer("worker_id", worker_id))
+        resp.media = ask(self.client, req, "DrainWorker", worker_id=integer("worker_id", worker_id))
