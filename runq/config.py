@@ -53,6 +53,7 @@ class RunwebConfig:
     threads: int = 32
     timeout: int = 30
     keepalive: int = 2
+    io_timeout: float = 10.0
     # true when a reverse proxy on this host forwards requests: loopback peers are then not trusted
     behind_proxy: bool = False
 
@@ -88,6 +89,7 @@ ENV = {
     "RUNWEB_USERS": ("runweb", "users_file"),
     "RUNWEB_WORKER_CLASS": ("runweb", "worker_class"),
     "RUNWEB_THREADS": ("runweb", "threads"),
+    "RUNWEB_IO_TIMEOUT": ("runweb", "io_timeout"),
     "RUNWEB_BEHIND_PROXY": ("runweb", "behind_proxy"),
 }
 SECTIONS = {"runq": RunqConfig, "batch": BatchDefaults, "runweb": RunwebConfig, "worker": WorkerConfig}

@@ -14,7 +14,8 @@ from runq.client import RunqClient, RunqUnavailable
 from runq.protocol import ProtocolError
 
 from . import auth, media, openapi, origin, resources
-from .errors import BodyTooLarge, CrossSite, InvalidRequest, NotAuthenticated, RunqRefused, TooManyLogins
+from .errors import (BodyTooLarge, CrossSite, InvalidRequest, NotAuthenticated, RequestTimeout, RunqRefused,
+                     TooManyLogins)
 
 RUNQ_TIMEOUT = 20.0  # seconds; under gunicorn's 30 s worker timeout, so a stuck runq gives a 503
 
@@ -50,6 +51,7 @@ ERRORS = {
     InvalidRequest: (400, "", {}),
     NotAuthenticated: (401, "", {"WWW-Authenticate": 'Basic realm="simx"'}),
     CrossSite: (403, "", {}),
+    RequestTimeout: (408, "", {}),
     BodyTooLarge: (413, "", {}),
     TooManyLogins: (429, "", {}),
     ProtocolError: (502, "bad exchange with runq: ", {}),

@@ -187,7 +187,7 @@ class Authenticate:
         name, password = credentials
         self._throttle(req, name, failed=False)
         if not self.users.check(name, password):
-            self._throttle(req, name, failed=True)
+            self._throttle(req, name, failed=True)  # counted: past the limit, the next try gets 429
             raise NotAuthenticated("wrong user name or password")
         req.context.actor, req.context.admin = name, self.users.is_admin(name)
 
@@ -196,5 +196,5 @@ class Authenticate:
         reply = self.client.request("LoginThrottle", address=req.remote_addr or "", user=name[:200],
                                     failed=failed)
         wait = reply.get("retry_after") if reply.get("status") == "ok" else None
-        if isinstance(wait, (int, float)) and wait > 0:
+        if not failed and isinstance(wait, (int, float)) and wait > 0:
             raise TooManyLogins(wait)

@@ -16,6 +16,10 @@ class BodyTooLarge(Exception):
     """The request body is over runweb.max_body bytes."""
 
 
+class RequestTimeout(Exception):
+    """The client stopped sending its request body."""
+
+
 class NotAuthenticated(Exception):
     """An untrusted client without valid HTTP basic credentials."""
 

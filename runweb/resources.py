@@ -13,7 +13,7 @@ from runq.client import RunqUnavailable
 from runq.protocol import ProtocolError
 
 from . import batch_request
-from .errors import BodyTooLarge, InvalidRequest, RunqRefused
+from .errors import BodyTooLarge, InvalidRequest, RequestTimeout, RunqRefused
 
 DEFAULT_LIMIT, MAX_LIMIT = 1000, 10000
 MAX_ID = 2**63 - 1  # what a database integer column holds
@@ -64,7 +64,10 @@ def read_body(req: falcon.Request, limit: int) -> bytes:
         raise too_large
     # Chunked uploads have no Content-Length; a server that ends the input itself says so (gunicorn does).
     chunked = req.content_length is None and req.env.get("wsgi.input_terminated")
-    body = (req.stream if chunked else req.bounded_stream).read(limit + 1)
+    try:
+        body = (req.stream if chunked else req.bounded_stream).read(limit + 1)
+    except TimeoutError:  # runweb.io_timeout without progress (gunicorn_worker sets it)
+        raise RequestTimeout("the request body stopped arriving; send it whole") from None
     if len(body) > limit:
         raise too_large
     return body
