@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 
+from gunicorn import util
 from gunicorn.workers import gthread
 
 from runq import config as simx_config
@@ -82,7 +83,12 @@ class ThreadWorker(gthread.ThreadWorker):
                 init()
                 conn.sock.settimeout(self.io_timeout)
             conn.init = init_with_timeout
-        return super().handle(conn)
+        result = super().handle(conn)
+        if result is False:
+            # gthread would close it on its main thread, lingering up to 2 s to drain what the
+            # client still sends: a few silent sockets would stall accepting.  Linger here instead.
+            util.close_graceful(conn.sock, timeout=min(2.0, self.io_timeout))
+        return result
 
     def handle_error(self, req, client, addr, exc):
         capture = _Capture()
