@@ -193,8 +193,8 @@ class Authenticate:
 
     def _throttle(self, req, name: str, failed: bool) -> None:
         """Ask runq whether this address or name must wait (recording a failure first if `failed`)."""
-        reply = self.client.request("LoginThrottle", address=req.remote_addr or "", user=name[:200],
-                                    failed=failed)
+        shown = "".join(ch if ch.isprintable() else "?" for ch in name[:200])  # the name as runq counts it
+        reply = self.client.request("LoginThrottle", address=req.remote_addr or "", user=shown, failed=failed)
         wait = reply.get("retry_after") if reply.get("status") == "ok" else None
         if not failed and isinstance(wait, (int, float)) and wait > 0:
             raise TooManyLogins(wait)

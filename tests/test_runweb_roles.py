@@ -181,3 +181,37 @@ def test_password_guessing_gets_429_even_for_the_right_password(web):
     assert procs.http("GET", f"{web}/batch", headers=ANN)[0] == 429  # the user name is throttled
     assert procs.http("GET", f"{web}/batch", headers=BOB)[0] == 429  # and so is the address
     assert procs.http("GET", f"{web}/batch")[0] == 200  # loopback without credentials is not a login
+
+
+# --- runweb, in process (stub runq) ---------------------------------------------------------
+
+def test_behind_a_proxy_loopback_is_not_trusted(tmp_path):
+    import falcon.testing
+    from runq import config
+    from runweb.app import create_app
+    from test_runweb_app import StubRunq
+    users_file = tmp_path / "users.yaml"
+    users.write_users(users_file, {"ann": {"password": auth.hash_password("ann-pw"), "admin": False}})
+    for behind_proxy, status in [(False, 200), (True, 401)]:
+        cfg = config.load(path=tmp_path / "none.yaml", env={}, root=tmp_path, runweb_behind_proxy=behind_proxy,
+                          runweb_users_file=str(users_file))
+        runq = StubRunq()
+        client = falcon.testing.TestClient(create_app(runq, cfg))
+        assert client.simulate_get("/batch", remote_addr="127.0.0.1").status_code == status
+        assert client.simulate_get("/batch", remote_addr="127.0.0.1", headers=ANN).status_code == 200
+        assert runq.who[-1] == ("ann", False)
+
+
+def test_users_file_keeps_old_lines_and_gains_admins(tmp_path, capsys):
+    path = tmp_path / "users.yaml"
+    path.write_text(f"ann: {auth.hash_password('pw')}\n")  # the file as the previous release wrote it
+    assert auth.read_users(path)["ann"]["admin"] is False
+    assert users.main(["--file", str(path), "add", "--admin", "boss"], stdin=__import__("io").StringIO("pw2\n")) == 0
+    assert users.main(["--file", str(path), "role", "ann", "admin"]) == 0
+    assert users.main(["--file", str(path), "role", "boss", "user"]) == 0
+    found = auth.Users(path)
+    assert found.is_admin("ann") and not found.is_admin("boss") and found.check("boss", "pw2")
+    capsys.readouterr()
+    assert users.main(["--file", str(path), "list"]) == 0
+    assert capsys.readouterr().out == "ann (admin)\nboss\n"
+    assert "boss: scrypt$" in path.read_text()  # a plain user is still written the old way
