@@ -19,11 +19,34 @@ from __future__ import annotations
 import json
 
 from gunicorn import util
+from gunicorn.http.errors import NoMoreData
 from gunicorn.workers import gthread
 
 from runq import config as simx_config
 
 from .media import dump_yaml
+
+
+class Stalled(NoMoreData, TimeoutError):
+    """The client sent nothing for io_timeout seconds: gthread treats it as a client that went
+    away (a debug line, no traceback); runweb's body reader answers 408."""
+
+
+class _Watch:
+    """The socket as gunicorn's request reader sees it: marks the connection when a read times out."""
+
+    def __init__(self, sock, conn):
+        self.sock, self.conn = sock, conn
+
+    def recv(self, size):
+        try:
+            return self.sock.recv(size)
+        except TimeoutError:
+            self.conn.stalled = True
+            raise Stalled(f"no data for {self.sock.gettimeout()} s") from None
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
 
 
 class _Capture:
@@ -82,12 +105,19 @@ class ThreadWorker(gthread.ThreadWorker):
             def init_with_timeout():
                 init()
                 conn.sock.settimeout(self.io_timeout)
+                unreader = getattr(conn.parser, "unreader", None)
+                if unreader is not None and not isinstance(getattr(unreader, "sock", None), _Watch):
+                    unreader.sock = _Watch(unreader.sock, conn)
             conn.init = init_with_timeout
         result = super().handle(conn)
         if result is False:
             # gthread would close it on its main thread, lingering up to 2 s to drain what the
-            # client still sends: a few silent sockets would stall accepting.  Linger here instead.
-            util.close_graceful(conn.sock, timeout=min(2.0, self.io_timeout))
+            # client still sends: a few silent sockets would stall accepting.  Linger here instead,
+            # and not at all for a client that stalled (it is owed no reply).
+            if getattr(conn, "stalled", False):
+                util.close(conn.sock)
+            else:
+                util.close_graceful(conn.sock, timeout=min(2.0, self.io_timeout))
         return result
 
     def handle_error(self, req, client, addr, exc):
