@@ -47,6 +47,11 @@ def test_the_original_readme_example_is_accepted_as_is():
     ("time_limit: null\n", {"time_limit": None}),
     ("idempotency_key: " + "k" * 200 + "\n", {"idempotency_key": "k" * 200}),
     ("n_runs: 100000000\n", {"n_runs": 100000000}),
+    # plain decimal numbers keep their YAML meaning; quoted non-decimal forms are strings
+    ("param: {a: -7, b: +3, c: 0, d: 1.5, e: 2.5e3, f: -.5}\n",
+     {"param": {"a": -7, "b": 3, "c": 0, "d": 1.5, "e": 2500.0, "f": -0.5}}),
+    ("param: {a: '0x10', b: \"1:30\"}\nname: 1_000\n", {"param": {"a": "0x10", "b": "1:30"}, "name": "1_000"}),
+    ("name: Zoë 田中\n", {"name": "Zoë 田中"}),
 ])
 def test_valid_requests(extra, expected):
     body = BASE.replace("n_runs: 3\n", "") if "n_runs" in extra else BASE
@@ -68,6 +73,18 @@ def test_valid_requests(extra, expected):
     (b"param: {day: 2020-13-45}\n", "malformed YAML: month must be in 1..12"),
     (b"- engine: dummy\n", "a batch request must be a YAML mapping of fields"),
     (b"just text\n", "not the string 'just text'"),
+    # YAML 1.1 numbers that are not plain decimal
+    (BASE.replace("n_runs: 3", "n_runs: 0x10").encode(), "field 'n_runs' must be an integer, not '0x10'"),
+    (BASE.replace("n_runs: 3", "n_runs: 1:30").encode(), "field 'n_runs' must be an integer, not '1:30'"),
+    (BASE.replace("n_runs: 3", "n_runs: 1_000").encode(), "field 'n_runs' must be an integer, not '1_000'"),
+    (BASE.replace("n_runs: 3", "n_runs: 0o17").encode(), "field 'n_runs' must be an integer, not '0o17'"),
+    (BASE.encode() + b"max_attempts: 0b11\n", "field 'max_attempts' must be an integer, not '0b11'"),
+    (BASE.encode() + b"time_limit: 1:30\n", "field 'time_limit' must be a number of seconds or null, not '1:30'"),
+    (BASE.encode() + b"param: {steps: 1_000}\n", "field 'param': param.steps is '1_000', which is not a plain decimal"),
+    # names are plain text
+    (BASE.encode() + b'name: "a\\x07b"\n', "field 'name' contains a control character (U+0007)"),
+    (BASE.encode() + b'group: "\\u2067x"\n', "field 'group' contains a bidirectional-text control (U+2067)"),
+    (BASE.encode() + b'idempotency_key: "k\\0"\n', "field 'idempotency_key' contains a control character"),
     # field names
     (BASE.encode() + b"priority: 3\n", "unknown field 'priority'"),
     (BASE.encode() + b"1: x\n", "unknown field 1"),

@@ -215,3 +215,18 @@ def test_users_file_keeps_old_lines_and_gains_admins(tmp_path, capsys):
     assert users.main(["--file", str(path), "list"]) == 0
     assert capsys.readouterr().out == "ann (admin)\nboss\n"
     assert "boss: scrypt$" in path.read_text()  # a plain user is still written the old way
+
+
+def test_a_page_of_runs_ends_early_when_results_are_large(h):
+    bid = h.request("StartBatch", engine="dummy", n_runs=3)["batch_id"]
+    wid = h.worker("w1")
+    for i in range(3):  # each report frees the worker for the next run
+        h.report("w1", wid, h.assigned("w1")[i], data={"blob": "z" * 600_000})
+    first = h.request("BatchStatus", batch_id=bid)
+    assert [r["state"] for r in first["runs"]] == ["finished"] and first["next_offset"] == 1
+    seen, offset = [], 0
+    while offset is not None:
+        page = h.request("BatchStatus", batch_id=bid, offset=offset, limit=1000)
+        seen += [r["batch_index"] for r in page["runs"]]
+        offset = page["next_offset"]
+    assert seen == [0, 1, 2]
