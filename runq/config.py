@@ -53,7 +53,7 @@ class RunwebConfig:
     threads: int = 32
     timeout: int = 30
     keepalive: int = 2
-    io_timeout: float = 10.0
+    io_timeout: float = 5.0
     # true when a reverse proxy on this host forwards requests: loopback peers are then not trusted
     behind_proxy: bool = False
 
