@@ -17,13 +17,13 @@ from runq import config as simx_config
 
 APP = "runweb.app:get_app()"
 # conf name -> gunicorn worker class.  Measured against a slowloris (bench/slowloris.py,
-# docs/ARCHITECTURE.md "runweb under load"): sync stalls everyone while two sockets hang;
-# runweb's own gthread class bounds how long a socket may take to send its request.
+# docs/ARCHITECTURE.md "runweb: users, bounds and slow clients"): sync stalls everyone while
+# two sockets hang; runweb's own gthread class bounds how long a silent socket holds a thread.
 WORKER_CLASSES = {
     "gthread": "runweb.gunicorn_worker.ThreadWorker",
     "sync": "sync",
-    "stock-gthread": "gthread",  # gunicorn's own, for bench/slowloris.py
-    "gevent": "gevent",
+    "stock-gthread": "gthread",  # gunicorn's own, for comparison in bench/slowloris.py
+    "gevent": "gevent",          # for comparison; needs `pip install gevent`, not a dependency
 }
 
 
