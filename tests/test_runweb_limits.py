@@ -148,6 +148,12 @@ def test_a_malformed_request_gets_400_in_the_api_format(web):
     assert reply.startswith(b"HTTP/1.1 400") and b"status: error" in reply
 
 
+def test_too_many_headers_get_431_in_the_api_format(web):
+    headers = "".join(f"X-H{i}: v\r\n" for i in range(200)).encode()
+    reply = raw(web.port, b"GET /batch HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+    assert reply.startswith(b"HTTP/1.1 431") and b"status: error" in reply and b"headers are too large" in reply
+
+
 def test_head_answers_like_get_without_a_body(web):
     for path, code in [("/batch", 200), ("/batch/999", 404), ("/nowhere", 404)]:
         conn = http.client.HTTPConnection("127.0.0.1", web.port, timeout=5)
