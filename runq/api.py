@@ -2,15 +2,23 @@
 
 Each request returns one Reply.  Reads go to the store (which commits the
 turn's buffered writes first); changes go through the coordinator's steps.
+
+Who asks: a request may carry ``actor`` (the runweb user it acts for) and
+``admin``.  A batch is owned by the user who submitted it; a non-admin sees and
+controls only batches it owns (another's answers 404, as if it did not exist)
+and may not drain workers.  No ``actor`` means a holder of the client secret
+(fab, benches, or runweb for a trusted request without credentials): admin.
 """
 from __future__ import annotations
 
 import heapq
+import json
 import logging
 
 from . import protocol, states, views
-from .errors import BadRequest, Conflict, NotFound
+from .errors import BadRequest, Conflict, Forbidden, NotFound
 from .model import Batch, Run
+from .throttle import Throttle
 
 log = logging.getLogger("runq.api")
 
@@ -19,6 +27,19 @@ DEFAULT_PAGE, MAX_PAGE = 1000, 10_000
 PURGE_EVERY = 3600.0
 RESULT_STATES = (states.FINISHED, states.FAILED)   # runs that ended with a verdict
 RESULTS_BUDGET = protocol.MAX_FRAME // 4           # bytes of results per BatchResults reply, about
+MAX_PARAM_BYTES = 1024 * 1024    # a batch's param as JSON
+MAX_RESULT_BYTES = 1024 * 1024   # a run's stored result as JSON (coordinator refuses larger ones)
+PAGE_BYTES = 1024 * 1024         # a listing page ends early (next_offset) past this much JSON
+
+
+def json_size(value) -> int:
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+
+
+def who(msg) -> tuple[str | None, bool]:
+    """(actor, admin) of a request; no actor = a holder of the client secret = admin."""
+    actor = msg.get("actor")
+    return actor, bool(msg.get("admin", actor is None))
 
 
 class Api:
@@ -26,11 +47,13 @@ class Api:
         self.coord = coord
         self.store = coord.store
         self.last_purge = 0.0
+        self.logins = Throttle()
         self.handlers = {
             "Ping": self.ping, "StartBatch": self.start_batch, "BatchList": self.batch_list,
             "UserStatus": self.user_status, "BatchStatus": self.batch_status, "RunStatus": self.run_status,
             "WorkerList": self.worker_list, "WorkerStatus": self.worker_status, "CancelBatch": self.cancel_batch, "CancelRun": self.cancel_run,
             "DrainWorker": self.drain_worker, "Metrics": self.metrics, "BatchResults": self.batch_results,
+            "LoginThrottle": self.login_throttle,
         }
 
     def handle(self, msg: dict, now: float) -> dict:
@@ -66,14 +89,20 @@ class Api:
         c = self.coord
         return protocol.reply(**c.metrics.snapshot(c.batches.values(), c.workers.values(), now))
 
-    def _batch_row(self, batch_id: int) -> dict:
+    def _batch_row(self, batch_id: int, msg: dict | None = None) -> dict:
+        """The stored batch; NotFound also when the asker (msg) may not see it."""
         row = self.store.batch_row(batch_id)
-        if row is None:
+        if row is None or (msg is not None and not self._may_see(row, msg)):
             raise NotFound(f"no batch {batch_id}")
         return row
 
     def _batch_view(self, row: dict, now: float) -> dict:
         return views.batch(row, now, served=self.coord.presence.serves((row["engine"], row["group"], row["user"])))
+
+    @staticmethod
+    def _may_see(row: dict, msg: dict) -> bool:
+        actor, admin = who(msg)
+        return admin or row.get("owner") == actor
 
     @staticmethod
     def _page(msg, low: int = 1) -> tuple[int, int]:
@@ -84,30 +113,52 @@ class Api:
             raise BadRequest(f"limit must be between {low} and {MAX_PAGE}")
         return offset, limit
 
+    @staticmethod
+    def _fill(items, budget: int = PAGE_BYTES) -> list:
+        """The views of a page, ending early (at least one) once they pass `budget` bytes of JSON,
+        so stored params and results never make a reply too large to send."""
+        out = []
+        for item in items:
+            budget -= json_size(item)
+            if out and budget < 0:
+                break
+            out.append(item)
+        return out
+
     def _paged(self, name: str, rows: list, offset: int, limit: int, view) -> dict:
         """A page of a listing: one row more than asked tells whether another page follows."""
-        more = len(rows) > limit
-        return protocol.reply(**{name: [view(r) for r in rows[:limit]]}, offset=offset, limit=limit,
-                              next_offset=offset + limit if more else None)
+        page = self._fill(view(r) for r in rows[:limit])
+        more = len(rows) > len(page)
+        return protocol.reply(**{name: page}, offset=offset, limit=limit,
+                              next_offset=offset + len(page) if more else None)
 
     def batch_list(self, msg, now):
         offset, limit = self._page(msg)
-        rows = self.store.batch_rows(user=msg.get("user"), offset=offset, limit=limit + 1)
+        actor, admin = who(msg)
+        rows = self.store.batch_rows(user=msg.get("user"), owner=None if admin else actor,
+                                     offset=offset, limit=limit + 1)
         return self._paged("batches", rows, offset, limit, lambda r: self._batch_view(r, now))
 
     def user_status(self, msg, now):
-        return self.batch_list(msg, now)
+        """The batches owned by one user: your own, or anyone's for an admin."""
+        actor, admin = who(msg)
+        if not admin and msg["user"] != actor:
+            raise Forbidden(f"you may list only your own batches (/user/{actor})")
+        offset, limit = self._page(msg)
+        rows = self.store.batch_rows(owner=msg["user"], offset=offset, limit=limit + 1)
+        return self._paged("batches", rows, offset, limit, lambda r: self._batch_view(r, now))
 
     def batch_status(self, msg, now):
         """The batch and a page of its runs; limit 0: the batch alone; `state`: only runs in it
         (offset and next_offset then count those runs)."""
-        row = self._batch_row(msg["batch_id"])
+        row = self._batch_row(msg["batch_id"], msg)
         offset, limit = self._page(msg, low=0)
         state = msg.get("state")
         if state is not None and state not in states.RUN_STATES:
             raise BadRequest(f"state must be one of {', '.join(states.RUN_STATES)}, not {state[:40]!r}")
         if limit == 0:
             return protocol.reply(batch=self._batch_view(row, now))
+        batch = self._batch_view(row, now)
         if state is None:
             hi = min(row["n_runs"], offset + limit)
             stored = {r["batch_index"]: r for r in self.store.run_rows(row["id"], offset, hi)}
@@ -115,8 +166,12 @@ class Api:
             more = hi < row["n_runs"]
         else:
             runs, more = self._runs_in_state(row, state, offset, limit)
-        return protocol.reply(batch=self._batch_view(row, now), runs=runs, offset=offset, limit=limit,
-                              next_offset=offset + len(runs) if more else None)
+        # a page ends early (next_offset) before the reply passes PAGE_BYTES: stored params and
+        # results never make a reply too large to send
+        page = self._fill(runs, PAGE_BYTES - json_size(batch))
+        more = more or len(page) < len(runs)
+        return protocol.reply(batch=batch, runs=page, offset=offset, limit=limit,
+                              next_offset=offset + len(page) if more else None)
 
     def _runs_in_state(self, row: dict, state: str, offset: int, limit: int) -> tuple[list, bool]:
         """A page of the runs in `state`, without looking at the runs in other states.
@@ -159,7 +214,7 @@ class Api:
         """A page of results (finished and failed runs, or those of `state`) from batch_index `start` on,
         in index order; `next_start` continues it.  A page stops early before the reply grows past
         RESULTS_BUDGET bytes, so big results never make a reply too large for a frame."""
-        row = self._batch_row(msg["batch_id"])
+        row = self._batch_row(msg["batch_id"], msg)
         start, limit = msg.get("start", 0), msg.get("limit", DEFAULT_PAGE)
         if start < 0:
             raise BadRequest("start must be 0 or more")
@@ -186,10 +241,11 @@ class Api:
         return views.run(row) if row else views.implicit_run(batch_row, index)
 
     def run_status(self, msg, now):
-        row = self._batch_row(msg["batch_id"])
+        row = self._batch_row(msg["batch_id"], msg)
         run = self._run_view(row, msg["batch_index"])
         stored = self.store.run_row(row["id"], msg["batch_index"])
-        run["traceback"] = stored["traceback"] if stored else None   # only here: it can be long
+        # only here: it can be long
+        run["traceback"] = views.clip(stored["traceback"], MAX_RESULT_BYTES) if stored else None
         run["attempts"] = [views.attempt(a) for a in self.store.attempt_rows(row["id"], msg["batch_index"])]
         return protocol.reply(run=run)
 
@@ -209,11 +265,26 @@ class Api:
         return protocol.reply(worker=self._worker_view(rows[0]))
 
     # ---- changes
+    def _owner(self, msg) -> tuple[str, str]:
+        """(owner, user) of a new batch.  `user` (for matching) defaults to the owner; only an
+        admin may name another.  Without an actor (trusted, no credentials) the owner is `user`."""
+        actor, admin = who(msg)
+        user = msg.get("user") or ""
+        if actor is None:
+            return user, user
+        if user and user != actor and not admin:
+            raise Forbidden(f"field 'user': only an admin may submit as another user ({user!r}); "
+                            f"leave it out or write {actor!r}")
+        return actor, user or actor
+
     def start_batch(self, msg, now):
         d = self.coord.batch_defaults
         key = msg.get("idempotency_key")
+        owner, user = self._owner(msg)
         if key:
             row = self.store.batch_by_key(key)
+            if row is not None and not self._may_see(row, msg):
+                raise Conflict("field 'idempotency_key': another user's batch has this key; choose another")
             if row is not None:
                 log.info("batch request with known idempotency key %r: batch %d", key, row["id"])
                 return protocol.reply(message="batch exists (same idempotency key)", batch_id=row["id"],
@@ -232,23 +303,31 @@ class Api:
             raise BadRequest("max_requeues must be 0 or more")
         if time_limit is not None and time_limit <= 0:
             raise BadRequest("time_limit must be a positive number of seconds")
+        size = json_size(msg.get("param") or {})
+        if size > MAX_PARAM_BYTES:
+            raise BadRequest(f"field 'param' is {size} bytes as JSON, over the {MAX_PARAM_BYTES}-byte limit")
         c = self.coord
         c.last_batch_id += 1
         batch = Batch(id=c.last_batch_id, name=msg.get("name", ""), group=msg.get("group", ""),
-                      user=msg.get("user", ""), engine=msg["engine"], n_runs=n_runs, param=msg.get("param") or {},
+                      user=user, engine=msg["engine"], n_runs=n_runs, param=msg.get("param") or {},
                       max_attempts=max_attempts, max_requeues=max_requeues, time_limit=time_limit,
                       idempotency_key=key or None, start_time=now, n_waiting=n_runs)
         c.batches[batch.id] = batch
-        self.store.add_batch(batch.row())
-        log.info("batch %d started: %d runs of %s (group %r, user %r)", batch.id, n_runs, batch.engine,
-                 batch.group, batch.user)
+        row = {**batch.row(), "owner": owner}
+        self.store.add_batch(row)
+        log.info("batch %d started: %d runs of %s (group %r, user %r, owner %r)", batch.id, n_runs, batch.engine,
+                 batch.group, batch.user, owner)
         c.make_ready(batch, now)
         return protocol.reply(message="batch started", batch_id=batch.id, created=True,
                               batch=self._batch_view(batch.row(), now))
 
     def cancel_batch(self, msg, now):
         c = self.coord
+        row = self._batch_row(msg["batch_id"], msg)
         batch = c.batches.get(msg["batch_id"])
+        if batch is None:  # retried, or ended meanwhile: say what it is, change nothing
+            return protocol.reply(message=f"batch {row['id']} had already ended ({row['state']}); "
+                                          "nothing was cancelled", batch=self._batch_view(row, now))
         if batch is not None:
             log.info("cancelling batch %d", batch.id)
             batch.state = states.BATCH_CANCELLED
@@ -279,8 +358,11 @@ class Api:
         c = self.coord
         b, index = msg["batch_id"], msg["batch_index"]
         batch = c.batches.get(b)
-        row = self._batch_row(b)
-        self._run_view(row, index)  # 404 for an index out of range
+        row = self._batch_row(b, msg)
+        view = self._run_view(row, index)  # 404 for an index out of range
+        if view["state"] in states.TERMINAL:
+            return protocol.reply(message=f"run {index} of batch {b} had already ended ({view['state']}); "
+                                          "nothing was cancelled", run=view, batch=self._batch_view(row, now))
         if batch is not None:
             run = c.runs.get((b, index))
             if run is not None:
@@ -302,6 +384,8 @@ class Api:
                               batch=self._batch_view(row, now))
 
     def drain_worker(self, msg, now):
+        if not who(msg)[1]:
+            raise Forbidden("only an admin may drain workers")
         c = self.coord
         worker = c.workers.get(msg["worker_id"])
         if worker is None:
@@ -314,4 +398,14 @@ class Api:
         c.send(worker.conn, protocol.message("RunqDrain"))
         return protocol.reply(message="worker draining",
                               worker=self._worker_view(self.store.worker_rows(worker_id=worker.id)[0]))
+
+    # ---- logins (runweb keeps no state, so runq counts failures for every runweb process)
+    def login_throttle(self, msg, now):
+        """Record a failed login (failed: true) and say how long the address or user must wait."""
+        keys = ("address " + msg["address"], "user " + msg["user"])
+        if msg["failed"]:
+            for key in keys:
+                self.logins.fail(key, now)
+        waits = [w for w in (self.logins.retry_after(k, now) for k in keys) if w is not None]
+        return protocol.reply(retry_after=max(waits) if waits else None)
 

@@ -61,6 +61,14 @@ class RunwebConfig:
     trusted: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     users_file: str = "var/runweb-users.yaml"
     max_body: int = 1048576
+    # gunicorn: how a few slow sockets are kept from stalling everyone (docs: runweb/__main__.py)
+    worker_class: str = "gthread"
+    threads: int = 32
+    timeout: int = 30
+    keepalive: int = 2
+    io_timeout: float = 5.0
+    # true when a reverse proxy on this host forwards requests: loopback peers are then not trusted
+    behind_proxy: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +101,10 @@ ENV = {
     "RUNWEB_PORT": ("runweb", "port"),
     "RUNWEB_BIND": ("runweb", "bind"),
     "RUNWEB_USERS": ("runweb", "users_file"),
+    "RUNWEB_WORKER_CLASS": ("runweb", "worker_class"),
+    "RUNWEB_THREADS": ("runweb", "threads"),
+    "RUNWEB_IO_TIMEOUT": ("runweb", "io_timeout"),
+    "RUNWEB_BEHIND_PROXY": ("runweb", "behind_proxy"),
 }
 SECTIONS = {"runq": RunqConfig, "batch": BatchDefaults, "runweb": RunwebConfig, "worker": WorkerConfig}
 

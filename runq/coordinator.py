@@ -16,7 +16,7 @@ import heapq
 import logging
 
 from . import auth, protocol, states
-from .api import Api
+from .api import MAX_RESULT_BYTES, Api, json_size
 from .config import BatchDefaults, RunqConfig
 from .errors import RunqError
 from .matching import Matcher, Presence
@@ -313,7 +313,12 @@ class Coordinator:
                                                     message=None if accepted else "stale attempt"))
             self._settle_worker(worker, now)
             return
-        if mtype == "WorkerFinishedRun":
+        size = mtype == "WorkerFinishedRun" and json_size(msg["data"])
+        if size > MAX_RESULT_BYTES:  # never stored: it would break every listing that shows it
+            run.failures = max(run.failures, self.batches[run.batch_id].max_attempts - 1)  # no retry
+            self.end_attempt(run, states.OUTCOME_FAILED, f"result of {size} bytes refused: over the "
+                             f"{MAX_RESULT_BYTES}-byte limit for a stored result", now)
+        elif mtype == "WorkerFinishedRun":
             self.end_attempt(run, states.OUTCOME_FINISHED, None, now, result=msg["data"])
         elif mtype == "WorkerFailedRun":
             self.end_attempt(run, states.OUTCOME_FAILED, msg["message"], now, traceback=msg.get("traceback"))

@@ -24,3 +24,7 @@ class Conflict(RunqError):
 
 class Unauthorized(RunqError):
     code = 401
+
+
+class Forbidden(RunqError):
+    code = 403

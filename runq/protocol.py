@@ -75,6 +75,8 @@ SCHEMA: dict[str, dict[str, object]] = {
     "CancelRun": dict(batch_id=INT, batch_index=INT),
     "DrainWorker": dict(worker_id=INT),
     "Metrics": {},   # runq's counters and gauges for GET /metrics (runq/metrics.py)
+    # a failed login runweb reports (failed: true) or asks about; the Reply says retry_after (s or null)
+    "LoginThrottle": dict(address=STR, user=STR, failed=BOOL),
     # runq -> client: {status: ok|error, code, message, ...data}
     "Reply": dict(status=STR, code=INT, message=STR),
 }
@@ -97,6 +99,13 @@ OPTIONAL: dict[str, frozenset[str]] = {
     "BatchStatus": frozenset({"offset", "limit", "state"}),
     "BatchResults": frozenset({"start", "limit", "state"}),
 }
+# Who asks (web stream): every client request may carry the runweb user it acts for and whether
+# that user is an admin.  Absent = a holder of the client secret (fab, benches): admin.
+CLIENT_REQUESTS = ("StartBatch", "BatchList", "BatchStatus", "RunStatus", "UserStatus", "WorkerList",
+                   "WorkerStatus", "CancelBatch", "CancelRun", "DrainWorker", "BatchResults")
+for _name in CLIENT_REQUESTS:
+    SCHEMA[_name].update(actor=OPT_STR, admin=BOOL)
+    OPTIONAL[_name] = OPTIONAL.get(_name, frozenset()) | {"actor", "admin"}
 # Messages a worker sends (everything else a client may send is a request).
 FROM_WORKER = frozenset({
     "WorkerReady", "WorkerReconnect", "WorkerHeartbeat", "WorkerUpdate", "WorkerFinishedRun",

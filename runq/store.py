@@ -24,6 +24,7 @@ COLUMNS = {
         "max_attempts": "i", "max_requeues": "i", "time_limit": "f", "idempotency_key": "s",
         "state": "s", "next_index": "i", "n_waiting": "i", "n_running": "i", "n_finished": "i",
         "n_failed": "i", "n_cancelled": "i", "start_time": "f", "end_time": "f",
+        "owner": "s",  # the runweb user who submitted it; rows from before owners: their `user`
     },
     "runs": {
         "batch_id": "i", "batch_index": "i", "state": "s", "attempt": "i", "failures": "i",
@@ -46,6 +47,7 @@ INDEXES = [
     ("runs", ["batch_id", "batch_index"], "runs_key", True),
     ("attempts", ["batch_id", "batch_index", "attempt"], "attempts_key", False),
     ("batches", ["user"], "batches_user", False),
+    ("batches", ["owner"], "batches_owner", False),
     ("batches", ["idempotency_key"], "batches_idempotency_key", True),
     ("batches", ["state"], "batches_state", False),
     ("runs", ["batch_id", "state", "batch_index"], "runs_state", False),   # ?state= filters, results
@@ -84,6 +86,8 @@ class Store:
         with self.engine.begin() as conn:
             # `failed` batch state (issue 8): a batch that ended with failed runs used to say `done`
             conn.execute(b.update().where(sa.and_(b.c.state == "done", b.c.n_failed > 0)).values(state="failed"))
+            # owners (issue 6): batches stored before owners existed are owned by their `user` field
+            conn.execute(b.update().where(b.c.owner.is_(None)).values(owner=b.c.user))
 
     # ---- schema
     def _ensure_table(self, name: str, cols: dict) -> sa.Table:
@@ -201,11 +205,13 @@ class Store:
         return rows[0] if rows else None
 
     def batch_rows(self, user: str | None = None, states: tuple[str, ...] | None = None,
-                   offset: int = 0, limit: int | None = None) -> list[dict]:
+                   offset: int = 0, limit: int | None = None, owner: str | None = None) -> list[dict]:
         b = self.tables["batches"]
         stmt = b.select().order_by(b.c.id)
         if user is not None:
             stmt = stmt.where(b.c.user == user)
+        if owner is not None:
+            stmt = stmt.where(b.c.owner == owner)
         if states:
             stmt = stmt.where(b.c.state.in_(states))
         if offset or limit is not None:

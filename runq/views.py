@@ -1,9 +1,21 @@
-"""Stored rows -> the dicts the API shows (ISO-8601 UTC times, durations in seconds)."""
+"""Stored rows -> the dicts the API shows (ISO-8601 UTC times, durations in seconds).
+
+Free text a worker sent (a run's message and error) is clipped to MAX_TEXT characters
+here, so one chatty worker cannot make a listing page too large to send.
+"""
 from __future__ import annotations
 
 import datetime as dt
 
 from . import states
+
+MAX_TEXT = 64 * 1024  # characters of a run's message or error shown (the full error stays in the database)
+
+
+def clip(text: str | None, limit: int = MAX_TEXT) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return text[:limit] + f"... [{len(text) - limit} more characters]"
 
 
 def iso(t: float | None) -> str | None:
@@ -17,6 +29,7 @@ def batch(row: dict, now: float, served: bool | None = None) -> dict:
     end = row.get("end_time")
     return {
         "id": row["id"], "name": row["name"], "group": row["group"], "user": row["user"],
+        "owner": row.get("owner", row["user"]),
         "engine": row["engine"], "n_runs": row["n_runs"], "param": row["param"], "state": row["state"],
         "n_complete": row["n_finished"], "n_waiting": row["n_waiting"], "n_running": row["n_running"],
         "n_finished": row["n_finished"], "n_failed": row["n_failed"], "n_cancelled": row["n_cancelled"],
@@ -32,8 +45,8 @@ def run(row: dict) -> dict:
     return {
         "batch_id": row["batch_id"], "batch_index": row["batch_index"], "state": row["state"],
         "attempt": row["attempt"], "worker_id": row["worker_id"], "host": row["host"] or None,
-        "progress": row["progress"], "message": row["message"], "result": row["result"],
-        "error": row["error"], "started": iso(row["started"]), "ended": iso(row["ended"]),
+        "progress": row["progress"], "message": clip(row["message"]), "result": row["result"],
+        "error": clip(row["error"]), "started": iso(row["started"]), "ended": iso(row["ended"]),
     }
 
 

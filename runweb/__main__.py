@@ -3,6 +3,9 @@
 Port: --port, else runweb.run_port (4567) with --foreground-port, else
 RUNWEB_PORT / runweb.port (8097).  Bind address and worker count: the flag,
 else RUNWEB_BIND / conf.  The access log goes to stdout.
+
+Worker class, threads and timeouts come from conf (runweb.worker_class,
+threads, timeout, keepalive): see WORKER_CLASSES for why gthread.
 """
 from __future__ import annotations
 
@@ -15,6 +18,15 @@ from runq import config as simx_config
 from . import request_metrics
 
 APP = "runweb.app:get_app()"
+# conf name -> gunicorn worker class.  Measured against a slowloris (bench/slowloris.py,
+# docs/ARCHITECTURE.md "runweb: users, bounds and slow clients"): sync stalls everyone while
+# two sockets hang; runweb's own gthread class bounds how long a silent socket holds a thread.
+WORKER_CLASSES = {
+    "gthread": "runweb.gunicorn_worker.ThreadWorker",
+    "sync": "sync",
+    "stock-gthread": "gthread",  # gunicorn's own, for comparison in bench/slowloris.py
+    "gevent": "gevent",          # for comparison; needs `pip install gevent`, not a dependency
+}
 
 
 def _port(text: str) -> int:
@@ -53,6 +65,7 @@ def gunicorn_argv(args: argparse.Namespace, cfg: simx_config.Config) -> list[str
         sys.executable, "-m", "gunicorn",
         "--chdir", str(cfg.root),  # so runweb imports from any directory
         "-w", str(cfg.runweb.workers),
+        *worker_flags(cfg.runweb),
         "-b", f"{host}:{port}",
         "--access-logfile", "-",
         "--graceful-timeout", "5",
@@ -62,14 +75,26 @@ def gunicorn_argv(args: argparse.Namespace, cfg: simx_config.Config) -> list[str
     ]
 
 
+def worker_flags(web: simx_config.RunwebConfig) -> list[str]:
+    """gunicorn flags for the worker class, threads and timeouts, from conf."""
+    if web.worker_class not in WORKER_CLASSES:
+        raise simx_config.ConfigError(f"configuration runweb.worker_class: {web.worker_class!r} is not one of "
+                                      f"{', '.join(WORKER_CLASSES)}")
+    flags = ["-k", WORKER_CLASSES[web.worker_class], "--timeout", str(web.timeout),
+             "--keep-alive", str(web.keepalive)]
+    if "gthread" in web.worker_class:
+        flags += ["--threads", str(web.threads)]
+    return flags
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         cfg = simx_config.load(runweb_bind=args.bind, runweb_workers=args.workers)
+        command = gunicorn_argv(args, cfg)
     except simx_config.ConfigError as exc:
         print(f"runweb: {exc}", file=sys.stderr)
         return 2
-    command = gunicorn_argv(args, cfg)
     # request latency summed over gunicorn's workers: one fresh directory per instance (port)
     metrics_dir = request_metrics.prepare(cfg.var / f"runweb-metrics-{listen_port(args, cfg)}")
     os.environ[request_metrics.ENV] = str(metrics_dir)

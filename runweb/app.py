@@ -13,8 +13,9 @@ from runq import config as simx_config
 from runq.client import RunqClient, RunqUnavailable
 from runq.protocol import ProtocolError
 
-from . import auth, dashboard, media, metrics, request_metrics, resources
-from .errors import BodyTooLarge, InvalidRequest, NotAuthenticated, RunqRefused
+from . import auth, dashboard, media, metrics, openapi, origin, request_metrics, resources
+from .errors import (BodyTooLarge, CrossSite, InvalidRequest, NotAuthenticated, RequestTimeout, RunqRefused,
+                     TooManyLogins)
 
 RUNQ_TIMEOUT = 20.0  # seconds; under gunicorn's 30 s worker timeout, so a stuck runq gives a 503
 
@@ -22,6 +23,8 @@ PAGED = f" (?offset=0&limit={resources.DEFAULT_LIMIT}; next_offset is null on th
 # path, resource, responder suffix, {method: description}.  GET / is built from this table.
 ROUTES = (
     ("/", "index", None, {"GET": "this list of endpoints"}),
+    ("/openapi.yaml", "openapi", None, {"GET": "this API described in OpenAPI 3.1 (YAML)"}),
+    ("/openapi.json", "openapi", "json", {"GET": "this API described in OpenAPI 3.1 (JSON)"}),
     ("/health", "health", None, {"GET": "runq's status, with the engines served and their worker counts; "
                                         "503 when runq does not answer"}),
     ("/batch", "batches", None, {"GET": "all batches" + PAGED}),
@@ -40,11 +43,13 @@ ROUTES = (
     ("/batch/{batch_id}/cancel", "batch", "cancel", {"POST": "cancel the batch's unfinished runs"}),
     ("/batch/{batch_id}/run/{batch_index}", "run", None, {"GET": "one run with its attempts"}),
     ("/batch/{batch_id}/run/{batch_index}/cancel", "run", "cancel", {"POST": "cancel one run"}),
-    ("/user/{user}", "user", None, {"GET": "the batches of one user" + PAGED}),
+    ("/user/{user}", "user", None, {"GET": "the batches owned by one user (your own, or anyone's for an admin)"
+                                           + PAGED}),
     ("/worker", "workers", None, {"GET": "all workers, even long gone ones" + PAGED}),
     ("/workers", "workers", None, {"GET": "all workers (same as /worker)" + PAGED}),
     ("/worker/{worker_id}", "worker", None, {"GET": "one worker: its state, current run and last contact"}),
-    ("/worker/{worker_id}/drain", "worker", "drain", {"POST": "let the worker finish its run, then take no more"}),
+    ("/worker/{worker_id}/drain", "worker", "drain", {
+        "POST": "let the worker finish its run, then take no more (admins only)"}),
     ("/metrics", "metrics", None, {"GET": "runq's counters, gauges and latency histograms in Prometheus text format"}),
 )
 
@@ -52,7 +57,10 @@ ROUTES = (
 ERRORS = {
     InvalidRequest: (400, "", {}),
     NotAuthenticated: (401, "", {"WWW-Authenticate": 'Basic realm="simx"'}),
+    CrossSite: (403, "", {}),
+    RequestTimeout: (408, "", {}),
     BodyTooLarge: (413, "", {}),
+    TooManyLogins: (429, "", {}),
     ProtocolError: (502, "bad exchange with runq: ", {}),
     RunqUnavailable: (503, "runq is unavailable: ", {"Retry-After": "5"}),
 }
@@ -69,6 +77,8 @@ def to_http(req, resp, ex: Exception, params) -> None:
         code = ex.code if isinstance(ex.code, int) and 400 <= ex.code <= 599 else 502
         raise falcon.HTTPError(code, description=str(ex))
     status, prefix, headers = next(v for cls, v in ERRORS.items() if isinstance(ex, cls))
+    if isinstance(ex, TooManyLogins):
+        headers = {"Retry-After": str(ex.retry_after)}
     raise falcon.HTTPError(status, description=prefix + str(ex), headers=headers)
 
 
@@ -86,14 +96,18 @@ def serialize_error(req, resp, ex: falcon.HTTPError) -> None:
 
 def create_app(client, config: simx_config.Config) -> falcon.App:
     users = auth.Users(simx_config.resolve_path(config.runweb.users_file, config.root))
-    app = falcon.App(middleware=[request_metrics.Timing(), media.Negotiate(),
-                                 auth.Authenticate(config.runweb.trusted, users), dashboard.Pages()])
+    app = falcon.App(middleware=[
+        request_metrics.Timing(), media.Negotiate(), origin.SameOrigin(),
+        auth.Authenticate(config.runweb.trusted, users, client, config.runweb.behind_proxy),
+        dashboard.Pages(),
+    ])
     media.install(app)
     app.req_options.strip_url_path_trailing_slash = True
     app.add_error_handler(tuple(ERRORS) + (RunqRefused,), to_http)
     app.set_error_serializer(serialize_error)
     named = {
         "index": resources.Index(endpoints()),
+        "openapi": openapi.Document(),
         "health": resources.Health(client),
         "batches": resources.Batches(client, config.runweb.max_body),
         "batch": resources.Batch(client),
@@ -109,7 +123,20 @@ def create_app(client, config: simx_config.Config) -> falcon.App:
     return app
 
 
-def get_app() -> falcon.App:
+def head_as_get(app):
+    """WSGI wrapper: HEAD is answered as GET without the body (same status and headers, errors
+    included), so HEAD works on every GET endpoint."""
+    def wsgi(environ, start_response):
+        if environ.get("REQUEST_METHOD") != "HEAD":
+            return app(environ, start_response)
+        body = app({**environ, "REQUEST_METHOD": "GET"}, start_response)
+        if hasattr(body, "close"):
+            body.close()
+        return []
+    return wsgi
+
+
+def get_app():
     """gunicorn's factory: configuration from conf/simx.yaml and the environment."""
     config = simx_config.load()
-    return create_app(RunqClient.from_config(config, timeout=RUNQ_TIMEOUT), config)
+    return head_as_get(create_app(RunqClient.from_config(config, timeout=RUNQ_TIMEOUT), config))

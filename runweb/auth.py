@@ -1,10 +1,20 @@
-"""Who may call runweb: clients on trusted networks pass; everyone else needs HTTP basic auth.
+"""Who is calling runweb, and as whom it acts.
+
+* Credentials (HTTP basic auth), from any address, are checked against the users
+  file and the request acts as that user (an admin if the file says so).
+* A request from a trusted network (loopback by default) without credentials
+  acts as admin: its batch is owned by its ``user`` field.  With
+  ``runweb.behind_proxy: true`` nobody is trusted (the proxy's loopback address
+  would otherwise make everyone trusted).  The address is the socket's
+  (``req.remote_addr``); X-Forwarded-For is never trusted.
+* Failed logins are counted by runq (runweb keeps no state) per address and per
+  user name; past the limit, 429 with Retry-After, before the password is checked.
 
 Passwords are stored hashed with scrypt as ``scrypt$n$r$p$salt_b64$hash_b64``
-in the users file, a YAML mapping ``name: hash`` (``python -m runweb.users``
-writes it).  The file is re-read when it changes, looked at no more than once
-every few seconds, so adding a user needs no restart.  The client address is
-the socket's (``req.remote_addr``); X-Forwarded-For is never trusted.
+in the users file, a YAML mapping of ``name: hash`` (a plain user) or
+``name: {password: hash, admin: true}`` (``python -m runweb.users`` writes it).
+The file is re-read when it changes, looked at no more than once every few
+seconds, so adding a user needs no restart.
 """
 from __future__ import annotations
 
@@ -24,7 +34,7 @@ import yaml
 
 from runq.config import ConfigError
 
-from .errors import NotAuthenticated
+from .errors import NotAuthenticated, TooManyLogins
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +70,27 @@ def _dummy_hash() -> str:
     return hash_password(secrets.token_urlsafe(16))
 
 
-def read_users(path: Path) -> dict[str, str]:
-    """name -> hash from the users file; {} when there is no file.  Raises ValueError/YAMLError if unusable."""
+def _entry(path, name, value) -> dict:
+    """One user's line: ``hash`` (a plain user, the old form) or ``{password: hash, admin: bool}``."""
+    if isinstance(value, str):
+        return {"password": value, "admin": False}
+    if (isinstance(value, dict) and isinstance(value.get("password"), str)
+            and isinstance(value.get("admin", False), bool) and set(value) <= {"password", "admin"}):
+        return {"password": value["password"], "admin": value.get("admin", False)}
+    raise ValueError(f"{path}: user {name!r}: expected a password hash or {{password: HASH, admin: true|false}}")
+
+
+def read_users(path: Path) -> dict[str, dict]:
+    """name -> {password: hash, admin: bool} from the users file; {} when there is no file.
+    Raises ValueError/YAMLError if unusable."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         return {}
     data = yaml.safe_load(text) or {}
-    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+    if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a YAML mapping of user name to password hash")
-    return {str(name): stored for name, stored in data.items()}
+    return {str(name): _entry(path, name, value) for name, value in data.items()}
 
 
 class Users:
@@ -77,14 +98,14 @@ class Users:
 
     def __init__(self, path: Path, recheck: float = 3.0, clock=time.monotonic):
         self.path, self.recheck, self.clock = Path(path), recheck, clock
-        self._users: dict[str, str] = {}
+        self._users: dict[str, dict] = {}
         self._stamp = None
         self._checked: float | None = None
         # name -> sha256(hash, password) of the last good login: scrypt costs ~50 ms, and a
         # polling client would pay it on every request.  Cleared whenever the file changes.
         self._verified: dict[str, bytes] = {}
 
-    def current(self) -> dict[str, str]:
+    def current(self) -> dict[str, dict]:
         now = self.clock()
         if self._checked is not None and now - self._checked < self.recheck:
             return self._users
@@ -99,15 +120,18 @@ class Users:
             self._verified.clear()
         return self._users
 
-    def _load(self) -> dict[str, str]:
+    def _load(self) -> dict[str, dict]:
         try:
             return read_users(self.path)
         except (OSError, ValueError, yaml.YAMLError) as exc:
             log.error("users file %s is unusable, so no user can log in: %s", self.path, exc)
             return {}
 
+    def is_admin(self, name: str) -> bool:
+        return bool(self.current().get(name, {}).get("admin"))
+
     def check(self, name: str, password: str) -> bool:
-        stored = self.current().get(name)
+        stored = self.current().get(name, {}).get("password")
         if stored is None:
             check_password(password, _dummy_hash())  # same time as for a real user: names stay secret
             return False
@@ -143,22 +167,34 @@ def basic_credentials(header: str | None) -> tuple[str, str] | None:
 
 
 class Authenticate:
-    """Middleware: trusted networks pass; others must give a known name and its password."""
+    """Middleware: sets ``req.context.actor`` (user name or None) and ``req.context.admin``."""
 
-    def __init__(self, trusted: Iterable[str], users: Users):
+    def __init__(self, trusted: Iterable[str], users: Users, client, behind_proxy: bool = False):
         try:
-            self.networks = [ipaddress.ip_network(net, strict=False) for net in trusted]
+            self.networks = [] if behind_proxy else [ipaddress.ip_network(net, strict=False) for net in trusted]
         except ValueError as exc:
             raise ConfigError(f"configuration runweb.trusted: {exc}") from None
-        self.users = users
+        self.users, self.client = users, client
 
     def process_request(self, req, resp) -> None:
-        req.context.user = None
-        if is_trusted(req.remote_addr, self.networks):
-            return
+        req.context.actor, req.context.admin = None, False
         credentials = basic_credentials(req.get_header("Authorization"))
         if credentials is None:
+            if is_trusted(req.remote_addr, self.networks):
+                req.context.admin = True  # loopback, no credentials: the operator
+                return
             raise NotAuthenticated("authentication required: use HTTP basic auth (curl -u NAME:PASSWORD)")
-        if not self.users.check(*credentials):
+        name, password = credentials
+        self._throttle(req, name, failed=False)
+        if not self.users.check(name, password):
+            self._throttle(req, name, failed=True)  # counted: past the limit, the next try gets 429
             raise NotAuthenticated("wrong user name or password")
-        req.context.user = credentials[0]
+        req.context.actor, req.context.admin = name, self.users.is_admin(name)
+
+    def _throttle(self, req, name: str, failed: bool) -> None:
+        """Ask runq whether this address or name must wait (recording a failure first if `failed`)."""
+        shown = "".join(ch if ch.isprintable() else "?" for ch in name[:200])  # the name as runq counts it
+        reply = self.client.request("LoginThrottle", address=req.remote_addr or "", user=shown, failed=failed)
+        wait = reply.get("retry_after") if reply.get("status") == "ok" else None
+        if not failed and isinstance(wait, (int, float)) and wait > 0:
+            raise TooManyLogins(wait)

@@ -8,32 +8,23 @@ from __future__ import annotations
 
 import datetime
 import math
+import unicodedata
 
 import yaml
 
+from runq.api import MAX_PARAM_BYTES, json_size
+
+from . import yaml_loader
 from .errors import InvalidRequest
+from .yaml_loader import NotDecimal
 
 MAX_RUNS = 100_000_000
 MAX_COUNT = 2**31 - 1           # max_attempts, max_requeues: anything larger is a typo
 MAX_KEY_CHARS = 200             # idempotency key
 MAX_DEPTH = 64                  # nesting of param
-MAX_PARAM_BYTES = 4 * 1024**2   # param as JSON, roughly, with YAML aliases expanded (a frame holds 10 MiB)
+MAX_NAME_CHARS = 1000          # name, group, user, engine
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 EXAMPLE = "runweb/example/batch-req.yaml"
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                key = (key_node.tag, key_node.value)
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"key {key_node.value!r} is given twice", key_node.start_mark)
-                seen.add(key)
-        return super().construct_mapping(node, deep)
 
 
 def load_yaml(body: bytes):
@@ -44,7 +35,9 @@ def load_yaml(body: bytes):
         raise InvalidRequest(
             f"malformed YAML: not UTF-8 (byte 0x{body[exc.start]:02x} at offset {exc.start})") from None
     try:
-        return yaml.load(text, Loader=_Loader)
+        return yaml_loader.load(text)
+    except yaml_loader.TooLarge as exc:
+        raise InvalidRequest(f"request body: {exc}") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -62,6 +55,9 @@ def describe(value) -> str:
     """A value as an error message shows it, with a hint where YAML surprises people."""
     if value is None:
         return "null"
+    if isinstance(value, NotDecimal):
+        return (f"{str(value)[:40]!r}, which is not a plain decimal number (write integers as 1000, "
+                "not 0x3e8, 1_000 or 16:40; quote it for a string)")
     if isinstance(value, bool):
         return f"{str(value).lower()} (YAML reads yes/no/on/off/true/false as booleans; quote it for a string)"
     if isinstance(value, datetime.date):
@@ -81,11 +77,24 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def plain_text(label: str, value: str, limit: int = MAX_NAME_CHARS) -> str:
+    """A name as people read it: no NUL or other control characters, no bidi overrides (they make
+    a name look like another), no lone surrogates (not text at all); at most `limit` characters."""
+    if len(value) > limit:
+        raise InvalidRequest(f"{label} is longer than {limit} characters")
+    for ch in value:
+        if ch in BIDI_CONTROLS or unicodedata.category(ch) in ("Cc", "Cs"):
+            what = ("a lone surrogate" if unicodedata.category(ch) == "Cs" else
+                    "a bidirectional-text control" if ch in BIDI_CONTROLS else "a control character")
+            raise InvalidRequest(f"{label} contains {what} (U+{ord(ch):04X}); names must be plain text")
+    return value
+
+
 def _text(label: str, value) -> str:
     if value is None:
         return ""
     if isinstance(value, str):
-        return value
+        return plain_text(label, str(value))
     if _is_int(value):
         return str(value)
     raise InvalidRequest(f"{label} must be a string, not {describe(value)}")
@@ -94,7 +103,7 @@ def _text(label: str, value) -> str:
 def _engine(label: str, value) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidRequest(f"{label} must be a non-empty string, not {describe(value)}")
-    return value
+    return plain_text(label, str(value))
 
 
 def _int_in(low: int, high: int):
@@ -123,7 +132,7 @@ def _key(label: str, value) -> str:
         raise InvalidRequest(f"{label} must be a string, not {describe(value)}")
     if not 1 <= len(value) <= MAX_KEY_CHARS:
         raise InvalidRequest(f"{label} must be 1 to {MAX_KEY_CHARS} characters long, not {len(value)}")
-    return value
+    return plain_text(label, str(value))
 
 
 def _param(label: str, value) -> dict:
@@ -132,7 +141,18 @@ def _param(label: str, value) -> dict:
     if not isinstance(value, dict):
         raise InvalidRequest(f"{label} must be a mapping, not {describe(value)}")
     _check_json(value, "param")
+    size = json_size(value)
+    if size > MAX_PARAM_BYTES:
+        raise InvalidRequest(f"field 'param' is {size} bytes as JSON, over the {MAX_PARAM_BYTES}-byte limit")
     return value
+
+
+def _encodable(root: str, path: str, text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest(f"field '{root}': {path} holds a lone surrogate (U+{ord(text[exc.start]):04X}), "
+                             "which is not text") from None
 
 
 def _check_json(value, root: str) -> None:
@@ -143,8 +163,11 @@ def _check_json(value, root: str) -> None:
         item, path, depth = stack.pop()
         if depth > MAX_DEPTH:
             raise InvalidRequest(f"field '{root}' is nested more than {MAX_DEPTH} levels deep (at {path})")
+        if isinstance(item, NotDecimal):
+            raise InvalidRequest(f"field '{root}': {path} is {describe(item)}")
         if isinstance(item, str):
-            budget -= len(item) + 3
+            _encodable(root, path, item)
+            budget -= len(item.encode("utf-8")) + 3
         elif item is None or isinstance(item, (bool, int)):
             budget -= 6
         elif isinstance(item, float):
@@ -156,7 +179,8 @@ def _check_json(value, root: str) -> None:
             for key, sub in item.items():
                 if not isinstance(key, str):
                     raise InvalidRequest(f"field '{root}': key {describe(key)} in {path} is not a string; quote it")
-                budget -= len(key) + 4
+                _encodable(root, path, key)
+                budget -= len(key.encode("utf-8")) + 4
                 stack.append((sub, f"{path}.{key}", depth + 1))
         elif isinstance(item, list):
             budget -= 2
@@ -164,7 +188,7 @@ def _check_json(value, root: str) -> None:
         else:
             raise InvalidRequest(f"field '{root}': {path} is {describe(item)}, which JSON cannot carry")
         if budget < 0:
-            raise InvalidRequest(f"field '{root}' is larger than {MAX_PARAM_BYTES} bytes as JSON "
+            raise InvalidRequest(f"field '{root}' is larger than the {MAX_PARAM_BYTES}-byte limit as JSON "
                                  "(YAML aliases are expanded)")
 
 

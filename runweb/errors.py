@@ -5,6 +5,8 @@ No HTTP here: validation code raises these without knowing about Falcon, and
 """
 from __future__ import annotations
 
+import math
+
 
 class InvalidRequest(Exception):
     """A request refused before asking runq (bad field, parameter or body); the message names it."""
@@ -12,6 +14,10 @@ class InvalidRequest(Exception):
 
 class BodyTooLarge(Exception):
     """The request body is over runweb.max_body bytes."""
+
+
+class RequestTimeout(Exception):
+    """The client stopped sending its request body."""
 
 
 class NotAuthenticated(Exception):
@@ -24,3 +30,15 @@ class RunqRefused(Exception):
     def __init__(self, code: int, message: str):
         super().__init__(message)
         self.code = code
+
+
+class TooManyLogins(Exception):
+    """Too many failed logins from this address or for this user name lately."""
+
+    def __init__(self, retry_after: float):
+        super().__init__(f"too many failed logins; try again in {math.ceil(retry_after)} s")
+        self.retry_after = math.ceil(retry_after)
+
+
+class CrossSite(Exception):
+    """A state-changing request a browser says comes from another site."""

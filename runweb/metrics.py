@@ -15,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from runq.protocol import ProtocolError
 
 from . import request_metrics
-from .resources import ask
+from .resources import ask_plain
 
 # The classic text format: what every Prometheus scrapes (our names are plain ASCII).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -96,6 +96,6 @@ class Metrics:
         self.client = client
 
     def on_get(self, req, resp):
-        body = render(ask(self.client, "Metrics"))
+        body = render(ask_plain(self.client, "Metrics"))
         resp.content_type = CONTENT_TYPE
         resp.data = body

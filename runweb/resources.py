@@ -13,7 +13,7 @@ from runq.client import RunqUnavailable
 from runq.protocol import ProtocolError
 
 from . import batch_request, results
-from .errors import BodyTooLarge, InvalidRequest, RunqRefused
+from .errors import BodyTooLarge, InvalidRequest, RequestTimeout, RunqRefused
 
 DEFAULT_LIMIT, MAX_LIMIT = 1000, 10000
 RUN_STATES = ("waiting", "running", "finished", "failed", "cancelled")
@@ -23,8 +23,14 @@ FORM_HINT = ("; the body has no line breaks, as `curl -d @FILE` sends it (it str
 MAX_ID = 2**63 - 1  # what a database integer column holds
 
 
-def ask(client, mtype: str, **fields) -> dict:
-    """One request to runq -> the reply's envelope; an error reply raises RunqRefused."""
+def ask(client, req: falcon.Request, mtype: str, **fields) -> dict:
+    """One request to runq, as the caller (req.context.actor, admin) -> the reply's envelope;
+    an error reply raises RunqRefused."""
+    return ask_plain(client, mtype, actor=req.context.actor, admin=req.context.admin, **fields)
+
+
+def ask_plain(client, mtype: str, **fields) -> dict:
+    """One request to runq as is (Ping: about runq, not about anyone's batches)."""
     reply = client.request(mtype, **fields)
     if reply.get("status") != "ok":
         raise RunqRefused(reply.get("code", 502), reply.get("message") or f"runq refused {mtype}")
@@ -80,7 +86,10 @@ def read_body(req: falcon.Request, limit: int) -> bytes:
         raise too_large
     # Chunked uploads have no Content-Length; a server that ends the input itself says so (gunicorn does).
     chunked = req.content_length is None and req.env.get("wsgi.input_terminated")
-    body = (req.stream if chunked else req.bounded_stream).read(limit + 1)
+    try:
+        body = (req.stream if chunked else req.bounded_stream).read(limit + 1)
+    except TimeoutError:  # runweb.io_timeout without progress (gunicorn_worker sets it)
+        raise RequestTimeout("the request body stopped arriving; send it whole") from None
     if len(body) > limit:
         raise too_large
     return body
@@ -113,7 +122,7 @@ class Health:
 
     def on_get(self, req, resp):
         try:
-            resp.media = ask(self.client, "Ping")
+            resp.media = ask_plain(self.client, "Ping")
         except (RunqRefused, ProtocolError) as exc:
             raise RunqUnavailable(f"runq answered Ping badly: {exc}") from None
 
@@ -125,7 +134,7 @@ class Batches:
         self.client, self.max_body = client, max_body
 
     def on_get(self, req, resp):
-        resp.media = ask(self.client, "BatchList", **page(req))
+        resp.media = ask(self.client, req, "BatchList", **page(req))
 
     def on_post_new(self, req, resp):
         body = read_body(req, self.max_body)
@@ -135,7 +144,7 @@ class Batches:
             if looks_form_encoded(req, body):
                 raise InvalidRequest(f"{exc}{FORM_HINT}") from None
             raise
-        resp.media = reply = ask(self.client, "StartBatch", **fields)
+        resp.media = reply = ask(self.client, req, "StartBatch", **fields)
         if reply.get("created", True):
             resp.status, resp.location = falcon.HTTP_201, f"/batch/{reply.get('batch_id')}"
 
@@ -156,7 +165,7 @@ class Batch:
         state = choice(req, "state", RUN_STATES)
         if state is not None:
             fields["state"] = state
-        resp.media = ask(self.client, "BatchStatus", batch_id=integer("batch_id", batch_id), **fields)
+        resp.media = ask(self.client, req, "BatchStatus", batch_id=integer("batch_id", batch_id), **fields)
 
     def on_get_results(self, req, resp, batch_id):
         batch_id = integer("batch_id", batch_id)
@@ -164,7 +173,7 @@ class Batch:
         if fmt is None:
             fmt = "csv" if req.client_prefers((JSON_LINES.split(";")[0], "text/csv")) == "text/csv" else "jsonl"
         state = choice(req, "state", ("finished", "failed"))
-        ask_ = lambda mtype, **fields: ask(self.client, mtype, **fields)  # noqa: E731
+        ask_ = lambda mtype, **fields: ask(self.client, req, mtype, **fields)  # noqa: E731
         first = ask_("BatchResults", batch_id=batch_id, **({"state": state} if state else {}))  # 404 now
         if fmt == "csv":
             try:
@@ -178,7 +187,7 @@ class Batch:
             resp.stream = results.jsonl_stream(results.pages(ask_, batch_id, state, first))
 
     def on_post_cancel(self, req, resp, batch_id):
-        resp.media = ask(self.client, "CancelBatch", batch_id=integer("batch_id", batch_id))
+        resp.media = ask(self.client, req, "CancelBatch", batch_id=integer("batch_id", batch_id))
 
 
 class Run:
@@ -188,10 +197,10 @@ class Run:
         self.client = client
 
     def on_get(self, req, resp, batch_id, batch_index):
-        resp.media = ask(self.client, "RunStatus", **self._key(batch_id, batch_index))
+        resp.media = ask(self.client, req, "RunStatus", **self._key(batch_id, batch_index))
 
     def on_post_cancel(self, req, resp, batch_id, batch_index):
-        resp.media = ask(self.client, "CancelRun", **self._key(batch_id, batch_index))
+        resp.media = ask(self.client, req, "CancelRun", **self._key(batch_id, batch_index))
 
     @staticmethod
     def _key(batch_id: str, batch_index: str) -> dict:
@@ -205,7 +214,8 @@ class User:
         self.client = client
 
     def on_get(self, req, resp, user):
-        resp.media = ask(self.client, "UserStatus", user=user, **page(req))
+        user = batch_request.plain_text("parameter 'user'", user)
+        resp.media = ask(self.client, req, "UserStatus", user=user, **page(req))
 
 
 class Workers:
@@ -215,7 +225,7 @@ class Workers:
         self.client = client
 
     def on_get(self, req, resp):
-        resp.media = ask(self.client, "WorkerList", **page(req))
+        resp.media = ask(self.client, req, "WorkerList", **page(req))
 
 
 class Worker:
@@ -225,7 +235,7 @@ class Worker:
         self.client = client
 
     def on_get(self, req, resp, worker_id):
-        resp.media = ask(self.client, "WorkerStatus", worker_id=integer("worker_id", worker_id))
+        resp.media = ask(self.client, req, "WorkerStatus", worker_id=integer("worker_id", worker_id))
 
     def on_post_drain(self, req, resp, worker_id):
-        resp.media = ask(self.client, "DrainWorker", worker_id=integer("worker_id", worker_id))
+        resp.media = ask(self.client, req, "DrainWorker", worker_id=integer("worker_id", worker_id))

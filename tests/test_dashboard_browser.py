@@ -178,8 +178,6 @@ class _EvilSite(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.xfail(strict=True, reason="needs the web stream's Origin check (cross-site POSTs refused); "
-                                       "remove this marker when it is merged")
 def test_another_origin_cannot_cancel(stack, page):
     stack.worker()
     batch = submit(stack, name="victim", n_runs=2, param={"step_count": 50, "step_delay": 0.2})

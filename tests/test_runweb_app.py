@@ -21,11 +21,16 @@ class StubRunq:
     """Records requests (checked against the protocol, as the real client does) and returns canned Replies."""
 
     def __init__(self):
-        self.requests = []
-        self.replies = {}
+        self.requests = []   # (type, fields) without who asks; that is in self.who
+        self.who = []        # (actor, admin) of each request that carries them
+        self.replies = {"LoginThrottle": protocol.reply(retry_after=None)}
 
     def request(self, mtype, **fields):
         protocol.message(mtype, **fields)
+        if mtype == "LoginThrottle":
+            return self.replies[mtype]
+        if "admin" in fields:
+            self.who.append((fields.pop("actor"), fields.pop("admin")))
         self.requests.append((mtype, fields))
         answer = self.replies.get(mtype, protocol.reply())
         if isinstance(answer, Exception):

@@ -51,12 +51,12 @@ def test_users_file_is_reread_when_it_changes_but_not_more_often_than_recheck(tm
     path, clock = tmp_path / "users.yaml", Clock()
     found = auth.Users(path, recheck=3.0, clock=clock)
     assert found.current() == {} and not found.check("ann", "pw")
-    users.write_users(path, {"ann": auth.hash_password("pw")})
+    users.write_users(path, {"ann": {"password": auth.hash_password("pw"), "admin": False}})
     clock.now += 1
     assert not found.check("ann", "pw")  # within recheck: not looked at yet
     clock.now += 3
     assert found.check("ann", "pw")
-    users.write_users(path, {"ann": auth.hash_password("new")})
+    users.write_users(path, {"ann": {"password": auth.hash_password("new"), "admin": False}})
     clock.now += 3
     assert not found.check("ann", "pw") and found.check("ann", "new")  # no stale cached login
     path.unlink()
@@ -113,7 +113,7 @@ def test_add_list_remove(tmp_path, capsys):
     assert run_cli("--file", str(path), "add", "zoë", stdin="pässwort\n") == 0
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     stored = yaml.safe_load(path.read_text(encoding="utf-8"))
-    assert set(stored) == {"relteq", "zoë"} and auth.check_password("topl5678", stored["relteq"])
+    assert set(stored) == {"relteq", "zoë"} and auth.check_password("topl5678", stored["relteq"])  # old form
     assert auth.check_password("pässwort", stored["zoë"])
     capsys.readouterr()
     assert run_cli("--file", str(path), "list") == 0

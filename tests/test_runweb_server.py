@@ -102,6 +102,18 @@ def test_gunicorn_command_line(tmp_path, argv, env, port):
     text = " ".join(command)
     assert f"-b 0.0.0.0:{port}" in text and "-w 3" in text
     assert "--access-logfile -" in text and "--graceful-timeout 5" in text and "--no-control-socket" in text
+    # the worker class that slow sockets cannot stall (tests/test_runweb_limits.py), from conf
+    assert "-k runweb.gunicorn_worker.ThreadWorker" in text and "--threads 32" in text and "--timeout 30" in text
+
+
+def test_worker_class_settings_come_from_conf(tmp_path):
+    conf = tmp_path / "simx.yaml"
+    conf.write_text("runweb: {threads: 8, timeout: 20, keepalive: 1}\n")
+    text = " ".join(gunicorn_argv(parse_args([]), config.load(path=conf, env={}, root=ROOT)))
+    assert "--threads 8" in text and "--timeout 20" in text and "--keep-alive 1" in text
+    conf.write_text("runweb: {worker_class: eventlet}\n")
+    with pytest.raises(config.ConfigError, match="runweb.worker_class: 'eventlet' is not one of"):
+        gunicorn_argv(parse_args([]), config.load(path=conf, env={}, root=ROOT))
 
 
 def test_ipv6_bind_is_bracketed(tmp_path):
