@@ -19,6 +19,34 @@ class ConfigError(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one peer may make runq hold (runq.limits; bytes and seconds)."""
+    max_output: int = 10 * 1024 * 1024        # unsent bytes per connection before runq stops reading it
+    max_input_total: int = 256 * 1024 * 1024  # buffered half-frames over all connections
+    max_client_frame: int = 1024 * 1024       # also for a connection that has not said who it is
+    max_worker_frame: int = 10 * 1024 * 1024
+    frame_timeout: float = 30.0               # to finish a frame once begun
+    auth_timeout: float = 30.0                # to say who it is (role) after connecting, TLS included
+    worker_idle_factor: float = 3.0           # x heartbeat_interval of silence ends a worker's connection
+    max_unauth_per_addr: int = 64             # connections from one address not yet knowing their role
+
+
+@dataclasses.dataclass(frozen=True)
+class Tls:
+    """runq.tls: runq serves TLS when cert and key are set; peers verify runq against ca (TLS on when set)."""
+    cert: str = ""
+    key: str = ""
+    ca: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunwebTls:
+    """runweb.tls: gunicorn's certfile and keyfile; HTTPS when both are set."""
+    cert: str = ""
+    key: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class RunqConfig:
     host: str = "127.0.0.1"
     port: int = 8096
@@ -30,6 +58,9 @@ class RunqConfig:
     worker_token: str = ""
     retention_days: float = 0.0
     log_level: str = "INFO"
+    limits: Limits = Limits()
+    tls: Tls = Tls()
+    tls_server_name: str = ""   # the name peers check in runq's certificate; "" = host
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +79,7 @@ class RunwebConfig:
     trusted: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     users_file: str = "var/runweb-users.yaml"
     max_body: int = 1048576
+    tls: RunwebTls = RunwebTls()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +111,11 @@ ENV = {
     "RUNWEB_PORT": ("runweb", "port"),
     "RUNWEB_BIND": ("runweb", "bind"),
     "RUNWEB_USERS": ("runweb", "users_file"),
+    "SIMX_TLS_CERT": ("runq", "tls.cert"),
+    "SIMX_TLS_KEY": ("runq", "tls.key"),
+    "SIMX_TLS_CA": ("runq", "tls.ca"),
+    "RUNWEB_TLS_CERT": ("runweb", "tls.cert"),
+    "RUNWEB_TLS_KEY": ("runweb", "tls.key"),
 }
 SECTIONS = {"runq": RunqConfig, "batch": BatchDefaults, "runweb": RunwebConfig, "worker": WorkerConfig}
 
@@ -86,6 +123,8 @@ SECTIONS = {"runq": RunqConfig, "batch": BatchDefaults, "runweb": RunwebConfig, 
 def _convert(section: str, key: str, value, default):
     """Coerce a value to the type of the default; raise ConfigError naming section.key."""
     name = f"{section}.{key}"
+    if dataclasses.is_dataclass(default):
+        return _build(name, value, type(default))
     try:
         if isinstance(default, tuple):
             if isinstance(value, str):
@@ -114,6 +153,18 @@ def _convert(section: str, key: str, value, default):
         raise ConfigError(f"configuration {name}: bad value {value!r} ({exc})") from None
 
 
+def _build(name: str, given, cls):
+    """One section (or nested mapping such as runq.limits) -> its frozen dataclass."""
+    given = given or {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"configuration {name}: expected a mapping")
+    fields = {f.name: f.default for f in dataclasses.fields(cls)}
+    unknown = set(given) - set(fields)
+    if unknown:
+        raise ConfigError(f"configuration {name}.{sorted(unknown, key=str)[0]}: unknown key")
+    return cls(**{k: _convert(name, k, given[k], fields[k]) for k in given})
+
+
 def read_mapping(path: Path, what: str) -> dict:
     """A YAML file that must hold a mapping ({} when the file is absent)."""
     if not path.exists():
@@ -137,23 +188,19 @@ def load(path: str | Path | None = None, env: dict | None = None, root: Path = R
     raw = read_mapping(path, "a mapping of sections")
     for var, (section, key) in ENV.items():
         if env.get(var) not in (None, ""):
-            raw.setdefault(section, {})[key] = env[var]
+            parent, _, leaf = key.rpartition(".")
+            target = raw.setdefault(section, {})
+            if parent:
+                if not isinstance(target.get(parent), dict):
+                    target[parent] = {}
+                target = target[parent]
+            target[leaf] = env[var]
     for name, value in overrides.items():
         if value is None:
             continue
         section, _, key = name.partition("_")
         raw.setdefault(section, {})[key] = value
-    built = {}
-    for section, cls in SECTIONS.items():
-        given = raw.get(section) or {}
-        if not isinstance(given, dict):
-            raise ConfigError(f"configuration {section}: expected a mapping")
-        fields = {f.name: f.default for f in dataclasses.fields(cls)}
-        unknown = set(given) - set(fields)
-        if unknown:
-            raise ConfigError(f"configuration {section}.{sorted(unknown)[0]}: unknown key")
-        values = {k: _convert(section, k, given[k], fields[k]) for k in given}
-        built[section] = cls(**values)
+    built = {section: _build(section, raw.get(section), cls) for section, cls in SECTIONS.items()}
     var = Path(env["SIMX_VAR"]) if env.get("SIMX_VAR") else root / "var"
     return Config(root=root, var=var.resolve(), **built)
 

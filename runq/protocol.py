@@ -278,24 +278,38 @@ def decode_message(body: bytes) -> dict:
 
 
 class FrameReader:
-    """Incremental frame decoder: feed bytes, get whole message bodies."""
+    """Incremental frame decoder: feed bytes, get whole message bodies.
+
+    ``feed`` returns every body completed; runq uses ``push`` and ``pop`` to take one
+    body at a time, so a cap that changes with the peer's role applies to the next header.
+    """
 
     def __init__(self, max_frame: int = MAX_FRAME):
         self.buf = bytearray()
         self.max_frame = max_frame
 
     def feed(self, data: bytes) -> list[bytes]:
-        self.buf += data
+        self.push(data)
         bodies = []
-        while len(self.buf) >= 4:
-            (n,) = HEADER.unpack_from(self.buf)
-            if n > self.max_frame:
-                raise ProtocolError(f"frame of {n} bytes exceeds the {self.max_frame}-byte limit")
-            if len(self.buf) < 4 + n:
-                break
-            bodies.append(bytes(self.buf[4:4 + n]))
-            del self.buf[:4 + n]
+        while (body := self.pop()) is not None:
+            bodies.append(body)
         return bodies
+
+    def push(self, data: bytes) -> None:
+        self.buf += data
+
+    def pop(self) -> bytes | None:
+        """The next whole body, or None until more bytes come.  An oversized header raises at once."""
+        if len(self.buf) < 4:
+            return None
+        (n,) = HEADER.unpack_from(self.buf)
+        if n > self.max_frame:
+            raise ProtocolError(f"frame of {n} bytes exceeds the {self.max_frame}-byte limit")
+        if len(self.buf) < 4 + n:
+            return None
+        body = bytes(self.buf[4:4 + n])
+        del self.buf[:4 + n]
+        return body
 
 
 def run_key(msg: dict) -> tuple[int, int, int] | None:
