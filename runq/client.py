@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 
 from . import protocol
 
@@ -19,12 +20,24 @@ class Link:
         self.pending: list[bytes] = []
 
     @classmethod
-    def connect(cls, host: str, port: int, timeout: float | None = 10.0) -> "Link":
+    def connect(cls, host: str, port: int, timeout: float | None = 10.0, tls: ssl.SSLContext | None = None,
+                server_name: str | None = None) -> "Link":
+        """Connect, and with `tls` (runq.tls.client_context) verify runq as `server_name` (default host)."""
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:
             raise RunqUnavailable(f"cannot reach runq at {host}:{port}: {exc}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            try:
+                sock = tls.wrap_socket(sock, server_hostname=server_name or host)
+            except ssl.SSLCertVerificationError as exc:
+                sock.close()
+                raise RunqUnavailable(f"runq at {host}:{port} is not who it should be: {exc.verify_message}"
+                                      f" (check runq.tls.ca and runq.tls_server_name)") from None
+            except (ssl.SSLError, OSError) as exc:
+                sock.close()
+                raise RunqUnavailable(f"TLS with runq at {host}:{port} failed: {exc}") from None
         return cls(sock)
 
     def send(self, msg: dict) -> None:
@@ -78,13 +91,15 @@ def handshake(link: "Link", role: str, secret: bytes | None = None, key_id: str 
 class RunqClient:
     """Request/reply client: one short connection per request, as runweb uses it."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 8096, timeout: float = 30.0):
+    def __init__(self, host: str = "127.0.0.1", port: int = 8096, timeout: float = 30.0, *,
+                 tls: ssl.SSLContext | None = None, server_name: str | None = None):
         self.host, self.port, self.timeout = host, port, timeout
+        self.tls, self.server_name = tls, server_name
 
     def request(self, mtype: str, **fields) -> dict:
         """Send one request; return runq's Reply dict (status ok or error)."""
         msg = protocol.message(mtype, **fields)
-        link = Link.connect(self.host, self.port, self.timeout)
+        link = Link.connect(self.host, self.port, self.timeout, self.tls, self.server_name)
         try:
             link.send(msg)
             answer = link.recv()

@@ -11,6 +11,7 @@ import os
 import sys
 
 from runq import config as simx_config
+from runq import tls as runq_tls
 
 APP = "runweb.app:get_app()"
 
@@ -39,6 +40,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def tls_argv(cfg: simx_config.Config) -> list[str]:
+    """gunicorn's --certfile/--keyfile from runweb.tls (HTTPS when both are set)."""
+    tls = cfg.runweb.tls
+    if bool(tls.cert) != bool(tls.key):
+        raise simx_config.ConfigError("configuration runweb.tls: set both cert and key (or neither)")
+    if not tls.cert:
+        return []
+    files = [runq_tls.resolve(tls.cert, cfg.root, cfg.var), runq_tls.resolve(tls.key, cfg.root, cfg.var)]
+    for path in files:
+        if not path.is_file():
+            raise simx_config.ConfigError(f"configuration runweb.tls: no file {path}")
+    return ["--certfile", str(files[0]), "--keyfile", str(files[1])]
+
+
 def gunicorn_argv(args: argparse.Namespace, cfg: simx_config.Config) -> list[str]:
     port = args.port or (cfg.runweb.run_port if args.foreground_port else cfg.runweb.port)
     bind = cfg.runweb.bind
@@ -51,6 +66,7 @@ def gunicorn_argv(args: argparse.Namespace, cfg: simx_config.Config) -> list[str
         "--access-logfile", "-",
         "--graceful-timeout", "5",
         "--no-control-socket",  # gunicorn 27's default ~/.gunicorn/gunicorn.ctl would be shared by every runweb
+        *tls_argv(cfg),
         APP,
     ]
 
@@ -59,10 +75,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         cfg = simx_config.load(runweb_bind=args.bind, runweb_workers=args.workers)
+        command = gunicorn_argv(args, cfg)
     except simx_config.ConfigError as exc:
         print(f"runweb: {exc}", file=sys.stderr)
         return 2
-    command = gunicorn_argv(args, cfg)
     sys.stdout.flush()
     os.execv(command[0], command)
     return 0  # not reached: gunicorn replaced this process

@@ -10,6 +10,7 @@ from __future__ import annotations
 import falcon
 
 from runq import config as simx_config
+from runq import tls as runq_tls
 from runq.client import RunqClient, RunqUnavailable
 from runq.protocol import ProtocolError
 
@@ -102,4 +103,6 @@ def create_app(client, config: simx_config.Config) -> falcon.App:
 def get_app() -> falcon.App:
     """gunicorn's factory: configuration from conf/simx.yaml and the environment."""
     config = simx_config.load()
-    return create_app(RunqClient(config.runq.host, config.runq.port, timeout=RUNQ_TIMEOUT), config)
+    tls, server_name = runq_tls.client_context_from(config.runq, config.root, config.var)
+    return create_app(RunqClient(config.runq.host, config.runq.port, timeout=RUNQ_TIMEOUT, tls=tls,
+                                 server_name=server_name), config)

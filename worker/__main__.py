@@ -22,6 +22,7 @@ import threading
 
 from runq import config as runq_config
 from runq import protocol
+from runq import tls as runq_tls
 
 from .backoff import Backoff
 from .engines.base import UnknownEngine, engine_name, get_engine
@@ -53,6 +54,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--host", default=None, help="runq host (default RUNQ_HOST or conf, 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="runq port (default RUNQ_PORT or conf, 8096)")
     p.add_argument("--token", default=None, help="worker token (default SIMX_WORKER_TOKEN or conf)")
+    p.add_argument("--tls-ca", default=None, metavar="FILE",
+                   help="verify runq's TLS certificate against this CA (default SIMX_TLS_CA or conf runq.tls.ca; "
+                        "TLS is on when one is set)")
     p.add_argument("--retry-delay-max", "--retry-delay", type=float, default=None, metavar="SECONDS",
                    help="longest wait between reconnect attempts (default conf worker.retry_delay_max, 10)")
     p.add_argument("--config", "--conf", default=None, help="configuration file (default conf/simx.yaml)")
@@ -69,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         conf = runq_config.load(args.config, runq_host=args.host, runq_port=args.port,
                                 runq_worker_token=args.token, runq_log_level=args.log_level,
                                 worker_retry_delay_max=args.retry_delay_max)
+        tls, server_name = runq_tls.client_context_from(conf.runq, conf.root, conf.var, ca=args.tls_ca)
     except runq_config.ConfigError as exc:
         print(f"worker: {exc}", file=sys.stderr)
         return 2
@@ -83,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                         engine=engine_name(engine, args.engine), cost=args.cost, speed=args.speed,
                         priority=args.priority)
         loop = WorkerLoop(traits, engine, (conf.runq.host, conf.runq.port), conf.runq.worker_token or None,
-                          backoff=Backoff(cap=conf.worker.retry_delay_max))
+                          backoff=Backoff(cap=conf.worker.retry_delay_max), tls=tls, server_name=server_name)
     except (UnknownEngine, protocol.ProtocolError) as exc:
         log.error("%s", exc)
         return 2
