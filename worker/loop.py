@@ -127,7 +127,11 @@ class WorkerLoop:
                 if link.connecting:
                     link.finish_connect()
                     if self.tls is not None:
-                        link.start_tls(self.tls, self.server_name)
+                        plain = link.sock
+                        link.start_tls(self.tls, self.server_name)   # a new socket object, same descriptor
+                        self.selector.unregister(plain)
+                        self.selector.register(link.sock, selectors.EVENT_WRITE)
+                        link.watched = selectors.EVENT_WRITE
                     else:
                         self._connected(link)
                         continue
