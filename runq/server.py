@@ -36,7 +36,9 @@ log = logging.getLogger("runq.server")
 
 TICK_EVERY = 0.5          # seconds between coordinator.tick() calls
 RECV_SIZE = 256 * 1024
+MIN_RECV = 4096           # what a read takes once the input budget is spent
 ACCEPT_PAUSE = 0.75       # seconds without accepting after EMFILE/ENFILE
+ACCEPT_LOG_EVERY = 60.0   # an episode of failing accepts logs once, however often it recurs within this
 OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
@@ -93,6 +95,8 @@ class Server:
         self.ready: list[Connection] = []   # resumed: may hold input no selector event will announce
         self.accept_resume_at: float | None = None   # while accept() is paused for lack of descriptors
         self.accept_failing = False                      # from the first EMFILE until an accept succeeds
+        self.accept_logged_at = -math.inf                # when the last episode was logged
+        self.accept_recovery_due = False                 # log the recovery of the logged episode
         self.touched: dict[Connection, None] = {}
 
     @property
@@ -174,19 +178,23 @@ class Server:
                 return
             if self.accept_failing:
                 self.accept_failing = False
-                log.warning("accepting connections again")
+                if self.accept_recovery_due:
+                    self.accept_recovery_due = False
+                    log.warning("accepting connections again")
             self._admit(sock, addr[0])
 
     def _pause_accepting(self, exc: OSError) -> None:
         """Out of descriptors: stop listening for a moment instead of spinning on a failing accept()."""
-        if not self.accept_failing:   # one log line per episode
-            self.accept_failing = True
+        now = self.clock()
+        if not self.accept_failing and now - self.accept_logged_at >= ACCEPT_LOG_EVERY:
+            self.accept_logged_at, self.accept_recovery_due = now, True   # one log line per episode
             log.error("cannot accept connections: %s; pausing accept() until descriptors are free "
                       "(raise the open-files limit or find who holds the connections)", exc)
+        self.accept_failing = True
         for sock in self.listeners:
             if sock in self.sel.get_map():
                 self.sel.unregister(sock)
-        self.accept_resume_at = self.clock() + ACCEPT_PAUSE
+        self.accept_resume_at = now + ACCEPT_PAUSE
 
     def _resume_accepting(self) -> None:
         for sock in self.listeners:
@@ -245,8 +253,11 @@ class Server:
                 return
             if conn.paused or conn.closed:
                 return
+            # Past the input budget a read takes only a little: enough for small frames, while
+            # connections holding half frames wait (they are starved, and cut at the frame timeout).
+            room = self.limits.max_input_total - self.input_total
             try:
-                data = conn.sock.recv(RECV_SIZE)
+                data = conn.sock.recv(RECV_SIZE if room >= RECV_SIZE else max(room, MIN_RECV))
             except WOULD_BLOCK:
                 return
             except OSError as exc:
