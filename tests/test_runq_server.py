@@ -134,3 +134,86 @@ def test_workers_must_present_the_token_when_one_is_set(tmp_path):
     finally:
         for proc in (wrong, right, runq):
             proc.stop()
+
+
+class FakeStore:
+    def __init__(self):
+        self.pending = self.committed = 0
+
+    def commit(self):
+        self.committed += self.pending
+        self.pending = 0
+
+
+class BuggyCoordinator:
+    """Answers Ping; any other message buffers a write, then hits a bug (as a KeyError in the core would)."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def connected(self, conn, peer, now):
+        return []
+
+    def role_of(self, conn):
+        return None
+
+    def handle(self, conn, msg, now):
+        if msg["type"] == "Ping":
+            return [(conn, protocol.reply())]
+        self.store.pending += 1
+        raise KeyError("a bug in the core")
+
+    def disconnected(self, conn, now):
+        return []
+
+    def tick(self, now):
+        return []
+
+
+def test_an_unexpected_exception_in_the_core_ends_the_loop_without_committing():
+    import select
+
+    import pytest
+    from runq.server import Server
+    store = FakeStore()
+    server = Server(BuggyCoordinator(store), store, [("127.0.0.1", 0)])
+    port = server.addresses[0][1]
+    try:
+        link = Link.connect("127.0.0.1", port)
+        link.send(protocol.message("Ping"))
+        for _ in range(100):
+            server.step(0.05)
+            if select.select([link.sock], [], [], 0)[0]:
+                break
+        assert link.recv()["status"] == "ok"
+        bad = Link.connect("127.0.0.1", port)
+        bad.send(protocol.message("CancelBatch", batch_id=1))
+        with pytest.raises(KeyError, match="a bug in the core"):
+            for _ in range(100):
+                server.step(0.05)
+        assert store.pending == 1 and store.committed == 0, "half a turn must not be committed"
+    finally:
+        server.close()
+
+
+def test_database_is_private_and_an_open_one_is_tightened(tmp_path):
+    import os
+    import sqlite3
+    import stat
+    db = tmp_path / "runq.sqlite"
+    sqlite3.connect(db).close()
+    os.chmod(db, 0o644)
+    runq = start_runq(tmp_path)
+    try:
+        assert stat.S_IMODE(db.stat().st_mode) == 0o600
+        assert stat.S_IMODE((tmp_path / "var").stat().st_mode) == 0o700
+        assert "was mode 644 (readable by others); changed to 600" in runq.log()
+    finally:
+        runq.stop()
+    fresh = tmp_path / "fresh"
+    runq = start_runq(fresh)
+    try:
+        assert stat.S_IMODE((fresh / "runq.sqlite").stat().st_mode) == 0o600
+        assert "readable by others" not in runq.log()
+    finally:
+        runq.stop()
