@@ -18,7 +18,8 @@ import struct
 
 MAX_FRAME = 10 * 1024 * 1024  # bytes, as the original
 HEADER = struct.Struct(">I")
-MAX_DEPTH = 64              # nesting of arrays/objects inside param, data and replies
+MAX_DEPTH = 64              # nesting of arrays/objects inside param and data
+REPLY_DEPTH = MAX_DEPTH + 4  # a reply wraps stored values (runs[i].result, batch.param) a few levels down
 INT64 = 2 ** 63             # SQLite's integers are signed 64-bit
 
 
@@ -232,7 +233,7 @@ def check(msg: dict) -> dict:
             raise ProtocolError(f"{mtype}: unknown field {sorted(extra)[0][:64]!r}")
         for field in extra:  # replies carry data: bounded and clean like param
             problem = ("has a name that is not valid Unicode" if _lone_surrogate(field)
-                       else nested_problem(msg[field]))
+                       else nested_problem(msg[field], REPLY_DEPTH))
             if problem is not None:
                 raise ProtocolError(f"{mtype}: field {field[:64]!r} {problem}")
     return msg
