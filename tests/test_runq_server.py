@@ -217,3 +217,24 @@ def test_database_is_private_and_an_open_one_is_tightened(tmp_path):
         assert "readable by others" not in runq.log()
     finally:
         runq.stop()
+
+
+def test_frame_caps_follow_the_role_even_within_one_read(tmp_path):
+    runq = start_runq(tmp_path)
+    try:
+        traits = dict(host="h", pid=1, group="", user="", engine="dummy", cost=1.0, speed=1.0, priority=0.0)
+        big = {"blob": "r" * (2 * 1024 * 1024)}   # over the client cap, under the worker cap
+        stranger = Link.connect("127.0.0.1", runq.port)
+        stranger.send(protocol.message("StartBatch", engine="dummy", n_runs=1, param=big))
+        assert "exceeds the 1048576-byte limit" in stranger.recv()["message"]
+        worker = Link.connect("127.0.0.1", runq.port)
+        # WorkerReady and a large report in one write: the worker cap applies from the second frame on
+        worker.sock.sendall(protocol.encode(protocol.message("WorkerReady", **traits)) + protocol.encode(
+            protocol.message("WorkerFinishedRun", worker_id=1, batch_id=9, batch_index=0, attempt=1, data=big)))
+        assert worker.recv()["type"] == "RunqAcceptWorker"
+        worker.send(protocol.message("WorkerHeartbeat", worker_id=1))
+        assert RunqClient(port=runq.port).request("WorkerStatus", worker_id=1)["worker"]["connected"] is True
+        log = runq.log()
+        assert log.count("exceeds") == 1 and "rejected WorkerFinishedRun from worker 1 for run (9, 0)" in log
+    finally:
+        runq.stop()
