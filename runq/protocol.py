@@ -181,7 +181,7 @@ def nested_problem(value, max_depth: int = MAX_DEPTH) -> str | None:
                 if not key.isascii() and _lone_surrogate(key):
                     return "holds a lone surrogate"
                 stack.append((sub, depth + 1))
-        elif isinstance(item, list):
+        elif isinstance(item, (list, tuple)):   # a tuple: only ever on the sending side, encoded as a list
             if depth >= max_depth:
                 return f"nests deeper than {max_depth} levels"
             stack.extend((sub, depth + 1) for sub in item)
@@ -197,6 +197,15 @@ def nested_problem(value, max_depth: int = MAX_DEPTH) -> str | None:
         elif item is not None and not isinstance(item, bool):
             return f"holds a {type(item).__name__}"
     return None
+
+
+def clean_text(text: str) -> str:
+    """Text from an engine or a program made fit for a STR field: NUL and lone surrogates replaced."""
+    if "\0" in text:
+        text = text.replace("\0", "\ufffd")
+    if _lone_surrogate(text):
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
 
 
 def _lone_surrogate(text: str) -> bool:
@@ -250,7 +259,10 @@ def reply(status: str = "ok", code: int = 200, message: str = "ok", **data) -> d
 
 def encode(msg: dict) -> bytes:
     """One frame: length prefix + UTF-8 JSON (non-ASCII kept as UTF-8 bytes)."""
-    body = json.dumps(msg, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    try:
+        body = json.dumps(msg, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except (UnicodeEncodeError, ValueError) as exc:   # a lone surrogate, NaN: never on the wire
+        raise ProtocolError(f"cannot encode {msg.get('type')}: {exc}") from None
     if len(body) > MAX_FRAME:
         raise ProtocolError(f"message of {len(body)} bytes exceeds the {MAX_FRAME}-byte limit")
     return HEADER.pack(len(body)) + body

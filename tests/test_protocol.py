@@ -139,3 +139,16 @@ def test_decoding_refuses_what_json_would_let_through(body, complaint):
 def test_every_field_kind_is_declared_once_by_name():
     kinds = {k for schema in protocol.SCHEMA.values() for k in schema.values()}
     assert all(isinstance(k, protocol.Kind) for k in kinds)
+
+
+@pytest.mark.parametrize("text, clean", [("ok", "ok"), ("a\0b", "a\ufffdb"), ("x\ud800y", "x?y"), ("✓", "✓")])
+def test_clean_text_makes_engine_output_sendable(text, clean):
+    assert protocol.clean_text(text) == clean
+    protocol.message("WorkerFailedRun", worker_id=1, batch_id=1, batch_index=0, attempt=1, message=protocol.clean_text(text))
+
+
+def test_nothing_unencodable_goes_on_the_wire():
+    with pytest.raises(ProtocolError, match="cannot encode"):
+        protocol.encode(protocol.reply(data="\ud800"))
+    with pytest.raises(ProtocolError, match="cannot encode"):
+        protocol.encode(protocol.reply(data=float("nan")))
