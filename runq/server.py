@@ -43,6 +43,28 @@ OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
+class LogQuota:
+    """Lines about misbehaving peers: at most `burst` per `period` seconds, the rest counted and
+    reported once, so a flood of bad peers cannot flood the log (or the disk)."""
+
+    def __init__(self, clock, burst: int = 20, period: float = 1.0):
+        self.clock, self.burst, self.period = clock, burst, period
+        self.start, self.used, self.held = -math.inf, 0, 0
+
+    def log(self, level: int, fmt: str, *args) -> None:
+        now = self.clock()
+        if now - self.start >= self.period:
+            if self.held:
+                log.warning("%d more lines about peers held back in the last %.0f s", self.held,
+                            now - self.start)
+            self.start, self.used, self.held = now, 0, 0
+        if self.used < self.burst:
+            self.used += 1
+            log.log(level, fmt, *args)
+        else:
+            self.held += 1
+
+
 class Connection:
     __slots__ = ("sock", "peer", "reader", "outbuf", "staged", "closing", "is_worker", "events", "role",
                  "handshaking", "opened", "last_input", "frame_started", "scheduled", "paused", "closed")
@@ -98,6 +120,7 @@ class Server:
         self.accept_logged_at = -math.inf                # when the last episode was logged
         self.accept_recovery_due = False                 # log the recovery of the logged episode
         self.touched: dict[Connection, None] = {}
+        self.peer_log = LogQuota(clock).log
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -236,7 +259,7 @@ class Server:
             self._set_events(conn, selectors.EVENT_WRITE)
             return
         except (ssl.SSLError, OSError) as exc:
-            log.info("%r TLS handshake failed: %s", conn, exc)
+            self.peer_log(logging.INFO, "%r TLS handshake failed: %s", conn, exc)
             self._finish_close(conn)
             return
         conn.handshaking = False
@@ -261,7 +284,7 @@ class Server:
             except WOULD_BLOCK:
                 return
             except OSError as exc:
-                log.info("%r read error: %s", conn, exc)
+                self.peer_log(logging.INFO, "%r read error: %s", conn, exc)
                 self._finish_close(conn)
                 return
             if not data:
@@ -294,7 +317,7 @@ class Server:
                 if len(conn.outbuf) + len(conn.staged) > self.limits.max_output:
                     self._pause(conn)   # it reads its replies slower than it asks: wait for it
         except protocol.ProtocolError as exc:
-            log.warning("%r sent a bad frame: %s; closing it", conn, exc)
+            self.peer_log(logging.WARNING, "%r sent a bad frame: %s; closing it", conn, exc)
             error = (protocol.message("RunqError", message=str(exc)) if conn.is_worker or conn.role == "worker"
                      else protocol.reply("error", 400, str(exc)))
             self._queue([(conn, error), (conn, None)])
@@ -357,7 +380,7 @@ class Server:
             conn.scheduled = math.inf
             due, reason = self._deadline(conn)
             if due <= now:
-                log.info("%r %s; closing it", conn, reason)
+                self.peer_log(logging.INFO, "%r %s; closing it", conn, reason)
                 self._finish_close(conn)
             else:
                 self._schedule(conn)
@@ -393,7 +416,7 @@ class Server:
                 break
             except OSError as exc:
                 if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
-                    log.info("%r write error: %s", conn, exc)
+                    self.peer_log(logging.INFO, "%r write error: %s", conn, exc)
                 self._finish_close(conn)
                 return
             del conn.outbuf[:sent]

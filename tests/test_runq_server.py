@@ -238,3 +238,26 @@ def test_frame_caps_follow_the_role_even_within_one_read(tmp_path):
         assert log.count("exceeds") == 1 and "rejected WorkerFinishedRun from worker 1 for run (9, 0)" in log
     finally:
         runq.stop()
+
+
+def test_peer_log_lines_are_rationed():
+    import logging
+
+    from runq.server import LogQuota
+    now = [0.0]
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("runq.server")
+    logger.addHandler(handler)
+    try:
+        quota = LogQuota(lambda: now[0], burst=3, period=1.0)
+        for i in range(10):
+            quota.log(logging.WARNING, "bad peer %d", i)
+        now[0] = 1.5
+        quota.log(logging.WARNING, "bad peer %d", 10)
+    finally:
+        logger.removeHandler(handler)
+    lines = [r.getMessage() for r in records]
+    assert lines == ["bad peer 0", "bad peer 1", "bad peer 2", "7 more lines about peers held back in the last 2 s",
+                     "bad peer 10"]
