@@ -2,7 +2,7 @@
 import socket
 import struct
 
-from procs import start_runq
+from procs import start_runq, wait_until
 from runq import protocol
 from runq.client import Link, RunqClient
 
@@ -234,8 +234,9 @@ def test_frame_caps_follow_the_role_even_within_one_read(tmp_path):
         assert worker.recv()["type"] == "RunqAcceptWorker"
         worker.send(protocol.message("WorkerHeartbeat", worker_id=1))
         assert RunqClient(port=runq.port).request("WorkerStatus", worker_id=1)["worker"]["connected"] is True
-        log = runq.log()
-        assert log.count("exceeds") == 1 and "rejected WorkerFinishedRun from worker 1 for run (9, 0)" in log
+        wait_until(lambda: "rejected WorkerFinishedRun from worker 1 for run (9, 0)" in runq.log(), 10,
+                   what="the large report to reach the core")
+        assert runq.log().count("exceeds") == 1
     finally:
         runq.stop()
 
