@@ -225,7 +225,8 @@ def test_frame_caps_follow_the_role_even_within_one_read(tmp_path):
         traits = dict(host="h", pid=1, group="", user="", engine="dummy", cost=1.0, speed=1.0, priority=0.0)
         big = {"blob": "r" * (2 * 1024 * 1024)}   # over the client cap, under the worker cap
         stranger = Link.connect("127.0.0.1", runq.port)
-        stranger.send(protocol.message("StartBatch", engine="dummy", n_runs=1, param=big))
+        frame = protocol.encode(protocol.message("StartBatch", engine="dummy", n_runs=1, param=big))
+        stranger.sock.sendall(frame[:1000])   # runq refuses from the header: the rest would meet a closed socket
         assert "exceeds the 1048576-byte limit" in stranger.recv()["message"]
         worker = Link.connect("127.0.0.1", runq.port)
         # WorkerReady and a large report in one write: the worker cap applies from the second frame on
