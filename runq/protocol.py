@@ -82,6 +82,10 @@ MAP = Kind("an object", (dict,))
 ANY = Kind("a JSON value", (str, int, float, bool, dict, list), nullable=True)
 OPT_STR, OPT_ID, OPT_INDEX, OPT_ATTEMPT, OPT_COUNT = STR.null(), ID.null(), INDEX.null(), ATTEMPT.null(), COUNT.null()
 OPT_CODE, OPT_SECONDS, OPT_MAP = CODE.null(), SECONDS.null(), MAP.null()
+# Generic kinds for fields with no tighter natural bound (and for SCHEMA entries other streams add).
+INT = Kind("an integer", (int,), -INT64, INT64)
+LIST = Kind("an array", (list,))
+OPT_INT, OPT_NUM = INT.null(), NUM.null()
 
 # name -> {field: kind}.  A field listed in OPTIONAL may be absent.
 _RUN = {"batch_id": ID, "batch_index": INDEX, "attempt": ATTEMPT}
