@@ -114,6 +114,9 @@ class Server:
         self.unauth: dict[str, int] = {}    # peer address -> connections without a role
         self.input_total = 0                # bytes of half-received frames, all connections
         self.starved: set[Connection] = set()   # paused for the input budget
+        # Past the budget one connection holding a half frame may still finish it, so the
+        # others always get their turn (no deadlock when every frame in flight is large).
+        self.privileged: Connection | None = None
         self.ready: list[Connection] = []   # resumed: may hold input no selector event will announce
         self.accept_resume_at: float | None = None   # while accept() is paused for lack of descriptors
         self.accept_failing = False                      # from the first EMFILE until an accept succeeds
@@ -181,9 +184,14 @@ class Server:
                 conn.outbuf += conn.staged
                 conn.staged.clear()
             self._flush(conn)
-        if self.starved and self.input_total < self.limits.max_input_total:
-            for conn in list(self.starved):
-                self._unpause(conn)
+        if self.starved:
+            if self.input_total < self.limits.max_input_total:
+                for conn in list(self.starved):
+                    self._unpause(conn)
+            elif self.privileged is None or self.privileged.closed or not self.privileged.reader.buf:
+                # the privileged frame is done or gone: the fullest waiting one may finish next
+                self.privileged = max(self.starved, key=lambda c: len(c.reader.buf))
+                self._unpause(self.privileged)
 
     # ---- accepting
 
@@ -276,11 +284,12 @@ class Server:
                 return
             if conn.paused or conn.closed:
                 return
-            # Past the input budget a read takes only a little: enough for small frames, while
-            # connections holding half frames wait (they are starved, and cut at the frame timeout).
+            # Past the input budget a read takes only a little (enough for small frames), and
+            # connections holding half frames wait, except the privileged one.
             room = self.limits.max_input_total - self.input_total
+            size = RECV_SIZE if room >= RECV_SIZE or conn is self.privileged else max(room, MIN_RECV)
             try:
-                data = conn.sock.recv(RECV_SIZE if room >= RECV_SIZE else max(room, MIN_RECV))
+                data = conn.sock.recv(size)
             except WOULD_BLOCK:
                 return
             except OSError as exc:
@@ -330,10 +339,18 @@ class Server:
             conn.frame_started = self.clock()
         if not conn.closed and not conn.closing:
             if self.input_total > self.limits.max_input_total and reader.buf and not conn.paused:
-                self.starved.add(conn)
-                self._pause(conn)
+                self._ration(conn)
             self._schedule(conn)
         return not conn.closed
+
+    def _ration(self, conn: Connection) -> None:
+        """Over the input budget with a half frame: wait, unless it is (or may become) the privileged one."""
+        first = self.privileged
+        if first is None or first.closed or not first.reader.buf:
+            self.privileged = conn
+        if conn is not self.privileged:
+            self.starved.add(conn)
+            self._pause(conn)
 
     def _learn_role(self, conn: Connection) -> None:
         role = self.coord.role_of(conn)
@@ -360,8 +377,13 @@ class Server:
         times = [(math.inf, "")]
         if conn.role is None:
             times.append((conn.opened + self.limits.auth_timeout, "did not say who it is in time"))
-        if conn.frame_started is not None and (not conn.paused or conn in self.starved):
-            times.append((conn.frame_started + self.limits.frame_timeout, "did not finish a frame in time"))
+        if conn.paused:
+            return min(times)   # not reading is runq's choice: no frame or idle deadline meanwhile
+        if conn.frame_started is not None:
+            # A stranger or client finishes a frame in frame_timeout; a worker's frame (a result
+            # over a slow link) only has to keep moving.
+            begun = conn.last_input if conn.role == "worker" else conn.frame_started
+            times.append((begun + self.limits.frame_timeout, "did not finish a frame in time"))
         if conn.role == "worker":
             times.append((conn.last_input + self.idle_timeout, "worker silent too long"))
         return min(times)
@@ -434,6 +456,10 @@ class Server:
     def _unpause(self, conn: Connection) -> None:
         self.starved.discard(conn)
         conn.paused = False
+        now = self.clock()   # its silence while paused was runq's doing: its clocks restart
+        conn.last_input = now
+        if conn.frame_started is not None:
+            conn.frame_started = now
         self._watch(conn)
         self._schedule(conn)
         self.ready.append(conn)
@@ -468,6 +494,8 @@ class Server:
         self.input_total -= len(conn.reader.buf)
         conn.reader.buf.clear()
         self.starved.discard(conn)
+        if conn is self.privileged:
+            self.privileged = None
         if conn.role is None:
             self._count_unauth(conn.peer, -1)
         # The coordinator's reaction (a worker now disconnected) is buffered like any

@@ -263,3 +263,58 @@ def test_peer_log_lines_are_rationed():
     lines = [r.getMessage() for r in records]
     assert lines == ["bad peer 0", "bad peer 1", "bad peer 2", "7 more lines about peers held back in the last 2 s",
                      "bad peer 10"]
+
+
+TRAITS = dict(host="h", pid=1, group="", user="", engine="dummy", cost=1.0, speed=1.0, priority=0.0)
+
+
+def registered_worker(port):
+    link = Link.connect("127.0.0.1", port)
+    link.send(protocol.message("WorkerReady", **TRAITS))
+    accept = link.recv()
+    assert accept["type"] == "RunqAcceptWorker"
+    return link, accept["worker_id"]
+
+
+def test_large_reports_over_the_input_budget_all_arrive(tmp_path):
+    import threading
+    mib = 1024 * 1024
+    runq = start_runq(tmp_path, conf={"runq": {"limits": {"max_input_total": 2 * mib}}})
+    try:
+        links = [registered_worker(runq.port) for _ in range(4)]
+        frames = [protocol.encode(protocol.message(
+            "WorkerFinishedRun", worker_id=wid, batch_id=7, batch_index=i, attempt=1, data="d" * (3 * mib // 2)))
+            for i, (_, wid) in enumerate(links)]
+        senders = [threading.Thread(target=link.sock.sendall, args=(frame,)) for (link, _), frame in zip(links, frames)]
+        for t in senders:
+            t.start()
+        # 6 MiB in flight against a 2 MiB budget: one at a time finishes, none waits forever
+        wait_until(lambda: runq.log().count("rejected WorkerFinishedRun") == 4, 20,
+                   what=f"all four reports to reach the core\n{runq.log()[-2000:]}")
+        for t in senders:
+            t.join(5)
+        assert "closing it" not in runq.log()
+    finally:
+        runq.stop()
+
+
+def test_a_worker_frame_only_has_to_keep_moving_a_strangers_must_finish(tmp_path):
+    import time
+    runq = start_runq(tmp_path, conf={"runq": {"limits": {"frame_timeout": 1}}})
+    try:
+        worker, wid = registered_worker(runq.port)
+        stranger = socket.create_connection(("127.0.0.1", runq.port))
+        slow = protocol.encode(protocol.message("WorkerFinishedRun", worker_id=wid, batch_id=8, batch_index=0,
+                                                attempt=1, data="s" * 10_000))
+        ping = protocol.encode(protocol.message("Ping"))
+        stranger.sendall(ping[:3])
+        chunks = [slow[i:i + 1000] for i in range(0, len(slow), 1000)]
+        for chunk in chunks:          # ~2.5 s in all, never silent for 1 s
+            worker.sock.sendall(chunk)
+            time.sleep(0.25)          # pacing the sender: a slow link, not a wait for a condition
+        wait_until(lambda: "rejected WorkerFinishedRun from worker" in runq.log(), 5,
+                   what="the slow report to arrive")
+        assert "did not finish a frame in time" in runq.log()     # the stranger's 3 bytes
+        assert closed(stranger)
+    finally:
+        runq.stop()
