@@ -377,7 +377,7 @@ class Server:
         times = [(math.inf, "")]
         if conn.role is None:
             times.append((conn.opened + self.limits.auth_timeout, "did not say who it is in time"))
-        if conn.paused:
+        if conn.paused and conn.role is not None:
             return min(times)   # not reading is runq's choice: no frame or idle deadline meanwhile
         if conn.frame_started is not None:
             # A stranger or client finishes a frame in frame_timeout; a worker's frame (a result
