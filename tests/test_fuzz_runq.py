@@ -27,7 +27,7 @@ from procs import start_runq, start_worker, wait_until
 from runq import protocol
 from runq.client import Link, RunqClient, RunqUnavailable, handshake
 
-EXAMPLES, FRAMES_PER_EXAMPLE = 2100, 5      # > 10,000 frames
+EXAMPLES, FRAMES_PER_EXAMPLE = 1010, 10     # > 10,000 frames
 ANSWER_TIMEOUT = 5.0
 MiB = 1024 * 1024
 PING = protocol.encode(protocol.message("Ping"))
