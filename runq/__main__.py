@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import resource
@@ -27,6 +28,13 @@ def raise_open_files_limit() -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         return hard
     return soft
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def protect_files(url: str, var: Path) -> None:
@@ -85,6 +93,10 @@ def main(argv=None) -> int:
         print(f"runq: cannot listen on port {cfg.runq.port}: {exc}", file=sys.stderr)
         return 1
     log.info("database %s; up to %d open files", url, open_files)
+    exposed = [h for h in cfg.runq.listen if not is_loopback(h)]
+    if exposed and tls_context is None:
+        log.warning("listening on %s without TLS: params, results and handshakes cross the network in "
+                    "clear; set runq.tls.cert and runq.tls.key", ", ".join(exposed))
 
     def stop(signum, frame):
         server.stopping = True

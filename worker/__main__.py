@@ -1,11 +1,12 @@
 """Command line of one worker process:
 
     python -m worker --engine dummy [--group G] [--user U] [--cost C] [--speed S] [--priority P]
-                     [--host H] [--port N] [--token T] [--retry-delay-max SECONDS]
+                     [--host H] [--port N] [--token T] [--tls-ca FILE] [--retry-delay-max SECONDS]
                      [--config FILE] [--log-level LEVEL]
 
 runq's address and the worker token default to conf/simx.yaml, overridden by
-RUNQ_HOST / RUNQ_PORT / SIMX_WORKER_TOKEN.  Exit status: 0 after a stop
+RUNQ_HOST / RUNQ_PORT / SIMX_WORKER_TOKEN.  With a CA (--tls-ca, SIMX_TLS_CA or
+runq.tls.ca) the worker speaks TLS and checks runq's certificate.  Exit status: 0 after a stop
 (SIGTERM/SIGINT) or a drain (SIGUSR1 or runq's RunqDrain), 2 for a
 configuration error (bad flag, unknown engine, token refused by runq).
 """
