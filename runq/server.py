@@ -278,7 +278,9 @@ class Server:
     # ---- reading
 
     def _input(self, conn: Connection) -> None:
-        """Handle the frames already buffered, then read once (TLS: and what the record layer holds)."""
+        """Handle the frames already buffered, then read once (TLS: records up to RECV_SIZE, and
+        whatever the record layer already decrypted, which no selector event would announce)."""
+        got = 0
         while True:
             if not self._take_frames(conn):
                 return
@@ -303,7 +305,8 @@ class Server:
             before = len(conn.reader.buf)
             conn.reader.push(data)
             self.input_total += len(conn.reader.buf) - before
-            if not (self.tls is not None and conn.sock.pending()):
+            got += len(data)
+            if not (self.tls is not None and (got < RECV_SIZE or conn.sock.pending())):
                 self._take_frames(conn)
                 return
 

@@ -152,3 +152,19 @@ def test_frames_over_tls_reassemble_across_records(tmp_path, pki):
         link.close()
     finally:
         runq.stop()
+
+
+def test_a_large_report_crosses_tls_whole(tmp_path, pki):
+    runq, context = tls_runq(tmp_path, pki)
+    try:
+        link = Link.connect("127.0.0.1", runq.port, tls=context)
+        link.send(protocol.message("WorkerReady", host="h", pid=1, group="", user="", engine="dummy",
+                                   cost=1.0, speed=1.0, priority=0.0))
+        wid = link.recv()["worker_id"]
+        link.send(protocol.message("WorkerFinishedRun", worker_id=wid, batch_id=5, batch_index=0, attempt=1,
+                                   data="t" * (3 * 1024 * 1024)))
+        wait_until(lambda: "rejected WorkerFinishedRun" in runq.log(), 10, what="the 3 MiB report to arrive")
+        link.send(protocol.message("Ping"))
+        assert link.recv()["status"] == "ok"
+    finally:
+        runq.stop()
