@@ -15,7 +15,7 @@ import pytest
 
 from procs import eventually, start_runq, start_worker, wait_until
 from runq import protocol
-from runq.client import Link, RunqClient
+from runq.client import Link, RunqClient, handshake
 
 MiB = 1024 * 1024
 READY = dict(host="h", pid=1, group="", user="", engine="dummy", cost=1.0, speed=1.0, priority=0.0)
@@ -175,6 +175,7 @@ def test_overflowing_and_non_finite_fields_are_refused_and_work_goes_on(tmp_path
     runq = start_runq(tmp_path)
     try:
         link = Link.connect("127.0.0.1", runq.port)
+        handshake(link, "worker" if b'"Worker' in frame else "client")
         link.sock.sendall(frame)
         answer = link.recv()
         assert complaint in answer["message"]
@@ -191,22 +192,22 @@ def test_unauthenticated_connections_per_address_are_capped(tmp_path):
     try:
         socks += [socket.create_connection(("127.0.0.1", runq.port)) for _ in range(4)]
         worker = Link.connect("127.0.0.1", runq.port, timeout=5)
+        handshake(worker, "worker")
         worker.send(protocol.message("WorkerReady", **READY))
         assert worker.recv()["type"] == "RunqAcceptWorker"   # a registered worker no longer counts
-        fifth = Link.connect("127.0.0.1", runq.port, timeout=5)
-        fifth.send(protocol.message("Ping"))
-        assert fifth.recv()["status"] == "ok"
+        socks.append(socket.create_connection(("127.0.0.1", runq.port)))      # the fifth stranger
+        assert not is_closed(socks[-1], 0.5)
         sixth = socket.create_connection(("127.0.0.1", runq.port))
         assert is_closed(sixth, 5), "a sixth stranger from one address must be cut off"
         other = socket.socket()
         other.bind(("127.0.0.9", 0))
         other.connect(("127.0.0.1", runq.port))
         link = Link(other)
+        handshake(link, "client")
         link.send(protocol.message("Ping"))
         assert link.recv()["status"] == "ok"      # another address is not affected
         for s in socks:
             s.close()
-        fifth.close()
         assert eventually(lambda: ping_seconds(runq.port) < 1, 5)
     finally:
         for s in socks:
@@ -221,6 +222,7 @@ def test_a_silent_worker_and_a_silent_stranger_are_cut_at_their_timeouts(tmp_pat
     try:
         stranger = socket.create_connection(("127.0.0.1", runq.port))
         worker = Link.connect("127.0.0.1", runq.port, timeout=5)
+        handshake(worker, "worker")
         worker.send(protocol.message("WorkerReady", **READY))
         assert worker.recv()["type"] == "RunqAcceptWorker"
         t0 = time.monotonic()

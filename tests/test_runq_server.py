@@ -4,7 +4,7 @@ import struct
 
 from procs import start_runq, wait_until
 from runq import protocol
-from runq.client import Link, RunqClient
+from runq.client import Link, RunqClient, handshake
 
 
 def raw(port):
@@ -229,6 +229,7 @@ def test_frame_caps_follow_the_role_even_within_one_read(tmp_path):
         stranger.sock.sendall(frame[:1000])   # runq refuses from the header: the rest would meet a closed socket
         assert "exceeds the 1048576-byte limit" in stranger.recv()["message"]
         worker = Link.connect("127.0.0.1", runq.port)
+        handshake(worker, "worker")
         # WorkerReady and a large report in one write: the worker cap applies from the second frame on
         worker.sock.sendall(protocol.encode(protocol.message("WorkerReady", **traits)) + protocol.encode(
             protocol.message("WorkerFinishedRun", worker_id=1, batch_id=9, batch_index=0, attempt=1, data=big)))
@@ -270,6 +271,7 @@ TRAITS = dict(host="h", pid=1, group="", user="", engine="dummy", cost=1.0, spee
 
 def registered_worker(port):
     link = Link.connect("127.0.0.1", port)
+    handshake(link, "worker")
     link.send(protocol.message("WorkerReady", **TRAITS))
     accept = link.recv()
     assert accept["type"] == "RunqAcceptWorker"

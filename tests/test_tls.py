@@ -9,7 +9,7 @@ import pytest
 
 from procs import PYTHON, Proc, base_env, free_port, start_runq, start_worker, wait_until
 from runq import protocol, tls
-from runq.client import Link, RunqClient, RunqUnavailable
+from runq.client import Link, RunqClient, RunqUnavailable, handshake
 from testca import CA
 
 QUICK = {"step_count": 2, "step_delay": 0.01}
@@ -143,6 +143,7 @@ def test_frames_over_tls_reassemble_across_records(tmp_path, pki):
     runq, context = tls_runq(tmp_path, pki)
     try:
         link = Link.connect("127.0.0.1", runq.port, tls=context)
+        handshake(link, "client")
         frames = b"".join(protocol.encode(protocol.message("Ping")) for _ in range(50))
         for i in range(0, len(frames), 7):         # many tiny TLS records
             link.sock.sendall(frames[i:i + 7])
@@ -158,6 +159,7 @@ def test_a_large_report_crosses_tls_whole(tmp_path, pki):
     runq, context = tls_runq(tmp_path, pki)
     try:
         link = Link.connect("127.0.0.1", runq.port, tls=context)
+        handshake(link, "worker")
         link.send(protocol.message("WorkerReady", host="h", pid=1, group="", user="", engine="dummy",
                                    cost=1.0, speed=1.0, priority=0.0))
         wid = link.recv()["worker_id"]
