@@ -26,6 +26,7 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     """runq's side: TLS 1.2 or later with the given certificate chain and key."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)   # a peer must not make runq redo handshakes
     try:
         ctx.load_cert_chain(str(cert), str(key))
     except (OSError, ssl.SSLError) as exc:
