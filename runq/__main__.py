@@ -2,17 +2,24 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
+import os
 import resource
 import signal
+import stat
 import sys
 import time
+from pathlib import Path
 
 from . import auth
 from . import config as configuration
+from . import tls
 from .coordinator import Coordinator
 from .server import Server
 from .store import Store
+
+log = logging.getLogger("runq")
 
 
 def raise_open_files_limit() -> int:
@@ -22,6 +29,35 @@ def raise_open_files_limit() -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         return hard
     return soft
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def protect_files(url: str, var: Path) -> None:
+    """The database holds every param and result: owner-only, like the run-time dir.
+
+    Files runq creates are 0600 and directories 0700 (umask 077, set in main); an existing
+    database readable by others is tightened, with a log line saying so.  An existing
+    run-time dir is left as it is (other programs may share it).
+    """
+    paths = []
+    if url.startswith("sqlite:///") and ":memory:" not in url:
+        db = Path(url[len("sqlite:///"):])
+        paths += [db, Path(f"{db}-wal"), Path(f"{db}-shm")]
+    for path in paths:
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        want = mode & (0o700 if path.is_dir() else 0o600)
+        if mode != want:
+            path.chmod(want)
+            log.warning("%s was mode %o (readable by others); changed to %o", path, mode, want)
 
 
 def main(argv=None) -> int:
@@ -45,27 +81,44 @@ def main(argv=None) -> int:
     logging.basicConfig(level=cfg.runq.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # dataset's schema checks are chatty
+    os.umask(0o077)   # database, logs and run-time files: owner only
     open_files = raise_open_files_limit()
+    try:
+        tls_context = tls.server_context_from(cfg.runq, cfg.root, cfg.var)
+    except configuration.ConfigError as exc:
+        print(f"runq: {exc}", file=sys.stderr)
+        return 2
+    cfg.var.mkdir(mode=0o700, parents=True, exist_ok=True)
     url = configuration.resolve_db_url(cfg.runq.db_url, cfg.root, cfg.var)
+    protect_files(url, cfg.var)
     store = Store(url)
     coordinator = Coordinator(store, cfg.runq, cfg.batch, now=time.time(), secrets=secrets)
     try:
-        server = Server(coordinator, store, [(h, cfg.runq.port) for h in cfg.runq.listen])
+        server = Server(coordinator, store, [(h, cfg.runq.port) for h in cfg.runq.listen],
+                        limits=cfg.runq.limits, tls=tls_context, heartbeat_interval=cfg.runq.heartbeat_interval)
     except OSError as exc:
         print(f"runq: cannot listen on port {cfg.runq.port}: {exc}", file=sys.stderr)
         return 1
-    logging.getLogger("runq").info("database %s (instance %s); up to %d open files; %d worker secret(s), "
-                                   "client secret %s", url, coordinator.instance, open_files,
-                                   len(secrets.workers), "set" if secrets.client else "not set")
+    log.info("database %s (instance %s); up to %d open files; %d worker secret(s), client secret %s",
+             url, coordinator.instance, open_files, len(secrets.workers), "set" if secrets.client else "not set")
+    exposed = [h for h in cfg.runq.listen if not is_loopback(h)]
+    if exposed and tls_context is None:
+        log.warning("listening on %s without TLS: params, results and handshakes cross the network in "
+                    "clear; set runq.tls.cert and runq.tls.key", ", ".join(exposed))
 
     def stop(signum, frame):
         server.stopping = True
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    server.serve()
+    try:
+        server.serve()
+    except Exception:  # crash-only: a bug in the core must not commit half a turn
+        log.exception("runq: unexpected error; exiting without committing this turn "
+                      "(restarting resumes from the last commit)")
+        return 70
     store.close()
-    logging.getLogger("runq").info("runq stopped")
+    log.info("runq stopped")
     return 0
 
 

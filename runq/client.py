@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import ssl
 import threading
 
 from . import auth, protocol
@@ -22,12 +23,24 @@ class Link:
         self.pending: list[bytes] = []
 
     @classmethod
-    def connect(cls, host: str, port: int, timeout: float | None = 10.0) -> "Link":
+    def connect(cls, host: str, port: int, timeout: float | None = 10.0, tls: ssl.SSLContext | None = None,
+                server_name: str | None = None) -> "Link":
+        """Connect, and with `tls` (runq.tls.client_context) verify runq as `server_name` (default host)."""
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:
             raise RunqUnavailable(f"cannot reach runq at {host}:{port}: {exc}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            try:
+                sock = tls.wrap_socket(sock, server_hostname=server_name or host)
+            except ssl.SSLCertVerificationError as exc:
+                sock.close()
+                raise RunqUnavailable(f"runq at {host}:{port} is not who it should be: {exc.verify_message}"
+                                      f" (check runq.tls.ca and runq.tls_server_name)") from None
+            except (ssl.SSLError, OSError) as exc:
+                sock.close()
+                raise RunqUnavailable(f"TLS with runq at {host}:{port} failed: {exc}") from None
         return cls(sock)
 
     def send(self, msg: dict) -> None:
@@ -117,18 +130,22 @@ class RunqClient:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8096, timeout: float = 30.0,
-                 secret: bytes | None = None, tls=None):
-        self.host, self.port, self.timeout, self.secret, self.tls = host, port, timeout, secret, tls
+                 secret: bytes | None = None, *, tls: ssl.SSLContext | None = None, server_name: str | None = None):
+        self.host, self.port, self.timeout, self.secret = host, port, timeout, secret
+        self.tls, self.server_name = tls, server_name
         self._local = threading.local()
 
     @classmethod
     def from_config(cls, config, timeout: float = 30.0, port: int | None = None) -> "RunqClient":
-        """The client runweb, fab and the benches use: runq's address and the client secret from conf."""
+        """The client runweb, fab and the benches use: runq's address, the client secret and TLS from conf."""
         from . import config as simx_config
+        from . import tls as runq_tls
         path = config.runq.client_secret_file
         secret = (auth.load_secret(simx_config.resolve_var_path(path, config.root, config.var))
                   if path else None)
-        return cls(config.runq.host, port or config.runq.port, timeout=timeout, secret=secret)
+        context, server_name = runq_tls.client_context_from(config.runq, config.root, config.var)
+        return cls(config.runq.host, port or config.runq.port, timeout=timeout, secret=secret,
+                   tls=context, server_name=server_name)
 
     def _link(self) -> Link:
         link = getattr(self._local, "link", None)
@@ -138,7 +155,7 @@ class RunqClient:
             link.close()
             link = None
         if link is None:
-            link = Link.connect(self.host, self.port, self.timeout)
+            link = Link.connect(self.host, self.port, self.timeout, self.tls, self.server_name)
             try:
                 handshake(link, "client", self.secret)
             except BaseException:

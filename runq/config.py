@@ -21,6 +21,34 @@ class ConfigError(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one peer may make runq hold (runq.limits; bytes and seconds)."""
+    max_output: int = 10 * 1024 * 1024        # unsent bytes per connection before runq stops reading it
+    max_input_total: int = 256 * 1024 * 1024  # buffered half-frames over all connections
+    max_client_frame: int = 1024 * 1024       # also for a connection that has not said who it is
+    max_worker_frame: int = 10 * 1024 * 1024
+    frame_timeout: float = 30.0               # to finish a frame once begun
+    auth_timeout: float = 30.0                # to say who it is (role) after connecting, TLS included
+    worker_idle_factor: float = 3.0           # x heartbeat_interval of silence ends a worker's connection
+    max_unauth_per_addr: int = 64             # connections from one address not yet knowing their role
+
+
+@dataclasses.dataclass(frozen=True)
+class Tls:
+    """runq.tls: runq serves TLS when cert and key are set; peers verify runq against ca (TLS on when set)."""
+    cert: str = ""
+    key: str = ""
+    ca: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunwebTls:
+    """runweb.tls: gunicorn's certfile and keyfile; HTTPS when both are set."""
+    cert: str = ""
+    key: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class RunqConfig:
     host: str = "127.0.0.1"
     port: int = 8096
@@ -34,6 +62,9 @@ class RunqConfig:
     worker_secrets: tuple = ()         # WorkerSecretConf entries: more secrets, each with trait bounds
     retention_days: float = 0.0
     log_level: str = "INFO"
+    limits: Limits = Limits()
+    tls: Tls = Tls()
+    tls_server_name: str = ""   # the name peers check in runq's certificate; "" = host
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +100,7 @@ class RunwebConfig:
     io_timeout: float = 5.0
     # true when a reverse proxy on this host forwards requests: loopback peers are then not trusted
     behind_proxy: bool = False
+    tls: RunwebTls = RunwebTls()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +137,11 @@ ENV = {
     "RUNWEB_THREADS": ("runweb", "threads"),
     "RUNWEB_IO_TIMEOUT": ("runweb", "io_timeout"),
     "RUNWEB_BEHIND_PROXY": ("runweb", "behind_proxy"),
+    "SIMX_TLS_CERT": ("runq", "tls.cert"),
+    "SIMX_TLS_KEY": ("runq", "tls.key"),
+    "SIMX_TLS_CA": ("runq", "tls.ca"),
+    "RUNWEB_TLS_CERT": ("runweb", "tls.cert"),
+    "RUNWEB_TLS_KEY": ("runweb", "tls.key"),
 }
 SECTIONS = {"runq": RunqConfig, "batch": BatchDefaults, "runweb": RunwebConfig, "worker": WorkerConfig}
 
@@ -169,6 +206,8 @@ def _convert(section: str, key: str, value, default):
         raise ConfigError(f"configuration {name}: {REMOVED[(section, key)]}")
     if (section, key) == ("runq", "worker_secrets"):
         return worker_secrets(value)
+    if dataclasses.is_dataclass(default):
+        return _build(name, value, type(default))
     try:
         if isinstance(default, tuple):
             if isinstance(value, str):
@@ -197,6 +236,18 @@ def _convert(section: str, key: str, value, default):
         raise ConfigError(f"configuration {name}: bad value {value!r} ({exc})") from None
 
 
+def _build(name: str, given, cls):
+    """One section (or nested mapping such as runq.limits) -> its frozen dataclass."""
+    given = given or {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"configuration {name}: expected a mapping")
+    fields = {f.name: f.default for f in dataclasses.fields(cls)}
+    unknown = set(given) - set(fields) - {k for s, k in REMOVED if s == name}   # removed keys: their own error
+    if unknown:
+        raise ConfigError(f"configuration {name}.{sorted(unknown, key=str)[0]}: unknown key")
+    return cls(**{k: _convert(name, k, given[k], fields.get(k)) for k in given})
+
+
 def read_mapping(path: Path, what: str) -> dict:
     """A YAML file that must hold a mapping ({} when the file is absent)."""
     if not path.exists():
@@ -223,23 +274,19 @@ def load(path: str | Path | None = None, env: dict | None = None, root: Path = R
             raise ConfigError(f"environment {why}")
     for var, (section, key) in ENV.items():
         if env.get(var) not in (None, ""):
-            raw.setdefault(section, {})[key] = env[var]
+            parent, _, leaf = key.rpartition(".")
+            target = raw.setdefault(section, {})
+            if parent:
+                if not isinstance(target.get(parent), dict):
+                    target[parent] = {}
+                target = target[parent]
+            target[leaf] = env[var]
     for name, value in overrides.items():
         if value is None:
             continue
         section, _, key = name.partition("_")
         raw.setdefault(section, {})[key] = value
-    built = {}
-    for section, cls in SECTIONS.items():
-        given = raw.get(section) or {}
-        if not isinstance(given, dict):
-            raise ConfigError(f"configuration {section}: expected a mapping")
-        fields = {f.name: f.default for f in dataclasses.fields(cls)}
-        unknown = set(given) - set(fields) - {k for s, k in REMOVED if s == section}
-        if unknown:
-            raise ConfigError(f"configuration {section}.{sorted(unknown)[0]}: unknown key")
-        values = {k: _convert(section, k, given[k], fields.get(k)) for k in given}
-        built[section] = cls(**values)
+    built = {section: _build(section, raw.get(section), cls) for section, cls in SECTIONS.items()}
     var = Path(env["SIMX_VAR"]) if env.get("SIMX_VAR") else root / "var"
     return Config(root=root, var=var.resolve(), **built)
 

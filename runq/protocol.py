@@ -11,27 +11,88 @@ builds one and checks it, ``decode_message()`` parses and checks one.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import struct
 
 MAX_FRAME = 10 * 1024 * 1024  # bytes, as the original
 HEADER = struct.Struct(">I")
+MAX_DEPTH = 64              # nesting of arrays/objects inside param and data
+REPLY_DEPTH = MAX_DEPTH + 4  # a reply wraps stored values (runs[i].result, batch.param) a few levels down
+INT64 = 2 ** 63             # SQLite's integers are signed 64-bit
 
 
 class ProtocolError(Exception):
     """A frame or message that does not follow the protocol."""
 
 
-# Field kinds.  A tuple means "any of these"; None in it allows null.
-STR, INT, NUM, BOOL, MAP, LIST, ANY = str, int, (int, float), bool, dict, list, object
-OPT_STR, OPT_INT, OPT_NUM, OPT_MAP = (str, None), (int, None), (int, float, None), (dict, None)
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """What a field may hold: JSON type(s), bounds, whether null is allowed.
+
+    Declared once below and named, so a bound lives in one place.  ``lo <= x < hi``
+    for integers, ``lo <= x <= hi`` for numbers (always finite).
+    """
+    name: str
+    types: tuple
+    lo: float | None = None
+    hi: float | None = None
+    nullable: bool = False
+
+    def problem(self, value) -> str | None:
+        """Why ``value`` does not fit (a phrase following the field's name), or None."""
+        if value is None:
+            return None if self.nullable else "must not be null"
+        # bool is an int in Python; never accept it as a number
+        if not isinstance(value, self.types) or (isinstance(value, bool) and bool not in self.types):
+            return f"has the wrong type (expected {self.name})"
+        if dict in self.types or list in self.types:
+            return nested_problem(value)
+        if isinstance(value, str):
+            return string_problem(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            return "must be a finite number"
+        if self.lo is not None and not isinstance(value, bool):
+            if float in self.types:   # a number: inclusive range
+                if not self.lo <= value <= self.hi:
+                    return f"must be from {self.lo:g} to {self.hi:g}"
+            elif not self.lo <= value < self.hi:
+                return f"must be an integer from {self.lo} to {self.hi - 1}"
+        return None
+
+    def null(self) -> "Kind":
+        return dataclasses.replace(self, nullable=True)
+
+
+# Field kinds, each declared once.
+STR = Kind("a string", (str,))
+ID = Kind("an id", (int,), 0, INT64)                      # database keys: batches, workers
+COUNT = Kind("a count", (int,), 0, INT64)                 # offsets, limits, max_requeues
+INDEX = Kind("a run index", (int,), 0, INT64)             # batch_index < n_runs (checked against the batch)
+ATTEMPT = Kind("an attempt number", (int,), 0, 2 ** 31)
+N_RUNS = Kind("a number of runs", (int,), 0, 2 ** 31)     # api narrows to MAX_RUNS
+PID = Kind("a process id", (int,), 0, 2 ** 31)
+CODE = Kind("a status code", (int,), 0, 1000)
+NUM = Kind("a finite number", (int, float), -1e300, 1e300)
+TRAIT = Kind("a finite number", (int, float), -1e6, 1e6)  # cost, speed, priority (contract: protocol v2)
+SECONDS = Kind("a number of seconds", (int, float), 0, 1e12)
+BOOL = Kind("true or false", (bool,))
+MAP = Kind("an object", (dict,))
+ANY = Kind("a JSON value", (str, int, float, bool, dict, list), nullable=True)
+OPT_STR, OPT_ID, OPT_INDEX, OPT_ATTEMPT, OPT_COUNT = STR.null(), ID.null(), INDEX.null(), ATTEMPT.null(), COUNT.null()
+OPT_CODE, OPT_SECONDS, OPT_MAP = CODE.null(), SECONDS.null(), MAP.null()
+# Generic kinds for fields with no tighter natural bound (and for SCHEMA entries other streams add).
+INT = Kind("an integer", (int,), -INT64, INT64)
+LIST = Kind("an array", (list,))
+OPT_INT, OPT_NUM = INT.null(), NUM.null()
 
 # name -> {field: kind}.  A field listed in OPTIONAL may be absent.
-_RUN = {"batch_id": INT, "batch_index": INT, "attempt": INT}
-_OPT_RUN = {"batch_id": OPT_INT, "batch_index": OPT_INT, "attempt": OPT_INT}
+_RUN = {"batch_id": ID, "batch_index": INDEX, "attempt": ATTEMPT}
+_OPT_RUN = {"batch_id": OPT_ID, "batch_index": OPT_INDEX, "attempt": OPT_ATTEMPT}
 _WORKER_TRAITS = {
-    "host": STR, "pid": INT, "group": STR, "user": STR, "engine": STR,
-    "cost": NUM, "speed": NUM, "priority": NUM,
+    "host": STR, "pid": PID, "group": STR, "user": STR, "engine": STR,
+    "cost": TRAIT, "speed": TRAIT, "priority": TRAIT,
 }
 SCHEMA: dict[str, dict[str, object]] = {
     # connection opening, both roles (runq/auth.py)
@@ -40,45 +101,45 @@ SCHEMA: dict[str, dict[str, object]] = {
     "Auth": dict(proof=OPT_STR),
     # worker -> runq
     "WorkerReady": dict(_WORKER_TRAITS),
-    "WorkerReconnect": dict(_WORKER_TRAITS, worker_id=INT, proof=OPT_STR, **_OPT_RUN),
+    "WorkerReconnect": dict(_WORKER_TRAITS, worker_id=ID, proof=OPT_STR, **_OPT_RUN),
     # seq: highest RunqAssignRun.seq received; runs: [[batch_id, batch_index, attempt], ...] it computes
-    "WorkerHeartbeat": dict(worker_id=INT, seq=INT, runs=LIST),
-    "WorkerUpdate": dict(worker_id=INT, **_RUN, progress=NUM, message=OPT_STR),
-    "WorkerFinishedRun": dict(worker_id=INT, **_RUN, data=ANY),
-    "WorkerFailedRun": dict(worker_id=INT, **_RUN, message=STR, traceback=OPT_STR),
-    "WorkerAbortedRun": dict(worker_id=INT, **_RUN, message=OPT_STR),
-    "WorkerStoppedRun": dict(worker_id=INT, **_RUN),
-    "WorkerDraining": dict(worker_id=INT),
+    "WorkerHeartbeat": dict(worker_id=ID, seq=COUNT, runs=LIST),
+    "WorkerUpdate": dict(worker_id=ID, **_RUN, progress=NUM, message=OPT_STR),
+    "WorkerFinishedRun": dict(worker_id=ID, **_RUN, data=ANY),
+    "WorkerFailedRun": dict(worker_id=ID, **_RUN, message=STR, traceback=OPT_STR),
+    "WorkerAbortedRun": dict(worker_id=ID, **_RUN, message=OPT_STR),
+    "WorkerStoppedRun": dict(worker_id=ID, **_RUN),
+    "WorkerDraining": dict(worker_id=ID),
     # runq -> worker
     # key: only at a registration without a worker secret (with one, both ends derive it)
-    "RunqAcceptWorker": dict(worker_id=INT, heartbeat_interval=NUM, keep_run=BOOL, key=OPT_STR),
-    "RunqAssignRun": dict(**_RUN, seq=INT, engine=STR, param=MAP, time_limit=OPT_NUM),
+    "RunqAcceptWorker": dict(worker_id=ID, heartbeat_interval=SECONDS, keep_run=BOOL, key=OPT_STR),
+    "RunqAssignRun": dict(**_RUN, seq=COUNT, engine=STR, param=MAP, time_limit=OPT_SECONDS),
     "RunqAck": dict(**_RUN, accepted=BOOL, message=OPT_STR),
     "RunqAbortRun": dict(**_RUN, reason=STR),
     "RunqGetStatus": {},
     "RunqDrain": {},
-    "RunqError": dict(message=STR, code=OPT_INT),  # code: HTTP-like; 401 = bad secret, 426 = version
+    "RunqError": dict(message=STR, code=OPT_CODE),  # code: HTTP-like; 401 = bad secret, 426 = version
     # runweb (or any client) -> runq; each gets one Reply
     "Ping": {},
     "StartBatch": dict(
-        name=STR, group=STR, user=STR, engine=STR, n_runs=INT, param=MAP,
-        max_attempts=OPT_INT, max_requeues=OPT_INT, time_limit=OPT_NUM, idempotency_key=OPT_STR,
+        name=STR, group=STR, user=STR, engine=STR, n_runs=N_RUNS, param=MAP,
+        max_attempts=OPT_ATTEMPT, max_requeues=OPT_COUNT, time_limit=OPT_SECONDS, idempotency_key=OPT_STR,
     ),
-    "BatchList": dict(user=OPT_STR, offset=INT, limit=INT),
-    "BatchStatus": dict(batch_id=INT, offset=INT, limit=INT, state=OPT_STR),
-    "BatchResults": dict(batch_id=INT, start=INT, limit=INT, state=OPT_STR),
-    "RunStatus": dict(batch_id=INT, batch_index=INT),
-    "UserStatus": dict(user=STR, offset=INT, limit=INT),
-    "WorkerList": dict(offset=INT, limit=INT),
-    "WorkerStatus": dict(worker_id=INT),
-    "CancelBatch": dict(batch_id=INT),
-    "CancelRun": dict(batch_id=INT, batch_index=INT),
-    "DrainWorker": dict(worker_id=INT),
+    "BatchList": dict(user=OPT_STR, offset=COUNT, limit=COUNT),
+    "BatchStatus": dict(batch_id=ID, offset=COUNT, limit=COUNT, state=OPT_STR),
+    "BatchResults": dict(batch_id=ID, start=COUNT, limit=COUNT, state=OPT_STR),
+    "RunStatus": dict(batch_id=ID, batch_index=INDEX),
+    "UserStatus": dict(user=STR, offset=COUNT, limit=COUNT),
+    "WorkerList": dict(offset=COUNT, limit=COUNT),
+    "WorkerStatus": dict(worker_id=ID),
+    "CancelBatch": dict(batch_id=ID),
+    "CancelRun": dict(batch_id=ID, batch_index=INDEX),
+    "DrainWorker": dict(worker_id=ID),
     "Metrics": {},   # runq's counters and gauges for GET /metrics (runq/metrics.py)
     # a failed login runweb reports (failed: true) or asks about; the Reply says retry_after (s or null)
     "LoginThrottle": dict(address=STR, user=STR, failed=BOOL),
     # runq -> client: {status: ok|error, code, message, ...data}
-    "Reply": dict(status=STR, code=INT, message=STR),
+    "Reply": dict(status=STR, code=CODE, message=STR),
 }
 OPTIONAL: dict[str, frozenset[str]] = {
     "Hello": frozenset({"key_id"}),
@@ -117,20 +178,67 @@ OPEN_TYPES = frozenset({"Reply", "Hello", "RunqChallenge"})
 VERSION = 2
 
 
-def _kind_ok(value, kind) -> bool:
-    if kind is object:
+def string_problem(text: str) -> str | None:
+    """Strings are valid Unicode (no lone surrogate: a JSON "\\ud800" decodes to one) without NUL."""
+    if "\0" in text:
+        return "must not contain NUL characters"
+    if not text.isascii() and _lone_surrogate(text):
+        return "must be valid Unicode (it holds a lone surrogate)"
+    return None
+
+
+def nested_problem(value, max_depth: int = MAX_DEPTH) -> str | None:
+    """Inside param, data and replies: depth bounded, numbers finite and 64-bit, strings and keys valid Unicode.
+
+    NUL is allowed here (engine output may hold it; JSON and SQLite carry it).  Iterative, so a deep
+    value cannot exhaust the stack.
+    """
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            if depth >= max_depth:
+                return f"nests deeper than {max_depth} levels"
+            for key, sub in item.items():
+                if not isinstance(key, str):
+                    return "has a key that is not a string"
+                if not key.isascii() and _lone_surrogate(key):
+                    return "holds a lone surrogate"
+                stack.append((sub, depth + 1))
+        elif isinstance(item, (list, tuple)):   # a tuple: only ever on the sending side, encoded as a list
+            if depth >= max_depth:
+                return f"nests deeper than {max_depth} levels"
+            stack.extend((sub, depth + 1) for sub in item)
+        elif isinstance(item, str):
+            if not item.isascii() and _lone_surrogate(item):
+                return "holds a lone surrogate"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return "holds a number that is not finite"
+        elif isinstance(item, int) and not isinstance(item, bool):
+            if not -INT64 <= item < INT64:
+                return "holds an integer beyond 64 bits"
+        elif item is not None and not isinstance(item, bool):
+            return f"holds a {type(item).__name__}"
+    return None
+
+
+def clean_text(text: str) -> str:
+    """Text from an engine or a program made fit for a STR field: NUL and lone surrogates replaced."""
+    if "\0" in text:
+        text = text.replace("\0", "\ufffd")
+    if _lone_surrogate(text):
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def _lone_surrogate(text: str) -> bool:
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
         return True
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    for k in kinds:
-        if k is None:
-            if value is None:
-                return True
-        elif k is int or k is float:
-            # bool is an int in Python; never accept it as a number
-            if isinstance(value, k) and not isinstance(value, bool):
-                return True
-        elif isinstance(value, k):
-            return True
     return False
 
 
@@ -141,19 +249,26 @@ def check(msg: dict) -> dict:
     mtype = msg.get("type")
     schema = SCHEMA.get(mtype) if isinstance(mtype, str) else None
     if schema is None:
-        raise ProtocolError(f"unknown message type {mtype!r}")
+        shown = mtype if not isinstance(mtype, str) or len(mtype) < 64 else mtype[:64] + "..."
+        raise ProtocolError(f"unknown message type {shown!r}")
     optional = OPTIONAL.get(mtype, ())
     for field, kind in schema.items():
         if field not in msg:
             if field in optional:
                 continue
             raise ProtocolError(f"{mtype}: missing field {field!r}")
-        if not _kind_ok(msg[field], kind):
-            raise ProtocolError(f"{mtype}: field {field!r} has the wrong type")
-    if mtype not in OPEN_TYPES:
-        extra = set(msg) - set(schema) - {"type"}
-        if extra:
-            raise ProtocolError(f"{mtype}: unknown field {sorted(extra)[0]!r}")
+        problem = kind.problem(msg[field])
+        if problem is not None:
+            raise ProtocolError(f"{mtype}: field {field!r} {problem}")
+    extra = set(msg) - set(schema) - {"type"}
+    if extra:
+        if mtype not in OPEN_TYPES:
+            raise ProtocolError(f"{mtype}: unknown field {sorted(extra)[0][:64]!r}")
+        for field in extra:  # replies carry data: bounded and clean like param
+            problem = ("has a name that is not valid Unicode" if _lone_surrogate(field)
+                       else nested_problem(msg[field], REPLY_DEPTH))
+            if problem is not None:
+                raise ProtocolError(f"{mtype}: field {field[:64]!r} {problem}")
     return msg
 
 
@@ -168,39 +283,70 @@ def reply(status: str = "ok", code: int = 200, message: str = "ok", **data) -> d
 
 def encode(msg: dict) -> bytes:
     """One frame: length prefix + UTF-8 JSON (non-ASCII kept as UTF-8 bytes)."""
-    body = json.dumps(msg, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    try:
+        body = json.dumps(msg, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except (UnicodeEncodeError, ValueError) as exc:   # a lone surrogate, NaN: never on the wire
+        raise ProtocolError(f"cannot encode {msg.get('type')}: {exc}") from None
     if len(body) > MAX_FRAME:
         raise ProtocolError(f"message of {len(body)} bytes exceeds the {MAX_FRAME}-byte limit")
     return HEADER.pack(len(body)) + body
 
 
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:32]} is out of range")
+    return value
+
+
 def decode_message(body: bytes) -> dict:
+    """Parse one frame body; NaN, Infinity and numbers that overflow to them are refused here."""
     try:
-        msg = json.loads(body.decode("utf-8"))
+        msg = json.loads(body.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"frame is not UTF-8 JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError(f"frame nests deeper than {MAX_DEPTH} levels") from None
     return check(msg)
 
 
 class FrameReader:
-    """Incremental frame decoder: feed bytes, get whole message bodies."""
+    """Incremental frame decoder: feed bytes, get whole message bodies.
+
+    ``feed`` returns every body completed; runq uses ``push`` and ``pop`` to take one
+    body at a time, so a cap that changes with the peer's role applies to the next header.
+    """
 
     def __init__(self, max_frame: int = MAX_FRAME):
         self.buf = bytearray()
         self.max_frame = max_frame
 
     def feed(self, data: bytes) -> list[bytes]:
-        self.buf += data
+        self.push(data)
         bodies = []
-        while len(self.buf) >= 4:
-            (n,) = HEADER.unpack_from(self.buf)
-            if n > self.max_frame:
-                raise ProtocolError(f"frame of {n} bytes exceeds the {self.max_frame}-byte limit")
-            if len(self.buf) < 4 + n:
-                break
-            bodies.append(bytes(self.buf[4:4 + n]))
-            del self.buf[:4 + n]
+        while (body := self.pop()) is not None:
+            bodies.append(body)
         return bodies
+
+    def push(self, data: bytes) -> None:
+        self.buf += data
+
+    def pop(self) -> bytes | None:
+        """The next whole body, or None until more bytes come.  An oversized header raises at once."""
+        if len(self.buf) < 4:
+            return None
+        (n,) = HEADER.unpack_from(self.buf)
+        if n > self.max_frame:
+            raise ProtocolError(f"frame of {n} bytes exceeds the {self.max_frame}-byte limit")
+        if len(self.buf) < 4 + n:
+            return None
+        body = bytes(self.buf[4:4 + n])
+        del self.buf[:4 + n]
+        return body
 
 
 def run_key(msg: dict) -> tuple[int, int, int] | None:

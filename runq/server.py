@@ -2,43 +2,100 @@
 
 It moves bytes and knows the framing, nothing of what messages mean.  Each
 loop turn: read what is ready and hand each whole message to the coordinator,
-run its timers, **commit the store once**, then queue what the coordinator
-wants sent.  An error on one connection closes that connection only.
+run its timers, **commit the store once**, then send what the coordinator
+wants sent (encoded as it is produced, held back until the commit).
+
+A bad frame, a ``ProtocolError`` or a peer that breaks a limit closes that
+connection only.  Any other exception escapes ``serve()``: runq ends without
+committing the half turn (crash-only; supervisor restarts it from the last
+commit).
+
+Limits (conf ``runq.limits``): output waiting per connection (reading its
+requests pauses above it), input buffered over all connections, frame size by
+role, time to finish a frame and to say who one is, worker idle time, and
+unauthenticated connections per address.  Deadlines sit in a heap, so a turn
+never sweeps every connection.  TLS (conf ``runq.tls``) runs in the same loop
+with a non-blocking handshake, counted in the time to say who one is.
 """
 from __future__ import annotations
 
 import errno
+import heapq
+import itertools
 import logging
+import math
 import selectors
 import socket
+import ssl
 import time
 
 from . import protocol
+from .config import Limits
 
 log = logging.getLogger("runq.server")
 
 TICK_EVERY = 0.5          # seconds between coordinator.tick() calls
 RECV_SIZE = 256 * 1024
+MIN_RECV = 4096           # what a read takes once the input budget is spent
+ACCEPT_PAUSE = 0.75       # seconds without accepting after EMFILE/ENFILE
+ACCEPT_LOG_EVERY = 60.0   # an episode of failing accepts logs once, however often it recurs within this
+OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
+class LogQuota:
+    """Lines about misbehaving peers: at most `burst` per `period` seconds, the rest counted and
+    reported once, so a flood of bad peers cannot flood the log (or the disk)."""
+
+    def __init__(self, clock, burst: int = 20, period: float = 1.0):
+        self.clock, self.burst, self.period = clock, burst, period
+        self.start, self.used, self.held = -math.inf, 0, 0
+
+    def log(self, level: int, fmt: str, *args) -> None:
+        now = self.clock()
+        if now - self.start >= self.period:
+            if self.held:
+                log.warning("%d more lines about peers held back in the last %.0f s", self.held,
+                            now - self.start)
+            self.start, self.used, self.held = now, 0, 0
+        if self.used < self.burst:
+            self.used += 1
+            log.log(level, fmt, *args)
+        else:
+            self.held += 1
 
 
 class Connection:
-    __slots__ = ("sock", "peer", "reader", "outbuf", "closing", "is_worker", "want_write")
+    __slots__ = ("sock", "peer", "reader", "outbuf", "staged", "closing", "is_worker", "events", "role",
+                 "handshaking", "opened", "last_input", "frame_started", "scheduled", "paused", "closed")
 
-    def __init__(self, sock: socket.socket, peer: str):
+    def __init__(self, sock: socket.socket, peer: str, max_frame: int, now: float, handshaking: bool):
         self.sock, self.peer = sock, peer
-        self.reader = protocol.FrameReader()
-        self.outbuf = bytearray()
+        self.reader = protocol.FrameReader(max_frame)
+        self.outbuf = bytearray()     # encoded, committed: being sent
+        self.staged = bytearray()     # encoded this turn: sent after the commit
         self.closing = False
         self.is_worker = False
-        self.want_write = False
+        self.events = selectors.EVENT_READ
+        self.role: str | None = None
+        self.handshaking = handshaking
+        self.opened = self.last_input = now
+        self.frame_started: float | None = None
+        self.scheduled = math.inf     # the time of this connection's entry in the deadline heap
+        self.paused = False           # not reading: too much output waiting, or the input budget is spent
+        self.closed = False
 
     def __repr__(self):
         return f"<conn {self.peer} fd={self.sock.fileno()}>"
 
 
 class Server:
-    def __init__(self, coordinator, store, addresses: list[tuple[str, int]], clock=time.time):
+    def __init__(self, coordinator, store, addresses: list[tuple[str, int]], clock=time.time,
+                 limits: Limits = Limits(), tls: ssl.SSLContext | None = None, heartbeat_interval: float = 0.0):
         self.coord, self.store, self.clock = coordinator, store, clock
+        self.limits, self.tls = limits, tls
+        self.idle_timeout = (limits.worker_idle_factor * heartbeat_interval
+                             if limits.worker_idle_factor > 0 and heartbeat_interval > 0 else math.inf)
         self.sel = selectors.DefaultSelector()
         self.listeners = []
         for host, port in addresses:
@@ -52,135 +109,401 @@ class Server:
             self.listeners.append(sock)
         self.stopping = False
         self.last_tick = 0.0
+        self.deadlines: list = []           # (time, seq, conn): lazily invalidated
+        self.seq = itertools.count()
+        self.unauth: dict[str, int] = {}    # peer address -> connections without a role
+        self.input_total = 0                # bytes of half-received frames, all connections
+        self.starved: set[Connection] = set()   # paused for the input budget
+        # Past the budget one connection holding a half frame may still finish it, so the
+        # others always get their turn (no deadlock when every frame in flight is large).
+        self.privileged: Connection | None = None
+        self.ready: list[Connection] = []   # resumed: may hold input no selector event will announce
+        self.accept_resume_at: float | None = None   # while accept() is paused for lack of descriptors
+        self.accept_failing = False                      # from the first EMFILE until an accept succeeds
+        self.accept_logged_at = -math.inf                # when the last episode was logged
+        self.accept_recovery_due = False                 # log the recovery of the logged episode
+        self.touched: dict[Connection, None] = {}
+        self.peer_log = LogQuota(clock).log
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
         return [s.getsockname()[:2] for s in self.listeners]
 
     def serve(self) -> None:
-        log.info("runq listening on %s", ", ".join(f"{h}:{p}" for h, p in self.addresses))
+        """Loop until ``stopping``; an unexpected exception propagates with the turn uncommitted."""
+        log.info("runq listening on %s%s", ", ".join(f"{h}:{p}" for h, p in self.addresses),
+                 " (TLS)" if self.tls else "")
         while not self.stopping:
             self.step(TICK_EVERY)
         self.store.commit()
+        self.close()
+
+    def close(self) -> None:
         for key in list(self.sel.get_map().values()):
             key.fileobj.close()
+        for sock in self.listeners:
+            sock.close()
         self.sel.close()
 
     def step(self, timeout: float) -> None:
         """One loop turn."""
-        outgoing = []
+        now = self.clock()
+        soonest = min(self.last_tick + TICK_EVERY, self.deadlines[0][0] if self.deadlines else math.inf,
+                      self.accept_resume_at or math.inf)
+        timeout = max(0.0, min(timeout, soonest - now))
         for key, mask in self.sel.select(timeout):
             if key.data is None:
-                outgoing += self._accept(key.fileobj)
+                self._accept(key.fileobj)
                 continue
             conn = key.data
-            if mask & selectors.EVENT_READ:
-                outgoing += self._read(conn)
+            if conn.closed:
+                continue
+            if conn.handshaking:
+                self._handshake(conn)
+                continue
             if mask & selectors.EVENT_WRITE:
                 self._flush(conn)
+            if mask & selectors.EVENT_READ and not conn.closed:
+                self._input(conn)
+        ready, self.ready = self.ready, []
+        for conn in ready:
+            if not conn.closed and not conn.paused:
+                self._input(conn)
         now = self.clock()
+        self._expire(now)
+        if self.accept_resume_at is not None and now >= self.accept_resume_at:
+            self._resume_accepting()
         if now - self.last_tick >= TICK_EVERY:
             self.last_tick = now
-            outgoing += self.coord.tick(now)
+            self._queue(self.coord.tick(now))
         # Commit before send: nothing goes out about state that is not durable.
         pending, started = self.store.pending(), time.perf_counter()
         self.store.commit()
         if pending:
             self.coord.metrics.committed(time.perf_counter() - started)
-        touched = []
+        touched, self.touched = self.touched, {}
+        for conn in touched:
+            if conn.staged:
+                conn.outbuf += conn.staged
+                conn.staged.clear()
+            self._flush(conn)
+        if self.starved:
+            if self.input_total < self.limits.max_input_total:
+                for conn in list(self.starved):
+                    self._unpause(conn)
+            elif self.privileged is None or self.privileged.closed or not self.privileged.reader.buf:
+                # the privileged frame is done or gone: the fullest waiting one may finish next
+                self.privileged = max(self.starved, key=lambda c: len(c.reader.buf))
+                self._unpause(self.privileged)
+
+    # ---- accepting
+
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(64):
+            try:
+                sock, addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in OUT_OF_DESCRIPTORS:
+                    self._pause_accepting(exc)
+                else:  # ECONNABORTED and friends: that one peer only
+                    log.debug("accept failed: %s", exc)
+                return
+            if self.accept_failing:
+                self.accept_failing = False
+                if self.accept_recovery_due:
+                    self.accept_recovery_due = False
+                    log.warning("accepting connections again")
+            self._admit(sock, addr[0])
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        """Out of descriptors: stop listening for a moment instead of spinning on a failing accept()."""
+        now = self.clock()
+        if not self.accept_failing and now - self.accept_logged_at >= ACCEPT_LOG_EVERY:
+            self.accept_logged_at, self.accept_recovery_due = now, True   # one log line per episode
+            log.error("cannot accept connections: %s; pausing accept() until descriptors are free "
+                      "(raise the open-files limit or find who holds the connections)", exc)
+        self.accept_failing = True
+        for sock in self.listeners:
+            if sock in self.sel.get_map():
+                self.sel.unregister(sock)
+        self.accept_resume_at = now + ACCEPT_PAUSE
+
+    def _resume_accepting(self) -> None:
+        for sock in self.listeners:
+            self.sel.register(sock, selectors.EVENT_READ, None)
+        self.accept_resume_at = None
+
+    def _admit(self, sock: socket.socket, peer: str) -> None:
+        if self.unauth.get(peer, 0) >= self.limits.max_unauth_per_addr:
+            log.debug("refusing %s: %d connections from it have not said who they are", peer,
+                      self.unauth[peer])
+            sock.close()
+            return
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.tls is not None:
+                sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        except OSError as exc:  # the peer reset already
+            log.debug("dropping %s at accept: %s", peer, exc)
+            sock.close()
+            return
+        now = self.clock()
+        conn = Connection(sock, peer, self.limits.max_client_frame, now, handshaking=self.tls is not None)
+        self.unauth[peer] = self.unauth.get(peer, 0) + 1
+        self.sel.register(sock, selectors.EVENT_READ, conn)
+        self._schedule(conn)
+        if conn.handshaking:
+            self._handshake(conn)
+        else:
+            self._queue(self.coord.connected(conn, peer, now))
+
+    def _handshake(self, conn: Connection) -> None:
+        try:
+            conn.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._set_events(conn, selectors.EVENT_READ)
+            return
+        except ssl.SSLWantWriteError:
+            self._set_events(conn, selectors.EVENT_WRITE)
+            return
+        except (ssl.SSLError, OSError) as exc:
+            self.peer_log(logging.INFO, "%r TLS handshake failed: %s", conn, exc)
+            self._finish_close(conn)
+            return
+        conn.handshaking = False
+        self._set_events(conn, selectors.EVENT_READ)
+        self._queue(self.coord.connected(conn, conn.peer, self.clock()))
+        self.ready.append(conn)  # application data may have come with the handshake
+
+    # ---- reading
+
+    def _input(self, conn: Connection) -> None:
+        """Handle the frames already buffered, then read once (TLS: records up to RECV_SIZE, and
+        whatever the record layer already decrypted, which no selector event would announce)."""
+        got = 0
+        while True:
+            if not self._take_frames(conn):
+                return
+            if conn.paused or conn.closed:
+                return
+            # Past the input budget a read takes only a little (enough for small frames), and
+            # connections holding half frames wait, except the privileged one.
+            room = self.limits.max_input_total - self.input_total
+            size = RECV_SIZE if room >= RECV_SIZE or conn is self.privileged else max(room, MIN_RECV)
+            try:
+                data = conn.sock.recv(size)
+            except WOULD_BLOCK:
+                return
+            except OSError as exc:
+                self.peer_log(logging.INFO, "%r read error: %s", conn, exc)
+                self._finish_close(conn)
+                return
+            if not data:
+                self._finish_close(conn)
+                return
+            conn.last_input = self.clock()
+            before = len(conn.reader.buf)
+            conn.reader.push(data)
+            self.input_total += len(conn.reader.buf) - before
+            got += len(data)
+            if not (self.tls is not None and (got < RECV_SIZE or conn.sock.pending())):
+                self._take_frames(conn)
+                return
+
+    def _take_frames(self, conn: Connection) -> bool:
+        """Hand whole frames to the core until none is left or the connection must wait; False if closed."""
+        reader = conn.reader
+        before = len(reader.buf)
+        took = False
+        try:
+            while not conn.closing and not conn.paused:
+                body = reader.pop()
+                if body is None:
+                    break
+                took = True
+                msg = protocol.decode_message(body)
+                if msg["type"] in protocol.FROM_WORKER:
+                    conn.is_worker = True
+                self._queue(self.coord.handle(conn, msg, self.clock()))
+                self._learn_role(conn)
+                if len(conn.outbuf) + len(conn.staged) > self.limits.max_output:
+                    self._pause(conn)   # it reads its replies slower than it asks: wait for it
+        except protocol.ProtocolError as exc:
+            self.peer_log(logging.WARNING, "%r sent a bad frame: %s; closing it", conn, exc)
+            error = (protocol.message("RunqError", message=str(exc)) if conn.is_worker or conn.role == "worker"
+                     else protocol.reply("error", 400, str(exc)))
+            self._queue([(conn, error), (conn, None)])
+            reader.buf.clear()
+        finally:
+            self.input_total += len(reader.buf) - before
+        if took or not reader.buf:
+            conn.frame_started = None
+        if reader.buf and conn.frame_started is None:
+            conn.frame_started = self.clock()
+        if not conn.closed and not conn.closing:
+            if self.input_total > self.limits.max_input_total and reader.buf and not conn.paused:
+                self._ration(conn)
+            self._schedule(conn)
+        return not conn.closed
+
+    def _ration(self, conn: Connection) -> None:
+        """Over the input budget with a half frame: wait, unless it is (or may become) the privileged one."""
+        first = self.privileged
+        if first is None or first.closed or not first.reader.buf:
+            self.privileged = conn
+        if conn is not self.privileged:
+            self.starved.add(conn)
+            self._pause(conn)
+
+    def _learn_role(self, conn: Connection) -> None:
+        role = self.coord.role_of(conn)
+        if role == conn.role:
+            return
+        if conn.role is None:
+            self._count_unauth(conn.peer, -1)
+        elif role is None:
+            self._count_unauth(conn.peer, +1)
+        conn.role = role
+        conn.reader.max_frame = (self.limits.max_worker_frame if role == "worker"
+                                 else self.limits.max_client_frame)
+
+    def _count_unauth(self, peer: str, delta: int) -> None:
+        n = self.unauth.get(peer, 0) + delta
+        if n > 0:
+            self.unauth[peer] = n
+        else:
+            self.unauth.pop(peer, None)
+
+    # ---- timers
+
+    def _deadline(self, conn: Connection) -> tuple[float, str]:
+        times = [(math.inf, "")]
+        if conn.role is None:
+            times.append((conn.opened + self.limits.auth_timeout, "did not say who it is in time"))
+        if conn.paused and conn.role is not None:
+            return min(times)   # not reading is runq's choice: no frame or idle deadline meanwhile
+        if conn.frame_started is not None:
+            # A stranger or client finishes a frame in frame_timeout; a worker's frame (a result
+            # over a slow link) only has to keep moving.
+            begun = conn.last_input if conn.role == "worker" else conn.frame_started
+            times.append((begun + self.limits.frame_timeout, "did not finish a frame in time"))
+        if conn.role == "worker":
+            times.append((conn.last_input + self.idle_timeout, "worker silent too long"))
+        return min(times)
+
+    def _schedule(self, conn: Connection) -> None:
+        when = self._deadline(conn)[0]
+        if when < conn.scheduled:
+            conn.scheduled = when
+            heapq.heappush(self.deadlines, (when, next(self.seq), conn))
+
+    def _expire(self, now: float) -> None:
+        while self.deadlines and self.deadlines[0][0] <= now:
+            when, _, conn = heapq.heappop(self.deadlines)
+            if conn.closed or when != conn.scheduled:
+                continue   # stale entry: the connection has gone or was rescheduled sooner
+            conn.scheduled = math.inf
+            due, reason = self._deadline(conn)
+            if due <= now:
+                self.peer_log(logging.INFO, "%r %s; closing it", conn, reason)
+                self._finish_close(conn)
+            else:
+                self._schedule(conn)
+
+    # ---- writing
+
+    def _queue(self, outgoing: list) -> None:
+        """Encode what the core wants sent now; it leaves after the commit."""
         for conn, msg in outgoing:
-            if conn.sock.fileno() < 0:
+            if conn.closed:
                 continue
+            self.touched[conn] = None
             if msg is None:
                 conn.closing = True
             elif not conn.closing:
                 try:
-                    conn.outbuf += protocol.encode(msg)
+                    conn.staged += protocol.encode(msg)
                 except protocol.ProtocolError as exc:  # our own message too large
                     log.error("not sending %s to %r: %s", msg.get("type"), conn, exc)
                     if msg.get("type") != "Reply":
                         continue
-                    conn.outbuf += protocol.encode(protocol.reply(
+                    conn.staged += protocol.encode(protocol.reply(
                         "error", 413, f"the reply would exceed {protocol.MAX_FRAME} bytes; ask for less "
                                       "(a smaller limit)"))
-            touched.append(conn)
-        for conn in dict.fromkeys(touched):
-            self._flush(conn)
-
-    def _accept(self, listener: socket.socket) -> list:
-        out = []
-        for _ in range(64):
-            try:
-                sock, addr = listener.accept()
-            except BlockingIOError:
-                return out
-            except OSError as exc:  # EMFILE and friends: log, keep serving the others
-                log.error("accept failed: %s", exc)
-                return out
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = Connection(sock, addr[0])
-            self.sel.register(sock, selectors.EVENT_READ, conn)
-            out += self.coord.connected(conn, addr[0], self.clock())
-        return out
-
-    def _read(self, conn: Connection) -> list:
-        try:
-            data = conn.sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return []
-        except OSError as exc:
-            log.info("%r read error: %s", conn, exc)
-            self._finish_close(conn)
-            return []
-        if not data:
-            self._finish_close(conn)
-            return []
-        out = []
-        try:
-            bodies = conn.reader.feed(data)
-            for body in bodies:
-                msg = protocol.decode_message(body)
-                if msg["type"] in protocol.FROM_WORKER:
-                    conn.is_worker = True
-                out += self.coord.handle(conn, msg, self.clock())
-        except protocol.ProtocolError as exc:
-            log.warning("%r sent a bad frame: %s; closing it", conn, exc)
-            error = (protocol.message("RunqError", message=str(exc)) if conn.is_worker
-                     else protocol.reply("error", 400, str(exc)))
-            out += [(conn, error), (conn, None)]
-        except Exception:  # a bug while handling one message: that connection only
-            log.exception("error handling a message from %r; closing it", conn)
-            out += [(conn, None)]
-        return out
 
     def _flush(self, conn: Connection) -> None:
-        if conn.sock.fileno() < 0:
+        if conn.closed:
             return
         while conn.outbuf:
             try:
                 sent = conn.sock.send(conn.outbuf)
-            except (BlockingIOError, InterruptedError):
+            except WOULD_BLOCK:
                 break
             except OSError as exc:
                 if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
-                    log.info("%r write error: %s", conn, exc)
+                    self.peer_log(logging.INFO, "%r write error: %s", conn, exc)
                 self._finish_close(conn)
                 return
             del conn.outbuf[:sent]
-        if conn.closing and not conn.outbuf:
+        if conn.closing and not conn.outbuf and not conn.staged:
             self._finish_close(conn)
-        elif bool(conn.outbuf) != conn.want_write:
-            conn.want_write = bool(conn.outbuf)
-            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.want_write else 0)
+            return
+        if conn.paused and conn not in self.starved and len(conn.outbuf) <= self.limits.max_output:
+            self._unpause(conn)
+        self._watch(conn)
+
+    def _pause(self, conn: Connection) -> None:
+        conn.paused = True
+        self._watch(conn)
+
+    def _unpause(self, conn: Connection) -> None:
+        self.starved.discard(conn)
+        conn.paused = False
+        now = self.clock()   # its silence while paused was runq's doing: its clocks restart
+        conn.last_input = now
+        if conn.frame_started is not None:
+            conn.frame_started = now
+        self._watch(conn)
+        self._schedule(conn)
+        self.ready.append(conn)
+
+    def _watch(self, conn: Connection) -> None:
+        if conn.closed or conn.handshaking:
+            return
+        events = (0 if conn.paused else selectors.EVENT_READ) | (selectors.EVENT_WRITE if conn.outbuf else 0)
+        self._set_events(conn, events)
+
+    def _set_events(self, conn: Connection, events: int) -> None:
+        if events == conn.events:
+            return
+        if conn.events and events:
             self.sel.modify(conn.sock, events, conn)
+        elif events:
+            self.sel.register(conn.sock, events, conn)
+        else:
+            self.sel.unregister(conn.sock)
+        conn.events = events
 
     def _finish_close(self, conn: Connection) -> None:
-        if conn.sock.fileno() < 0:
+        if conn.closed:
             return
-        self.sel.unregister(conn.sock)
+        conn.closed = True
+        if conn.events:
+            self.sel.unregister(conn.sock)
+        conn.events = 0
         conn.sock.close()
         conn.outbuf.clear()
+        conn.staged.clear()
+        self.input_total -= len(conn.reader.buf)
+        conn.reader.buf.clear()
+        self.starved.discard(conn)
+        if conn is self.privileged:
+            self.privileged = None
+        if conn.role is None:
+            self._count_unauth(conn.peer, -1)
         # The coordinator's reaction (a worker now disconnected) is buffered like any
         # other change; nothing needs sending for it.
-        self.coord.disconnected(conn, self.clock())
+        self._queue(self.coord.disconnected(conn, self.clock()))

@@ -14,6 +14,7 @@ import os
 import sys
 
 from runq import config as simx_config
+from runq import tls as runq_tls
 
 from . import request_metrics
 
@@ -57,6 +58,20 @@ def listen_port(args: argparse.Namespace, cfg: simx_config.Config) -> int:
     return args.port or (cfg.runweb.run_port if args.foreground_port else cfg.runweb.port)
 
 
+def tls_argv(cfg: simx_config.Config) -> list[str]:
+    """gunicorn's --certfile/--keyfile from runweb.tls (HTTPS when both are set)."""
+    tls = cfg.runweb.tls
+    if bool(tls.cert) != bool(tls.key):
+        raise simx_config.ConfigError("configuration runweb.tls: set both cert and key (or neither)")
+    if not tls.cert:
+        return []
+    files = [runq_tls.resolve(tls.cert, cfg.root, cfg.var), runq_tls.resolve(tls.key, cfg.root, cfg.var)]
+    for path in files:
+        if not path.is_file():
+            raise simx_config.ConfigError(f"configuration runweb.tls: no file {path}")
+    return ["--certfile", str(files[0]), "--keyfile", str(files[1])]
+
+
 def gunicorn_argv(args: argparse.Namespace, cfg: simx_config.Config) -> list[str]:
     port = listen_port(args, cfg)
     bind = cfg.runweb.bind
@@ -71,6 +86,7 @@ def gunicorn_argv(args: argparse.Namespace, cfg: simx_config.Config) -> list[str
         "--graceful-timeout", "5",
         "--no-control-socket",  # gunicorn 27's default ~/.gunicorn/gunicorn.ctl would be shared by every runweb
         "-c", "python:runweb.gunicorn_hooks",  # child_exit: request metrics of a dead worker
+        *tls_argv(cfg),
         APP,
     ]
 

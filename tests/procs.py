@@ -26,7 +26,9 @@ PYTHON = sys.executable
 # Settings a test must never inherit from the shell that runs pytest.
 SIMX_ENV = ("RUNQ_HOST", "RUNQ_PORT", "RUNQ_LISTEN", "SIMX_DB_URL", "SIMX_WORKER_TOKEN", "SIMX_LOG_LEVEL",
             "SIMX_VAR", "SIMX_HOSTS", "RUNWEB_PORT", "RUNWEB_BIND", "RUNWEB_USERS", "RUNQ_HEARTBEAT", "RUNQ_LEASE",
-            "RUNQ_GRACE", "SIMX_WORKER_SECRET_FILE", "SIMX_CLIENT_SECRET_FILE")
+            "RUNQ_GRACE", "SIMX_WORKER_SECRET_FILE", "SIMX_CLIENT_SECRET_FILE", "SIMX_TLS_CERT", "SIMX_TLS_KEY",
+            "SIMX_TLS_CA", "RUNWEB_TLS_CERT", "RUNWEB_TLS_KEY", "RUNWEB_WORKER_CLASS", "RUNWEB_THREADS",
+            "RUNWEB_IO_TIMEOUT", "RUNWEB_BEHIND_PROXY", "SIMX_ENGINES")
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback never goes via a proxy
 
 
@@ -86,13 +88,13 @@ def base_env(tmp: Path, runq_port: int, **extra) -> dict:
 class Proc:
     """One real subprocess with its output in a log file; `stop()` always leaves nothing behind."""
 
-    def __init__(self, name: str, args: list[str], env: dict, log: Path, cwd: Path = ROOT):
+    def __init__(self, name: str, args: list[str], env: dict, log: Path, cwd: Path = ROOT, preexec_fn=None):
         self.name, self.args, self.env, self.log_path = name, args, env, Path(log)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         # own process group: stop() also reaches children (gunicorn's workers)
         self.popen = subprocess.Popen(args, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=self._log,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+                                      stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec_fn)
 
     @property
     def pid(self) -> int:
@@ -177,28 +179,42 @@ def secret_of(env: dict | None, role: str = "client") -> bytes | None:
     return auth.load_secret(path) if path else None
 
 
-def client(port: int, env: dict | None = None, timeout: float = 5.0, host: str = "127.0.0.1"):
-    """A RunqClient holding the client secret `env` names, if any."""
+def client(port: int, env: dict | None = None, timeout: float = 5.0, host: str = "127.0.0.1", tls=None):
+    """A RunqClient holding the client secret `env` names, if any (and TLS with a client context)."""
     from runq.client import RunqClient
-    return RunqClient(host, port, timeout=timeout, secret=secret_of(env))
+    return RunqClient(host, port, timeout=timeout, secret=secret_of(env), tls=tls)
 
 
-def ping(port: int, host: str = "127.0.0.1", env: dict | None = None) -> dict:
-    c = client(port, env, host=host)
+def ping(port: int, host: str = "127.0.0.1", env: dict | None = None, tls=None) -> dict:
+    c = client(port, env, host=host, tls=tls)
     try:
         return c.request("Ping")
     finally:
         c.close()
 
 
+def write_conf(tmp: Path, conf: dict, name: str = "simx.yaml") -> Path:
+    """A conf file in `tmp` (e.g. {"runq": {"limits": {"frame_timeout": 1}}}) for `--conf`."""
+    path = Path(tmp) / name
+    path.write_text(yaml.safe_dump(conf), encoding="utf-8")
+    return path
+
+
 def start_runq(tmp: Path, port: int | None = None, env: dict | None = None, timeout: float = 15.0,
-               name: str = "runq") -> Proc:
-    """`python -m runq` on a free (or the given) port; returns once it answers Ping."""
+               name: str = "runq", conf: dict | None = None, tls=None, preexec_fn=None) -> Proc:
+    """`python -m runq` on a free (or the given) port; returns once it answers Ping.
+
+    `conf`: settings written to a conf file runq reads (limits, tls); `tls`: the client
+    SSLContext the readiness Ping uses.
+    """
     port = port or free_port()
     env = env or base_env(tmp, port)
-    proc = Proc(name, [PYTHON, "-m", "runq"], env, Path(tmp) / f"{name}.log")
+    args = [PYTHON, "-m", "runq"]
+    if conf:
+        args += ["--conf", str(write_conf(tmp, conf, f"{name}.yaml"))]
+    proc = Proc(name, args, env, Path(tmp) / f"{name}.log", preexec_fn=preexec_fn)
     proc.port = port
-    return _wait_ready(proc, lambda: ping(port, env=env).get("status") == "ok", timeout,
+    return _wait_ready(proc, lambda: ping(port, env=env, tls=tls).get("status") == "ok", timeout,
                        f"runq to answer Ping on {port}")
 
 

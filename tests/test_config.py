@@ -44,3 +44,26 @@ def test_relative_sqlite_paths_resolve_against_root_or_var(tmp_path):
     assert config.resolve_db_url("postgresql://u@127.0.0.1/simx", root) == "postgresql://u@127.0.0.1/simx"
     assert (var / "data").is_dir()
     assert Path(config.load(env={"SIMX_VAR": str(var)}).var) == var
+
+
+def test_limits_and_tls_nest_and_come_from_file_and_environment(tmp_path):
+    conf = tmp_path / "simx.yaml"
+    conf.write_text("runq:\n  limits:\n    frame_timeout: 2\n    max_output: 4096\n  tls:\n    cert: a.pem\n    key: a.key\n")
+    cfg = config.load(conf, env={"SIMX_TLS_CA": "ca.pem", "RUNWEB_TLS_CERT": "w.pem"})
+    assert (cfg.runq.limits.frame_timeout, cfg.runq.limits.max_output, cfg.runq.limits.auth_timeout) == (2.0, 4096, 30.0)
+    assert (cfg.runq.tls.cert, cfg.runq.tls.key, cfg.runq.tls.ca) == ("a.pem", "a.key", "ca.pem")
+    assert (cfg.runweb.tls.cert, cfg.runweb.tls.key) == ("w.pem", "")
+    defaults = config.load(env={})
+    assert defaults.runq.limits == config.Limits() and defaults.runq.limits.max_unauth_per_addr == 64
+
+
+@pytest.mark.parametrize("text, key", [
+    ("runq:\n  limits:\n    frame_timeot: 2\n", "runq.limits.frame_timeot: unknown key"),
+    ("runq:\n  limits:\n    max_output: -1\n", "runq.limits.max_output"),
+    ("runq:\n  limits: 5\n", "runq.limits: expected a mapping"),
+])
+def test_bad_nested_values_name_the_key(tmp_path, text, key):
+    conf = tmp_path / "simx.yaml"
+    conf.write_text(text)
+    with pytest.raises(config.ConfigError, match=key):
+        config.load(conf, env={})

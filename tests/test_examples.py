@@ -34,7 +34,7 @@ def batch(path: str) -> dict:
 def run_job(engine, param, index=0):
     """(report type, fields, last progress) of one run through worker.job.Job."""
     wakes = threading.Semaphore(0)
-    job = Job(protocol.message("RunqAssignRun", batch_id=9, batch_index=index, attempt=1, engine=engine.name,
+    job = Job(protocol.message("RunqAssignRun", seq=1, batch_id=9, batch_index=index, attempt=1, engine=engine.name,
                                param=param, time_limit=None), engine, 1, wakes.release)
     progress = []
 
@@ -132,7 +132,7 @@ def test_inline_yaml_and_xml_scenarios_give_the_same_result(aurora):
 def test_a_bad_scenario_fails_the_run_once(aurora, bad, message):
     with pytest.raises(Exception) as info:
         aurora.run({"duration": 10.0, "scenario": bad}, lambda *a: None, threading.Event(),
-                   Job(protocol.message("RunqAssignRun", batch_id=1, batch_index=0, attempt=1, engine="aurora",
+                   Job(protocol.message("RunqAssignRun", seq=1, batch_id=1, batch_index=0, attempt=1, engine="aurora",
                                         param={}, time_limit=None), aurora, 1, lambda: None).context)
     assert failure_kind(info.value) == "run" and "status 3" in str(info.value) and message in str(info.value)
 

@@ -2,7 +2,7 @@
 import socket
 import struct
 
-from procs import start_runq
+from procs import start_runq, wait_until
 from runq import protocol
 from runq.client import Link, RunqClient, handshake
 
@@ -143,3 +143,189 @@ def test_workers_must_prove_the_worker_secret_when_one_is_set(tmp_path):
     finally:
         for proc in (wrong, right, runq):
             proc.stop()
+
+
+class FakeStore:
+    def __init__(self):
+        self.pending = self.committed = 0
+
+    def commit(self):
+        self.committed += self.pending
+        self.pending = 0
+
+
+class BuggyCoordinator:
+    """Answers Ping; any other message buffers a write, then hits a bug (as a KeyError in the core would)."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def connected(self, conn, peer, now):
+        return []
+
+    def role_of(self, conn):
+        return None
+
+    def handle(self, conn, msg, now):
+        if msg["type"] == "Ping":
+            return [(conn, protocol.reply())]
+        self.store.pending += 1
+        raise KeyError("a bug in the core")
+
+    def disconnected(self, conn, now):
+        return []
+
+    def tick(self, now):
+        return []
+
+
+def test_an_unexpected_exception_in_the_core_ends_the_loop_without_committing():
+    import select
+
+    import pytest
+    from runq.server import Server
+    store = FakeStore()
+    server = Server(BuggyCoordinator(store), store, [("127.0.0.1", 0)])
+    port = server.addresses[0][1]
+    try:
+        link = Link.connect("127.0.0.1", port)
+        link.send(protocol.message("Ping"))
+        for _ in range(100):
+            server.step(0.05)
+            if select.select([link.sock], [], [], 0)[0]:
+                break
+        assert link.recv()["status"] == "ok"
+        bad = Link.connect("127.0.0.1", port)
+        bad.send(protocol.message("CancelBatch", batch_id=1))
+        with pytest.raises(KeyError, match="a bug in the core"):
+            for _ in range(100):
+                server.step(0.05)
+        assert store.pending == 1 and store.committed == 0, "half a turn must not be committed"
+    finally:
+        server.close()
+
+
+def test_database_is_private_and_an_open_one_is_tightened(tmp_path):
+    import os
+    import sqlite3
+    import stat
+    db = tmp_path / "runq.sqlite"
+    sqlite3.connect(db).close()
+    os.chmod(db, 0o644)
+    runq = start_runq(tmp_path)
+    try:
+        assert stat.S_IMODE(db.stat().st_mode) == 0o600
+        assert stat.S_IMODE((tmp_path / "var").stat().st_mode) == 0o700
+        assert "was mode 644 (readable by others); changed to 600" in runq.log()
+    finally:
+        runq.stop()
+    fresh = tmp_path / "fresh"
+    runq = start_runq(fresh)
+    try:
+        assert stat.S_IMODE((fresh / "runq.sqlite").stat().st_mode) == 0o600
+        assert "readable by others" not in runq.log()
+    finally:
+        runq.stop()
+
+
+def test_frame_caps_follow_the_role_even_within_one_read(tmp_path):
+    runq = start_runq(tmp_path)
+    try:
+        traits = dict(host="h", pid=1, group="", user="", engine="dummy", cost=1.0, speed=1.0, priority=0.0)
+        big = {"blob": "r" * (2 * 1024 * 1024)}   # over the client cap, under the worker cap
+        stranger = Link.connect("127.0.0.1", runq.port)
+        frame = protocol.encode(protocol.message("StartBatch", engine="dummy", n_runs=1, param=big))
+        stranger.sock.sendall(frame[:1000])   # runq refuses from the header: the rest would meet a closed socket
+        assert "exceeds the 1048576-byte limit" in stranger.recv()["message"]
+        worker = Link.connect("127.0.0.1", runq.port)
+        handshake(worker, "worker")
+        # WorkerReady and a large report in one write: the worker cap applies from the second frame on
+        worker.sock.sendall(protocol.encode(protocol.message("WorkerReady", **traits)) + protocol.encode(
+            protocol.message("WorkerFinishedRun", worker_id=1, batch_id=9, batch_index=0, attempt=1, data=big)))
+        assert worker.recv()["type"] == "RunqAcceptWorker"
+        worker.send(protocol.message("WorkerHeartbeat", worker_id=1))
+        assert RunqClient(port=runq.port).request("WorkerStatus", worker_id=1)["worker"]["connected"] is True
+        wait_until(lambda: "rejected WorkerFinishedRun from worker 1 for run (9, 0)" in runq.log(), 10,
+                   what="the large report to reach the core")
+        assert runq.log().count("exceeds") == 1
+    finally:
+        runq.stop()
+
+
+def test_peer_log_lines_are_rationed():
+    import logging
+
+    from runq.server import LogQuota
+    now = [0.0]
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("runq.server")
+    logger.addHandler(handler)
+    try:
+        quota = LogQuota(lambda: now[0], burst=3, period=1.0)
+        for i in range(10):
+            quota.log(logging.WARNING, "bad peer %d", i)
+        now[0] = 1.5
+        quota.log(logging.WARNING, "bad peer %d", 10)
+    finally:
+        logger.removeHandler(handler)
+    lines = [r.getMessage() for r in records]
+    assert lines == ["bad peer 0", "bad peer 1", "bad peer 2", "7 more lines about peers held back in the last 2 s",
+                     "bad peer 10"]
+
+
+TRAITS = dict(host="h", pid=1, group="", user="", engine="dummy", cost=1.0, speed=1.0, priority=0.0)
+
+
+def registered_worker(port):
+    link = Link.connect("127.0.0.1", port)
+    handshake(link, "worker")
+    link.send(protocol.message("WorkerReady", **TRAITS))
+    accept = link.recv()
+    assert accept["type"] == "RunqAcceptWorker"
+    return link, accept["worker_id"]
+
+
+def test_large_reports_over_the_input_budget_all_arrive(tmp_path):
+    import threading
+    mib = 1024 * 1024
+    runq = start_runq(tmp_path, conf={"runq": {"limits": {"max_input_total": 2 * mib}}})
+    try:
+        links = [registered_worker(runq.port) for _ in range(4)]
+        frames = [protocol.encode(protocol.message(
+            "WorkerFinishedRun", worker_id=wid, batch_id=7, batch_index=i, attempt=1, data="d" * (3 * mib // 2)))
+            for i, (_, wid) in enumerate(links)]
+        senders = [threading.Thread(target=link.sock.sendall, args=(frame,)) for (link, _), frame in zip(links, frames)]
+        for t in senders:
+            t.start()
+        # 6 MiB in flight against a 2 MiB budget: one at a time finishes, none waits forever
+        wait_until(lambda: runq.log().count("rejected WorkerFinishedRun") == 4, 20,
+                   what=f"all four reports to reach the core\n{runq.log()[-2000:]}")
+        for t in senders:
+            t.join(5)
+        assert "closing it" not in runq.log()
+    finally:
+        runq.stop()
+
+
+def test_a_worker_frame_only_has_to_keep_moving_a_strangers_must_finish(tmp_path):
+    import time
+    runq = start_runq(tmp_path, conf={"runq": {"limits": {"frame_timeout": 1}}})
+    try:
+        worker, wid = registered_worker(runq.port)
+        stranger = socket.create_connection(("127.0.0.1", runq.port))
+        slow = protocol.encode(protocol.message("WorkerFinishedRun", worker_id=wid, batch_id=8, batch_index=0,
+                                                attempt=1, data="s" * 10_000))
+        ping = protocol.encode(protocol.message("Ping"))
+        stranger.sendall(ping[:3])
+        chunks = [slow[i:i + 1000] for i in range(0, len(slow), 1000)]
+        for chunk in chunks:          # ~2.5 s in all, never silent for 1 s
+            worker.sock.sendall(chunk)
+            time.sleep(0.25)          # pacing the sender: a slow link, not a wait for a condition
+        wait_until(lambda: "rejected WorkerFinishedRun from worker" in runq.log(), 5,
+                   what="the slow report to arrive")
+        assert "did not finish a frame in time" in runq.log()     # the stranger's 3 bytes
+        assert closed(stranger)
+    finally:
+        runq.stop()

@@ -146,3 +146,21 @@ def test_backoff_jitter_stays_between_half_and_full_delay():
     for _ in range(100):
         low.next()
     assert low.next() == pytest.approx(5.0)  # never overflows, stays at half the cap
+
+
+@pytest.mark.parametrize("data, reason", [
+    ({"x": "\ud800"}, "lone surrogate"),
+    ([2 ** 64], "beyond 64 bits"),
+    ({"a": json.loads("[" * 80 + "]" * 80)}, "nests deeper"),
+])
+def test_a_result_runq_would_refuse_fails_the_run_with_the_reason(data, reason):
+    mtype, fields = finished_job(lambda progress, abort: data).outcome()
+    assert mtype == "WorkerFailedRun" and reason in fields["message"]
+
+
+def test_nul_and_surrogates_in_an_engine_error_still_make_a_sendable_report():
+    def engine(progress, abort):
+        raise RuntimeError("bad\0output \udcff")
+    mtype, fields = finished_job(engine).outcome()
+    assert mtype == "WorkerFailedRun"
+    protocol.message(mtype, worker_id=1, batch_id=1, batch_index=0, attempt=1, **fields)

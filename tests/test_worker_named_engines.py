@@ -225,7 +225,7 @@ def test_python_engine_fatal_passes_through_the_job_as_a_failed_run():
             raise Fatal("this param can never work")
 
     d = catalog_mod.parse({"engines": {"p": {"kind": "python", "class": "x:Y"}}}, "t").get("p")
-    job = Job(protocol.message("RunqAssignRun", batch_id=1, batch_index=0, attempt=1, engine="p", param={},
+    job = Job(protocol.message("RunqAssignRun", seq=1, batch_id=1, batch_index=0, attempt=1, engine="p", param={},
                                time_limit=None), CheckedEngine(d, Refuses()), 1, lambda: None)
     job.start()
     job.thread.join(5)

@@ -2,13 +2,14 @@
 
     python -m worker --engine NAME [--engines FILE] [--allow-any-command]
                      [--group G] [--user U] [--cost C] [--speed S] [--priority P]
-                     [--host H] [--port N] [--secret-file FILE] [--retry-delay-max SECONDS]
+                     [--host H] [--port N] [--secret-file FILE] [--tls-ca FILE] [--retry-delay-max SECONDS]
                      [--config FILE] [--log-level LEVEL]
 
 NAME is an engine declared in conf/engines.yaml (SIMX_ENGINES or --engines names another file),
 the built-in ``dummy``, or ``module:Class``; ``command`` (any program a batch names) only with
 --allow-any-command.  runq's address and the worker secret file default to conf/simx.yaml, overridden by
-RUNQ_HOST / RUNQ_PORT / SIMX_WORKER_SECRET_FILE.  Exit status: 0 after a stop
+RUNQ_HOST / RUNQ_PORT / SIMX_WORKER_SECRET_FILE.  With a CA (--tls-ca, SIMX_TLS_CA or
+runq.tls.ca) the worker speaks TLS and checks runq's certificate.  Exit status: 0 after a stop
 (SIGTERM/SIGINT) or a drain (SIGUSR1 or runq's RunqDrain), 2 for a
 configuration error (bad flag, unknown engine, secret refused by runq).
 """
@@ -26,6 +27,7 @@ import threading
 from runq import auth, protocol
 from runq import config as runq_config
 from runq import engines as engine_catalog
+from runq import tls as runq_tls
 
 from .backoff import Backoff
 from .engines.base import UnknownEngine, engine_name
@@ -64,6 +66,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--secret-file", default=None,
                    help="worker secret file (default SIMX_WORKER_SECRET_FILE or conf runq.worker_secret_file)")
     p.add_argument("--token", default=None, help=argparse.SUPPRESS)  # gone: a clear error says what replaces it
+    p.add_argument("--tls-ca", default=None, metavar="FILE",
+                   help="verify runq's TLS certificate against this CA (default SIMX_TLS_CA or conf runq.tls.ca; "
+                        "TLS is on when one is set)")
     p.add_argument("--retry-delay-max", "--retry-delay", type=float, default=None, metavar="SECONDS",
                    help="longest wait between reconnect attempts (default conf worker.retry_delay_max, 10)")
     p.add_argument("--config", "--conf", default=None, help="configuration file (default conf/simx.yaml)")
@@ -88,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                        (conf.runq.worker_secret_file and
                         runq_config.resolve_var_path(conf.runq.worker_secret_file, conf.root, conf.var)))
         secret = auth.load_secret(secret_file) if secret_file else None
+        tls, server_name = runq_tls.client_context_from(conf.runq, conf.root, conf.var, ca=args.tls_ca)
     except (runq_config.ConfigError, auth.SecretError) as exc:
         print(f"worker: {exc}", file=sys.stderr)
         return 2
@@ -104,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                         engine=engine_name(engine, args.engine), cost=args.cost, speed=args.speed,
                         priority=args.priority)
         loop = WorkerLoop(traits, engine, (conf.runq.host, conf.runq.port), secret,
-                          backoff=Backoff(cap=conf.worker.retry_delay_max))
+                          backoff=Backoff(cap=conf.worker.retry_delay_max), tls=tls, server_name=server_name)
     except (UnknownEngine, engine_catalog.UnknownEngine, engine_catalog.SchemaError, protocol.ProtocolError) as exc:
         log.error("%s", exc)
         return 2

@@ -38,8 +38,11 @@ def jsonable(data):
     except (TypeError, ValueError):
         data = str(data)
         text = json.dumps(data, ensure_ascii=False)
-    if len(text.encode("utf-8")) > MAX_DATA_BYTES:
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_DATA_BYTES:
         raise ValueError(f"result of {len(text)} characters is too large to send to runq")
+    problem = protocol.nested_problem(data)   # what runq would refuse: fail the run with the reason instead
+    if problem is not None:
+        raise ValueError(f"the result {problem}; runq accepts none of that")
     return data
 
 
@@ -86,7 +89,7 @@ class Job:
             return
         fraction = min(1.0, max(0.0, fraction))
         if message is not None:
-            message = str(message)[:PROGRESS_MESSAGE_CHARS]
+            message = protocol.clean_text(str(message)[:PROGRESS_MESSAGE_CHARS])
         with self._lock:
             was_clean = self._progress is None
             self._progress = (fraction, message)
@@ -106,11 +109,13 @@ class Job:
     def _failure(self, exc: BaseException) -> tuple[str, dict]:
         if self.abort.is_set():
             # Whatever the engine raised after being told to stop, the run was aborted.
-            return "WorkerAbortedRun", {"message": self.abort_reason or str(exc) or "aborted"}
+            return "WorkerAbortedRun", {"message": protocol.clean_text(self.abort_reason or str(exc) or "aborted")}
         message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if isinstance(exc, Aborted):
             message = f"engine raised Aborted without an abort request ({message})"
-        return "WorkerFailedRun", {"message": message[-MESSAGE_CHARS:], "traceback": traceback_tail(exc)}
+        # NUL or a lone surrogate in an exception's text would make the report unsendable
+        return "WorkerFailedRun", {"message": protocol.clean_text(message[-MESSAGE_CHARS:]),
+                                   "traceback": protocol.clean_text(traceback_tail(exc))}
 
     # -- loop thread -----------------------------------------------------------
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import selectors
 import socket
+import ssl
 
 from runq import protocol
 
@@ -28,6 +30,8 @@ class Link:
         self.sock = sock
         self.address = address
         self.connecting = True
+        self.handshaking = False   # TLS: between connect and the first message
+        self.wants = selectors.EVENT_WRITE  # what the TLS handshake waits for
         self.reader = protocol.FrameReader()
         self.out = bytearray()
         self.watched = 0  # the selector events the loop registered for this socket
@@ -61,6 +65,29 @@ class Link:
         if hasattr(socket, "TCP_USER_TIMEOUT"):
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
 
+    def start_tls(self, context: ssl.SSLContext, server_name: str) -> None:
+        """Wrap the connected socket; ``handshake()`` then runs as the selector says it may."""
+        self.sock = context.wrap_socket(self.sock, server_hostname=server_name, do_handshake_on_connect=False)
+        self.handshaking = True
+
+    def handshake(self) -> bool:
+        """Advance the TLS handshake; True once done (``wants`` says what it waits for otherwise)."""
+        try:
+            self.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self.wants = selectors.EVENT_READ
+            return False
+        except ssl.SSLWantWriteError:
+            self.wants = selectors.EVENT_WRITE
+            return False
+        except ssl.SSLCertVerificationError as exc:
+            raise LinkDown(f"runq at {self.address[0]}:{self.address[1]} is not who it should be: "
+                           f"{exc.verify_message} (check --tls-ca / runq.tls.ca and runq.tls_server_name)") from None
+        except (ssl.SSLError, OSError) as exc:
+            raise LinkDown(f"TLS with runq at {self.address[0]}:{self.address[1]} failed: {exc}") from None
+        self.handshaking = False
+        return True
+
     def send(self, msg: dict) -> None:
         """Queue one message and write what the socket takes now."""
         self.out += protocol.encode(msg)
@@ -70,7 +97,7 @@ class Link:
         while self.out:
             try:
                 n = self.sock.send(self.out)
-            except BlockingIOError:
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 return
             except OSError as exc:
                 raise LinkDown(f"lost runq while sending: {exc}") from None
@@ -83,14 +110,10 @@ class Link:
         ending the connection: reconnecting would bring the same message back.
         A frame too large to be read ends the connection (the stream is lost).
         """
-        try:
-            data = self.sock.recv(65536)
-        except BlockingIOError:
-            return []
-        except OSError as exc:
-            raise LinkDown(f"lost runq while reading: {exc}") from None
-        if not data:
-            raise LinkDown("runq closed the connection")
+        data = self._recv()
+        # TLS: what the record layer has decrypted no selector will announce: take it now
+        while data and isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            data += self._recv()
         try:
             bodies = self.reader.feed(data)
         except protocol.ProtocolError as exc:
@@ -102,6 +125,17 @@ class Link:
             except protocol.ProtocolError as exc:
                 log.error("ignoring a message from runq: %s", exc)
         return messages
+
+    def _recv(self) -> bytes:
+        try:
+            data = self.sock.recv(65536)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return b""
+        except OSError as exc:
+            raise LinkDown(f"lost runq while reading: {exc}") from None
+        if not data:
+            raise LinkDown("runq closed the connection")
+        return data
 
     def close(self) -> None:
         try:

@@ -14,6 +14,7 @@ import logging
 import math
 import selectors
 import socket
+import ssl
 import time
 
 from .backoff import Backoff
@@ -35,8 +36,10 @@ class WorkerLoop:
 
     def __init__(self, traits: Traits, engine: Engine, address: tuple[str, int], secret: bytes | None = None, *,
                  clock=time.monotonic, backoff: Backoff | None = None,
-                 connect_timeout: float = CONNECT_TIMEOUT, **session_options):
+                 connect_timeout: float = CONNECT_TIMEOUT, tls: ssl.SSLContext | None = None,
+                 server_name: str | None = None, **session_options):
         self.address = address
+        self.tls, self.server_name = tls, server_name or address[0]  # verify runq when tls is set
         self.clock = clock
         self.backoff = backoff or Backoff()
         self.connect_timeout = connect_timeout
@@ -123,8 +126,18 @@ class WorkerLoop:
             try:
                 if link.connecting:
                     link.finish_connect()
-                    self.log.info("connected to runq at %s:%s", *self.address)
-                    link.send(self.session.hello())
+                    if self.tls is not None:
+                        plain = link.sock
+                        link.start_tls(self.tls, self.server_name)   # a new socket object, same descriptor
+                        self.selector.unregister(plain)
+                        self.selector.register(link.sock, selectors.EVENT_WRITE)
+                        link.watched = selectors.EVENT_WRITE
+                    else:
+                        self._connected(link)
+                        continue
+                if link.handshaking:
+                    if link.handshake():
+                        self._connected(link)
                     continue
                 if events & selectors.EVENT_READ:
                     for msg in link.receive():
@@ -139,6 +152,10 @@ class WorkerLoop:
                 if self.link is link:
                     self._drop(self.clock(), str(exc))
         self._watch()
+
+    def _connected(self, link: Link) -> None:
+        self.log.info("connected to runq at %s:%s%s", *self.address, " (TLS)" if self.tls is not None else "")
+        link.send(self.session.hello())
 
     def _receive(self, msg: dict) -> None:
         if msg["type"] == "RunqAcceptWorker":
@@ -189,7 +206,10 @@ class WorkerLoop:
         link = self.link
         if link is None or link.connecting:
             return
-        wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if link.out else 0)
+        if link.handshaking:
+            wanted = link.wants
+        else:
+            wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if link.out else 0)
         if link.watched != wanted:
             self.selector.modify(link.sock, wanted)
             link.watched = wanted
