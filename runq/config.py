@@ -25,7 +25,7 @@ class Limits:
     """What one peer may make runq hold (runq.limits; bytes and seconds)."""
     max_output: int = 10 * 1024 * 1024        # unsent bytes per connection before runq stops reading it
     max_input_total: int = 256 * 1024 * 1024  # buffered half-frames over all connections
-    max_client_frame: int = 1024 * 1024       # also for a connection that has not said who it is
+    max_client_frame: int = 1024 * 1024 + 65536   # a 1 MiB param + envelope; also before a peer says who it is
     max_worker_frame: int = 10 * 1024 * 1024
     frame_timeout: float = 30.0               # to finish a frame once begun
     auth_timeout: float = 30.0                # to say who it is (role) after connecting, TLS included
