@@ -20,7 +20,8 @@ import pytest
 
 from procs import ROOT, base_env, free_port, http, ping, wait_until, workers_connected, Proc
 from runq.client import RunqUnavailable
-from runq.supervision import Paths, Supervisor, alive, read_pid
+from ops.control import Supervisor, alive, read_pid
+from ops.paths import Paths
 
 FAB = [sys.executable, "-m", "fabric"]  # the venv's `fab`
 WORKERS = ["worker-dummy:worker-dummy_00", "worker-dummy:worker-dummy_01", "worker-dummy:worker-dummy_02"]
@@ -88,7 +89,7 @@ def test_fab_list_shows_every_task_with_a_description(ops):
              "all.start", "all.stop", "all.status"]
     for name in tasks:
         assert re.search(rf"^  {re.escape(name)}(\s+\(\w+\))?\s+\w", out, re.M), f"{name} not listed:\n{out}"
-    assert "local.start (local)" in out and "all.start (all)" in out  # `fab local`, `fab all`
+    assert "local.start (local)" in out and "all.deploy (all)" in out  # `fab local`, `fab all`
 
 
 # ------------------------------------------------------------------ runq, runweb under supervisord

@@ -1,0 +1,159 @@
+"""What a host does to its own supervisord: the same code for `local` and, over SSH, for remote hosts.
+
+`Agent` acts on the supervisord of one run-time directory whose config is
+already written (rendered by the control machine).  Remote tasks run
+``<dir>/venv/bin/python -m ops.agent --var <dir>/var ACTION ...`` over SSH; it
+prints one JSON object (notes, process rows, hostname, error) as its last line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from . import restarter
+from .control import RPC_ERRORS, OpsError, Supervisor
+from .paths import Paths
+from .render import RUNQ, RUNWEB, SETTINGS_ENV, WORKER_PREFIX, stop_order
+
+ACTIONS = ("up", "start", "stop", "restart", "drain", "status", "logs", "shutdown", "info")
+
+
+def is_pool(group: str) -> bool:
+    return group.startswith(WORKER_PREFIX)
+
+
+class Agent:
+    """Start, stop, drain, restart and show program groups of one supervisord."""
+
+    def __init__(self, paths: Paths, python: str = sys.executable, env=None):
+        self.paths, self.python = paths, python
+        self.env = os.environ if env is None else env
+        self.sup = Supervisor(paths, python)
+        self.notes: list[str] = []
+
+    def up(self) -> list[str]:
+        """Start supervisord on the written config, or apply what changed; changed pools drain first."""
+        if not self.paths.conf.exists():
+            raise OpsError(f"no supervisord config at {self.paths.conf}: run the update task first")
+        if not self.sup.running():
+            self.notes.append(f"supervisord: starting ({self.paths.conf})")
+            self.sup.launch({k: v for k, v in self.env.items() if k not in SETTINGS_ENV + ("SIMX_VAR",)})
+            return []
+        notes, deferred = self.sup.apply(keep_running=self.sup.worker_groups())
+        self.notes += [f"supervisord: config {n}" for n in notes]
+        if deferred:
+            pending = restarter.begin(self.sup, deferred, replace=deferred)
+            restarter.detach(self.paths, pending, replace=deferred, python=self.python)
+        return deferred
+
+    def start(self, groups) -> None:
+        deferred = self.up()
+        for g in reversed(stop_order(groups)):  # runq before runweb before workers
+            if g not in deferred:
+                self.sup.start(g)
+
+    def stop(self, groups) -> None:
+        if not self.sup.running():
+            self.notes.append(f"supervisord is not running ({self.paths.sock}): nothing to stop")
+            return
+        for g in stop_order(groups):
+            self.sup.stop(g)
+
+    def drain(self, groups) -> None:
+        """Ask workers to finish their current run and exit 0 (supervisor leaves them down)."""
+        if self.sup.running():
+            for g in groups:
+                if is_pool(g):
+                    self.sup.signal(g, "USR1")
+
+    def restart(self, groups, now: bool = False, wait: bool = False) -> None:
+        """Servers: stop and start.  Pools: drain and start each worker as it exits (graceful);
+        `now` stops them at once (their runs go back to the queue); `wait` returns when all are back."""
+        if not self.sup.running():
+            return self.start(groups)
+        servers = [g for g in groups if not is_pool(g)]
+        pools = [g for g in groups if is_pool(g)]
+        if now:
+            for g in stop_order(groups):
+                self.sup.stop(g)
+            return self.start(groups)
+        for g in stop_order(servers):
+            self.sup.stop(g)
+        deferred = self.up()
+        for g in reversed(stop_order(servers)):
+            self.sup.start(g)
+        pools = [g for g in pools if g not in deferred]
+        pending = restarter.begin(self.sup, pools)
+        if pending:
+            self.notes.append(f"draining {len(pending)} worker(s); each starts again as soon as it exits")
+        if wait:
+            restarter.run(self.sup, pending)
+            self._wait_deferred(deferred)
+        elif pending:
+            restarter.detach(self.paths, pending, python=self.python)
+
+    def _wait_deferred(self, groups) -> None:
+        while groups and any(i["statename"] not in restarter.UP for i in self.sup.processes().values()
+                             if i["group"] in groups):
+            time.sleep(0.2)
+
+    def status(self, groups) -> dict[str, dict] | None:
+        """`group:name` -> {statename, pid, description} of the processes of `groups`; None: no supervisord."""
+        if not self.sup.running():
+            return None
+        return {n: {k: i[k] for k in ("statename", "pid", "description")}
+                for n, i in self.sup.processes().items() if i["group"] in groups}
+
+    def logs(self, name: str, size: int) -> str:
+        if not self.sup.running():
+            raise OpsError(f"supervisord is not running ({self.paths.sock})")
+        return self.sup.log(name, size)
+
+    def shutdown(self) -> None:
+        """Stop the workers, then runweb, then runq, then supervisord itself."""
+        if not self.sup.running():
+            self.notes.append("supervisord is not running")
+            return
+        for g in stop_order(set(self.sup.groups()) | {RUNWEB, RUNQ}):
+            self.sup.stop(g)
+        self.sup.shutdown()
+        self.notes.append("supervisord: shut down")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ops.agent", description=__doc__.splitlines()[0])
+    p.add_argument("action", choices=ACTIONS)
+    p.add_argument("groups", nargs="*")
+    p.add_argument("--var", required=True)
+    p.add_argument("--now", action="store_true")
+    p.add_argument("--wait", action="store_true")
+    p.add_argument("--name", default="")
+    p.add_argument("--size", type=int, default=4000)
+    args = p.parse_args(argv)
+    agent = Agent(Paths(Path(args.var)))
+    reply = {"hostname": socket.gethostname(), "python": sys.executable, "error": None}
+    try:
+        if args.action == "restart":
+            agent.restart(args.groups, now=args.now, wait=args.wait)
+        elif args.action in ("start", "stop", "drain"):
+            getattr(agent, args.action)(args.groups)
+        elif args.action in ("up", "shutdown"):
+            getattr(agent, args.action)()
+        elif args.action == "logs":
+            reply["log"] = agent.logs(args.name, args.size)
+        if args.action != "logs":
+            reply["processes"] = agent.status(args.groups)
+    except (OpsError, *RPC_ERRORS) as exc:
+        reply["error"] = str(exc)
+    reply["notes"] = agent.notes
+    print(json.dumps(reply))
+    return 0 if reply["error"] is None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
