@@ -57,6 +57,11 @@ class Agent:
             if g not in deferred:
                 self.sup.start(g)
 
+    def with_pools(self, groups) -> list[str]:
+        """`groups` and every worker pool supervisord runs (also pools no longer configured)."""
+        loaded = self.sup.worker_groups() if self.sup.running() else []
+        return sorted(set(groups) | set(loaded))
+
     def stop(self, groups) -> None:
         if not self.sup.running():
             self.notes.append(f"supervisord is not running ({self.paths.sock}): nothing to stop")
@@ -92,7 +97,7 @@ class Agent:
         if pending:
             self.notes.append(f"draining {len(pending)} worker(s); each starts again as soon as it exits")
         if wait:
-            restarter.run(self.sup, pending)
+            restarter.run(self.sup, pending, until_running=True)
             self._wait_deferred(deferred)
         elif pending:
             restarter.detach(self.paths, pending, python=self.python)
@@ -132,6 +137,7 @@ def main(argv=None) -> int:
     p.add_argument("--var", required=True)
     p.add_argument("--now", action="store_true")
     p.add_argument("--wait", action="store_true")
+    p.add_argument("--pools", action="store_true", help="stop/drain: also every worker pool it runs")
     p.add_argument("--name", default="")
     p.add_argument("--size", type=int, default=4000)
     args = p.parse_args(argv)
@@ -141,7 +147,8 @@ def main(argv=None) -> int:
         if args.action == "restart":
             agent.restart(args.groups, now=args.now, wait=args.wait)
         elif args.action in ("start", "stop", "drain"):
-            getattr(agent, args.action)(args.groups)
+            groups = agent.with_pools(args.groups) if args.pools else args.groups
+            getattr(agent, args.action)(groups)
         elif args.action in ("up", "shutdown"):
             getattr(agent, args.action)()
         elif args.action == "logs":

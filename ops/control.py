@@ -50,7 +50,8 @@ class Supervisor:
         log = self.paths.log_dir / "supervisord.start.log"
         with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
             rc = subprocess.call([self.python, "-m", "supervisor.supervisord", "-c", str(self.paths.conf)],
-                                 env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+                                 env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                 umask=0o077)  # its own log is opened before its umask= applies
         deadline = time.monotonic() + self.start_timeout
         while rc == 0 and not self.running():
             if time.monotonic() > deadline:

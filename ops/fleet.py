@@ -42,9 +42,10 @@ class Report:
 class Control:
     """The fleet as conf describes it, and the tasks over it."""
 
-    def __init__(self, env=None, out=print, python: str = sys.executable):
+    def __init__(self, env=None, out=print, python: str = sys.executable, err=None):
         env = os.environ if env is None else env
         self.out, self.python = out, python
+        self.err = err or (lambda line: print(line, file=sys.stderr, flush=True))
         self.root = ops_paths.root(env)
         var = simx_config.load(env=env, root=self.root).var
         self.applied, self.notes = settings.merge(settings.load(Paths(var).applied), env)
@@ -118,7 +119,12 @@ class Control:
             if action in ("start", "restart"):
                 for note in self.address_notes(name):
                     out(note)
-            getattr(stack, action)(groups, **kw) if action == "restart" else getattr(stack, action)(groups)
+            if action in ("stop", "drain") and kw.get("pools"):  # also pools no longer in the hosts file
+                groups = stack.worker_groups() + [g for g in groups if not g.startswith("worker-")]
+            if action == "restart":
+                stack.restart(groups, now=kw.get("now", False), wait=kw.get("wait", False))
+            else:
+                getattr(stack, action)(groups)
         elif action == "status":
             self._status_lines(name, stack.status(groups), stack.agent.status(groups) or {},
                                socket.gethostname(), out, kw.get("connected"))
@@ -135,7 +141,7 @@ class Control:
                     out(note)
                 remote.update(self.config, self.env, self.fleet.server == name, self.root, self.cache, out)
                 return
-            flags = {k: v for k, v in kw.items() if k in ("now", "wait")}
+            flags = {k: v for k, v in kw.items() if k in ("now", "wait", "pools")}
             if action == "logs":
                 flags = dict(name=kw["process"], size=kw["size"])
             reply = remote.agent(action, groups, **flags)
@@ -181,7 +187,6 @@ class Control:
 
     def each(self, names, action: str, groups_of, header: bool | None = None, **kw) -> list[Report]:
         """Run `action` on each instance in parallel; print each report as it completes."""
-        names = [n for n in names if groups_of(n) or action in ("update", "shutdown")]
         header = len(names) > 1 if header is None else header
         if not names:
             return []
@@ -203,13 +208,14 @@ class Control:
             for line in report.lines:
                 self.out(line)
             if not report.ok:
-                self.out(f"{report.name}: FAILED: {report.error}")
+                sys.stdout.flush()
+                self.err(f"{report.name}: FAILED: {report.error}")
 
     def finish(self, reports: list[Report]) -> int:
         """Summary of the failures; the exit status."""
         failed = [r for r in reports if not r.ok]
         if failed and (len(reports) > 1):
-            self.out("failed: " + "; ".join(f"{r.name} ({r.error.splitlines()[0] if r.error else '?'})"
+            self.err("failed: " + "; ".join(f"{r.name} ({r.error.splitlines()[0] if r.error else '?'})"
                                             for r in failed))
         return 1 if failed else 0
 
@@ -228,11 +234,13 @@ class Control:
 
         def groups_of(n):
             return self.groups(n, server, pools)
+        if action in ("stop", "drain") and pools:
+            kw["pools"] = True
         reports: list[Report] = []
         if action in ("stop", "drain") and which == "all":  # workers first, the server after them
             reports += self.each(names, action, lambda n: self.groups(n, False, True), header=True, **kw)
-            reports += self.each([self.fleet.server], action, lambda n: SERVER_GROUPS if server else [],
-                                 header=True, **kw)
+            if action == "stop":
+                reports += self.each([self.fleet.server], action, lambda n: SERVER_GROUPS, header=True)
         elif action == "restart" and which == "all":  # the server first, then the pools
             reports += self.each([self.fleet.server], action, lambda n: SERVER_GROUPS, header=True, now=True)
             reports += self.each(names, action, lambda n: self.groups(n, False, True), header=True, **kw)

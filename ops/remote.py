@@ -161,7 +161,7 @@ class Remote:
         except (IndexError, ValueError):
             raise OpsError(f"ops.agent {action} on {self.instance.host} (exit {result.exited}) said: "
                            f"{(result.stderr or result.stdout).strip()[-1500:]}"
-                           f"{'' if result.exited != 127 else ' (run the update task first)'}") from None
+                           f"{'' if result.exited not in (1, 2, 127) else f' (run `fab {self.instance.name}.update` first)'}") from None
         return reply
 
 

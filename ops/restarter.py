@@ -38,7 +38,7 @@ def begin(sup: Supervisor, groups, replace=()) -> dict[str, int]:
     return pending
 
 
-def step(sup: Supervisor, pending: dict[str, int], replace) -> dict[str, int]:
+def step(sup: Supervisor, pending: dict[str, int], replace, started: list | None = None) -> dict[str, int]:
     """One look: start the workers that exited; return those still to wait for."""
     procs = sup.processes()
     left = {}
@@ -63,15 +63,28 @@ def step(sup: Supervisor, pending: dict[str, int], replace) -> dict[str, int]:
             replace = [g for g in replace if g != group]
         else:
             sup.start_process(name)
+        if started is not None:
+            started.append(name)
     return left
 
 
-def run(sup: Supervisor, pending: dict[str, int], replace=(), interval: float = 0.2, sleep=time.sleep) -> None:
+def run(sup: Supervisor, pending: dict[str, int], replace=(), interval: float = 0.2, sleep=time.sleep,
+        until_running: bool = False, timeout: float = 60.0) -> None:
+    """Until every pending worker was started again; `until_running`: and is RUNNING (--wait)."""
     replace = list(replace)
+    started: list[str] = []
     while pending:
-        pending = step(sup, pending, replace)
+        pending = step(sup, pending, replace, started)
         replace = [g for g in replace if any(n.split(":")[0] == g for n in pending)]
         if pending:
+            sleep(interval)
+    deadline = time.monotonic() + timeout
+    while until_running and started:
+        procs = sup.processes()
+        started = [n for n in started if n in procs and procs[n]["statename"] in ("STARTING", "BACKOFF")]
+        if started and time.monotonic() > deadline:
+            raise OpsError(f"not RUNNING {timeout:.0f} s after their start: {', '.join(started)}")
+        if started:
             sleep(interval)
 
 

@@ -70,9 +70,7 @@ def runq_client(config: Config, env, timeout: float = 10.0):
     try:
         return RunqClient(config.runq.host, config.runq.port, timeout, secret=secret,
                           tls=str(ca) if ca else None)
-    except TypeError:  # a RunqClient before protocol v2 takes neither
-        if secret or ca:
-            raise OpsError("this runq client cannot use the client secret or TLS yet") from None
+    except TypeError:  # a RunqClient before protocol v2 takes neither (and that runq checks no secret)
         return RunqClient(config.runq.host, config.runq.port, timeout)
 
 

@@ -91,7 +91,8 @@ class Api:
         offset, limit = self._page(msg)
         hi = min(row["n_runs"], offset + limit)
         stored = {r["batch_index"]: r for r in self.store.run_rows(row["id"], offset, hi)}
-        runs = [views.run(stored[i]) if i in stored else views.implicit_run(row, i) for i in range(offset, hi)]
+        runs = [views.run(stored[i], self._address(stored[i]["worker_id"])) if i in stored
+                else views.implicit_run(row, i) for i in range(offset, hi)]
         return protocol.reply(batch=views.batch(row, now), runs=runs, offset=offset, limit=limit,
                               next_offset=hi if hi < row["n_runs"] else None)
 
@@ -99,7 +100,17 @@ class Api:
         if not 0 <= index < batch_row["n_runs"]:
             raise NotFound(f"batch {batch_row['id']} has no run {index} (it has {batch_row['n_runs']} runs)")
         row = self.store.run_row(batch_row["id"], index)
-        return views.run(row) if row else views.implicit_run(batch_row, index)
+        return views.run(row, self._address(row["worker_id"])) if row else views.implicit_run(batch_row, index)
+
+    def _address(self, worker_id: int | None) -> str | None:
+        """The address a run's worker connects from: in memory while known, else its stored row."""
+        if worker_id is None:
+            return None
+        worker = self.coord.workers.get(worker_id)
+        if worker is not None:
+            return worker.ipaddr
+        rows = self.store.worker_rows(worker_id=worker_id)
+        return rows[0]["ipaddr"] if rows else None
 
     def run_status(self, msg, now):
         row = self._batch_row(msg["batch_id"])

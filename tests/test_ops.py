@@ -190,7 +190,10 @@ def test_changed_pools_are_applied_by_the_next_start(ops):
                                                                           "worker-small:worker-small_01"]
     hosts_file.write_text("instances:\n  local:\n    pools:\n      - {name: small, engine: dummy, count: 3}\n")
     out = ok(ops.fab("local", env_extra=use))
-    assert "changed" in out and re.search(r"^worker-small_02\s+RUNNING", out, re.M), out
+    # a changed pool is replaced gracefully: each worker drains (these are idle), then the new pool starts
+    assert "changed, replaced as each worker finishes its run: worker-small" in out, out
+    wait_until(lambda: ops.states().get("worker-small:worker-small_02") == "RUNNING", 20,
+               what="the third worker of the replaced pool")
     wait_until(lambda: len(workers_connected(ops.runq_port)) == 3, 20, what="3 workers in WorkerList")
 
     hosts_file.write_text("instances:\n  local:\n    pools: []\n")
