@@ -31,7 +31,6 @@ from sshhosts import SshHost, keygen
 
 FAB = [sys.executable, "-m", "fabric"]
 WORKERS = ["worker-dummy:worker-dummy_00", "worker-dummy:worker-dummy_01"]
-pytestmark = pytest.mark.skipif(not Path("/usr/sbin/sshd").exists(), reason="needs openssh-server (make deps-deb)")
 
 
 def write_secret(path: Path) -> str:
