@@ -7,8 +7,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages the tests need (installed by `make deps-deb` when run as root):
-# procps (ps/pkill in ops tests), postgresql (runq on a throwaway PostgreSQL cluster).
-DEBS   := procps postgresql
+# procps (ps/pkill in ops tests), postgresql (runq on a throwaway PostgreSQL cluster),
+# openssh-server + iproute2 (remote ops tests: private sshd hosts, network namespaces).
+DEBS   := procps postgresql openssh-server iproute2
 BENCH_ARGS ?=
 
 .PHONY: all demo test bench chaos deps-deb clean $(VENV)
