@@ -289,3 +289,31 @@ def test_all_with_an_unreachable_instance_reports_it_and_deploys_the_other(site)
     assert all(s == "RUNNING" for s, _ in states(site.remote).values())
     out = failed(site.fab("all.status", env_extra={"SIMX_HOSTS": str(hosts)}))
     assert re.search(r"^worker-dummy_00\s+RUNNING .*connected to runq$", out, re.M), out
+
+
+# ------------------------------------------------------------------ the server on a remote instance
+
+def test_fab_server_puts_runq_and_runweb_on_the_instance_conf_names(site):
+    deployed(site)
+    hosts = site.tmp / "hosts-server.yaml"
+    hosts.write_text(site.hosts.read_text().replace("server: local", "server: lab"))
+    port, web = free_port(), free_port()
+    extra = {"SIMX_HOSTS": str(hosts), "RUNQ_PORT": str(port), "RUNWEB_PORT": str(web),
+             "SIMX_VAR": str(site.tmp / "var-server"), "SIMX_DB_URL": "sqlite:///var/data/runq.sqlite"}
+    try:
+        ok(site.fab("server", env_extra=extra))
+        procs = site.remote.processes()
+        for name in ("runq:runq", "runweb:runweb"):
+            assert procs[name]["statename"] == "RUNNING", procs
+            cmdline = Path(f"/proc/{procs[name]['pid']}/cmdline").read_bytes().split(b"\0")
+            assert cmdline[0].decode() == str(site.lab.dir / "venv" / "bin" / "python")
+        wait_until(lambda: http("GET", f"http://127.0.0.1:{web}/health")[0] == 200, 30, what="lab's runweb")
+        assert (site.lab.dir / "var" / "data" / "runq.sqlite").exists()  # runq's database is on its host
+        client = site.lab.dir / "var" / "secrets" / "client.secret"  # runq checks client proofs there
+        assert client.stat().st_mode & 0o777 == 0o600
+        out = ok(site.fab("server.status", env_extra=extra))
+        assert re.search(r"^runq\s+RUNNING", out, re.M) and re.search(r"^runweb\s+RUNNING", out, re.M), out
+        ok(site.fab("server.stop", env_extra=extra))
+        assert site.remote.processes()["runq:runq"]["statename"] == "STOPPED"
+    finally:
+        site.fab("server.stop", env_extra=extra)
