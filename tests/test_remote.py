@@ -317,3 +317,22 @@ def test_fab_server_puts_runq_and_runweb_on_the_instance_conf_names(site):
         assert site.remote.processes()["runq:runq"]["statename"] == "STOPPED"
     finally:
         site.fab("server.stop", env_extra=extra)
+
+
+def test_a_host_that_never_answers_is_reported_after_the_connect_timeout(site):
+    import socket
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel accepts the connection; no SSH banner ever comes
+    hosts = site.tmp / "hosts-silent.yaml"
+    hosts.write_text(f"instances:\n  mute:\n    host: 127.0.0.1\n    port: {silent.getsockname()[1]}\n"
+                     f"    user: root\n    key: {site.lab.client_key}\n    dir: {site.tmp / 'mute'}\n"
+                     f"    pools: [{{name: d, engine: dummy, count: 1}}]\n")
+    try:
+        started = time.monotonic()
+        out = failed(site.fab("mute.status", env_extra={"SIMX_HOSTS": str(hosts), "SIMX_SSH_TIMEOUT": "1.5",
+                                                        "SIMX_VAR": str(site.tmp / "var-mute")}))
+        assert time.monotonic() - started < 15, out
+        assert "mute: FAILED:" in out and str(silent.getsockname()[1]) in out, out
+    finally:
+        silent.close()
