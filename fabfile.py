@@ -150,9 +150,10 @@ def _verbs(which: str, what: str, default: str) -> Collection:
         tasks.append(make("drain", f"Drain the workers of {what}: each finishes its run, then exits.",
                           lambda c: _run(which, "drain")))
     if which not in ("all", "server"):
-        def logs(c, process, lines=4000):
-            _run(which, "logs", process=process, size=int(lines))
-        tasks.append(make("logs", f"Show the end of a process's log on {what} (--process NAME).", logs))
+        def logs(c, process=None, size=2000):
+            _run(which, "logs", process=process, size=int(size))
+        tasks.append(make("logs", f"Show the end of each process's log on {what} (--process GROUP:NAME, --size).",
+                          logs))
 
         def trust(c, fingerprint=None):
             ctl = _control()

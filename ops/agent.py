@@ -114,10 +114,12 @@ class Agent:
         return {n: {k: i[k] for k in ("statename", "pid", "description")}
                 for n, i in self.sup.processes().items() if i["group"] in groups}
 
-    def logs(self, name: str, size: int) -> str:
+    def logs(self, names, groups, size: int) -> dict[str, str]:
+        """The end of each named process's log (`names`; else every process of `groups`), via supervisord."""
         if not self.sup.running():
             raise OpsError(f"supervisord is not running ({self.paths.sock})")
-        return self.sup.log(name, size)
+        names = list(names) or sorted(n for n, i in self.sup.processes().items() if i["group"] in groups)
+        return {n: self.sup.log(n, size) for n in names}
 
     def shutdown(self) -> None:
         """Stop the workers, then runweb, then runq, then supervisord itself."""
@@ -152,7 +154,7 @@ def main(argv=None) -> int:
         elif args.action in ("up", "shutdown"):
             getattr(agent, args.action)()
         elif args.action == "logs":
-            reply["log"] = agent.logs(args.name, args.size)
+            reply["logs"] = agent.logs([args.name] if args.name else [], args.groups, args.size)
         if args.action != "logs":
             reply["processes"] = agent.status(args.groups)
     except (OpsError, *RPC_ERRORS) as exc:

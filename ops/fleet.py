@@ -129,7 +129,7 @@ class Control:
             self._status_lines(name, stack.status(groups), stack.agent.status(groups) or {},
                                socket.gethostname(), out, kw.get("connected"))
         elif action == "logs":
-            out(stack.agent.logs(kw["process"], kw["size"]))
+            self._logs(stack.agent.logs([kw["process"]] if kw.get("process") else [], groups, kw["size"]), out)
         elif action == "shutdown":
             stack.shutdown()
 
@@ -143,14 +143,14 @@ class Control:
                 return
             flags = {k: v for k, v in kw.items() if k in ("now", "wait", "pools")}
             if action == "logs":
-                flags = dict(name=kw["process"], size=kw["size"])
+                flags = dict(name=kw.get("process"), size=kw["size"])
             reply = remote.agent(action, groups, **flags)
         for note in reply.get("notes", []):
             out(note)
         if reply.get("error"):
             raise OpsError(reply["error"])
         if action == "logs":
-            out(reply.get("log", ""))
+            self._logs(reply.get("logs") or {}, out)
             return
         known = reply.get("processes")  # None: supervisord is not running there
         configured = self.pools(name) + (SERVER_GROUPS if self.fleet.server == name else [])
@@ -160,6 +160,13 @@ class Control:
         else:
             for pname, state, description in rows:
                 out(f"{pname:<24} {state:<9} {description}")
+
+    @staticmethod
+    def _logs(logs: dict, out) -> None:
+        for name, text in logs.items():
+            if len(logs) > 1:
+                out(f"---- {name}")
+            out(text.rstrip("\n"))
 
     def _status_lines(self, name, rows, known, hostname, out, connected) -> None:
         """One line per process; raise OpsError (the instance fails) unless all are up (and connected)."""

@@ -111,12 +111,14 @@ class Remote:
             tarball = wheelhouse.build(pyproject, cache, py.version, py.machine)
             out(f"copying wheelhouse {tarball.name} and building {self.dir}/venv offline")
             self.conn.put(str(tarball), remote=f"{self.dir}/.incoming/wheels.tar")
-            venv = shlex.quote(str(self.dir / "venv"))
-            self.run(f"cd {q['dir']} && rm -rf wheels && tar xf .incoming/wheels.tar && rm .incoming/wheels.tar && "
-                     f"{shlex.quote(py.path)} -m venv --clear {venv} && "
-                     f"PIP_CONFIG_FILE=/dev/null {venv}/bin/python -m pip install -q --no-index --no-compile "
+            # built beside the one in use, then swapped in: running programs keep their files
+            self.run(f"cd {q['dir']} && rm -rf wheels venv.new venv.old && tar xf .incoming/wheels.tar && "
+                     f"rm .incoming/wheels.tar && {shlex.quote(py.path)} -m venv venv.new && "
+                     f"PIP_CONFIG_FILE=/dev/null venv.new/bin/python -m pip install -q --no-index --no-compile "
                      f"--disable-pip-version-check --find-links wheels -r wheels/requirements.txt && "
-                     f"echo {shlex.quote(wkey)} > {shlex.quote(str(stamp))}", "building the virtualenv")
+                     f"echo {shlex.quote(wkey)} > venv.new/.simx-wheelhouse && "
+                     f"{{ [ ! -e venv ] || mv venv venv.old; }} && mv venv.new venv && rm -rf venv.old",
+                     "building the virtualenv")
         else:
             out(f"virtualenv {self.dir}/venv is up to date ({wkey})")
         self.put_bytes(wheelhouse.code_tarball(root), self.dir / ".incoming" / "code.tar.gz")
@@ -154,7 +156,7 @@ class Remote:
             elif value not in (None, False):
                 args += [f"--{name}", str(value)]
         result = self.conn.run(f"cd {shlex.quote(str(self.dir))} && {shlex.join(args)}", hide=True, warn=True,
-                               in_stream=False, timeout=self.timeout)
+                               in_stream=False, timeout=None if flags.get("wait") else self.timeout)
         lines = result.stdout.strip().splitlines()
         try:
             reply = json.loads(lines[-1])

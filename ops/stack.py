@@ -12,7 +12,7 @@ import sys
 
 from runq import config as simx_config
 
-from . import hosts, paths as ops_paths, settings
+from . import settings
 from .agent import Agent
 from .control import OpsError  # noqa: F401  (re-exported for callers)
 from .hosts import Fleet, Instance
@@ -33,21 +33,6 @@ class Stack:
         self.sup = self.agent.sup
         self.notes = list(notes)
 
-    @classmethod
-    def from_env(cls, env=None, out=print, python: str = sys.executable, name: str = "local") -> "Stack":
-        """The stack as conf, the recorded settings and the environment describe it."""
-        env = os.environ if env is None else env
-        root = ops_paths.root(env)
-        var = simx_config.load(env=env, root=root).var
-        applied, notes = settings.merge(settings.load(Paths(var).applied), env)
-        eff = settings.effective_env(env, applied)
-        config = simx_config.load(env=eff, root=root)
-        fleet = hosts.load_fleet(eff.get("SIMX_HOSTS"), root=root, env=eff)
-        if name not in fleet.instances:
-            raise simx_config.ConfigError(f"no instance {name!r} in the hosts file")
-        return cls(config, fleet.instances[name], eff, python, out, serves=fleet.server == name, notes=notes,
-                   fleet=fleet)
-
     @property
     def pools(self) -> list[str]:
         """Programs of the configured worker pools (a pool of count 0 has none)."""
@@ -67,6 +52,8 @@ class Stack:
         with open(fd, "w", encoding="utf-8") as f:
             f.write(self.render())
         tmp.replace(self.paths.conf)
+        # the config on disk now holds these settings: later tasks reuse them (ops/settings.py)
+        settings.save(self.paths.applied, {k: v for k, v in self.env.items() if k in settings.SETTINGS_ENV})
 
     def _flush(self) -> None:
         for note in self.notes + self.agent.notes:
@@ -83,12 +70,10 @@ class Stack:
         """Write the config; start supervisord, or apply what changed; record the settings applied."""
         self.write()
         self._act(self.agent.up)
-        settings.save(self.paths.applied, {k: v for k, v in self.env.items() if k in settings.SETTINGS_ENV})
 
     def start(self, groups) -> None:
         self.write()
         self._act(self.agent.start, groups)
-        settings.save(self.paths.applied, {k: v for k, v in self.env.items() if k in settings.SETTINGS_ENV})
         self.show(groups)
 
     def stop(self, groups) -> None:
@@ -98,7 +83,6 @@ class Stack:
     def restart(self, groups, now: bool = False, wait: bool = False) -> None:
         self.write()
         self._act(self.agent.restart, groups, now=now, wait=wait)
-        settings.save(self.paths.applied, {k: v for k, v in self.env.items() if k in settings.SETTINGS_ENV})
         self.show(groups)
 
     def drain(self, groups) -> None:

@@ -166,6 +166,15 @@ def test_fab_all_deploys_workers_from_the_hosts_own_venv_and_they_complete_a_bat
     assert {r["address"] for r in final["runs"]} == {"127.0.0.1"}
 
 
+def test_logs_are_read_through_the_hosts_supervisord(site):
+    deployed(site)
+    out = ok(site.fab("lab.logs"))
+    assert "---- worker-dummy:worker-dummy_00" in out and "---- worker-dummy:worker-dummy_01" in out, out
+    assert out.count("accepted by runq") >= 2, out
+    out = ok(site.fab("lab.logs", "--process", "worker-dummy:worker-dummy_01", "--size", "300"))
+    assert "----" not in out and 0 < len(out) <= 301, out
+
+
 def test_the_worker_secret_is_private_on_the_host_and_the_client_secret_is_not_there(site):
     deployed(site)
     copy = site.lab.dir / "var" / "secrets" / "worker.secret"
