@@ -193,6 +193,21 @@ def test_the_worker_secret_is_private_on_the_host_and_the_client_secret_is_not_t
     assert not (site.lab.dir / "conf" / "hosts.yaml").exists()
 
 
+def test_update_rebuilds_a_stale_venv_beside_the_running_workers(site):
+    deployed(site)
+    stamp = site.lab.dir / "venv" / ".simx-wheelhouse"
+    key = stamp.read_text().strip()
+    stamp.write_text("from-an-older-pyproject\n")
+    before = states(site.remote)
+    out = ok(site.fab("lab.update"))
+    assert "building" in out and stamp.read_text().strip() == key, out
+    assert states(site.remote) == before  # running workers were left alone
+    assert not (site.lab.dir / "venv.old").exists() and not (site.lab.dir / "venv.new").exists()
+    out = ok(site.fab("lab.update"))
+    assert "up to date" in out, out
+    ok(site.fab("lab.status"))
+
+
 # ------------------------------------------------------------------ stop, start, drain, restart
 
 def test_stop_disconnects_the_workers_and_start_brings_them_back(site):
