@@ -16,6 +16,9 @@ import socket
 import sys
 import threading
 
+import invoke.exceptions
+import paramiko
+
 from runq import config as simx_config
 
 from . import hosts, paths as ops_paths, secrets as ops_secrets, settings
@@ -27,8 +30,9 @@ from .render import RUNQ, RUNWEB
 from .stack import Stack, status_rows
 
 SERVER_GROUPS = [RUNQ, RUNWEB]
-# the reasons a host's task may fail (everything else is a bug and ends fab with a traceback)
-HOST_ERRORS = (OpsError, simx_config.ConfigError, OSError, EOFError)
+# the reasons a host's task may fail (everything else is a bug and ends fab with a traceback):
+# ours, a lost or timed-out SSH session, a refused or unreachable connection
+HOST_ERRORS = (OpsError, simx_config.ConfigError, OSError, EOFError, paramiko.SSHException, invoke.exceptions.Failure)
 
 
 @dataclasses.dataclass
@@ -104,7 +108,7 @@ class Control:
             if self.instance(name).is_local:
                 self._local(name, action, groups, lines.append, **kw)
             else:
-                self._remote(name, action, groups, lines.append, report, **kw)
+                self._remote(name, action, groups, lines.append, **kw)
         except HOST_ERRORS as exc:
             report.ok, report.error = False, str(exc) or type(exc).__name__
         return report
@@ -133,11 +137,11 @@ class Control:
         elif action == "shutdown":
             stack.shutdown()
 
-    def _remote(self, name, action, groups, out, report, **kw) -> None:
+    def _remote(self, name, action, groups, out, **kw) -> None:
         inst = self.instance(name)
         with Remote(inst, self.fleet.ssh) as remote:
             if action == "update":
-                for note in self.address_notes(name):
+                for note in self.notes + self.address_notes(name):
                     out(note)
                 remote.update(self.config, self.env, self.fleet.server == name, self.root, self.cache, out)
                 return

@@ -159,12 +159,34 @@ class Remote:
                                in_stream=False, timeout=None if flags.get("wait") else self.timeout)
         lines = result.stdout.strip().splitlines()
         try:
-            reply = json.loads(lines[-1])
+            reply = checked(json.loads(lines[-1]))
         except (IndexError, ValueError):
             raise OpsError(f"ops.agent {action} on {self.instance.host} (exit {result.exited}) said: "
                            f"{(result.stderr or result.stdout).strip()[-1500:]}"
                            f"{'' if result.exited not in (1, 2, 127) else f' (run `fab {self.instance.name}.update` first)'}") from None
         return reply
+
+
+_REPLY = {"hostname": str, "python": str, "error": (str, type(None)), "notes": list,
+          "processes": (dict, type(None)), "logs": dict}
+
+
+def checked(reply) -> dict:
+    """The agent's reply, its shape checked before anything uses it (ValueError otherwise)."""
+    if not isinstance(reply, dict):
+        raise ValueError("not an object")
+    for key, kind in _REPLY.items():
+        if key in reply and not isinstance(reply[key], kind):
+            raise ValueError(f"{key}: wrong type")
+    if not all(isinstance(n, str) for n in reply.get("notes", [])):
+        raise ValueError("notes: wrong type")
+    for info in (reply.get("processes") or {}).values():
+        if not (isinstance(info, dict) and isinstance(info.get("statename"), str)
+                and isinstance(info.get("pid"), int) and isinstance(info.get("description"), str)):
+            raise ValueError("processes: wrong type")
+    if not all(isinstance(t, str) for t in (reply.get("logs") or {}).values()):
+        raise ValueError("logs: wrong type")
+    return reply
 
 
 def _read(path: Path) -> bytes:

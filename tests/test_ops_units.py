@@ -144,3 +144,20 @@ def test_root_does_not_assume_a_checkout(tmp_path):
     assert (ops_paths.TEMPLATES / "supervisord.conf.tmpl").is_file()  # package data, not a checkout path
     assert ops_paths.cache_dir({"SIMX_CACHE": "/c"}) == Path("/c")
     assert ops_paths.cache_dir({"XDG_CACHE_HOME": "/x"}) == Path("/x/simx")
+
+
+@pytest.mark.parametrize("reply", [
+    [], {"notes": "x"}, {"notes": [1]}, {"processes": {"g:n": {"statename": "RUNNING", "pid": "1", "description": ""}}},
+    {"processes": [1]}, {"logs": {"a": 1}}, {"error": 3},
+])
+def test_a_malformed_agent_reply_is_refused(reply):
+    from ops.remote import checked
+    with pytest.raises(ValueError):
+        checked(reply)
+
+
+def test_a_well_formed_agent_reply_passes():
+    from ops.remote import checked
+    reply = {"hostname": "h", "python": "/p", "error": None, "notes": ["n"], "logs": {"a:b": "x"},
+             "processes": {"g:n": {"statename": "RUNNING", "pid": 1, "description": "pid 1"}}}
+    assert checked(reply) is reply
