@@ -98,7 +98,7 @@ class Control:
 
     def _stack(self, name: str, out) -> Stack:
         return Stack(self.config, self.instance(name), self.env, self.python, out=out,
-                     serves=self.fleet.server == name, fleet=self.fleet)
+                     serves=self.fleet.server == name)
 
     def act(self, name: str, action: str, groups: list[str], **kw) -> Report:
         """Do `action` on one instance; never raises for a host's failure (it is in the Report)."""

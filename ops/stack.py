@@ -14,8 +14,7 @@ from runq import config as simx_config
 
 from . import settings
 from .agent import Agent
-from .control import OpsError  # noqa: F401  (re-exported for callers)
-from .hosts import Fleet, Instance
+from .hosts import Instance
 from .paths import Paths
 from .render import RUNQ, RUNWEB, expected_processes, render
 
@@ -24,10 +23,9 @@ class Stack:
     """One instance's programs on this host."""
 
     def __init__(self, config: simx_config.Config, instance: Instance, env, python: str = sys.executable,
-                 out=print, serves: bool | None = None, notes=(), fleet: Fleet | None = None):
+                 out=print, serves: bool | None = None, notes=()):
         self.config, self.instance, self.env, self.python, self.out = config, instance, env, python, out
         self.serves = instance.is_local if serves is None else serves
-        self.fleet = fleet
         self.paths = Paths(config.var)
         self.agent = Agent(self.paths, python, env)
         self.sup = self.agent.sup

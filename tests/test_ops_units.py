@@ -3,7 +3,6 @@ fingerprints, the listen-address check, the wheelhouse key.  No processes (excep
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import paramiko
