@@ -124,6 +124,19 @@ def run(*args: str) -> None:
     subprocess.run(list(args), check=True, capture_output=True, text=True)
 
 
+def free_subnet() -> str:
+    """A 10.X.Y.0/24 that no address or route of this machine touches (so nothing leaves it)."""
+    used = subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True, text=True).stdout
+    used += subprocess.run(["ip", "-4", "addr"], capture_output=True, text=True).stdout
+    if "10.0.0.0/8" in used:
+        raise AssertionError("this machine routes 10.0.0.0/8: pick other test addresses")
+    for _ in range(100):
+        a, b = random.randrange(200, 250), random.randrange(1, 250)
+        if f"10.{a}." not in used:
+            return f"10.{a}.{b}"
+    raise AssertionError("no free 10.x subnet for the test namespaces")
+
+
 class NetnsLab:
     """A bridge with `n` network namespaces on it: 10.X.Y.1 on the bridge, 10.X.Y.2.. in the namespaces.
 
@@ -134,7 +147,7 @@ class NetnsLab:
         self.bridge = f"sxbr{tag}"
         self.namespaces = [f"sx{tag}h{i}" for i in range(1, n + 1)]
         self.veths = [f"sxv{tag}h{i}" for i in range(1, n + 1)]
-        net = f"10.{random.randrange(200, 250)}.{random.randrange(1, 250)}"
+        net = free_subnet()
         self.gateway = f"{net}.1"
         self.addresses = [f"{net}.{i + 1}" for i in range(1, n + 1)]
 

@@ -26,7 +26,9 @@ import pytest
 
 from ops.control import Supervisor
 from ops.paths import Paths
-from procs import ROOT, base_env, free_port, http, wait_until, workers_connected
+from ops.secrets import runq_client
+from procs import ROOT, base_env, free_port, http, wait_until
+from runq import config as simx_config
 from sshhosts import SshHost, keygen
 
 FAB = [sys.executable, "-m", "fabric"]
@@ -94,8 +96,15 @@ def deployed(site) -> None:
         return
     ok(site.fab("lab.trust", "--fingerprint", site.lab.fingerprint()))
     ok(site.fab("all", timeout=600))
-    wait_until(lambda: len(workers_connected(site.runq_port)) == 2, 30, what="lab's 2 workers in WorkerList")
+    wait_until(lambda: len(connected(site)) == 2, 30, what="lab's 2 workers in WorkerList")
     site.deployed = True
+
+
+def connected(site) -> list[dict]:
+    """runq's connected workers, asked as fab asks: with the client secret (ops.secrets.runq_client)."""
+    reply = runq_client(simx_config.load(env=site.env, root=ROOT), site.env).request("WorkerList")
+    assert reply["status"] == "ok", reply
+    return [w for w in reply["workers"] if w["connected"]]
 
 
 def states(sup: Supervisor) -> dict:
@@ -214,12 +223,12 @@ def test_stop_disconnects_the_workers_and_start_brings_them_back(site):
     deployed(site)
     ok(site.fab("lab.stop"))
     assert {s for s, _ in states(site.remote).values()} == {"STOPPED"}
-    wait_until(lambda: not workers_connected(site.runq_port), 20, what="runq to list lab's workers disconnected")
+    wait_until(lambda: not connected(site), 20, what="runq to list lab's workers disconnected")
     out = failed(site.fab("lab.status"))
     assert "not up: worker-dummy_00, worker-dummy_01" in out, out
 
     ok(site.fab("lab.start"))
-    wait_until(lambda: len(workers_connected(site.runq_port)) == 2, 20, what="2 connected workers again")
+    wait_until(lambda: len(connected(site)) == 2, 20, what="2 connected workers again")
     ok(site.fab("lab.status"))
 
 
@@ -233,7 +242,7 @@ def test_drain_during_a_run_lets_it_finish_then_the_workers_stay_down(site):
                what="drained workers to exit")
     failed(site.fab("lab.status"))
     ok(site.fab("lab.start"))
-    wait_until(lambda: len(workers_connected(site.runq_port)) == 2, 20, what="2 connected workers again")
+    wait_until(lambda: len(connected(site)) == 2, 20, what="2 connected workers again")
 
 
 def test_restart_during_a_run_returns_at_once_and_loses_nothing(site):
@@ -250,7 +259,7 @@ def test_restart_during_a_run_returns_at_once_and_loses_nothing(site):
         now = states(site.remote)
         return all(now[n][0] == "RUNNING" and now[n][1] != before[n] for n in WORKERS)
     wait_until(back, 30, what="each worker to be started again after its run")
-    wait_until(lambda: len(workers_connected(site.runq_port)) == 2, 20, what="2 connected workers")
+    wait_until(lambda: len(connected(site)) == 2, 20, what="2 connected workers")
     ok(site.fab("lab.status"))
 
 
