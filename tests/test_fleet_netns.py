@@ -93,3 +93,18 @@ def test_fab_all_deploys_three_hosts_a_batch_spreads_over_them_and_all_stop_stop
     for h in fleet.hosts:
         assert {i["statename"] for i in Supervisor(Paths(h.dir / "var")).processes().values()} == {"STOPPED"}
     assert Supervisor(Paths(Path(fleet.env["SIMX_VAR"]))).processes()["runq:runq"]["statename"] == "STOPPED"
+
+
+def test_teardown_kills_what_runs_in_a_namespace_and_removes_it():
+    lab = NetnsLab(1).open()
+    try:
+        sleeper = subprocess.Popen(["ip", "netns", "exec", lab.namespaces[0], "sleep", "300"],
+                                   start_new_session=True)
+        wait_until(lambda: subprocess.run(["ip", "netns", "pids", lab.namespaces[0]], capture_output=True,
+                                          text=True).stdout.strip(), 5, what="a process in the namespace")
+    finally:
+        lab.close()
+    assert sleeper.wait(10) != 0  # killed
+    assert lab.namespaces[0] not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "link"], capture_output=True, text=True).stdout
+    assert lab.bridge not in links and lab.veths[0] not in links

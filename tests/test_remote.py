@@ -149,9 +149,12 @@ def test_unknown_host_key_is_refused_until_trusted(site):
     assert site.lab.fingerprint() in out
     assert not (site.tmp / "known_hosts").exists() or "127.0.0.1" not in (site.tmp / "known_hosts").read_text()
 
-    out = ok(site.fab("lab.trust", "--fingerprint", site.lab.fingerprint()))
-    assert "trusted" in out
+    out = ok(site.fab("lab.trust", input="yes\n"))  # shown, and confirmed
+    assert site.lab.fingerprint() in out and "trusted, added to" in out, out
     assert f"[127.0.0.1]:{site.lab.port} ssh-ed25519 " in (site.tmp / "known_hosts").read_text()
+    assert (site.tmp / "known_hosts").stat().st_mode & 0o077 == 0
+    out = ok(site.fab("lab.trust", "--fingerprint", site.lab.fingerprint()))
+    assert "already trusted" in out, out
     out = failed(site.fab("lab.status"))  # now reachable: nothing deployed yet
     assert "update" in out, out
 
