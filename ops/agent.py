@@ -12,7 +12,6 @@ import json
 import os
 import socket
 import sys
-import time
 from pathlib import Path
 
 from . import restarter
@@ -35,9 +34,11 @@ class Agent:
         self.env = os.environ if env is None else env
         self.sup = Supervisor(paths, python)
         self.notes: list[str] = []
+        self.replacing: dict[str, int] = {}  # workers of changed pools draining before their pool is replaced
 
-    def up(self) -> list[str]:
-        """Start supervisord on the written config, or apply what changed; changed pools drain first."""
+    def up(self, detach: bool = True) -> list[str]:
+        """Start supervisord on the written config, or apply what changed; changed pools drain first
+        (their replacement runs detached, or, not `detach`, is left in `self.replacing` for the caller)."""
         if not self.paths.conf.exists():
             raise OpsError(f"no supervisord config at {self.paths.conf}: run the update task first")
         if not self.sup.running():
@@ -47,8 +48,9 @@ class Agent:
         notes, deferred = self.sup.apply(keep_running=self.sup.worker_groups())
         self.notes += [f"supervisord: config {n}" for n in notes]
         if deferred:
-            pending = restarter.begin(self.sup, deferred, replace=deferred)
-            restarter.detach(self.paths, pending, replace=deferred, python=self.python)
+            self.replacing = restarter.begin(self.sup, deferred, replace=deferred)
+            if detach:
+                restarter.detach(self.paths, self.replacing, replace=deferred, python=self.python)
         return deferred
 
     def start(self, groups) -> None:
@@ -89,23 +91,17 @@ class Agent:
             return self.start(groups)
         for g in stop_order(servers):
             self.sup.stop(g)
-        deferred = self.up()
+        deferred = self.up(detach=not wait)
         for g in reversed(stop_order(servers)):
             self.sup.start(g)
-        pools = [g for g in pools if g not in deferred]
-        pending = restarter.begin(self.sup, pools)
-        if pending:
-            self.notes.append(f"draining {len(pending)} worker(s); each starts again as soon as it exits")
+        pending = restarter.begin(self.sup, [g for g in pools if g not in deferred])
+        if pending or self.replacing:
+            self.notes.append(f"draining {len(pending) + len(self.replacing)} worker(s); "
+                              f"each starts again as soon as it exits")
         if wait:
-            restarter.run(self.sup, pending, until_running=True)
-            self._wait_deferred(deferred)
+            restarter.run(self.sup, {**pending, **self.replacing}, replace=deferred, until_running=True)
         elif pending:
             restarter.detach(self.paths, pending, python=self.python)
-
-    def _wait_deferred(self, groups) -> None:
-        while groups and any(i["statename"] not in restarter.UP for i in self.sup.processes().values()
-                             if i["group"] in groups):
-            time.sleep(0.2)
 
     def status(self, groups) -> dict[str, dict] | None:
         """`group:name` -> {statename, pid, description} of the processes of `groups`; None: no supervisord."""
