@@ -278,6 +278,34 @@ def test_restart_wait_and_now(site):
 
 # ------------------------------------------------------------------ settings reach only their programs
 
+def test_a_second_deploy_restarts_nothing(site):
+    deployed(site)
+    before = states(site.remote)
+    out = ok(site.fab("lab"))
+    assert "up to date" in out and "changed" not in out, out
+    assert states(site.remote) == before
+
+
+def test_a_changed_pool_is_replaced_only_after_its_workers_finish_their_runs(site):
+    deployed(site)
+    hosts = site.tmp / "hosts-cost.yaml"
+    hosts.write_text(site.hosts.read_text().replace("count: 2}", "count: 2, cost: 5}"))
+    before = {n: pid for n, (_, pid) in states(site.remote).items()}
+    batch_id = batch(site, 2, steps=20, delay=0.5)  # longer than an update takes
+    wait_until(lambda: all_running(site, batch_id), 20, what="both runs to start")
+    try:
+        out = ok(site.fab("lab", env_extra={"SIMX_HOSTS": str(hosts)}))
+        assert "replaced as each worker finishes its run: worker-dummy" in out, out
+        assert batch_view(site, batch_id)["batch"]["state"] == "active"
+        finished_once(site, batch_id)
+        wait_until(lambda: sorted(w["cost"] for w in connected(site)) == [5, 5], 30,
+                   what="the replaced pool's workers (cost 5) to connect")
+        assert all(pid != before[n] for n, (_, pid) in states(site.remote).items())
+    finally:  # back to the module's pool
+        ok(site.fab("lab", env_extra={"SIMX_HOSTS": str(site.hosts)}))
+        wait_until(lambda: sorted(w["cost"] for w in connected(site)) == [1, 1], 30, what="cost 1 workers")
+
+
 def test_runweb_bind_change_restarts_runweb_alone_and_a_plain_start_agrees(site):
     deployed(site)
     runq_pid = site.local.processes()["runq:runq"]["pid"]
