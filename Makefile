@@ -8,8 +8,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages the tests need (installed by `make deps-deb` when run as root):
 # procps (ps/pkill in ops tests), postgresql (runq on a throwaway PostgreSQL cluster),
-# chromium (the dashboard tests drive it through Playwright), curl (HTTPS to runweb in tests/test_tls.py).
-DEBS   := procps postgresql chromium curl
+# chromium (the dashboard tests drive it through Playwright), curl (HTTPS to runweb in tests/test_tls.py),
+# openssh-server + iproute2 (remote ops tests: private sshd hosts, network namespaces).
+DEBS   := procps postgresql chromium curl openssh-server iproute2
 BENCH_ARGS ?=
 
 .PHONY: all demo test bench chaos deps-deb clean $(VENV)

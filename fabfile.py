@@ -1,13 +1,12 @@
 """simx operations (Fabric 3): `fab --list` shows every task.
 
-`*.run` tasks run a program in the foreground with logs on the terminal.  The
-other tasks drive this host's supervisord (config and logs under var/, or
-SIMX_VAR).  Start tasks render var/supervisor/supervisord.conf from
-conf/simx.yaml, conf/hosts.yaml (or the file SIMX_HOSTS names) and the
-environment (RUNQ_PORT, ...) and apply it; stop, drain and status act on what
-supervisord runs now.  Every status task exits 0 only when everything it
-expects is RUNNING.  The work is done in runq/supervision.py and runq/demo.py;
-tasks only choose which programs.
+A thin table of tasks over ops/ (ops/fleet.py does the work).  Per instance NAME
+of conf/hosts.yaml (or the file SIMX_HOSTS names): `fab NAME` (update, then
+start its worker pools), NAME.update|start|stop|restart|status|drain|logs|trust.
+`fab all` / all.*: the server (runq, runweb) and every instance, hosts in
+parallel; `fab server` / server.*: runq and runweb on the instance `server:`
+names.  `*.run` tasks run a program in the foreground.  Status tasks exit 0
+only when everything they expect is up.
 """
 from __future__ import annotations
 
@@ -18,60 +17,45 @@ from pathlib import Path
 from fabric import task
 from invoke import Collection, Exit
 
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))  # so `fab` works from a checkout that is not pip-installed
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `fab` from a checkout that is not pip-installed
 
-from runq import config as simx_config, hosts  # noqa: E402
-from runq.supervision import RUNQ, RUNWEB, OpsError, Stack  # noqa: E402
+from ops import paths as ops_paths, ssh as ops_ssh  # noqa: E402
+from ops.control import OpsError  # noqa: E402
+from ops.fleet import Control  # noqa: E402
+from ops.render import RUNQ, RUNWEB  # noqa: E402
+from runq.config import ConfigError  # noqa: E402
 
 
-def _stack(env=None) -> Stack:
-    """This host's stack as conf/simx.yaml, conf/hosts.yaml and the environment describe it."""
-    env = os.environ if env is None else env
+def _control() -> Control:
     try:
-        cfg = simx_config.load(env=env)
-        return Stack(cfg, hosts.load(env.get("SIMX_HOSTS"), root=cfg.root)["local"], env)
-    except simx_config.ConfigError as exc:
+        return Control(os.environ)
+    except ConfigError as exc:
         raise Exit(f"simx: {exc}", code=2)
 
 
-def _do(action, groups, env=None) -> None:
-    try:
-        action(_stack(env), groups)
-    except OpsError as exc:
-        raise Exit(f"simx: {exc}", code=1)
+def _done(code: int) -> None:
+    if code:
+        raise Exit(code=code)
 
 
-def _start(groups):
-    _do(Stack.start, groups)
+def _run(which: str, action: str, **kw) -> None:
+    _done(_control().run(which, action, **kw))
 
 
-def _stop(groups):
-    _do(Stack.stop, groups)
-
-
-def _restart(groups):
-    _do(Stack.restart, groups)
-
-
-def _check(groups) -> None:
-    if not _stack().show(groups):
-        raise Exit("not everything expected is running", code=1)
+def _programs(groups: list[str], action: str, **kw) -> None:
+    """runq or runweb alone, on the server instance."""
+    ctl = _control()
+    _done(ctl.finish(ctl.each([ctl.fleet.server], action, lambda n: groups, **kw)))
 
 
 def _exec(*args: str) -> None:
     """Replace fab by `python -m ...` in the simx root: logs and Ctrl-C go straight to it."""
-    os.chdir(ROOT)
+    os.chdir(ops_paths.root())
     sys.stdout.flush()
     os.execv(sys.executable, [sys.executable, "-m", *args])
 
 
-def _pools() -> list[str]:
-    """Worker pools supervisord runs now or conf/hosts.yaml names: what stop and drain act on."""
-    return _stack().worker_groups()
-
-
-# ------------------------------------------------------------------ runq
+# ------------------------------------------------------------------ runq, runweb
 
 @task(name="run")
 def runq_run(c, port=None):
@@ -81,71 +65,71 @@ def runq_run(c, port=None):
 
 @task(name="start")
 def runq_start(c):
-    """Start runq under this host's supervisord."""
-    _start([RUNQ])
+    """Start runq under the server's supervisord."""
+    _programs([RUNQ], "start")
 
 
 @task(name="stop")
 def runq_stop(c):
     """Stop runq under supervisord."""
-    _stop([RUNQ])
+    _programs([RUNQ], "stop")
 
 
 @task(name="restart")
 def runq_restart(c):
-    """Restart runq under supervisord (applies changed settings)."""
-    _restart([RUNQ])
+    """Restart runq (applies changed settings)."""
+    _programs([RUNQ], "restart", now=True)
 
 
 @task(name="status")
 def runq_status(c):
     """Show runq's state; exit 0 only when it is RUNNING."""
-    _check([RUNQ])
+    _programs([RUNQ], "status")
 
 
 @task(name="secrets")
 def runq_secrets(c, force=False):
     """Create the worker and client secret files (mode 0600; --force replaces existing ones)."""
     from runq import auth
+    from runq import config as simx_config
     try:
         cfg = simx_config.load(env=os.environ)
         lines = auth.create_secret_files(cfg.runq, lambda p: simx_config.resolve_var_path(p, cfg.root, cfg.var),
                                          force=bool(force))
     except (simx_config.ConfigError, auth.SecretError) as exc:
         raise Exit(f"simx: {exc}", code=1)
-    print("\n".join(lines))
+    print("
+".join(lines))
 
-
-# ------------------------------------------------------------------ runweb
 
 @task(name="run")
 def runweb_run(c, port=None):
     """Run runweb in the foreground on port 4567 (--port to change), logs on the terminal."""
-    _exec("runweb", "--port", str(port or _stack().config.runweb.run_port))
+    _exec("runweb", "--port", str(port or _control().config.runweb.run_port))
 
 
 @task(name="start")
 def runweb_start(c):
     """Start runweb under supervisord, on RUNWEB_PORT (8097)."""
-    _start([RUNWEB])
+    _programs([RUNWEB], "start")
 
 
 @task(name="stop")
 def runweb_stop(c):
     """Stop runweb under supervisord."""
-    _stop([RUNWEB])
+    _programs([RUNWEB], "stop")
 
 
 @task(name="restart")
 def runweb_restart(c):
-    """Restart runweb under supervisord (applies changed settings)."""
-    _restart([RUNWEB])
+    """Restart runweb (applies changed settings; nothing else restarts)."""
+    _programs([RUNWEB], "restart", now=True)
 
 
 @task(name="status")
 def runweb_status(c):
     """Show runweb's state; exit 0 only when it is RUNNING."""
-    _check([RUNWEB])
+    _programs([RUNWEB], "status")
 
 
 @task(name="adduser")
@@ -154,84 +138,79 @@ def runweb_adduser(c, name):
     _exec("runweb.users", "add", name)
 
 
-# ------------------------------------------------------------------ local worker pools
+# ------------------------------------------------------------------ instances, server, all
 
-@task(name="start", default=True)
-def local_start(c):
-    """Start the worker pools of the `local` instance (conf/hosts.yaml)."""
-    _start(_stack().pools)
+def _verbs(which: str, what: str, default: str) -> Collection:
+    """The namespace of one instance (or `all`, `server`): deploy, update, start, stop, ..."""
 
+    def make(name, doc, fn):
+        fn.__doc__ = doc
+        return task(name=name, default=name == default)(fn)
 
-@task(name="stop")
-def local_stop(c):
-    """Stop the local worker pools (their unfinished runs go back to the queue)."""
-    _stop(_pools())
+    tasks = [
+        make("deploy", f"Update {what}, then start it.", lambda c: _done(_control().deploy(which))),
+        make("update", f"Put code, virtualenv, config and worker secret on {what}.",
+             lambda c: _run(which, "update")),
+        make("start", f"Start {what} under supervisord.", lambda c: _run(which, "start")),
+        make("stop", f"Stop {what} (unfinished runs go back to the queue).", lambda c: _run(which, "stop")),
+        make("status", f"Show every process of {what}, pid, runq connection; exit 0 only when all are up.",
+             lambda c: _run(which, "status")),
+    ]
 
+    def restart(c, now=False, wait=False):
+        _run(which, "restart", now=bool(now), wait=bool(wait))
+    tasks.append(make("restart", f"Restart {what}: workers drain and come back one by one (--wait, --now).",
+                      restart))
+    if which != "server":
+        tasks.append(make("drain", f"Drain the workers of {what}: each finishes its run, then exits.",
+                          lambda c: _run(which, "drain")))
+    if which not in ("all", "server"):
+        def logs(c, process=None, size=2000):
+            _run(which, "logs", process=process, size=int(size))
+        tasks.append(make("logs", f"Show the end of each process's log on {what} (--process GROUP:NAME, --size).",
+                          logs))
 
-@task(name="restart")
-def local_restart(c):
-    """Restart the local worker pools (applies changed pools)."""
-    _restart(_pools())
-
-
-@task(name="status")
-def local_status(c):
-    """Show each local worker; exit 0 only when all are RUNNING."""
-    _check(_stack().pools)
-
-
-@task(name="drain")
-def local_drain(c):
-    """Drain the local workers: each finishes its run, takes no other, exits."""
-    _do(Stack.drain, _pools())
-
-
-# ------------------------------------------------------------------ everything
-
-@task(name="start", default=True)
-def all_start(c):
-    """Start runq, runweb and the local worker pools under supervisord."""
-    runq_start(c)
-    runweb_start(c)
-    local_start(c)
-
-
-@task(name="stop")
-def all_stop(c):
-    """Stop the local workers, runweb and runq (supervisord keeps running)."""
-    local_stop(c)
-    runweb_stop(c)
-    runq_stop(c)
-
-
-@task(name="status")
-def all_status(c):
-    """Show runq, runweb and the local workers; exit 0 only when all are RUNNING."""
-    _check([RUNQ, RUNWEB] + _stack().pools)
+        def trust(c, fingerprint=None):
+            ctl = _control()
+            inst = ctl.instance(which)
+            if inst.is_local:
+                print("local needs no ssh")
+                return
+            try:
+                _done(0 if ops_ssh.trust(inst, ctl.fleet.ssh, fingerprint) else 1)
+            except OpsError as exc:
+                raise Exit(f"simx: {exc}", code=1)
+        tasks.append(make("trust", f"Accept {what}'s SSH host key after showing it (--fingerprint SHA256:...).",
+                          trust))
+    return Collection(which, *tasks)
 
 
 @task
 def shutdown(c):
     """Stop everything on this host, then supervisord itself."""
-    try:
-        _stack().shutdown()
-    except OpsError as exc:
-        raise Exit(f"simx: {exc}", code=1)
+    _run("local", "shutdown")
 
 
 @task
 def demo(c, keep=False, timeout=120):
     """Start a stack in var/demo, run runweb/example/batch-req.yaml, show it live (--keep leaves it up)."""
-    from runq import demo as simx_demo
-    code = simx_demo.main(ROOT, os.environ, keep=bool(keep), timeout=float(timeout))
-    if code:
-        raise Exit(code=code)
+    from ops import demo as simx_demo
+    _done(simx_demo.main(ops_paths.root(), os.environ, keep=bool(keep), timeout=float(timeout)))
+
+
+def _instances() -> list[str]:
+    try:
+        return list(Control(os.environ).fleet.instances)
+    except ConfigError as exc:
+        raise SystemExit(f"simx: {exc}")
 
 
 ns = Collection(
     demo, shutdown,
     Collection("runq", runq_run, runq_start, runq_stop, runq_restart, runq_status, runq_secrets),
     Collection("runweb", runweb_run, runweb_start, runweb_stop, runweb_restart, runweb_status, runweb_adduser),
-    Collection("local", local_start, local_stop, local_restart, local_status, local_drain),
-    Collection("all", all_start, all_stop, all_status),
+    _verbs("all", "the server and every instance", "deploy"),
+    _verbs("server", "runq and runweb on the server instance", "deploy"),
+    *(_verbs(n, "local" if n == "local" else f"instance {n}", "start" if n == "local" else "deploy")
+      for n in _instances()),
 )

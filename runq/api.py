@@ -162,7 +162,7 @@ class Api:
         if state is None:
             hi = min(row["n_runs"], offset + limit)
             stored = {r["batch_index"]: r for r in self.store.run_rows(row["id"], offset, hi)}
-            runs = [views.run(stored[i]) if i in stored else views.implicit_run(row, i) for i in range(offset, hi)]
+            runs = [self._run(stored[i]) if i in stored else views.implicit_run(row, i) for i in range(offset, hi)]
             more = hi < row["n_runs"]
         else:
             runs, more = self._runs_in_state(row, state, offset, limit)
@@ -183,7 +183,7 @@ class Api:
         """
         b, ni, n = row["id"], row["next_index"], row["n_runs"]
         head = self.store.runs_in_state(b, state, hi=ni, offset=offset, limit=limit + 1)
-        runs = [views.run(r) for r in head[:limit]]
+        runs = [self._run(r) for r in head[:limit]]
         if len(head) > limit:
             return runs, True
         implicit = states.CANCELLED if row["state"] == states.BATCH_CANCELLED else states.WAITING
@@ -192,7 +192,7 @@ class Api:
         p = 0 if head else max(0, offset - self.store.count_runs_in_state(b, state, hi=ni))
         if state != implicit:   # in the tail only rows (runs cancelled alone) can be in `state`
             tail = self.store.runs_in_state(b, state, lo=ni, offset=p, limit=room + 1)
-            return runs + [views.run(r) for r in tail[:room]], len(tail) > room
+            return runs + [self._run(r) for r in tail[:room]], len(tail) > room
         # the tail's p-th run in `state` is ni + p, pushed on past each stored run in another state
         holes = self.store.run_indexes_not_in(b, state, ni)
         index, h = ni + p, 0
@@ -207,7 +207,7 @@ class Api:
         page, more = want[:room], len(want) > room
         if page:
             stored = {r["batch_index"]: r for r in self.store.run_rows(b, page[0], page[-1] + 1)}
-            runs += [views.run(stored[i]) if i in stored else views.implicit_run(row, i) for i in page]
+            runs += [self._run(stored[i]) if i in stored else views.implicit_run(row, i) for i in page]
         return runs, more
 
     def batch_results(self, msg, now):
@@ -238,7 +238,20 @@ class Api:
         if not 0 <= index < batch_row["n_runs"]:
             raise NotFound(f"batch {batch_row['id']} has no run {index} (it has {batch_row['n_runs']} runs)")
         row = self.store.run_row(batch_row["id"], index)
-        return views.run(row) if row else views.implicit_run(batch_row, index)
+        return self._run(row) if row else views.implicit_run(batch_row, index)
+
+    def _run(self, row: dict) -> dict:
+        return views.run(row, self._address(row["worker_id"]))
+
+    def _address(self, worker_id: int | None) -> str | None:
+        """The address a run's worker connects from: in memory while known, else its stored row."""
+        if worker_id is None:
+            return None
+        worker = self.coord.workers.get(worker_id)
+        if worker is not None:
+            return worker.ipaddr
+        rows = self.store.worker_rows(worker_id=worker_id)
+        return rows[0]["ipaddr"] if rows else None
 
     def run_status(self, msg, now):
         row = self._batch_row(msg["batch_id"], msg)

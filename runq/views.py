@@ -41,10 +41,12 @@ def batch(row: dict, now: float, served: bool | None = None) -> dict:
     }
 
 
-def run(row: dict) -> dict:
+def run(row: dict, address: str | None = None) -> dict:
+    """`address`: the IP address runq sees the run's worker connect from (None when unknown)."""
     return {
         "batch_id": row["batch_id"], "batch_index": row["batch_index"], "state": row["state"],
         "attempt": row["attempt"], "worker_id": row["worker_id"], "host": row["host"] or None,
+        "address": address or None,
         "progress": row["progress"], "message": clip(row["message"]), "result": row["result"],
         "error": clip(row["error"]), "started": iso(row["started"]), "ended": iso(row["ended"]),
     }
@@ -55,7 +57,7 @@ def implicit_run(batch_row: dict, index: int) -> dict:
     state = states.CANCELLED if batch_row["state"] == states.BATCH_CANCELLED else states.WAITING
     return {
         "batch_id": batch_row["id"], "batch_index": index, "state": state, "attempt": 0,
-        "worker_id": None, "host": None, "progress": 0.0, "message": None, "result": None,
+        "worker_id": None, "host": None, "address": None, "progress": 0.0, "message": None, "result": None,
         "error": None, "started": None, "ended": None,
     }
 

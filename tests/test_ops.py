@@ -20,7 +20,8 @@ import pytest
 
 from procs import ROOT, base_env, free_port, http, ping, wait_until, workers_connected, Proc
 from runq.client import RunqUnavailable
-from runq.supervision import Paths, Supervisor, alive, read_pid
+from ops.control import Supervisor, alive, read_pid
+from ops.paths import Paths
 
 FAB = [sys.executable, "-m", "fabric"]  # the venv's `fab`
 WORKERS = ["worker-dummy:worker-dummy_00", "worker-dummy:worker-dummy_01", "worker-dummy:worker-dummy_02"]
@@ -88,7 +89,7 @@ def test_fab_list_shows_every_task_with_a_description(ops):
              "all.start", "all.stop", "all.status"]
     for name in tasks:
         assert re.search(rf"^  {re.escape(name)}(\s+\(\w+\))?\s+\w", out, re.M), f"{name} not listed:\n{out}"
-    assert "local.start (local)" in out and "all.start (all)" in out  # `fab local`, `fab all`
+    assert "local.start (local)" in out and "all.deploy (all)" in out  # `fab local`, `fab all`
 
 
 # ------------------------------------------------------------------ runq, runweb under supervisord
@@ -96,7 +97,8 @@ def test_fab_list_shows_every_task_with_a_description(ops):
 def test_runq_start_status_stop(ops):
     out = ok(ops.fab("runq.start"))
     assert re.search(r"^runq\s+RUNNING", out, re.M), out
-    assert ping(ops.runq_port)["status"] == "ok"
+    # RUNNING (after startsecs=1) does not mean listening yet on a loaded machine
+    wait_until(lambda: ping(ops.runq_port)["status"] == "ok", 20, what="runq to answer")
     assert re.search(r"^runq\s+RUNNING", ok(ops.fab("runq.status")), re.M)
     # the generated config works with plain supervisorctl too
     ctl = subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", str(ops.sup.paths.conf),
@@ -189,7 +191,10 @@ def test_changed_pools_are_applied_by_the_next_start(ops):
                                                                           "worker-small:worker-small_01"]
     hosts_file.write_text("instances:\n  local:\n    pools:\n      - {name: small, engine: dummy, count: 3}\n")
     out = ok(ops.fab("local", env_extra=use))
-    assert "changed" in out and re.search(r"^worker-small_02\s+RUNNING", out, re.M), out
+    # a changed pool is replaced gracefully: each worker drains (these are idle), then the new pool starts
+    assert "changed, replaced as each worker finishes its run: worker-small" in out, out
+    wait_until(lambda: ops.states().get("worker-small:worker-small_02") == "RUNNING", 20,
+               what="the third worker of the replaced pool")
     wait_until(lambda: len(workers_connected(ops.runq_port)) == 3, 20, what="3 workers in WorkerList")
 
     hosts_file.write_text("instances:\n  local:\n    pools: []\n")

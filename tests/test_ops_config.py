@@ -11,9 +11,11 @@ from supervisor.datatypes import RestartUnconditionally, RestartWhenExitUnexpect
 from supervisor.options import ServerOptions
 
 from procs import ROOT
-from runq import config as simx_config, hosts
+from ops import hosts
+from runq import config as simx_config
 from runq.config import ConfigError
-from runq.supervision import MAX_SOCKET_PATH, Paths, render
+from ops.paths import MAX_SOCKET_PATH, Paths
+from ops.render import render
 
 
 def _config(tmp_path, **env):

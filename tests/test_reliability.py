@@ -265,7 +265,8 @@ def test_quarter_of_supervised_workers_sigkilled_all_runs_finish(tmp_path):
     import tempfile
     from pathlib import Path
 
-    from runq.supervision import Paths, Supervisor
+    from ops.control import Supervisor
+    from ops.paths import Paths
 
     tmp = Path(tempfile.mkdtemp(prefix="simx-rel-"))   # short: AF_UNIX socket path limit
     hosts = tmp / "hosts.yaml"

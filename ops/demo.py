@@ -16,8 +16,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from . import config as simx_config, hosts
-from .supervision import PASSED_ENV, RUNQ, RUNWEB, OpsError, Stack
+from runq import config as simx_config
+
+from . import hosts
+from .control import OpsError
+from .render import RUNQ, RUNWEB, SETTINGS_ENV
+from .stack import Stack
 
 EXAMPLE = Path("runweb") / "example" / "batch-req.yaml"
 TERMINAL = ("finished", "failed", "cancelled")
@@ -32,7 +36,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def demo_env(env, var: Path, runq_port: int, runweb_port: int) -> dict:
     """The environment of the demo stack: the caller's, minus simx settings, plus its own."""
-    out = {k: v for k, v in env.items() if k not in PASSED_ENV}
+    out = {k: v for k, v in env.items() if k not in SETTINGS_ENV}
     out.update(SIMX_VAR=str(var), RUNQ_HOST="127.0.0.1", RUNQ_PORT=str(runq_port), RUNQ_LISTEN="127.0.0.1",
                RUNWEB_PORT=str(runweb_port), RUNWEB_BIND="127.0.0.1",
                SIMX_DB_URL=f"sqlite:///{var / 'data' / 'runq.sqlite'}")

@@ -1,0 +1,270 @@
+"""Tasks over instances: the same verbs for `local`, a remote host, the server and `all`.
+
+`Control` reads conf once (settings recorded by the last start task, overridden
+by the environment), then acts on each instance: `local` through ops/stack.py
+(rendered here, applied by the agent in-process), remote ones over SSH
+(ops/remote.py).  Several instances are handled in parallel threads; a failure
+is reported by name with its reason, the others proceed, and the exit status
+is non-zero at the end.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+import socket
+import sys
+import threading
+
+import invoke.exceptions
+import paramiko
+
+from runq import config as simx_config
+
+from . import hosts, paths as ops_paths, secrets as ops_secrets, settings
+from .control import OpsError
+from .hosts import Instance
+from .paths import Paths
+from .remote import Remote
+from .render import RUNQ, RUNWEB
+from .stack import Stack, status_rows
+
+SERVER_GROUPS = [RUNQ, RUNWEB]
+# the reasons a host's task may fail (everything else is a bug and ends fab with a traceback):
+# ours, a lost or timed-out SSH session, a refused or unreachable connection
+HOST_ERRORS = (OpsError, simx_config.ConfigError, OSError, EOFError, paramiko.SSHException, invoke.exceptions.Failure)
+
+
+@dataclasses.dataclass
+class Report:
+    name: str
+    lines: list[str]
+    ok: bool = True
+    error: str = ""
+
+
+class Control:
+    """The fleet as conf describes it, and the tasks over it."""
+
+    def __init__(self, env=None, out=print, python: str = sys.executable, err=None):
+        env = os.environ if env is None else env
+        self.out, self.python = out, python
+        self.err = err or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.root = ops_paths.root(env)
+        var = simx_config.load(env=env, root=self.root).var
+        self.applied, self.notes = settings.merge(settings.load(Paths(var).applied), env)
+        self.env = settings.effective_env(env, self.applied)
+        self.config = simx_config.load(env=self.env, root=self.root)
+        self.fleet = hosts.load_fleet(self.env.get("SIMX_HOSTS"), root=self.root, env=self.env)
+        self.cache = ops_paths.cache_dir(env)
+        self._print = threading.Lock()
+
+    # ------------------------------------------------------------------ which programs
+
+    def instance(self, name: str) -> Instance:
+        try:
+            return self.fleet.instances[name]
+        except KeyError:
+            raise OpsError(f"no instance {name!r} in the hosts file") from None
+
+    def pools(self, name: str) -> list[str]:
+        return [p.program for p in self.instance(name).pools if p.count > 0]
+
+    def groups(self, name: str, server: bool, pools: bool) -> list[str]:
+        out = list(SERVER_GROUPS) if server and name == self.fleet.server else []
+        return out + (self.pools(name) if pools else [])
+
+    def address_notes(self, name: str) -> list[str]:
+        """Warn when this instance's workers connect to an address runq does not listen on."""
+        inst, runq = self.instance(name), self.config.runq
+        host, port = inst.runq_host or runq.host, inst.runq_port or runq.port
+        notes = []
+        if port != runq.port:
+            notes.append(f"warning: {name}'s workers connect to port {port}, runq listens on {runq.port}")
+        if not inst.pools or any(a in ("0.0.0.0", "::", "") for a in runq.listen):
+            return notes
+        try:
+            wanted = {i[4][0] for i in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)}
+            listen = {i[4][0] for a in runq.listen for i in socket.getaddrinfo(a, port, proto=socket.IPPROTO_TCP)}
+        except OSError as exc:
+            return notes + [f"warning: cannot resolve {name}'s runq_host {host!r}: {exc}"]
+        if not wanted & listen:
+            notes.append(f"warning: {name}'s workers connect to {host}:{port}, but runq listens on "
+                         f"{', '.join(runq.listen)} (runq.listen / RUNQ_LISTEN): add {host} there "
+                         f"or change runq_host")
+        return notes
+
+    # ------------------------------------------------------------------ one instance
+
+    def _stack(self, name: str, out) -> Stack:
+        return Stack(self.config, self.instance(name), self.env, self.python, out=out,
+                     serves=self.fleet.server == name)
+
+    def act(self, name: str, action: str, groups: list[str], **kw) -> Report:
+        """Do `action` on one instance; never raises for a host's failure (it is in the Report)."""
+        lines: list[str] = []
+        report = Report(name, lines)
+        try:
+            if self.instance(name).is_local:
+                self._local(name, action, groups, lines.append, **kw)
+            else:
+                self._remote(name, action, groups, lines.append, **kw)
+        except HOST_ERRORS as exc:
+            report.ok, report.error = False, str(exc) or type(exc).__name__
+        return report
+
+    def _local(self, name, action, groups, out, **kw) -> None:
+        stack = self._stack(name, out)
+        if action == "update":
+            out("local: nothing to update (it runs from this directory)")
+        elif action in ("start", "stop", "drain", "restart"):
+            for note in self.notes:
+                out(note)
+            if action in ("start", "restart"):
+                for note in self.address_notes(name):
+                    out(note)
+            if action in ("stop", "drain") and kw.get("pools"):  # also pools no longer in the hosts file
+                groups = stack.worker_groups() + [g for g in groups if not g.startswith("worker-")]
+            if action == "restart":
+                stack.restart(groups, now=kw.get("now", False), wait=kw.get("wait", False))
+            else:
+                getattr(stack, action)(groups)
+        elif action == "status":
+            self._status_lines(name, stack.status(groups), stack.agent.status(groups) or {},
+                               socket.gethostname(), out, kw.get("connected"))
+        elif action == "logs":
+            self._logs(stack.agent.logs([kw["process"]] if kw.get("process") else [], groups, kw["size"]), out)
+        elif action == "shutdown":
+            stack.shutdown()
+
+    def _remote(self, name, action, groups, out, **kw) -> None:
+        inst = self.instance(name)
+        with Remote(inst, self.fleet.ssh) as remote:
+            if action == "update":
+                for note in self.notes + self.address_notes(name):
+                    out(note)
+                remote.update(self.config, self.env, self.fleet.server == name, self.root, self.cache, out)
+                return
+            flags = {k: v for k, v in kw.items() if k in ("now", "wait", "pools")}
+            if action == "logs":
+                flags = dict(name=kw.get("process"), size=kw["size"])
+            reply = remote.agent(action, groups, **flags)
+        for note in reply.get("notes", []):
+            out(note)
+        if reply.get("error"):
+            raise OpsError(reply["error"])
+        if action == "logs":
+            self._logs(reply.get("logs") or {}, out)
+            return
+        known = reply.get("processes")  # None: supervisord is not running there
+        configured = self.pools(name) + (SERVER_GROUPS if self.fleet.server == name else [])
+        rows = status_rows(inst, groups, known, configured)
+        if action == "status":
+            self._status_lines(name, rows, known or {}, reply.get("hostname", ""), out, kw.get("connected"))
+        else:
+            for pname, state, description in rows:
+                out(f"{pname:<24} {state:<9} {description}")
+
+    @staticmethod
+    def _logs(logs: dict, out) -> None:
+        for name, text in logs.items():
+            if len(logs) > 1:
+                out(f"---- {name}")
+            out(text.rstrip("\n"))
+
+    def _status_lines(self, name, rows, known, hostname, out, connected) -> None:
+        """One line per process; raise OpsError (the instance fails) unless all are up (and connected)."""
+        pids = {n.split(":")[1]: i.get("pid") for n, i in known.items()}
+        down = []
+        for pname, state, description in rows:
+            line = f"{pname:<24} {state:<9} {description}"
+            up = state == "RUNNING"
+            if pname.startswith("worker-") and up:
+                if connected is None:
+                    line += "  (runq did not answer)"
+                    up = False
+                elif (hostname, pids.get(pname)) in connected:
+                    line += "  connected to runq"
+                else:
+                    line += "  NOT connected to runq"
+                    up = False
+            if not up:
+                down.append(pname)
+            out(line)
+        if down:
+            raise OpsError(f"not up: {', '.join(down)}")
+
+    # ------------------------------------------------------------------ many instances
+
+    def each(self, names, action: str, groups_of, header: bool | None = None, **kw) -> list[Report]:
+        """Run `action` on each instance in parallel; print each report as it completes."""
+        header = len(names) > 1 if header is None else header
+        if not names:
+            return []
+        if action == "status" and "connected" not in kw:
+            kw["connected"] = ops_secrets.connected_workers(self.config, self.env)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(32, len(names))) as pool:
+            futures = {pool.submit(self.act, n, action, groups_of(n), **kw): n for n in names}
+            reports = []
+            for fut in concurrent.futures.as_completed(futures):
+                report = fut.result()
+                self._show(report, header)
+                reports.append(report)
+        return reports
+
+    def _show(self, report: Report, header: bool) -> None:
+        with self._print:
+            if header:
+                self.out(f"== {report.name}")
+            for line in report.lines:
+                self.out(line)
+            if not report.ok:
+                sys.stdout.flush()
+                self.err(f"{report.name}: FAILED: {report.error}")
+
+    def finish(self, reports: list[Report]) -> int:
+        """Summary of the failures; the exit status."""
+        failed = [r for r in reports if not r.ok]
+        if failed and (len(reports) > 1):
+            self.err("failed: " + "; ".join(f"{r.name} ({r.error.splitlines()[0] if r.error else '?'})"
+                                            for r in failed))
+        return 1 if failed else 0
+
+    # ------------------------------------------------------------------ the task verbs
+
+    def names(self, which: str) -> list[str]:
+        return list(self.fleet.instances) if which == "all" else [which]
+
+    def run(self, which: str, action: str, server: bool = True, pools: bool = True, **kw) -> int:
+        """`which`: an instance name, "all" or "server"."""
+        if which == "server":
+            names, server, pools = [self.fleet.server], True, False
+        else:
+            names = self.names(which)
+            server = server and which == "all"
+
+        def groups_of(n):
+            return self.groups(n, server, pools)
+        if action in ("stop", "drain") and pools:
+            kw["pools"] = True
+        reports: list[Report] = []
+        if action in ("stop", "drain") and which == "all":  # workers first, the server after them
+            reports += self.each(names, action, lambda n: self.groups(n, False, True), header=True, **kw)
+            if action == "stop":
+                reports += self.each([self.fleet.server], action, lambda n: SERVER_GROUPS, header=True)
+        elif action == "restart" and which == "all":  # the server first, then the pools
+            reports += self.each([self.fleet.server], action, lambda n: SERVER_GROUPS, header=True, now=True)
+            reports += self.each(names, action, lambda n: self.groups(n, False, True), header=True, **kw)
+        else:
+            reports += self.each(names, action, groups_of, header=which == "all" or None, **kw)
+        return self.finish(reports)
+
+    def deploy(self, which: str) -> int:
+        """update, then start (`fab NAME`, `fab all`, `fab server`)."""
+        names = [self.fleet.server] if which == "server" else self.names(which)
+        updated = self.each(names, "update", lambda n: [], header=len(names) > 1)
+        ok = [r.name for r in updated if r.ok]
+        server = which in ("all", "server")
+        started = self.each(ok, "start", lambda n: self.groups(n, server, which != "server"),
+                            header=len(names) > 1)
+        return self.finish(updated + started)

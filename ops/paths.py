@@ -1,0 +1,77 @@
+"""Where things are: the simx root, one supervisord's files, the control machine's cache.
+
+``root()`` does not assume a source checkout: SIMX_ROOT wins, then the checkout
+this package sits in (it holds conf/ or pyproject.toml), then the current directory
+(an installed package run from a simx directory).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to 108 bytes
+TEMPLATES = Path(__file__).resolve().parent / "templates"  # package data: installed with the package
+
+
+def root(env=None) -> Path:
+    env = os.environ if env is None else env
+    if env.get("SIMX_ROOT"):
+        return Path(env["SIMX_ROOT"]).expanduser().resolve()
+    here = Path(__file__).resolve().parent.parent
+    if (here / "conf").is_dir() or (here / "pyproject.toml").is_file():
+        return here
+    return Path.cwd()
+
+
+def cache_dir(env=None) -> Path:
+    """The control machine's cache (wheelhouses): SIMX_CACHE, else $XDG_CACHE_HOME/simx, else ~/.cache/simx."""
+    env = os.environ if env is None else env
+    if env.get("SIMX_CACHE"):
+        return Path(env["SIMX_CACHE"])
+    base = Path(env["XDG_CACHE_HOME"]) if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return base / "simx"
+
+
+@dataclasses.dataclass(frozen=True)
+class Paths:
+    """Where one supervisord keeps its files: all under the run-time directory (0700)."""
+    var: Path
+
+    @property
+    def conf(self) -> Path:
+        return self.var / "supervisor" / "supervisord.conf"
+
+    @property
+    def pid(self) -> Path:
+        return self.var / "supervisor" / "supervisord.pid"
+
+    @property
+    def applied(self) -> Path:
+        """The settings the last start task applied (ops/settings.py)."""
+        return self.var / "supervisor" / "applied.json"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.var / "log"
+
+    @property
+    def secrets(self) -> Path:
+        return self.var / "secrets"
+
+    @property
+    def sock(self) -> Path:
+        path = self.var / "supervisor" / "supervisord.sock"
+        if len(str(path)) <= MAX_SOCKET_PATH:
+            return path
+        # too long for AF_UNIX: a short name in the temp dir, one per run-time directory
+        digest = hashlib.sha1(str(self.var).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"simx-supervisord-{digest}.sock"
+
+    def make(self) -> None:
+        """Create the run-time directories, private to this user."""
+        for d in (self.var, self.conf.parent, self.log_dir):
+            d.mkdir(parents=True, exist_ok=True)
+            d.chmod(0o700)

@@ -1,0 +1,89 @@
+"""The runq secrets and TLS files as fab sees them (per /work/contracts.md), and a runq client using them.
+
+Paths come from the environment (SIMX_WORKER_SECRET_FILE, SIMX_CLIENT_SECRET_FILE,
+SIMX_TLS_CA, ...) or conf (``runq.worker_secret_file``, ``runq.client_secret_file``,
+``runq.tls.ca`` ...); relative to the simx root, a leading ``var/`` meaning the
+run-time directory.  A secret file readable by group or others is refused.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from runq.config import Config
+
+from .control import OpsError
+from .render import CLIENT_SECRET, TLS_CA, WORKER_SECRET
+
+# setting -> where conf keeps it (section attribute, then key inside a mapping)
+_CONF = {WORKER_SECRET: ("worker_secret_file", None), CLIENT_SECRET: ("client_secret_file", None),
+         TLS_CA: ("tls", "ca"), "SIMX_TLS_CERT": ("tls", "cert"), "SIMX_TLS_KEY": ("tls", "key")}
+_HEX = re.compile(r"^[0-9a-fA-F]{32,}$")
+
+
+def setting(config: Config, env, name: str) -> str:
+    """The file a setting names ("" = none): environment first, then conf."""
+    if env.get(name):
+        return str(env[name])
+    attr, key = _CONF[name]
+    value = getattr(config.runq, attr, "")
+    if key is not None:
+        value = (value or {}).get(key, "") if isinstance(value, dict) else getattr(value, key, "")
+    return str(value or "")
+
+
+def resolve(config: Config, path: str) -> Path:
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    if p.parts and p.parts[0] == "var":
+        return config.var / Path(*p.parts[1:])
+    return config.root / p
+
+
+def file_of(config: Config, env, name: str) -> Path | None:
+    value = setting(config, env, name)
+    return resolve(config, value) if value else None
+
+
+def read_secret(path: Path) -> bytes:
+    """A secret file's one line, checked: private to its owner, at least 32 hex characters."""
+    try:
+        if path.stat().st_mode & 0o077:
+            raise OpsError(f"{path} is readable by group or others: chmod 600 {path}")
+        text = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OpsError(f"cannot read secret file {path}: {exc}") from None
+    if not _HEX.match(text):
+        raise OpsError(f"{path}: expected one line of at least 32 hex characters (fab runq.secrets writes one)")
+    return text.encode()
+
+
+def runq_client(config: Config, env, timeout: float = 10.0):
+    """A RunqClient for fab's queries, with the client secret and TLS (the CA) when configured."""
+    from runq import tls as runq_tls
+    from runq.client import RunqClient
+    path = file_of(config, env, CLIENT_SECRET)
+    secret = read_secret(path) if path else None
+    ca = file_of(config, env, TLS_CA)
+    context, server_name = runq_tls.client_context_from(config.runq, config.root, config.var,
+                                                        ca=str(ca) if ca else None)
+    return RunqClient(config.runq.host, config.runq.port, timeout, secret=secret, tls=context,
+                      server_name=server_name)
+
+
+def connected_workers(config: Config, env) -> set[tuple[str, int]] | None:
+    """(host, pid) of every worker runq lists as connected; None when runq does not answer."""
+    from runq.client import RunqUnavailable
+    client = runq_client(config, env)
+    out, offset = set(), 0
+    try:
+        while offset is not None:
+            reply = client.request("WorkerList", offset=offset, limit=10000)
+            if reply.get("status") != "ok":
+                return None
+            out |= {(w["host"], w["pid"]) for w in reply.get("workers", []) if w.get("connected")}
+            offset = reply.get("next_offset")
+    except (RunqUnavailable, OSError):
+        return None
+    return out
