@@ -98,8 +98,7 @@ def runq_secrets(c, force=False):
                                          force=bool(force))
     except (simx_config.ConfigError, auth.SecretError) as exc:
         raise Exit(f"simx: {exc}", code=1)
-    print("
-".join(lines))
+    print("\n".join(lines))
 
 
 @task(name="run")
