@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     open_files = raise_open_files_limit()
     url = configuration.resolve_db_url(cfg.runq.db_url, cfg.root, cfg.var)
     store = Store(url)
-    coordinator = Coordinator(store, cfg.runq, cfg.batch, now=time.time())
+    coordinator = Coordinator(store, cfg.runq, cfg.batch, now=time.time(), sched=cfg.sched)
     try:
         server = Server(coordinator, store, [(h, cfg.runq.port) for h in cfg.runq.listen])
     except OSError as exc:

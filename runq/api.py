@@ -15,6 +15,7 @@ from .model import Batch, Run
 log = logging.getLogger("runq.api")
 
 MAX_RUNS = 100_000_000
+MAX_PRIORITY = 1_000_000     # batch priority: an integer within +-MAX_PRIORITY
 DEFAULT_PAGE, MAX_PAGE = 1000, 10_000
 PURGE_EVERY = 3600.0
 
@@ -117,7 +118,9 @@ class Api:
 
     def _worker_view(self, row: dict) -> dict:
         w = self.coord.workers.get(row["id"])
-        return views.worker(row, w is not None and w.conn is not None, w.state if w else row["state"])
+        view = views.worker(row, w is not None and w.conn is not None, w.state if w else row["state"])
+        view["broken"] = w.broken if w is not None else None   # why it gets no runs (state "broken")
+        return view
 
     def worker_list(self, msg, now):
         offset, limit = self._page(msg)
@@ -154,12 +157,15 @@ class Api:
             raise BadRequest("max_requeues must be 0 or more")
         if time_limit is not None and time_limit <= 0:
             raise BadRequest("time_limit must be a positive number of seconds")
+        priority = msg.get("priority") or 0
+        if not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
+            raise BadRequest(f"priority must be an integer from {-MAX_PRIORITY} to {MAX_PRIORITY}")
         c = self.coord
         c.last_batch_id += 1
         batch = Batch(id=c.last_batch_id, name=msg.get("name", ""), group=msg.get("group", ""),
                       user=msg.get("user", ""), engine=msg["engine"], n_runs=n_runs, param=msg.get("param") or {},
                       max_attempts=max_attempts, max_requeues=max_requeues, time_limit=time_limit,
-                      idempotency_key=key or None, start_time=now, n_waiting=n_runs)
+                      idempotency_key=key or None, start_time=now, n_waiting=n_runs, priority=priority)
         c.batches[batch.id] = batch
         self.store.add_batch(batch.row())
         log.info("batch %d started: %d runs of %s (group %r, user %r)", batch.id, n_runs, batch.engine,
@@ -175,7 +181,7 @@ class Api:
             log.info("cancelling batch %d", batch.id)
             batch.state = states.BATCH_CANCELLED
             c.matcher.remove_ready(batch.id)
-            virgin = batch.n_waiting - len(batch.requeued)
+            virgin = batch.untouched_waiting()
             batch.count(states.WAITING, -virgin)
             batch.count(states.CANCELLED, +virgin)
             for index in sorted(batch.active):
@@ -206,7 +212,7 @@ class Api:
         if batch is not None:
             run = c.runs.get((b, index))
             if run is not None:
-                if run.state == states.WAITING:
+                if run.state == states.WAITING and run.retry_at is None:   # else: in backoff, not in the heap
                     batch.requeued.remove(index)
                     heapq.heapify(batch.requeued)
                 self._cancel_active(run, "run cancelled", now)

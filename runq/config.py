@@ -40,6 +40,18 @@ class BatchDefaults:
 
 
 @dataclasses.dataclass(frozen=True)
+class SchedConfig:
+    """Scheduling (runq/fairshare.py) and retries (runq/retry.py)."""
+    half_life: float = 3600.0          # seconds for an owner's recorded usage to halve
+    shares: tuple = ()                 # ((owner, share), ...) from the mapping `sched.shares`; others get 1
+    backoff_base: float = 1.0          # seconds before the first retry of a transient failure
+    backoff_max: float = 60.0          # the delay doubles per failure up to this
+
+    def share_of(self, owner: str) -> float:
+        return dict(self.shares).get(owner, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
 class RunwebConfig:
     port: int = 8097
     run_port: int = 4567
@@ -63,6 +75,7 @@ class Config:
     batch: BatchDefaults
     runweb: RunwebConfig
     worker: WorkerConfig
+    sched: SchedConfig = SchedConfig()
 
 
 # environment variable -> (section, key)
@@ -80,7 +93,28 @@ ENV = {
     "RUNWEB_BIND": ("runweb", "bind"),
     "RUNWEB_USERS": ("runweb", "users_file"),
 }
-SECTIONS = {"runq": RunqConfig, "batch": BatchDefaults, "runweb": RunwebConfig, "worker": WorkerConfig}
+SECTIONS = {"runq": RunqConfig, "batch": BatchDefaults, "runweb": RunwebConfig, "worker": WorkerConfig,
+            "sched": SchedConfig}
+MAX_SHARE = 1e6
+
+
+def _shares(name: str, value) -> tuple:
+    """`sched.shares`: a mapping of owner name to a positive number (its share)."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise ConfigError(f"configuration {name}: expected a mapping of owner to share, like {{alice: 3}}")
+    out = []
+    for owner, share in value.items():
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= MAX_SHARE:
+            raise ConfigError(f"configuration {name}.{owner}: a share must be a number above 0 and "
+                              f"at most {MAX_SHARE:g}, not {share!r}")
+        out.append((str(owner), float(share)))
+    return tuple(sorted(out))
+
+
+# (section, key) -> converter for values that are not plain scalars or lists
+CONVERTERS = {("sched", "shares"): _shares}
 
 
 def _convert(section: str, key: str, value, default):
@@ -152,8 +186,11 @@ def load(path: str | Path | None = None, env: dict | None = None, root: Path = R
         unknown = set(given) - set(fields)
         if unknown:
             raise ConfigError(f"configuration {section}.{sorted(unknown)[0]}: unknown key")
-        values = {k: _convert(section, k, given[k], fields[k]) for k in given}
+        values = {k: CONVERTERS[(section, k)](f"{section}.{k}", given[k]) if (section, k) in CONVERTERS
+                  else _convert(section, k, given[k], fields[k]) for k in given}
         built[section] = cls(**values)
+    if built["sched"].half_life <= 0:
+        raise ConfigError("configuration sched.half_life: must be a positive number of seconds")
     var = Path(env["SIMX_VAR"]) if env.get("SIMX_VAR") else root / "var"
     return Config(root=root, var=var.resolve(), **built)
 

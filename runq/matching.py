@@ -3,21 +3,25 @@
 Rule (ORIGINAL.md): engines equal; the worker's group is empty or equal to the
 batch's; the worker's user is empty or equal.  Among idle matching workers the
 lowest cost wins, then the highest speed, then the highest priority, then the
-one idle longest.  Runs go in submission order: lowest batch id first (the
+one idle longest.  A free worker serves, among the owners with waiting runs it
+can take, the one furthest below its fair share (smallest rank, runq/fairshare.py);
+within that owner the batch with the highest priority, then the lowest id (the
 batch decides the order of its own runs).
 
 Both sides are indexed so that a dispatch costs O(log n), whatever the length
-of the queue or the number of workers:
+of the queue, the number of batches or the number of workers:
 
 * idle workers: one heap per (engine, group, user) key, "" being the wildcard;
   a batch (e, g, u) looks at the heads of at most four heaps:
   (e, g, u), (e, g, ""), (e, "", u), (e, "", "").
-* batches with waiting runs: a heap of batch ids under each of the four keys a
-  worker can ask with, ANY standing for "worker left this empty":
-  (e, g, u), (e, g, ANY), (e, ANY, u), (e, ANY, ANY).
+* batches with waiting runs, under each of the four keys a worker can ask with,
+  ANY standing for "worker left this empty": (e, g, u), (e, g, ANY), (e, ANY, u),
+  (e, ANY, ANY): a heap of owners by rank per ask key, and a heap of batches by
+  (-priority, id) per (ask key, owner).  When an owner's usage changes it is
+  pushed again, with its new rank, under the few ask keys it has batches in.
 
 Heaps use lazy deletion: an entry is live only while it is the one recorded
-for its worker or batch.
+for its item; a heap with more dead entries than live ones is rebuilt.
 """
 from __future__ import annotations
 
@@ -35,12 +39,15 @@ def matches(batch_traits: tuple[str, str, str], worker_traits: tuple[str, str, s
 
 
 class Matcher:
-    def __init__(self):
+    def __init__(self, rank=lambda owner: 0.0):
+        self.rank = rank                          # owner -> fair-share rank (smaller first)
         self._idle: dict[tuple, list] = {}        # worker key -> heap of entries
         self._idle_entry: dict[int, tuple] = {}   # worker id -> its live entry
         self._idle_key: dict[int, tuple] = {}
-        self._ready: dict[tuple, list] = {}       # ask key -> heap of batch ids
-        self._ready_keys: dict[int, tuple] = {}   # batch id -> its traits, while ready
+        self._ready_keys: dict[int, tuple] = {}   # batch id -> (traits, owner), while ready
+        self._owners: dict[tuple, LazyHeap] = {}  # ask key -> owners by rank
+        self._batches: dict[tuple, LazyHeap] = {}  # (ask key, owner) -> batches by (-priority, id)
+        self._owner_keys: dict[str, set] = {}     # owner -> ask keys it has batches under
         self._seq = itertools.count()
 
     # ---- idle workers
@@ -90,26 +97,97 @@ class Matcher:
         e, g, u = traits
         return (e, g, u), (e, g, ANY), (e, ANY, u), (e, ANY, ANY)
 
-    def add_ready(self, batch_id: int, traits: tuple[str, str, str]) -> None:
+    def add_ready(self, batch_id: int, traits: tuple[str, str, str], owner: str = "", priority: int = 0) -> None:
         if batch_id in self._ready_keys:
             return
-        self._ready_keys[batch_id] = traits
+        self._ready_keys[batch_id] = (traits, owner)
         for key in self._ask_keys(traits):
-            heapq.heappush(self._ready.setdefault(key, []), batch_id)
+            batches = self._batches.get((key, owner))
+            if batches is None:
+                batches = self._batches[(key, owner)] = LazyHeap()
+                self._owner_keys.setdefault(owner, set()).add(key)
+                self._owners.setdefault(key, LazyHeap()).push(owner, self.rank(owner))
+            batches.push(batch_id, (-priority, batch_id))
 
     def remove_ready(self, batch_id: int) -> None:
-        self._ready_keys.pop(batch_id, None)
+        held = self._ready_keys.pop(batch_id, None)
+        if held is None:
+            return
+        traits, owner = held
+        for key in self._ask_keys(traits):
+            batches = self._batches[(key, owner)]
+            batches.discard(batch_id)
+            if not batches:
+                del self._batches[(key, owner)]
+                self._owners[key].discard(owner)
+                keys = self._owner_keys[owner]
+                keys.discard(key)
+                if not keys:
+                    del self._owner_keys[owner]
 
     def is_ready(self, batch_id: int) -> bool:
         return batch_id in self._ready_keys
 
+    def ready_count(self) -> int:
+        return len(self._ready_keys)
+
     def batch_for(self, worker_traits: tuple[str, str, str]) -> int | None:
-        """The earliest batch with waiting runs this worker can take, or None."""
+        """The batch a free worker should take a run of, or None: the owner of smallest
+        rank among those with waiting runs it can take, then that owner's first batch."""
         e, g, u = worker_traits
-        heap = self._ready.get((e, g or ANY, u or ANY))
+        key = (e, g or ANY, u or ANY)
+        owners = self._owners.get(key)
+        head = owners.head() if owners is not None else None
+        if head is None:
+            return None
+        return self._batches[(key, head[-1])].head()[-1]
+
+    def rerank(self, owner: str) -> None:
+        """The owner's rank changed: place it again under every ask key it has batches in."""
+        rank = self.rank(owner)
+        for key in self._owner_keys.get(owner, ()):
+            self._owners[key].push(owner, rank)
+
+    def rerank_all(self) -> None:
+        """Every rank changed by the same factor (fairshare renormalize): rebuild the owner heaps."""
+        for key, owners in self._owners.items():
+            fresh = LazyHeap()
+            for owner in sorted(owners.live):
+                fresh.push(owner, self.rank(owner))
+            self._owners[key] = fresh
+
+
+class LazyHeap:
+    """A heap of (sort key, seq, item) with one live entry per item; stale entries are
+    dropped when they reach the top, or all at once when they outnumber the live ones."""
+
+    __slots__ = ("heap", "live")
+    _seq = itertools.count()
+
+    def __init__(self):
+        self.heap: list = []
+        self.live: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.live)
+
+    def push(self, item, sort_key) -> None:
+        entry = (sort_key, next(self._seq), item)
+        self.live[item] = entry
+        heapq.heappush(self.heap, entry)
+        if len(self.heap) > 2 * len(self.live) + 32:
+            self.heap = list(self.live.values())
+            heapq.heapify(self.heap)
+
+    def discard(self, item) -> None:
+        self.live.pop(item, None)
+
+    def head(self):
+        """The live entry with the smallest sort key, or None."""
+        heap = self.heap
         while heap:
-            batch_id = heap[0]
-            if batch_id in self._ready_keys:
-                return batch_id
+            entry = heap[0]
+            if self.live.get(entry[-1]) is entry:
+                return entry
             heapq.heappop(heap)
         return None

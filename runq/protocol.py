@@ -40,7 +40,8 @@ SCHEMA: dict[str, dict[str, object]] = {
     "WorkerHeartbeat": dict(worker_id=INT, **_OPT_RUN),
     "WorkerUpdate": dict(worker_id=INT, **_RUN, progress=NUM, message=OPT_STR),
     "WorkerFinishedRun": dict(worker_id=INT, **_RUN, data=ANY),
-    "WorkerFailedRun": dict(worker_id=INT, **_RUN, message=STR, traceback=OPT_STR),
+    # kind: run | worker | transient (runq/states.py FAILURE_KINDS); absent = transient
+    "WorkerFailedRun": dict(worker_id=INT, **_RUN, message=STR, traceback=OPT_STR, kind=OPT_STR),
     "WorkerAbortedRun": dict(worker_id=INT, **_RUN, message=OPT_STR),
     "WorkerStoppedRun": dict(worker_id=INT, **_RUN),
     "WorkerDraining": dict(worker_id=INT),
@@ -57,6 +58,7 @@ SCHEMA: dict[str, dict[str, object]] = {
     "StartBatch": dict(
         name=STR, group=STR, user=STR, engine=STR, n_runs=INT, param=MAP,
         max_attempts=OPT_INT, max_requeues=OPT_INT, time_limit=OPT_NUM, idempotency_key=OPT_STR,
+        priority=OPT_INT,   # higher first among one owner's batches; absent/null = 0
     ),
     "BatchList": dict(user=OPT_STR, offset=INT, limit=INT),
     "BatchStatus": dict(batch_id=INT, offset=INT, limit=INT),
@@ -76,13 +78,14 @@ OPTIONAL: dict[str, frozenset[str]] = {
     "WorkerReconnect": frozenset({"token", "batch_id", "batch_index", "attempt"}),
     "WorkerHeartbeat": frozenset({"batch_id", "batch_index", "attempt"}),
     "WorkerUpdate": frozenset({"message"}),
-    "WorkerFailedRun": frozenset({"traceback"}),
+    "WorkerFailedRun": frozenset({"traceback", "kind"}),
     "WorkerAbortedRun": frozenset({"message"}),
     "RunqAck": frozenset({"message"}),
     "RunqError": frozenset({"code"}),
     "RunqAssignRun": frozenset({"time_limit"}),
     "StartBatch": frozenset({
         "name", "group", "user", "param", "max_attempts", "max_requeues", "time_limit", "idempotency_key",
+        "priority",
     }),
     "BatchList": frozenset({"user", "offset", "limit"}),
     "UserStatus": frozenset({"offset", "limit"}),

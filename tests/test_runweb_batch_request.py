@@ -68,7 +68,10 @@ def test_valid_requests(extra, expected):
     (b"- engine: dummy\n", "a batch request must be a YAML mapping of fields"),
     (b"just text\n", "not the string 'just text'"),
     # field names
-    (BASE.encode() + b"priority: 3\n", "unknown field 'priority'"),
+    (BASE.encode() + b"prio: 3\n", "unknown field 'prio'"),
+    (BASE.encode() + b"priority: 1.5\n", "field 'priority' must be an integer, not"),
+    (BASE.encode() + b"priority: 1000001\n", "field 'priority' must be at most 1000000, not 1000001"),
+    (BASE.encode() + b"priority: '3'\n", "field 'priority' must be an integer"),
     (BASE.encode() + b"1: x\n", "unknown field 1"),
     (b"n_runs: 3\n", "field 'engine' is required"),
     (b"engine: dummy\n", "field 'n_runs' is required"),

@@ -14,7 +14,7 @@ import traceback
 
 from runq import protocol
 
-from .engines.base import Aborted, Engine, RunContext
+from .engines.base import Aborted, Engine, RunContext, failure_kind
 
 log = logging.getLogger("worker")
 
@@ -110,7 +110,8 @@ class Job:
         message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if isinstance(exc, Aborted):
             message = f"engine raised Aborted without an abort request ({message})"
-        return "WorkerFailedRun", {"message": message[-MESSAGE_CHARS:], "traceback": traceback_tail(exc)}
+        return "WorkerFailedRun", {"message": message[-MESSAGE_CHARS:], "traceback": traceback_tail(exc),
+                                   "kind": failure_kind(exc)}
 
     # -- loop thread -----------------------------------------------------------
 
