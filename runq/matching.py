@@ -48,6 +48,7 @@ class Matcher:
         self._owners: dict[tuple, LazyHeap] = {}  # ask key -> owners by rank
         self._batches: dict[tuple, LazyHeap] = {}  # (ask key, owner) -> batches by (-priority, id)
         self._owner_keys: dict[str, set] = {}     # owner -> ask keys it has batches under
+        self._stale: set = set()                  # owners whose rank changed since the last batch_for
         self._seq = itertools.count()
 
     # ---- idle workers
@@ -134,6 +135,8 @@ class Matcher:
     def batch_for(self, worker_traits: tuple[str, str, str]) -> int | None:
         """The batch a free worker should take a run of, or None: the owner of smallest
         rank among those with waiting runs it can take, then that owner's first batch."""
+        if self._stale:
+            self._place_again()
         e, g, u = worker_traits
         key = (e, g or ANY, u or ANY)
         owners = self._owners.get(key)
@@ -143,13 +146,22 @@ class Matcher:
         return self._batches[(key, head[-1])].head()[-1]
 
     def rerank(self, owner: str) -> None:
-        """The owner's rank changed: place it again under every ask key it has batches in."""
-        rank = self.rank(owner)
-        for key in self._owner_keys.get(owner, ()):
-            self._owners[key].push(owner, rank)
+        """The owner's rank changed.  It is placed again under every ask key it has batches in
+        at the next batch_for (a run's end and the next dispatch often touch the same owner)."""
+        self._stale.add(owner)
+
+    def _place_again(self) -> None:
+        for owner in self._stale:
+            keys = self._owner_keys.get(owner)
+            if keys:
+                rank = self.rank(owner)
+                for key in keys:
+                    self._owners[key].push(owner, rank)
+        self._stale.clear()
 
     def rerank_all(self) -> None:
         """Every rank changed by the same factor (fairshare renormalize): rebuild the owner heaps."""
+        self._stale.clear()
         for key, owners in self._owners.items():
             fresh = LazyHeap()
             for owner in sorted(owners.live):
