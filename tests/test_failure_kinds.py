@@ -6,6 +6,7 @@ from runq import protocol
 from runq.config import BatchDefaults, SchedConfig
 from runq.coordinator import Coordinator
 from runq.store import Store
+from worker.engines.base import Fatal, ProgramUnavailable
 from test_coordinator import Harness, start
 
 
@@ -183,3 +184,18 @@ def test_old_database_rows_get_priority_zero(tmp_path):
     h = Harness(url)                      # and runq recovers the batch
     assert h.coord.batches[1].priority == 0
     h.store.db.close()
+
+
+@pytest.mark.parametrize("exc, kind", [
+    (Fatal("bad input"), "run"),
+    (ProgramUnavailable(2, "No such file or directory: '/opt/sim'"), "worker"),
+    (RuntimeError("flaky"), "transient"),
+])
+def test_the_worker_reports_the_kind_of_its_engine_failure(exc, kind):
+    from test_worker_job import finished_job
+
+    def fail(progress, abort):
+        raise exc
+    mtype, fields = finished_job(fail).outcome()
+    assert mtype == "WorkerFailedRun" and fields["kind"] == kind
+    protocol.message(mtype, worker_id=1, batch_id=1, batch_index=0, attempt=1, **fields)   # valid on the wire
