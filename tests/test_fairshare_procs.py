@@ -96,3 +96,15 @@ def test_a_later_high_priority_batch_goes_before_an_earlier_low_priority_one(run
 
 def runs(runq, bid):
     return runq.client.request("BatchStatus", batch_id=bid, offset=0, limit=100)["runs"]
+
+
+def test_batch_priority_through_runweb(stack):
+    status, _, reply = procs.http("POST", f"{stack.url}/batch/new",
+                                  {"engine": "dummy", "n_runs": 1, "param": {"step_count": 0}, "priority": 7})
+    assert status == 201, reply
+    status, _, view = procs.http("GET", f"{stack.url}/batch/{reply['batch_id']}",
+                                 headers={"Accept": "application/json"})
+    assert status == 200 and view["batch"]["priority"] == 7
+    for bad in ("high", 2.5, 10**7):
+        status, _, reply = procs.http("POST", f"{stack.url}/batch/new", {"engine": "dummy", "n_runs": 1, "priority": bad})
+        assert status == 400 and "'priority'" in str(reply), reply
