@@ -18,7 +18,8 @@ of the queue, the number of batches or the number of workers:
   ANY standing for "worker left this empty": (e, g, u), (e, g, ANY), (e, ANY, u),
   (e, ANY, ANY): a heap of owners by rank per ask key, and a heap of batches by
   (-priority, id) per (ask key, owner).  When an owner's usage changes it is
-  pushed again, with its new rank, under the few ask keys it has batches in.
+  pushed again, with its new rank, under the ask keys it has batches in that
+  workers ask with (an owner heap is built the first time a key is asked).
 
 Heaps use lazy deletion: an entry is live only while it is the one recorded
 for its item; a heap with more dead entries than live ones is rebuilt.
@@ -45,7 +46,8 @@ class Matcher:
         self._idle_entry: dict[int, tuple] = {}   # worker id -> its live entry
         self._idle_key: dict[int, tuple] = {}
         self._ready_keys: dict[int, tuple] = {}   # batch id -> (traits, owner), while ready
-        self._owners: dict[tuple, LazyHeap] = {}  # ask key -> owners by rank
+        self._owners: dict[tuple, LazyHeap] = {}  # ask key a worker asked with -> owners by rank
+        self._key_owners: dict[tuple, set] = {}   # ask key -> owners with batches under it
         self._batches: dict[tuple, LazyHeap] = {}  # (ask key, owner) -> batches by (-priority, id)
         self._owner_keys: dict[str, set] = {}     # owner -> ask keys it has batches under
         self._stale: set = set()                  # owners whose rank changed since the last batch_for
@@ -107,7 +109,9 @@ class Matcher:
             if batches is None:
                 batches = self._batches[(key, owner)] = LazyHeap()
                 self._owner_keys.setdefault(owner, set()).add(key)
-                self._owners.setdefault(key, LazyHeap()).push(owner, self.rank(owner))
+                self._key_owners.setdefault(key, set()).add(owner)
+                if key in self._owners:
+                    self._owners[key].push(owner, self.rank(owner))
             batches.push(batch_id, (-priority, batch_id))
 
     def remove_ready(self, batch_id: int) -> None:
@@ -120,7 +124,9 @@ class Matcher:
             batches.discard(batch_id)
             if not batches:
                 del self._batches[(key, owner)]
-                self._owners[key].discard(owner)
+                self._key_owners[key].discard(owner)
+                if key in self._owners:
+                    self._owners[key].discard(owner)
                 keys = self._owner_keys[owner]
                 keys.discard(key)
                 if not keys:
@@ -140,13 +146,25 @@ class Matcher:
         e, g, u = worker_traits
         key = (e, g or ANY, u or ANY)
         owners = self._owners.get(key)
-        head = owners.head() if owners is not None else None
+        if owners is None:
+            owners = self._owners[key] = self._owner_heap(key)
+        head = owners.head()
         if head is None:
             return None
         return self._batches[(key, head[-1])].head()[-1]
 
+    def _owner_heap(self, key: tuple) -> "LazyHeap":
+        """The owners under an ask key no worker asked with before: built once, then kept up
+        to date (most pools ask with one or two keys, so ranks are pushed under those only)."""
+        heap = LazyHeap()
+        present = self._key_owners.get(key, ())
+        # ties keep arrival order: an owner's best batch entry carries its sequence number
+        for owner in sorted(present, key=lambda o: (self.rank(o), self._batches[(key, o)].head()[1])):
+            heap.push(owner, self.rank(owner))
+        return heap
+
     def rerank(self, owner: str) -> None:
-        """The owner's rank changed.  It is placed again under every ask key it has batches in
+        """The owner's rank changed.  It is placed again under the asked keys it has batches in
         at the next batch_for (a run's end and the next dispatch often touch the same owner)."""
         self._stale.add(owner)
 
@@ -156,17 +174,16 @@ class Matcher:
             if keys:
                 rank = self.rank(owner)
                 for key in keys:
-                    self._owners[key].push(owner, rank)
+                    owners = self._owners.get(key)
+                    if owners is not None:
+                        owners.push(owner, rank)
         self._stale.clear()
 
     def rerank_all(self) -> None:
         """Every rank changed by the same factor (fairshare renormalize): rebuild the owner heaps."""
         self._stale.clear()
-        for key, owners in self._owners.items():
-            fresh = LazyHeap()
-            for owner in sorted(owners.live):
-                fresh.push(owner, self.rank(owner))
-            self._owners[key] = fresh
+        for key in self._owners:
+            self._owners[key] = self._owner_heap(key)
 
 
 class LazyHeap:
