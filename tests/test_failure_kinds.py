@@ -199,3 +199,24 @@ def test_the_worker_reports_the_kind_of_its_engine_failure(exc, kind):
     mtype, fields = finished_job(fail).outcome()
     assert mtype == "WorkerFailedRun" and fields["kind"] == kind
     protocol.message(mtype, worker_id=1, batch_id=1, batch_index=0, attempt=1, **fields)   # valid on the wire
+
+
+def test_a_burst_of_free_workers_is_shared_between_owners(h):
+    """Runs in progress count at once (an estimate at dispatch), so ten workers arriving together
+    do not all go to the owner that happens to be first."""
+    start(h, 100, user="a")
+    start(h, 100, user="b")
+    for i in range(10):
+        h.worker(f"w{i}")
+    users = [h.batch(h.assigned(f"w{i}")[-1]["batch_id"])["batch"]["user"] for i in range(10)]
+    assert users.count("a") == 5 and users.count("b") == 5
+
+
+def test_a_run_in_backoff_is_dispatchable_at_once_after_a_restart(h):
+    wid = h.worker("w")
+    start(h, 1, max_attempts=3)
+    h.report("w", wid, h.assigned("w")[-1], "WorkerFailedRun", message="flaky")
+    assert h.batch()["batch"]["n_waiting"] == 1
+    h.restart()                                     # backoff deadlines live in memory only
+    h.worker("w2")
+    assert h.assigned("w2")[-1]["attempt"] == 2
