@@ -157,3 +157,26 @@ def test_backoff_heap_releases_runs_in_deadline_order_and_forgets_discarded_ones
     b.hold("again", 3.0)
     b.hold("again", 4.0)                         # held anew: the later deadline counts
     assert b.due(3.5) == [] and b.due(4.0) == ["again"]
+
+
+@pytest.mark.parametrize("sched, error", [
+    ({"shares": {"alice": 3, "bob": 0.5}, "half_life": 60}, None),
+    ({"shares": {"alice": 0}}, "sched.shares.alice"),
+    ({"shares": {"alice": "lots"}}, "sched.shares.alice"),
+    ({"shares": ["alice"]}, "sched.shares: expected a mapping"),
+    ({"half_life": 0}, "sched.half_life"),
+    ({"backoff_base": -1}, "sched.backoff_base"),
+    ({"fairness": 1}, "sched.fairness: unknown key"),
+])
+def test_sched_settings(tmp_path, sched, error):
+    import yaml
+
+    from runq.config import ConfigError, load
+    conf = tmp_path / "simx.yaml"
+    conf.write_text(yaml.safe_dump({"sched": sched}))
+    if error is None:
+        cfg = load(conf, env={}).sched
+        assert (cfg.share_of("alice"), cfg.share_of("bob"), cfg.share_of("carol"), cfg.half_life) == (3, 0.5, 1, 60)
+    else:
+        with pytest.raises(ConfigError, match=error):
+            load(conf, env={})
