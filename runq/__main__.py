@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     url = configuration.resolve_db_url(cfg.runq.db_url, cfg.root, cfg.var)
     protect_files(url, cfg.var)
     store = Store(url)
-    coordinator = Coordinator(store, cfg.runq, cfg.batch, now=time.time(), secrets=secrets)
+    coordinator = Coordinator(store, cfg.runq, cfg.batch, now=time.time(), secrets=secrets, sched=cfg.sched)
     try:
         server = Server(coordinator, store, [(h, cfg.runq.port) for h in cfg.runq.listen],
                         limits=cfg.runq.limits, tls=tls_context, heartbeat_interval=cfg.runq.heartbeat_interval)

@@ -23,6 +23,7 @@ from .throttle import Throttle
 log = logging.getLogger("runq.api")
 
 MAX_RUNS = 100_000_000
+MAX_PRIORITY = 1_000_000     # batch priority: an integer within +-MAX_PRIORITY
 DEFAULT_PAGE, MAX_PAGE = 1000, 10_000
 PURGE_EVERY = 3600.0
 RESULT_STATES = (states.FINISHED, states.FAILED)   # runs that ended with a verdict
@@ -264,7 +265,9 @@ class Api:
 
     def _worker_view(self, row: dict) -> dict:
         w = self.coord.workers.get(row["id"])
-        return views.worker(row, w is not None and w.conn is not None, w.state if w else row["state"])
+        view = views.worker(row, w is not None and w.conn is not None, w.state if w else row["state"])
+        view["broken"] = w.broken if w is not None else None   # why it gets no runs (state "broken")
+        return view
 
     def worker_list(self, msg, now):
         offset, limit = self._page(msg)
@@ -319,15 +322,18 @@ class Api:
         size = json_size(msg.get("param") or {})
         if size > MAX_PARAM_BYTES:
             raise BadRequest(f"field 'param' is {size} bytes as JSON, over the {MAX_PARAM_BYTES}-byte limit")
+        priority = msg.get("priority") or 0
+        if not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
+            raise BadRequest(f"priority must be an integer from {-MAX_PRIORITY} to {MAX_PRIORITY}")
         c = self.coord
         c.last_batch_id += 1
         batch = Batch(id=c.last_batch_id, name=msg.get("name", ""), group=msg.get("group", ""),
                       user=user, engine=msg["engine"], n_runs=n_runs, param=msg.get("param") or {},
                       max_attempts=max_attempts, max_requeues=max_requeues, time_limit=time_limit,
-                      idempotency_key=key or None, start_time=now, n_waiting=n_runs)
+                      idempotency_key=key or None, start_time=now, n_waiting=n_runs, priority=priority,
+                      owner=owner)
         c.batches[batch.id] = batch
-        row = {**batch.row(), "owner": owner}
-        self.store.add_batch(row)
+        self.store.add_batch(batch.row())
         log.info("batch %d started: %d runs of %s (group %r, user %r, owner %r)", batch.id, n_runs, batch.engine,
                  batch.group, batch.user, owner)
         c.make_ready(batch, now)
@@ -345,7 +351,7 @@ class Api:
             log.info("cancelling batch %d", batch.id)
             batch.state = states.BATCH_CANCELLED
             c.matcher.remove_ready(batch.id)
-            virgin = batch.n_waiting - len(batch.requeued)
+            virgin = batch.untouched_waiting()
             batch.count(states.WAITING, -virgin)
             batch.count(states.CANCELLED, +virgin)
             for index in sorted(batch.active):
@@ -379,7 +385,7 @@ class Api:
         if batch is not None:
             run = c.runs.get((b, index))
             if run is not None:
-                if run.state == states.WAITING:
+                if run.state == states.WAITING and run.retry_at is None:   # else: in backoff, not in the heap
                     batch.requeued.remove(index)
                     heapq.heapify(batch.requeued)
                 self._cancel_active(run, "run cancelled", now)

@@ -84,6 +84,18 @@ class BatchDefaults:
 
 
 @dataclasses.dataclass(frozen=True)
+class SchedConfig:
+    """Scheduling (runq/fairshare.py) and retries (runq/retry.py)."""
+    half_life: float = 3600.0          # seconds for an owner's recorded usage to halve
+    shares: tuple = ()                 # ((owner, share), ...) from the mapping `sched.shares`; others get 1
+    backoff_base: float = 1.0          # seconds before the first retry of a transient failure
+    backoff_max: float = 60.0          # the delay doubles per failure up to this
+
+    def share_of(self, owner: str) -> float:
+        return dict(self.shares).get(owner, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
 class RunwebConfig:
     port: int = 8097
     run_port: int = 4567
@@ -116,6 +128,7 @@ class Config:
     batch: BatchDefaults
     runweb: RunwebConfig
     worker: WorkerConfig
+    sched: SchedConfig = SchedConfig()
 
 
 # environment variable -> (section, key)
@@ -143,7 +156,28 @@ ENV = {
     "RUNWEB_TLS_CERT": ("runweb", "tls.cert"),
     "RUNWEB_TLS_KEY": ("runweb", "tls.key"),
 }
-SECTIONS = {"runq": RunqConfig, "batch": BatchDefaults, "runweb": RunwebConfig, "worker": WorkerConfig}
+SECTIONS = {"runq": RunqConfig, "batch": BatchDefaults, "runweb": RunwebConfig, "worker": WorkerConfig,
+            "sched": SchedConfig}
+MAX_SHARE = 1e6
+
+
+def _shares(name: str, value) -> tuple:
+    """`sched.shares`: a mapping of owner name to a positive number (its share)."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise ConfigError(f"configuration {name}: expected a mapping of owner to share, like {{alice: 3}}")
+    out = []
+    for owner, share in value.items():
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= MAX_SHARE:
+            raise ConfigError(f"configuration {name}.{owner}: a share must be a number above 0 and "
+                              f"at most {MAX_SHARE:g}, not {share!r}")
+        out.append((str(owner), float(share)))
+    return tuple(sorted(out))
+
+
+# (section, key) -> converter for values that are not plain scalars or lists
+CONVERTERS = {("sched", "shares"): _shares}
 
 
 # Keys that are gone, and what replaces them.
@@ -206,6 +240,8 @@ def _convert(section: str, key: str, value, default):
         raise ConfigError(f"configuration {name}: {REMOVED[(section, key)]}")
     if (section, key) == ("runq", "worker_secrets"):
         return worker_secrets(value)
+    if (section, key) in CONVERTERS:
+        return CONVERTERS[(section, key)](name, value)
     if dataclasses.is_dataclass(default):
         return _build(name, value, type(default))
     try:
@@ -287,6 +323,8 @@ def load(path: str | Path | None = None, env: dict | None = None, root: Path = R
         section, _, key = name.partition("_")
         raw.setdefault(section, {})[key] = value
     built = {section: _build(section, raw.get(section), cls) for section, cls in SECTIONS.items()}
+    if built["sched"].half_life <= 0:
+        raise ConfigError("configuration sched.half_life: must be a positive number of seconds")
     var = Path(env["SIMX_VAR"]) if env.get("SIMX_VAR") else root / "var"
     return Config(root=root, var=var.resolve(), **built)
 

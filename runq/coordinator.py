@@ -17,12 +17,14 @@ import logging
 
 from . import auth, protocol, states
 from .api import MAX_RESULT_BYTES, Api, json_size
-from .config import BatchDefaults, RunqConfig
+from .config import BatchDefaults, RunqConfig, SchedConfig
 from .errors import RunqError
+from .fairshare import FairShare
 from .matching import Matcher, Presence
 from .metrics import Metrics
 from .model import Batch, Run, Worker
 from .recovery import recover
+from .retry import Backoff
 from .store import Store
 
 log = logging.getLogger("runq.coordinator")
@@ -37,12 +39,14 @@ REPORT_OUTCOME = {
 class Coordinator:
     def __init__(self, store: Store, config: RunqConfig = RunqConfig(),
                  batch_defaults: BatchDefaults = BatchDefaults(), now: float = 0.0,
-                 secrets: auth.Secrets = auth.Secrets()):
+                 secrets: auth.Secrets = auth.Secrets(), sched: SchedConfig = SchedConfig()):
         self.store, self.config, self.batch_defaults = store, config, batch_defaults
         self.instance = store.instance()
         self.gate = auth.Gate(secrets, self.instance)   # each connection's handshake
-        self.matcher = Matcher()
-        self.presence = Presence()                # connected, non-draining workers by traits
+        self.fairshare = FairShare(sched.half_life, sched.shares, now)
+        self.matcher = Matcher(self.fairshare.rank)
+        self.presence = Presence()                # connected, non-draining, unbroken workers by traits
+        self.backoff = Backoff(sched.backoff_base, sched.backoff_max)
         self.batches: dict[int, Batch] = {}      # active batches (runs left)
         self.runs: dict[tuple[int, int], Run] = {}  # materialized non-terminal runs
         self.workers: dict[int, Worker] = {}
@@ -154,8 +158,25 @@ class Coordinator:
                     self.take_back(worker, states.OUTCOME_TIMEOUT, why, now)
                 else:
                     self.end_attempt(run, states.OUTCOME_TIMEOUT, why, now)
+        self._release_due(now)
+        if self.fairshare.due(now):
+            self.fairshare.renormalize(now)
+            self.matcher.rerank_all()
         self.api.tick(now)
         return self.take_output()
+
+    def _release_due(self, now: float) -> None:
+        """Runs whose retry backoff is over go back to their batch's waiting runs."""
+        for key in self.backoff.due(now):
+            run = self.runs.get(key)
+            if run is None or run.state != states.WAITING or run.retry_at is None:
+                continue
+            batch = self.batches[run.batch_id]
+            run.retry_at = None
+            batch.n_delayed -= 1
+            heapq.heappush(batch.requeued, run.batch_index)
+            if batch.state == states.ACTIVE:
+                self.make_ready(batch, now)
 
     # ---- output
     def send(self, conn, msg: dict | None) -> None:
@@ -298,6 +319,8 @@ class Coordinator:
 
     def _report(self, worker: Worker, msg: dict, now: float) -> None:
         mtype, key = msg["type"], protocol.run_key(msg)
+        if msg.get("kind") not in (None, *states.FAILURE_KINDS):
+            raise RunqError(f"{mtype}: field 'kind' must be one of {', '.join(states.FAILURE_KINDS)}", 400)
         run = self._current_run(worker, msg)
         ack = dict(batch_id=key[0], batch_index=key[1], attempt=key[2])
         if run is None:
@@ -321,7 +344,11 @@ class Coordinator:
         elif mtype == "WorkerFinishedRun":
             self.end_attempt(run, states.OUTCOME_FINISHED, None, now, result=msg["data"])
         elif mtype == "WorkerFailedRun":
-            self.end_attempt(run, states.OUTCOME_FAILED, msg["message"], now, traceback=msg.get("traceback"))
+            kind = msg.get("kind") or states.KIND_TRANSIENT
+            self.end_attempt(run, states.OUTCOME_FAILED, msg["message"], now, traceback=msg.get("traceback"),
+                             kind=kind)
+            if kind == states.KIND_WORKER:
+                self.set_broken(worker, msg["message"])
         elif mtype == "WorkerAbortedRun":
             self.end_attempt(run, states.OUTCOME_ABORTED, msg.get("message") or "aborted by the worker", now)
         else:  # WorkerStoppedRun: the worker process is stopping; its run goes back at once
@@ -350,7 +377,18 @@ class Coordinator:
 
     def note_presence(self, worker: Worker) -> None:
         """Keep the presence index (batch `served`, engines in Ping) in step with the worker."""
-        self.presence.update(worker.id, worker.traits, worker.conn is not None and not worker.draining)
+        self.presence.update(worker.id, worker.traits,
+                             worker.conn is not None and not worker.draining and not worker.broken)
+
+    def set_broken(self, worker: Worker, why: str) -> None:
+        """The worker cannot run its engine here: no more runs for it until it restarts
+        (a restarted worker process registers anew), so one bad host cannot fail every run."""
+        log.warning("worker %d (%s) cannot run engine %s: no more runs for it until it restarts (%s)",
+                    worker.id, worker.host, worker.engine, why)
+        worker.broken = why
+        self.matcher.remove_idle(worker.id)
+        self.note_presence(worker)
+        self.store.save_worker(worker.row())
 
     def _settle_worker(self, worker: Worker, now: float) -> None:
         """Give a connected worker with nothing to do its next run, or index it as idle."""
@@ -360,6 +398,8 @@ class Coordinator:
             new = states.DRAINING if worker.draining else (states.BUSY if worker.run else states.ABORTING)
         elif worker.draining:
             new = states.DRAINING
+        elif worker.broken is not None:
+            new = states.BROKEN
         else:
             batch_id = self.matcher.batch_for(worker.traits)
             if batch_id is not None:
@@ -377,7 +417,7 @@ class Coordinator:
         while batch.has_waiting():
             wid = self.matcher.take_worker_for(batch.traits)
             if wid is None:
-                self.matcher.add_ready(batch.id, batch.traits)
+                self.matcher.add_ready(batch.id, batch.traits, batch.sharer, batch.priority)
                 return
             self.assign(self.workers[wid], batch, now)
         self.matcher.remove_ready(batch.id)
@@ -399,6 +439,8 @@ class Coordinator:
             self.matcher.remove_ready(batch.id)
         worker.run, worker.state = run.key, states.BUSY
         worker.assign_seq += 1
+        self.fairshare.started(run.key, batch.sharer, now)
+        self.matcher.rerank(batch.sharer)
         self.store.save_run(run.row(), new=new)
         self.store.save_batch(batch.counters())
         self.store.save_worker(worker.row())
@@ -421,9 +463,16 @@ class Coordinator:
         self._settle_worker(worker, now)
 
     def end_attempt(self, run: Run, outcome: str, message: str | None, now: float,
-                    result=None, traceback: str | None = None) -> None:
-        """Record how a running attempt ended and move the run to its next state."""
+                    result=None, traceback: str | None = None, kind: str = states.KIND_TRANSIENT) -> None:
+        """Record how a running attempt ended and move the run to its next state.
+
+        A failure's kind decides what happens next: ``run`` fails it at once, ``worker``
+        requeues it without using an attempt (the caller takes the worker off its engine),
+        ``transient`` uses an attempt and, with attempts left, waits out a backoff."""
         batch = self.batches[run.batch_id]
+        owner = self.fairshare.ended(run.key, now)
+        if owner is not None:
+            self.matcher.rerank(owner)
         self.store.add_attempt({"batch_id": run.batch_id, "batch_index": run.batch_index, "attempt": run.attempt,
                                 "worker_id": run.worker_id, "host": run.host, "started": run.started,
                                 "ended": now, "outcome": outcome, "message": message})
@@ -432,10 +481,18 @@ class Coordinator:
             new, run.result, run.progress, run.error = states.FINISHED, result, 1.0, None
         elif outcome == states.OUTCOME_CANCELLED:
             new = states.CANCELLED
+        elif outcome == states.OUTCOME_FAILED and kind == states.KIND_WORKER:
+            run.error, run.traceback = message, traceback
+            new = states.WAITING
         elif outcome in states.COUNTS_AS_FAILURE:
             run.failures += 1
             run.error, run.traceback = message, traceback
-            new = states.FAILED if run.failures >= batch.max_attempts else states.WAITING
+            if kind == states.KIND_RUN or run.failures >= batch.max_attempts:
+                new = states.FAILED
+            else:
+                new = states.WAITING
+                if outcome == states.OUTCOME_FAILED:
+                    run.retry_at = now + self.backoff.delay(run.failures)
         else:
             run.requeues += 1
             if run.requeues > batch.max_requeues:
@@ -443,17 +500,24 @@ class Coordinator:
             else:
                 new = states.WAITING
         run.message = message if message is not None else run.message
+        if new == states.WAITING:   # a new attempt starts from scratch
+            run.progress, run.message = 0.0, None
         self.metrics.attempt_ended(outcome, new)
         self.move_run(run, new, now)
 
     def move_run(self, run: Run, new: str, now: float) -> None:
         batch = self.batches[run.batch_id]
         states.check_transition(run.state, new)
+        if run.state == states.WAITING and run.retry_at is not None:   # leaves its backoff (cancelled)
+            self._end_backoff(run, batch)
         batch.count(run.state, -1)
         batch.count(new, +1)
         run.state = new
         self.store.save_run(run.row())
-        if new == states.WAITING:
+        if new == states.WAITING and run.retry_at is not None:
+            batch.n_delayed += 1
+            self.backoff.hold(run.key, run.retry_at)
+        elif new == states.WAITING:
             heapq.heappush(batch.requeued, run.batch_index)
             if batch.state == states.ACTIVE:
                 self.make_ready(batch, now)
@@ -463,6 +527,11 @@ class Coordinator:
                 batch.active.discard(run.batch_index)
             self.finish_batch_if_done(batch, now)
         self.store.save_batch(batch.counters())
+
+    def _end_backoff(self, run: Run, batch: Batch) -> None:
+        self.backoff.discard(run.key)
+        run.retry_at = None
+        batch.n_delayed -= 1
 
     def finish_batch_if_done(self, batch: Batch, now: float) -> None:
         if batch.settle(now):

@@ -24,6 +24,8 @@ class Batch:
     time_limit: float | None
     idempotency_key: str | None
     start_time: float
+    priority: int = 0              # higher first among the batches of one owner
+    owner: str = ""                # who submitted it: sees and controls it, and fair share counts it ("" = user)
     state: str = states.ACTIVE
     next_index: int = 0            # runs at or past this index were never dispatched
     n_waiting: int = 0
@@ -35,13 +37,24 @@ class Batch:
     requeued: list = dataclasses.field(default_factory=list)       # heap of waiting batch_index with rows
     skip_ahead: set = dataclasses.field(default_factory=set)       # never-dispatched indices cancelled alone
     active: set = dataclasses.field(default_factory=set)           # batch_index of runs held in memory
+    n_delayed: int = 0             # waiting runs in retry backoff (not in `requeued` until due)
 
     @property
     def traits(self) -> tuple[str, str, str]:
         return self.engine, self.group, self.user
 
+    @property
+    def sharer(self) -> str:
+        """The name fair share counts this batch's usage against: its owner, else its user."""
+        return self.owner or self.user
+
     def has_waiting(self) -> bool:
-        return self.state == states.ACTIVE and self.n_waiting > 0
+        """Runs that may be dispatched now (runs in retry backoff are waiting but not ready)."""
+        return self.state == states.ACTIVE and self.n_waiting - self.n_delayed > 0
+
+    def untouched_waiting(self) -> int:
+        """Waiting runs never dispatched (they have no row of their own)."""
+        return self.n_waiting - len(self.requeued) - self.n_delayed
 
     def take_next_index(self) -> tuple[int, bool]:
         """The next waiting run to dispatch: (batch_index, materialized?)."""
@@ -81,7 +94,7 @@ class Batch:
             "engine": self.engine, "n_runs": self.n_runs, "param": self.param,
             "max_attempts": self.max_attempts, "max_requeues": self.max_requeues,
             "time_limit": self.time_limit, "idempotency_key": self.idempotency_key,
-            "start_time": self.start_time, **self.counters(),
+            "start_time": self.start_time, "priority": self.priority, "owner": self.owner, **self.counters(),
         }
 
 
@@ -102,6 +115,7 @@ class Run:
     traceback: str | None = None
     started: float | None = None
     ended: float | None = None
+    retry_at: float | None = None   # in memory: waiting out a retry backoff until then
 
     @property
     def key(self) -> tuple[int, int]:
@@ -135,6 +149,7 @@ class Worker:
     run: tuple[int, int] | None = None      # (batch_id, batch_index) it is running
     aborting: tuple[int, int, int] | None = None  # attempt taken back, until the worker lets go
     draining: bool = False
+    broken: str | None = None               # why it cannot run its engine (until it restarts)
     last_contact: float = 0.0
     disconnected_at: float | None = None
     saved_contact: float = 0.0              # last_contact as last written

@@ -106,7 +106,8 @@ SCHEMA: dict[str, dict[str, object]] = {
     "WorkerHeartbeat": dict(worker_id=ID, seq=COUNT, runs=LIST),
     "WorkerUpdate": dict(worker_id=ID, **_RUN, progress=NUM, message=OPT_STR),
     "WorkerFinishedRun": dict(worker_id=ID, **_RUN, data=ANY),
-    "WorkerFailedRun": dict(worker_id=ID, **_RUN, message=STR, traceback=OPT_STR),
+    # kind: run | worker | transient (runq/states.py FAILURE_KINDS); absent = transient
+    "WorkerFailedRun": dict(worker_id=ID, **_RUN, message=STR, traceback=OPT_STR, kind=OPT_STR),
     "WorkerAbortedRun": dict(worker_id=ID, **_RUN, message=OPT_STR),
     "WorkerStoppedRun": dict(worker_id=ID, **_RUN),
     "WorkerDraining": dict(worker_id=ID),
@@ -124,6 +125,7 @@ SCHEMA: dict[str, dict[str, object]] = {
     "StartBatch": dict(
         name=STR, group=STR, user=STR, engine=STR, n_runs=N_RUNS, param=MAP,
         max_attempts=OPT_ATTEMPT, max_requeues=OPT_COUNT, time_limit=OPT_SECONDS, idempotency_key=OPT_STR,
+        priority=OPT_INT,   # higher first among one owner's batches; absent/null = 0
     ),
     "BatchList": dict(user=OPT_STR, offset=COUNT, limit=COUNT),
     "BatchStatus": dict(batch_id=ID, offset=COUNT, limit=COUNT, state=OPT_STR),
@@ -146,13 +148,14 @@ OPTIONAL: dict[str, frozenset[str]] = {
     "WorkerReconnect": frozenset({"proof", "batch_id", "batch_index", "attempt"}),
     "RunqAcceptWorker": frozenset({"key"}),
     "WorkerUpdate": frozenset({"message"}),
-    "WorkerFailedRun": frozenset({"traceback"}),
+    "WorkerFailedRun": frozenset({"traceback", "kind"}),
     "WorkerAbortedRun": frozenset({"message"}),
     "RunqAck": frozenset({"message"}),
     "RunqError": frozenset({"code"}),
     "RunqAssignRun": frozenset({"time_limit"}),
     "StartBatch": frozenset({
         "name", "group", "user", "param", "max_attempts", "max_requeues", "time_limit", "idempotency_key",
+        "priority",
     }),
     "BatchList": frozenset({"user", "offset", "limit"}),
     "UserStatus": frozenset({"offset", "limit"}),

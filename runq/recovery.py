@@ -18,8 +18,9 @@ from .model import Batch, Run, Worker
 
 log = logging.getLogger("runq.recovery")
 
-_BATCH_FIELDS = [f for f in Batch.__dataclass_fields__ if f not in ("requeued", "skip_ahead", "active")]
-_RUN_FIELDS = list(Run.__dataclass_fields__)
+_BATCH_FIELDS = [f for f in Batch.__dataclass_fields__
+                 if f not in ("requeued", "skip_ahead", "active", "n_delayed")]
+_RUN_FIELDS = [f for f in Run.__dataclass_fields__ if f != "retry_at"]
 
 
 def recover(coord, now: float) -> None:
@@ -27,7 +28,8 @@ def recover(coord, now: float) -> None:
     coord.last_batch_id, coord.last_worker_id = store.max_ids()
     # a cancel ends its batch at once (running runs are taken back), so only active ones have runs left
     for row in store.batch_rows(states=(states.ACTIVE,)):
-        batch = Batch(**{f: row[f] for f in _BATCH_FIELDS})
+        # columns a newer runq adds may be missing in rows written before (priority: 0)
+        batch = Batch(**{f: row[f] for f in _BATCH_FIELDS if f in row})
         coord.batches[batch.id] = batch
     for row in store.active_run_rows(list(coord.batches)):
         batch = coord.batches[row["batch_id"]]

@@ -10,9 +10,11 @@ RUN_TRANSITIONS = {
     (WAITING, RUNNING): "dispatched to a matching idle worker (a new attempt)",
     (WAITING, CANCELLED): "the run or its batch was cancelled before it started",
     (RUNNING, FINISHED): "the worker reported the current attempt finished",
-    (RUNNING, FAILED): "the engine failed max_attempts times, or the run was lost max_requeues times",
+    (RUNNING, FAILED): "the engine failed max_attempts times, or once with a failure of kind 'run' "
+                       "(Fatal, a permanent exit status), or the run was lost max_requeues times",
     (RUNNING, WAITING): "the attempt ended without a verdict (lost lease, disconnect past grace, "
-                        "worker stopped, engine failure with attempts left): dispatch again",
+                        "worker stopped, the worker cannot run the engine: no attempt used), or a "
+                        "transient engine failure with attempts left (dispatched again after a backoff)",
     (RUNNING, CANCELLED): "cancelled while running: aborted on its worker",
 }
 
@@ -30,6 +32,9 @@ def check_transition(old: str, new: str) -> None:
 OUTCOME_FINISHED, OUTCOME_FAILED, OUTCOME_TIMEOUT = "finished", "failed", "timeout"
 OUTCOME_LOST, OUTCOME_STOPPED, OUTCOME_ABORTED, OUTCOME_CANCELLED = "lost", "stopped", "aborted", "cancelled"
 COUNTS_AS_FAILURE = frozenset({OUTCOME_FAILED, OUTCOME_TIMEOUT})
+# What a WorkerFailedRun says about its cause (worker/engines/base.py failure_kind); absent = transient
+KIND_RUN, KIND_WORKER, KIND_TRANSIENT = "run", "worker", "transient"
+FAILURE_KINDS = (KIND_RUN, KIND_WORKER, KIND_TRANSIENT)
 
 # Batch states.  A batch ends in one of three, chosen in this order: cancelled (someone cancelled
 # it), failed (at least one run failed), done (every run finished or was cancelled alone).
@@ -46,5 +51,8 @@ def batch_end_state(state: str, n_failed: int) -> str:
 
 # Worker states
 IDLE, BUSY, DRAINING, DISCONNECTED, GONE = "idle", "busy", "draining", "disconnected", "gone"
+# connected but off its engine: it reported that it cannot run it (program missing); no runs
+# until the worker process restarts (a new WorkerReady)
+BROKEN = "broken"
 # busy with a run runq has taken back (abort sent), until the worker says it stopped
 ABORTING = "aborting"

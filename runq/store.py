@@ -23,7 +23,7 @@ COLUMNS = {
         "id": "i", "name": "s", "group": "s", "user": "s", "engine": "s", "n_runs": "i", "param": "j",
         "max_attempts": "i", "max_requeues": "i", "time_limit": "f", "idempotency_key": "s",
         "state": "s", "next_index": "i", "n_waiting": "i", "n_running": "i", "n_finished": "i",
-        "n_failed": "i", "n_cancelled": "i", "start_time": "f", "end_time": "f",
+        "n_failed": "i", "n_cancelled": "i", "start_time": "f", "end_time": "f", "priority": "i",
         "owner": "s",  # the runweb user who submitted it; rows from before owners: their `user`
     },
     "runs": {
@@ -43,6 +43,8 @@ COLUMNS = {
     },
     "meta": {"name": "s", "value": "s"},   # this database's facts: its instance uuid
 }
+# Columns added after the first release: the value rows written before them get.
+BACKFILL = {("batches", "priority"): 0}
 INDEXES = [
     ("runs", ["batch_id", "batch_index"], "runs_key", True),
     ("attempts", ["batch_id", "batch_index", "attempt"], "attempts_key", False),
@@ -100,6 +102,10 @@ class Store:
         for col, kind in cols.items():
             if col != "id" and not table.has_column(col):
                 table.create_column(col, self._types[kind])
+                if (name, col) in BACKFILL:
+                    column = table.table.c[col]
+                    with self.engine.begin() as conn:
+                        conn.execute(table.table.update().where(column.is_(None)).values({col: BACKFILL[(name, col)]}))
         for tname, icols, iname, unique in INDEXES:
             if tname == name and not table.has_index(icols):
                 table.create_index(icols, name=iname, unique=unique)

@@ -31,6 +31,7 @@ def batch(row: dict, now: float, served: bool | None = None) -> dict:
         "id": row["id"], "name": row["name"], "group": row["group"], "user": row["user"],
         "owner": row.get("owner", row["user"]),
         "engine": row["engine"], "n_runs": row["n_runs"], "param": row["param"], "state": row["state"],
+        "priority": row.get("priority") or 0,
         "n_complete": row["n_finished"], "n_waiting": row["n_waiting"], "n_running": row["n_running"],
         "n_finished": row["n_finished"], "n_failed": row["n_failed"], "n_cancelled": row["n_cancelled"],
         "max_attempts": row["max_attempts"], "max_requeues": row["max_requeues"],

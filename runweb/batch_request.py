@@ -19,6 +19,7 @@ from .errors import InvalidRequest
 from .yaml_loader import NotDecimal
 
 MAX_RUNS = 100_000_000
+MAX_PRIORITY = 1_000_000        # as runq/api.py
 MAX_COUNT = 2**31 - 1           # max_attempts, max_requeues: anything larger is a typo
 MAX_KEY_CHARS = 200             # idempotency key
 MAX_DEPTH = 64                  # nesting of param
@@ -198,9 +199,10 @@ FIELDS = {
     "n_runs": _int_in(1, MAX_RUNS), "param": _param,
     "max_attempts": _int_in(1, MAX_COUNT), "max_requeues": _int_in(0, MAX_COUNT),
     "time_limit": _time_limit, "idempotency_key": _key,
+    "priority": _int_in(-MAX_PRIORITY, MAX_PRIORITY),   # higher first among one owner's batches
 }
 REQUIRED = ("engine", "n_runs")
-DEFAULT_WHEN_NULL = frozenset({"max_attempts", "max_requeues", "idempotency_key"})  # null: leave it to runq
+DEFAULT_WHEN_NULL = frozenset({"max_attempts", "max_requeues", "idempotency_key", "priority"})  # null: leave it to runq
 
 
 def parse(body: bytes, idempotency_header: str | None = None) -> dict:

@@ -161,6 +161,9 @@ def test_engine_failure_retried_then_failed_with_message(h):
     wid = h.worker("w")
     start(h, 1, max_attempts=2)
     h.report("w", wid, h.assigned("w")[-1], "WorkerFailedRun", message="first")
+    h.tick(0.5)
+    assert len(h.assigned("w")) == 1            # a transient failure waits out its backoff (1 s) first
+    h.tick(0.5)
     second = h.assigned("w")[-1]
     assert second["attempt"] == 2
     h.report("w", wid, second, "WorkerFailedRun", message="division by zero", traceback="tb")

@@ -87,4 +87,5 @@ def test_index_cost_does_not_grow_with_queue_length():
         m.add_ready(b, ("dummy", f"g{b}", "u"))
     m.add_ready(200_000, ("dummy", "mine", "u"))
     assert m.batch_for(("dummy", "mine", "")) == 200_000
-    assert len(m._ready[("dummy", "mine", None)]) == 1
+    assert len(m._owners[("dummy", "mine", None)]) == 1
+    assert len(m._batches[(("dummy", "mine", None), "")]) == 1

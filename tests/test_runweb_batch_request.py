@@ -86,7 +86,10 @@ def test_valid_requests(extra, expected):
     (BASE.encode() + b'group: "\\u2067x"\n', "field 'group' contains a bidirectional-text control (U+2067)"),
     (BASE.encode() + b'idempotency_key: "k\\0"\n', "field 'idempotency_key' contains a control character"),
     # field names
-    (BASE.encode() + b"priority: 3\n", "unknown field 'priority'"),
+    (BASE.encode() + b"prio: 3\n", "unknown field 'prio'"),
+    (BASE.encode() + b"priority: 1.5\n", "field 'priority' must be an integer, not"),
+    (BASE.encode() + b"priority: 1000001\n", "field 'priority' must be at most 1000000, not 1000001"),
+    (BASE.encode() + b"priority: '3'\n", "field 'priority' must be an integer"),
     (BASE.encode() + b"1: x\n", "unknown field 1"),
     (b"n_runs: 3\n", "field 'engine' is required"),
     (b"engine: dummy\n", "field 'n_runs' is required"),

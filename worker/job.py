@@ -14,7 +14,7 @@ import traceback
 
 from runq import protocol
 
-from .engines.base import Aborted, Engine, RunContext
+from .engines.base import Aborted, Engine, RunContext, failure_kind
 
 log = logging.getLogger("worker")
 
@@ -115,7 +115,7 @@ class Job:
             message = f"engine raised Aborted without an abort request ({message})"
         # NUL or a lone surrogate in an exception's text would make the report unsendable
         return "WorkerFailedRun", {"message": protocol.clean_text(message[-MESSAGE_CHARS:]),
-                                   "traceback": protocol.clean_text(traceback_tail(exc))}
+                                   "traceback": protocol.clean_text(traceback_tail(exc)), "kind": failure_kind(exc)}
 
     # -- loop thread -----------------------------------------------------------
 
