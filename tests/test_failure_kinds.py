@@ -42,7 +42,7 @@ def test_a_failure_report_by_kind(h, kind, max_attempts, state, used, worker_sta
     assert h.coord.runs.get((1, 0)) is None or h.coord.runs[(1, 0)].failures == int(used)
     assert h.request("WorkerStatus", worker_id=w1)["worker"]["state"] == worker_state
     if again_after is None:
-        assert h.batch()["batch"]["state"] == "done"
+        assert h.batch()["batch"]["state"] == "failed"   # a batch with a failed run ends failed
         return
     if again_after:
         h.tick(again_after / 2)
@@ -66,7 +66,7 @@ def test_a_broken_worker_gets_no_more_runs_and_says_why_until_it_restarts(h):
     h.tick(5)
     assert len(h.assigned("w1")) == 1                    # nothing new for it
     assert h.request("BatchStatus", batch_id=2)["batch"]["n_waiting"] == 3
-    h.send("w1", "WorkerHeartbeat", worker_id=w1)        # still connected and heard
+    h.heartbeat("w1", w1)                                # still connected and heard
     w1b = h.worker("w1-restarted")                        # the restarted process registers anew
     assert w1b != w1 and len(h.assigned("w1-restarted")) == 1
 
