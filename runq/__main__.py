@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import resource
 import signal
 import sys
 import time
 
-from . import auth
+from . import auth, engines
 from . import config as configuration
 from .coordinator import Coordinator
 from .server import Server
@@ -42,13 +43,20 @@ def main(argv=None) -> int:
     except auth.SecretError as exc:
         print(f"runq: {exc}", file=sys.stderr)
         return 2
+    try:   # the engines batches may name, checked at submit: the workers' file (SIMX_ENGINES)
+        catalog = engines.load(*engines.locate(cfg.root, os.environ.get("SIMX_ENGINES")))
+    except engines.SchemaError as exc:
+        print(f"runq: {exc}", file=sys.stderr)
+        return 2
+    files_dir = configuration.resolve_var_path(cfg.runq.files_dir, cfg.root, cfg.var)
     logging.basicConfig(level=cfg.runq.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # dataset's schema checks are chatty
     open_files = raise_open_files_limit()
     url = configuration.resolve_db_url(cfg.runq.db_url, cfg.root, cfg.var)
     store = Store(url)
-    coordinator = Coordinator(store, cfg.runq, cfg.batch, now=time.time(), secrets=secrets)
+    coordinator = Coordinator(store, cfg.runq, cfg.batch, now=time.time(), secrets=secrets, catalog=catalog,
+                              files_dir=files_dir)
     try:
         server = Server(coordinator, store, [(h, cfg.runq.port) for h in cfg.runq.listen])
     except OSError as exc:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 
-from . import states
+from . import states, sweep
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -32,6 +32,7 @@ class Batch:
     n_failed: int = 0
     n_cancelled: int = 0
     end_time: float | None = None
+    sweep: dict | None = None      # {sweep: .., zip: ..} (runq/sweep.py): each run's param from its index
     requeued: list = dataclasses.field(default_factory=list)       # heap of waiting batch_index with rows
     skip_ahead: set = dataclasses.field(default_factory=set)       # never-dispatched indices cancelled alone
     active: set = dataclasses.field(default_factory=set)           # batch_index of runs held in memory
@@ -39,6 +40,10 @@ class Batch:
     @property
     def traits(self) -> tuple[str, str, str]:
         return self.engine, self.group, self.user
+
+    def param_of(self, index: int) -> dict:
+        """Run ``index``'s param: the batch's, with its sweep values set (computed, never stored)."""
+        return sweep.param_for(self.param, self.sweep, index) if self.sweep else self.param
 
     def has_waiting(self) -> bool:
         return self.state == states.ACTIVE and self.n_waiting > 0
@@ -81,7 +86,7 @@ class Batch:
             "engine": self.engine, "n_runs": self.n_runs, "param": self.param,
             "max_attempts": self.max_attempts, "max_requeues": self.max_requeues,
             "time_limit": self.time_limit, "idempotency_key": self.idempotency_key,
-            "start_time": self.start_time, **self.counters(),
+            "start_time": self.start_time, "sweep": self.sweep, **self.counters(),
         }
 
 

@@ -49,6 +49,8 @@ SCHEMA: dict[str, dict[str, object]] = {
     "WorkerAbortedRun": dict(worker_id=INT, **_RUN, message=OPT_STR),
     "WorkerStoppedRun": dict(worker_id=INT, **_RUN),
     "WorkerDraining": dict(worker_id=INT),
+    # one piece of a finished run's output file, sent before its WorkerFinishedRun (runq/files.py)
+    "WorkerFileChunk": dict(worker_id=INT, **_RUN, name=STR, offset=INT, data=STR, last=BOOL),
     # runq -> worker
     # key: only at a registration without a worker secret (with one, both ends derive it)
     "RunqAcceptWorker": dict(worker_id=INT, heartbeat_interval=NUM, keep_run=BOOL, key=OPT_STR),
@@ -63,11 +65,13 @@ SCHEMA: dict[str, dict[str, object]] = {
     "StartBatch": dict(
         name=STR, group=STR, user=STR, engine=STR, n_runs=INT, param=MAP,
         max_attempts=OPT_INT, max_requeues=OPT_INT, time_limit=OPT_NUM, idempotency_key=OPT_STR,
+        sweep=OPT_MAP, zip=OPT_MAP,   # runq/sweep.py: n_runs is derived (given as well, it must equal)
     ),
     "BatchList": dict(user=OPT_STR, offset=INT, limit=INT),
     "BatchStatus": dict(batch_id=INT, offset=INT, limit=INT, state=OPT_STR),
     "BatchResults": dict(batch_id=INT, start=INT, limit=INT, state=OPT_STR),
     "RunStatus": dict(batch_id=INT, batch_index=INT),
+    "RunFile": dict(batch_id=INT, batch_index=INT, name=STR, offset=INT),   # a piece of an output file
     "UserStatus": dict(user=STR, offset=INT, limit=INT),
     "WorkerList": dict(offset=INT, limit=INT),
     "WorkerStatus": dict(worker_id=INT),
@@ -90,7 +94,9 @@ OPTIONAL: dict[str, frozenset[str]] = {
     "RunqAssignRun": frozenset({"time_limit"}),
     "StartBatch": frozenset({
         "name", "group", "user", "param", "max_attempts", "max_requeues", "time_limit", "idempotency_key",
+        "n_runs", "sweep", "zip",
     }),
+    "RunFile": frozenset({"offset"}),
     "BatchList": frozenset({"user", "offset", "limit"}),
     "UserStatus": frozenset({"offset", "limit"}),
     "WorkerList": frozenset({"offset", "limit"}),
@@ -100,7 +106,7 @@ OPTIONAL: dict[str, frozenset[str]] = {
 # Messages a worker sends (everything else a client may send is a request).
 FROM_WORKER = frozenset({
     "WorkerReady", "WorkerReconnect", "WorkerHeartbeat", "WorkerUpdate", "WorkerFinishedRun",
-    "WorkerFailedRun", "WorkerAbortedRun", "WorkerStoppedRun", "WorkerDraining",
+    "WorkerFailedRun", "WorkerAbortedRun", "WorkerStoppedRun", "WorkerDraining", "WorkerFileChunk",
 })
 # Replies carry arbitrary data beside the envelope; the opening messages may grow optional
 # fields in later versions, which older peers ignore.

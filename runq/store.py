@@ -24,6 +24,7 @@ COLUMNS = {
         "max_attempts": "i", "max_requeues": "i", "time_limit": "f", "idempotency_key": "s",
         "state": "s", "next_index": "i", "n_waiting": "i", "n_running": "i", "n_finished": "i",
         "n_failed": "i", "n_cancelled": "i", "start_time": "f", "end_time": "f",
+        "sweep": "j",   # {sweep, zip} of runq/sweep.py, or NULL (no sweep; rows of older versions)
     },
     "runs": {
         "batch_id": "i", "batch_index": "i", "state": "s", "attempt": "i", "failures": "i",

@@ -26,7 +26,7 @@ PYTHON = sys.executable
 # Settings a test must never inherit from the shell that runs pytest.
 SIMX_ENV = ("RUNQ_HOST", "RUNQ_PORT", "RUNQ_LISTEN", "SIMX_DB_URL", "SIMX_WORKER_TOKEN", "SIMX_LOG_LEVEL",
             "SIMX_VAR", "SIMX_HOSTS", "RUNWEB_PORT", "RUNWEB_BIND", "RUNWEB_USERS", "RUNQ_HEARTBEAT", "RUNQ_LEASE",
-            "RUNQ_GRACE", "SIMX_WORKER_SECRET_FILE", "SIMX_CLIENT_SECRET_FILE")
+            "RUNQ_GRACE", "SIMX_WORKER_SECRET_FILE", "SIMX_CLIENT_SECRET_FILE", "SIMX_FILES_DIR", "SIMX_ENGINES")
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback never goes via a proxy
 
 
