@@ -74,6 +74,8 @@ class Files:
             data = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
             raise UploadRefused(f"a chunk of {name!r} is not base64") from None
+        if len(data) > CHUNK:
+            raise UploadRefused(f"a chunk of {name!r} is larger than {CHUNK} bytes")
         if key not in self.incoming:   # an earlier attempt of this run that never finished
             for old in [k for k in self.incoming if k[:2] == key[:2]]:
                 self.discard(old)
