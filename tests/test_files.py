@@ -6,12 +6,14 @@ import hashlib
 
 import pytest
 
-from runq import engines
+from runq import engines, protocol
 from runq.config import BatchDefaults, RunqConfig
 from runq.coordinator import Coordinator
 from runq.files import Files, UploadRefused
 from test_coordinator import CFG, Harness
+from test_worker_session import TRAITS, accept, challenge
 from worker.engines.outputs import WorkDir
+from worker.session import Session
 from worker.upload import Upload, UploadError
 
 CATALOG = engines.parse({"engines": {"maker": {"kind": "command", "argv": ["/bin/true"], "files": True}}})
@@ -202,3 +204,72 @@ def test_files_in_subdirectories_of_out_fail_the_upload_clearly(tmp_path):
     w = workdir(tmp_path, {"sub/x.csv": b"1"})
     with pytest.raises(UploadError, match="only files directly in out/ are uploaded"):
         Upload((1, 0, 1), w, w.manifest())
+
+
+# ---- the worker's Session: the files go before the finished report, and stop when runq takes the run back
+
+
+class Maker:
+    """An engine with files: writes out/a.csv, keeps the work directory for take_outputs."""
+
+    name = "dummy"
+
+    def __init__(self, root):
+        self.root, self.kept = root, {}
+
+    def run(self, param, progress, abort, context):
+        w = WorkDir(self.root, context.batch_id, context.batch_index, context.attempt)
+        (w.out / "a.csv").write_bytes(b"x" * 2500)
+        self.kept[(context.batch_id, context.batch_index, context.attempt)] = w
+        return {"result": 1, "files": w.manifest()}
+
+    def take_outputs(self, key):
+        return self.kept.pop(tuple(key), None)
+
+
+def session_with_run(tmp_path, sent):
+    s = Session(TRAITS, Maker(tmp_path / "work"), sent.append, lambda: None)
+    s.sent_to_test = sent
+    accept(s)
+    s.handle(protocol.message("RunqAssignRun", batch_id=1, batch_index=0, attempt=1, seq=1, engine="dummy",
+                              param={}, time_limit=None), 0.0)
+    s.job.thread.join(5)
+    s.advance(0.1)
+    return s
+
+
+def test_the_session_sends_every_chunk_then_the_finished_report_and_lists_the_run_meanwhile(tmp_path):
+    sent = []
+    s = session_with_run(tmp_path, sent)
+    assert s.upload is not None and [m["type"] for m in sent] == []   # nothing until the loop pumps
+    s.advance(20.0)   # a heartbeat while uploading names the run: runq must not take it back
+    assert sent[-1]["type"] == "WorkerHeartbeat" and sent[-1]["runs"] == [[1, 0, 1]]
+    while s.send_upload():
+        pass
+    types = [m["type"] for m in sent[1:]]
+    assert types == ["WorkerFileChunk", "WorkerFinishedRun"]
+    assert sent[-1]["data"]["files"][0]["size"] == 2500 and s.upload is None
+    assert not any(p.is_file() for p in (tmp_path / "work").rglob("*"))   # removed once sent
+
+
+def test_the_session_reports_aborted_when_runq_refuses_the_files(tmp_path):
+    sent = []
+    s = session_with_run(tmp_path, sent)
+    s.send_upload()
+    s.handle(protocol.message("RunqAbortRun", batch_id=1, batch_index=0, attempt=1,
+                              reason="upload of the run's files failed: full"), 1.0)
+    assert sent[-1]["type"] == "WorkerAbortedRun" and "full" in sent[-1]["message"]
+    assert s.upload is None and not s.send_upload()
+
+
+def test_the_session_sends_the_files_again_after_a_reconnect_that_keeps_the_run(tmp_path):
+    sent = []
+    s = session_with_run(tmp_path, sent)
+    s.send_upload()
+    s.disconnected()
+    challenge(s)
+    s.handle(protocol.message("RunqAcceptWorker", worker_id=3, heartbeat_interval=10.0, keep_run=True), 2.0)
+    del sent[:]
+    while s.send_upload():
+        pass
+    assert [(m["type"], m.get("offset")) for m in sent] == [("WorkerFileChunk", 0), ("WorkerFinishedRun", None)]
