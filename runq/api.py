@@ -17,7 +17,6 @@ from .model import Batch, Run
 
 log = logging.getLogger("runq.api")
 
-MAX_RUNS = 100_000_000
 DEFAULT_PAGE, MAX_PAGE = 1000, 10_000
 PURGE_EVERY = 3600.0
 RESULT_STATES = (states.FINISHED, states.FAILED)   # runs that ended with a verdict

@@ -14,12 +14,9 @@ import binascii
 import dataclasses
 import errno
 import hashlib
-import logging
 import os
 import shutil
 from pathlib import Path
-
-log = logging.getLogger("runq.files")
 
 CHUNK = 1024 * 1024                      # largest chunk a worker may send, decoded [1 MiB]
 MAX_CHUNK_TEXT = 4 * ((CHUNK + 2) // 3)  # the same, base64
