@@ -158,6 +158,21 @@ def test_after_a_runq_restart_the_manifest_is_checked_against_the_disk(h, tmp_pa
     assert run["state"] == "finished", run
 
 
+def test_retention_purges_a_batch_with_its_files(tmp_path):
+    harness = Harness(f"sqlite:///{tmp_path / 'runq.sqlite'}", cfg=RunqConfig(retention_days=1))
+    harness.coord = coordinator(harness, tmp_path)
+    try:
+        bid, wid, assign = one_run(harness)
+        chunk(harness, "w", wid, assign, "a.csv", b"1")
+        finished(harness, "w", wid, assign, entry("a.csv", b"1"))
+        assert (tmp_path / "files" / str(bid) / "0" / "1" / "a.csv").exists()
+        harness.tick(3 * 86400)
+        assert harness.request("BatchStatus", batch_id=bid)["code"] == 404
+        assert not (tmp_path / "files" / str(bid)).exists()
+    finally:
+        harness.store.db.close()
+
+
 def test_files_are_purged_with_their_batch(tmp_path):
     files = Files(tmp_path)
     for bid in (1, 2):

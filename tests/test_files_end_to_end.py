@@ -16,6 +16,7 @@ import yaml
 import procs
 from procs import ROOT, http, wait_until
 from runq import sweep
+from test_cli import cli_env, simx
 
 sys.path.append(str(ROOT))
 from examples.aurora import ctm  # noqa: E402
@@ -82,6 +83,10 @@ def test_an_aurora_sweep_and_the_original_request_give_params_results_and_files_
     assert batch["sweep"] == spec and batch["param"] == doc["param"]
     for index in range(8):
         check_run(stack.url, sweep_id, index, sweep.param_for(doc["param"], spec, index), tmp_path)
+
+    code, out, err = simx(cli_env(stack, tmp_path), "run", str(sweep_id), "7")   # the CLI shows the param
+    assert code == 0 and 'param: {"mode": "simulation", "duration": 3600.0, "scenario":' in out, (out, err)
+    assert '"control": true, "events": true' in out.replace("\n", " "), out
 
     original = yaml.safe_load((ROOT / "examples" / "aurora" / "batch-req.yaml").read_text())
     assert ended(stack.url, original_id)["batch"]["state"] == "done"
