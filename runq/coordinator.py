@@ -349,7 +349,10 @@ class Coordinator:
             self.send(worker.conn, protocol.message("RunqAbortRun", batch_id=key[0], batch_index=key[1],
                                                     attempt=key[2], reason="files of a stale attempt are refused"))
             return
+        definition = self.catalog.engines.get(self.batches[run.batch_id].engine) if self.catalog else None
         try:
+            if definition is not None and not definition.files:
+                raise UploadRefused(f"engine {definition.name!r} does not declare files: true")
             self.files.write(key, msg)
         except UploadRefused as exc:
             log.warning("upload of run %s from worker %d refused: %s", key, worker.id, exc)

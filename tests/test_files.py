@@ -16,7 +16,8 @@ from worker.engines.outputs import WorkDir
 from worker.session import Session
 from worker.upload import Upload, UploadError
 
-CATALOG = engines.parse({"engines": {"maker": {"kind": "command", "argv": ["/bin/true"], "files": True}}})
+CATALOG = engines.parse({"engines": {"maker": {"kind": "command", "argv": ["/bin/true"], "files": True},
+                                     "plain": {"kind": "command", "argv": ["/bin/true"]}}})
 
 
 @pytest.fixture
@@ -112,6 +113,14 @@ def test_bad_file_names_are_refused_and_fail_the_attempt(h, name, why):
     assert list(h.files_dir.rglob("*")) == [] or not any(p.is_file() for p in h.files_dir.rglob("*"))
     attempts = h.request("RunStatus", batch_id=bid, batch_index=0)["run"]["attempts"]
     assert attempts[0]["outcome"] == "failed" and "upload of the run's files failed" in attempts[0]["message"]
+
+
+def test_an_engine_that_does_not_declare_files_cannot_upload_any(h):
+    h.request("StartBatch", engine="plain", n_runs=1, param={})
+    wid = h.worker("w", engine="plain")
+    chunk(h, "w", wid, h.assigned("w")[-1], "a.csv", b"1")
+    assert "engine 'plain' does not declare files: true" in h.to("w", "RunqAbortRun")[-1]["reason"]
+    assert not any(p.is_file() for p in h.files_dir.rglob("*"))
 
 
 def test_past_the_per_run_limit_the_upload_fails_and_another_worker_retries_the_run(h):
