@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import auth
+from . import auth, engines
 from . import config as configuration
 from . import tls
 from .coordinator import Coordinator
@@ -78,6 +78,12 @@ def main(argv=None) -> int:
     except auth.SecretError as exc:
         print(f"runq: {exc}", file=sys.stderr)
         return 2
+    try:   # the engines batches may name, checked at submit: the workers' file (SIMX_ENGINES)
+        catalog = engines.load(*engines.locate(cfg.root, os.environ.get("SIMX_ENGINES")))
+    except engines.SchemaError as exc:
+        print(f"runq: {exc}", file=sys.stderr)
+        return 2
+    files_dir = configuration.resolve_var_path(cfg.runq.files_dir, cfg.root, cfg.var)
     logging.basicConfig(level=cfg.runq.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # dataset's schema checks are chatty
@@ -92,7 +98,8 @@ def main(argv=None) -> int:
     url = configuration.resolve_db_url(cfg.runq.db_url, cfg.root, cfg.var)
     protect_files(url, cfg.var)
     store = Store(url)
-    coordinator = Coordinator(store, cfg.runq, cfg.batch, now=time.time(), secrets=secrets, sched=cfg.sched)
+    coordinator = Coordinator(store, cfg.runq, cfg.batch, now=time.time(), secrets=secrets, sched=cfg.sched,
+                              catalog=catalog, files_dir=files_dir)
     try:
         server = Server(coordinator, store, [(h, cfg.runq.port) for h in cfg.runq.listen],
                         limits=cfg.runq.limits, tls=tls_context, heartbeat_interval=cfg.runq.heartbeat_interval)

@@ -15,14 +15,16 @@ import heapq
 import json
 import logging
 
-from . import protocol, states, views
+import base64
+
+from . import protocol, states, submit, sweep, views
 from .errors import BadRequest, Conflict, Forbidden, NotFound
+from .files import UploadRefused
 from .model import Batch, Run
 from .throttle import Throttle
 
 log = logging.getLogger("runq.api")
 
-MAX_RUNS = 100_000_000
 MAX_PRIORITY = 1_000_000     # batch priority: an integer within +-MAX_PRIORITY
 DEFAULT_PAGE, MAX_PAGE = 1000, 10_000
 PURGE_EVERY = 3600.0
@@ -54,7 +56,7 @@ class Api:
             "UserStatus": self.user_status, "BatchStatus": self.batch_status, "RunStatus": self.run_status,
             "WorkerList": self.worker_list, "WorkerStatus": self.worker_status, "CancelBatch": self.cancel_batch, "CancelRun": self.cancel_run,
             "DrainWorker": self.drain_worker, "Metrics": self.metrics, "BatchResults": self.batch_results,
-            "LoginThrottle": self.login_throttle,
+            "LoginThrottle": self.login_throttle, "RunFile": self.run_file,
         }
 
     def handle(self, msg: dict, now: float) -> dict:
@@ -73,6 +75,7 @@ class Api:
                 del self.coord.workers[wid]
             if n_batches:
                 self.coord.metrics.load_ended(self.store.ended_batch_totals())
+                self.coord.files.purge(lambda batch_id: self.store.batch_row(batch_id) is not None)
             if n_batches or n_workers:
                 log.info("purged %d batches and %d workers older than %s days", n_batches, n_workers, days)
 
@@ -167,6 +170,8 @@ class Api:
             more = hi < row["n_runs"]
         else:
             runs, more = self._runs_in_state(row, state, offset, limit)
+        for run in runs:
+            run["param"] = run_param(row, run["batch_index"])
         # a page ends early (next_offset) before the reply passes PAGE_BYTES: stored params and
         # results never make a reply too large to send
         page = self._fill(runs, PAGE_BYTES - json_size(batch))
@@ -239,7 +244,9 @@ class Api:
         if not 0 <= index < batch_row["n_runs"]:
             raise NotFound(f"batch {batch_row['id']} has no run {index} (it has {batch_row['n_runs']} runs)")
         row = self.store.run_row(batch_row["id"], index)
-        return self._run(row) if row else views.implicit_run(batch_row, index)
+        run = self._run(row) if row else views.implicit_run(batch_row, index)
+        run["param"] = run_param(batch_row, index)
+        return run
 
     def _run(self, row: dict) -> dict:
         return views.run(row, self._address(row["worker_id"]))
@@ -262,6 +269,29 @@ class Api:
         run["traceback"] = views.clip(stored["traceback"], MAX_RESULT_BYTES) if stored else None
         run["attempts"] = [views.attempt(a) for a in self.store.attempt_rows(row["id"], msg["batch_index"])]
         return protocol.reply(run=run)
+
+    def run_file(self, msg, now):
+        """A piece of a finished run's output file: ``file`` {name, size, sha256}, ``data`` (base64 of
+        up to files.READ_CHUNK bytes from ``offset``), ``next_offset`` (null at the end)."""
+        row = self._batch_row(msg["batch_id"], msg)
+        run = self._run_view(row, msg["batch_index"])
+        result, name, offset = run["result"], msg["name"], msg.get("offset", 0)
+        listed = result.get("files") if isinstance(result, dict) and run["state"] == states.FINISHED else None
+        entry = next((f for f in listed if isinstance(f, dict) and f.get("name") == name), None) \
+            if isinstance(listed, list) else None
+        if entry is None:
+            raise NotFound(f"run {msg['batch_index']} of batch {row['id']} has no file {name[:100]!r}"
+                           + ("" if run["state"] == states.FINISHED else f" (it is {run['state']})"))
+        if not 0 <= offset <= entry["size"]:
+            raise BadRequest(f"offset must be between 0 and the file's size {entry['size']}")
+        try:
+            data = self.coord.files.read((row["id"], msg["batch_index"], run["attempt"]), name, offset)
+        except (OSError, ValueError, UploadRefused) as exc:
+            raise NotFound(f"file {name[:100]!r} of run {msg['batch_index']} of batch {row['id']} is not "
+                           f"in runq's files directory ({exc.__class__.__name__})") from None
+        end = offset + len(data)
+        return protocol.reply(file=entry, offset=offset, data=base64.b64encode(data).decode("ascii"),
+                              next_offset=end if end < entry["size"] and data else None)
 
     def _worker_view(self, row: dict) -> dict:
         w = self.coord.workers.get(row["id"])
@@ -305,11 +335,7 @@ class Api:
                 log.info("batch request with known idempotency key %r: batch %d", key, row["id"])
                 return protocol.reply(message="batch exists (same idempotency key)", batch_id=row["id"],
                                       created=False, batch=self._batch_view(row, now))
-        n_runs = msg["n_runs"]
-        if not 1 <= n_runs <= MAX_RUNS:
-            raise BadRequest(f"n_runs must be an integer from 1 to {MAX_RUNS}")
-        if not msg["engine"]:
-            raise BadRequest("engine must not be empty")
+        n_runs, spec = submit.check(self.coord.catalog, msg)
         max_attempts = d.max_attempts if msg.get("max_attempts") is None else msg["max_attempts"]
         max_requeues = d.max_requeues if msg.get("max_requeues") is None else msg["max_requeues"]
         time_limit = msg.get("time_limit", d.time_limit)
@@ -331,7 +357,7 @@ class Api:
                       user=user, engine=msg["engine"], n_runs=n_runs, param=msg.get("param") or {},
                       max_attempts=max_attempts, max_requeues=max_requeues, time_limit=time_limit,
                       idempotency_key=key or None, start_time=now, n_waiting=n_runs, priority=priority,
-                      owner=owner)
+                      owner=owner, sweep=spec)
         c.batches[batch.id] = batch
         self.store.add_batch(batch.row())
         log.info("batch %d started: %d runs of %s (group %r, user %r, owner %r)", batch.id, n_runs, batch.engine,
@@ -428,3 +454,8 @@ class Api:
         waits = [w for w in (self.logins.retry_after(k, now) for k in keys) if w is not None]
         return protocol.reply(retry_after=max(waits) if waits else None)
 
+
+def run_param(batch_row: dict, index: int) -> dict:
+    """The param run ``index`` of a stored batch gets: the batch's, with its sweep values set."""
+    spec = batch_row.get("sweep")
+    return sweep.param_for(batch_row["param"], spec, index) if spec else batch_row["param"]

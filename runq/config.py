@@ -62,6 +62,8 @@ class RunqConfig:
     worker_secrets: tuple = ()         # WorkerSecretConf entries: more secrets, each with trait bounds
     retention_days: float = 0.0
     log_level: str = "INFO"
+    files_dir: str = "var/files"       # runs' output files (runq/files.py); may be a shared directory
+    files_max_run: int = 100 * 1024 * 1024   # bytes of output files per run
     limits: Limits = Limits()
     tls: Tls = Tls()
     tls_server_name: str = ""   # the name peers check in runq's certificate; "" = host
@@ -140,6 +142,7 @@ ENV = {
     "SIMX_WORKER_SECRET_FILE": ("runq", "worker_secret_file"),
     "SIMX_CLIENT_SECRET_FILE": ("runq", "client_secret_file"),
     "SIMX_LOG_LEVEL": ("runq", "log_level"),
+    "SIMX_FILES_DIR": ("runq", "files_dir"),
     "RUNQ_HEARTBEAT": ("runq", "heartbeat_interval"),
     "RUNQ_LEASE": ("runq", "lease"),
     "RUNQ_GRACE": ("runq", "grace"),

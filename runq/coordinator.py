@@ -20,6 +20,7 @@ from .api import MAX_RESULT_BYTES, Api, json_size
 from .config import BatchDefaults, RunqConfig, SchedConfig
 from .errors import RunqError
 from .fairshare import FairShare
+from .files import Files, UploadRefused
 from .matching import Matcher, Presence
 from .metrics import Metrics
 from .model import Batch, Run, Worker
@@ -39,8 +40,11 @@ REPORT_OUTCOME = {
 class Coordinator:
     def __init__(self, store: Store, config: RunqConfig = RunqConfig(),
                  batch_defaults: BatchDefaults = BatchDefaults(), now: float = 0.0,
-                 secrets: auth.Secrets = auth.Secrets(), sched: SchedConfig = SchedConfig()):
+                 secrets: auth.Secrets = auth.Secrets(), sched: SchedConfig = SchedConfig(), catalog=None,
+                 files_dir=None):
         self.store, self.config, self.batch_defaults = store, config, batch_defaults
+        self.catalog = catalog   # runq.engines.Catalog checked at submit; None: any engine, unchecked
+        self.files = Files(files_dir, config.files_max_run)   # runs' output files (runq/files.py)
         self.instance = store.instance()
         self.gate = auth.Gate(secrets, self.instance)   # each connection's handshake
         self.fairshare = FairShare(sched.half_life, sched.shares, now)
@@ -210,6 +214,8 @@ class Coordinator:
                 self.store.save_run(run.row())
         elif mtype == "WorkerDraining":
             self.set_draining(worker)
+        elif mtype == "WorkerFileChunk":
+            self._file_chunk(worker, msg, now)
         elif mtype in REPORT_OUTCOME:
             self._report(worker, msg, now)
 
@@ -336,13 +342,21 @@ class Coordinator:
                                                     message=None if accepted else "stale attempt"))
             self._settle_worker(worker, now)
             return
+        if mtype != "WorkerFinishedRun" and key in self.files.incoming:
+            self.files.discard(key)   # the run ended otherwise: its partial upload goes
         size = mtype == "WorkerFinishedRun" and json_size(msg["data"])
         if size > MAX_RESULT_BYTES:  # never stored: it would break every listing that shows it
+            self.files.discard(key)
             run.failures = max(run.failures, self.batches[run.batch_id].max_attempts - 1)  # no retry
             self.end_attempt(run, states.OUTCOME_FAILED, f"result of {size} bytes refused: over the "
                              f"{MAX_RESULT_BYTES}-byte limit for a stored result", now)
         elif mtype == "WorkerFinishedRun":
-            self.end_attempt(run, states.OUTCOME_FINISHED, None, now, result=msg["data"])
+            problem = self._files_problem(key, self.batches[run.batch_id].engine, msg["data"])
+            if problem is None:
+                self.end_attempt(run, states.OUTCOME_FINISHED, None, now, result=msg["data"])
+            else:
+                log.warning("run %s of worker %d: %s", key, worker.id, problem)
+                self.end_attempt(run, states.OUTCOME_FAILED, problem, now)
         elif mtype == "WorkerFailedRun":
             kind = msg.get("kind") or states.KIND_TRANSIENT
             self.end_attempt(run, states.OUTCOME_FAILED, msg["message"], now, traceback=msg.get("traceback"),
@@ -357,6 +371,40 @@ class Coordinator:
         worker.run = None
         self.send(worker.conn, protocol.message("RunqAck", accepted=True, **ack))
         self._settle_worker(worker, now)
+
+    def _file_chunk(self, worker: Worker, msg: dict, now: float) -> None:
+        """A piece of a finished run's output file, before its WorkerFinishedRun: written at once.
+        A chunk of another attempt is refused (RunqAbortRun); a chunk runq cannot take (no space,
+        over the per-run limit, bad name) fails the attempt, and the run is retried."""
+        key = protocol.run_key(msg)
+        run = self._current_run(worker, msg)
+        if run is None:
+            log.warning("worker %d sent a file of run %s, not its current attempt: refused", worker.id, key)
+            self.send(worker.conn, protocol.message("RunqAbortRun", batch_id=key[0], batch_index=key[1],
+                                                    attempt=key[2], reason="files of a stale attempt are refused"))
+            return
+        definition = self.catalog.engines.get(self.batches[run.batch_id].engine) if self.catalog else None
+        try:
+            if definition is not None and not definition.files:
+                raise UploadRefused(f"engine {definition.name!r} does not declare files: true")
+            self.files.write(key, msg)
+        except UploadRefused as exc:
+            log.warning("upload of run %s from worker %d refused: %s", key, worker.id, exc)
+            self.files.discard(key)
+            self.take_back(worker, states.OUTCOME_FAILED, f"upload of the run's files failed: {exc}", now)
+
+    def _files_problem(self, key, engine: str, data) -> str | None:
+        """Why a finished run's files do not match its manifest (``data.files``), or None.  Only for
+        engines that declare files, or when files were uploaded."""
+        definition = self.catalog.engines.get(engine) if self.catalog is not None else None
+        if not getattr(definition, "files", False) and key not in self.files.incoming:
+            return None
+        manifest = data.get("files", []) if isinstance(data, dict) else []
+        try:
+            self.files.complete(key, manifest)
+        except UploadRefused as exc:
+            return f"the run's output files: {exc}"
+        return None
 
     def _already_recorded(self, worker: Worker, msg: dict) -> bool:
         """A re-sent report whose outcome is already stored (runq died before its ack)."""
@@ -446,7 +494,7 @@ class Coordinator:
         self.store.save_worker(worker.row())
         self.send(worker.conn, protocol.message(
             "RunqAssignRun", batch_id=batch.id, batch_index=index, attempt=run.attempt, seq=worker.assign_seq,
-            engine=batch.engine, param=batch.param, time_limit=batch.time_limit))
+            engine=batch.engine, param=batch.param_of(index), time_limit=batch.time_limit))
 
     def take_back(self, worker: Worker, outcome: str, message: str, now: float, abort: bool = True) -> None:
         """End the worker's current attempt without its report (lease, grace, timeout, cancel)."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 
-from . import states
+from . import states, sweep
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -34,6 +34,7 @@ class Batch:
     n_failed: int = 0
     n_cancelled: int = 0
     end_time: float | None = None
+    sweep: dict | None = None      # {sweep: .., zip: ..} (runq/sweep.py): each run's param from its index
     requeued: list = dataclasses.field(default_factory=list)       # heap of waiting batch_index with rows
     skip_ahead: set = dataclasses.field(default_factory=set)       # never-dispatched indices cancelled alone
     active: set = dataclasses.field(default_factory=set)           # batch_index of runs held in memory
@@ -47,6 +48,10 @@ class Batch:
     def sharer(self) -> str:
         """The name fair share counts this batch's usage against: its owner, else its user."""
         return self.owner or self.user
+
+    def param_of(self, index: int) -> dict:
+        """Run ``index``'s param: the batch's, with its sweep values set (computed, never stored)."""
+        return sweep.param_for(self.param, self.sweep, index) if self.sweep else self.param
 
     def has_waiting(self) -> bool:
         """Runs that may be dispatched now (runs in retry backoff are waiting but not ready)."""
@@ -94,7 +99,8 @@ class Batch:
             "engine": self.engine, "n_runs": self.n_runs, "param": self.param,
             "max_attempts": self.max_attempts, "max_requeues": self.max_requeues,
             "time_limit": self.time_limit, "idempotency_key": self.idempotency_key,
-            "start_time": self.start_time, "priority": self.priority, "owner": self.owner, **self.counters(),
+            "start_time": self.start_time, "priority": self.priority, "owner": self.owner, "sweep": self.sweep,
+            **self.counters(),
         }
 
 

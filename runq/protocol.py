@@ -111,6 +111,8 @@ SCHEMA: dict[str, dict[str, object]] = {
     "WorkerAbortedRun": dict(worker_id=ID, **_RUN, message=OPT_STR),
     "WorkerStoppedRun": dict(worker_id=ID, **_RUN),
     "WorkerDraining": dict(worker_id=ID),
+    # one piece of a finished run's output file, sent before its WorkerFinishedRun (runq/files.py)
+    "WorkerFileChunk": dict(worker_id=ID, **_RUN, name=STR, offset=COUNT, data=STR, last=BOOL),
     # runq -> worker
     # key: only at a registration without a worker secret (with one, both ends derive it)
     "RunqAcceptWorker": dict(worker_id=ID, heartbeat_interval=SECONDS, keep_run=BOOL, key=OPT_STR),
@@ -126,11 +128,13 @@ SCHEMA: dict[str, dict[str, object]] = {
         name=STR, group=STR, user=STR, engine=STR, n_runs=N_RUNS, param=MAP,
         max_attempts=OPT_ATTEMPT, max_requeues=OPT_COUNT, time_limit=OPT_SECONDS, idempotency_key=OPT_STR,
         priority=OPT_INT,   # higher first among one owner's batches; absent/null = 0
+        sweep=OPT_MAP, zip=OPT_MAP,   # runq/sweep.py: n_runs is derived (given as well, it must equal)
     ),
     "BatchList": dict(user=OPT_STR, offset=COUNT, limit=COUNT),
     "BatchStatus": dict(batch_id=ID, offset=COUNT, limit=COUNT, state=OPT_STR),
     "BatchResults": dict(batch_id=ID, start=COUNT, limit=COUNT, state=OPT_STR),
     "RunStatus": dict(batch_id=ID, batch_index=INDEX),
+    "RunFile": dict(batch_id=ID, batch_index=INDEX, name=STR, offset=COUNT),   # a piece of an output file
     "UserStatus": dict(user=STR, offset=COUNT, limit=COUNT),
     "WorkerList": dict(offset=COUNT, limit=COUNT),
     "WorkerStatus": dict(worker_id=ID),
@@ -155,8 +159,9 @@ OPTIONAL: dict[str, frozenset[str]] = {
     "RunqAssignRun": frozenset({"time_limit"}),
     "StartBatch": frozenset({
         "name", "group", "user", "param", "max_attempts", "max_requeues", "time_limit", "idempotency_key",
-        "priority",
+        "priority", "n_runs", "sweep", "zip",
     }),
+    "RunFile": frozenset({"offset"}),
     "BatchList": frozenset({"user", "offset", "limit"}),
     "UserStatus": frozenset({"offset", "limit"}),
     "WorkerList": frozenset({"offset", "limit"}),
@@ -166,14 +171,14 @@ OPTIONAL: dict[str, frozenset[str]] = {
 # Who asks (web stream): every client request may carry the runweb user it acts for and whether
 # that user is an admin.  Absent = a holder of the client secret (fab, benches): admin.
 CLIENT_REQUESTS = ("StartBatch", "BatchList", "BatchStatus", "RunStatus", "UserStatus", "WorkerList",
-                   "WorkerStatus", "CancelBatch", "CancelRun", "DrainWorker", "BatchResults")
+                   "WorkerStatus", "CancelBatch", "CancelRun", "DrainWorker", "BatchResults", "RunFile")
 for _name in CLIENT_REQUESTS:
     SCHEMA[_name].update(actor=OPT_STR, admin=BOOL)
     OPTIONAL[_name] = OPTIONAL.get(_name, frozenset()) | {"actor", "admin"}
 # Messages a worker sends (everything else a client may send is a request).
 FROM_WORKER = frozenset({
     "WorkerReady", "WorkerReconnect", "WorkerHeartbeat", "WorkerUpdate", "WorkerFinishedRun",
-    "WorkerFailedRun", "WorkerAbortedRun", "WorkerStoppedRun", "WorkerDraining",
+    "WorkerFailedRun", "WorkerAbortedRun", "WorkerStoppedRun", "WorkerDraining", "WorkerFileChunk",
 })
 # Replies carry arbitrary data beside the envelope; the opening messages may grow optional
 # fields in later versions, which older peers ignore.

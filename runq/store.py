@@ -25,6 +25,7 @@ COLUMNS = {
         "state": "s", "next_index": "i", "n_waiting": "i", "n_running": "i", "n_finished": "i",
         "n_failed": "i", "n_cancelled": "i", "start_time": "f", "end_time": "f", "priority": "i",
         "owner": "s",  # the runweb user who submitted it; rows from before owners: their `user`
+        "sweep": "j",   # {sweep, zip} of runq/sweep.py, or NULL (no sweep; rows of older versions)
     },
     "runs": {
         "batch_id": "i", "batch_index": "i", "state": "s", "attempt": "i", "failures": "i",

@@ -39,6 +39,7 @@ def batch(row: dict, now: float, served: bool | None = None) -> dict:
         "execution_time": None if end is None else round(end - row["start_time"], 3),
         "elapsed": round((end if end is not None else now) - row["start_time"], 3),
         "served": served,
+        "sweep": row.get("sweep"),   # {sweep, zip} when the runs' params vary (runq/sweep.py), else null
     }
 
 

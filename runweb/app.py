@@ -43,6 +43,8 @@ ROUTES = (
     ("/batch/{batch_id}/cancel", "batch", "cancel", {"POST": "cancel the batch's unfinished runs"}),
     ("/batch/{batch_id}/run/{batch_index}", "run", None, {"GET": "one run with its attempts"}),
     ("/batch/{batch_id}/run/{batch_index}/cancel", "run", "cancel", {"POST": "cancel one run"}),
+    ("/batch/{batch_id}/run/{batch_index}/files/{name}", "run", "file", {
+        "GET": "one output file of a finished run (listed in its result's files), as a download"}),
     ("/user/{user}", "user", None, {"GET": "the batches owned by one user (your own, or anyone's for an admin)"
                                            + PAGED}),
     ("/worker", "workers", None, {"GET": "all workers, even long gone ones" + PAGED}),

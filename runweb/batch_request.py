@@ -193,15 +193,29 @@ def _check_json(value, root: str) -> None:
                                  "(YAML aliases are expanded)")
 
 
+def _sweep_table(label: str, value) -> dict | None:
+    """sweep: / zip: a mapping of param names (dotted for nested keys) to lists of values; runq checks
+    the rest (runq/sweep.py, the engine's schema)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{label} must be a mapping of param names to lists of values, not {describe(value)}")
+    for key, values in value.items():
+        if not isinstance(values, list):
+            raise InvalidRequest(f"{label}: {key} must be a list of values, not {describe(values)}")
+    _check_json(value, label.split("'")[1] if "'" in label else label)
+    return value
+
+
 # field -> converter, in StartBatch order.  A test checks these are protocol.SCHEMA["StartBatch"].
 FIELDS = {
     "name": _text, "group": _text, "user": _text, "engine": _engine,
     "n_runs": _int_in(1, MAX_RUNS), "param": _param,
     "max_attempts": _int_in(1, MAX_COUNT), "max_requeues": _int_in(0, MAX_COUNT),
-    "time_limit": _time_limit, "idempotency_key": _key,
+    "time_limit": _time_limit, "idempotency_key": _key, "sweep": _sweep_table, "zip": _sweep_table,
     "priority": _int_in(-MAX_PRIORITY, MAX_PRIORITY),   # higher first among one owner's batches
 }
-REQUIRED = ("engine", "n_runs")
+REQUIRED = ("engine",)   # and n_runs, unless a sweep or zip gives it
 DEFAULT_WHEN_NULL = frozenset({"max_attempts", "max_requeues", "idempotency_key", "priority"})  # null: leave it to runq
 
 
@@ -219,6 +233,8 @@ def parse(body: bytes, idempotency_header: str | None = None) -> dict:
     for field in REQUIRED:
         if field not in doc:
             raise InvalidRequest(f"field '{field}' is required")
+    if "n_runs" not in doc and doc.get("sweep") is None and doc.get("zip") is None:
+        raise InvalidRequest("field 'n_runs' is required (or a sweep or zip, from which it is derived)")
     fields = {}
     for field, convert in FIELDS.items():
         if field in doc and not (doc[field] is None and field in DEFAULT_WHEN_NULL):

@@ -7,6 +7,9 @@ the body of POST /batch/new is checked by ``runweb.batch_request``.
 """
 from __future__ import annotations
 
+import base64
+import urllib.parse
+
 import falcon
 
 from runq.client import RunqUnavailable
@@ -202,9 +205,36 @@ class Run:
     def on_post_cancel(self, req, resp, batch_id, batch_index):
         resp.media = ask(self.client, req, "CancelRun", **self._key(batch_id, batch_index))
 
+    def on_get_file(self, req, resp, batch_id, batch_index, name):
+        """One output file of a finished run, streamed in runq's pieces (RunFile, which checks that
+        the file is listed with the run's result).  Always a download, never rendered: a file a
+        program wrote must not run script on runweb's origin."""
+        key = self._key(batch_id, batch_index)
+        first = ask(self.client, req, "RunFile", **key, name=name, offset=0)   # 404 before the response starts
+        entry = first["file"]
+        resp.content_type = FILE_TYPES.get(name.rpartition(".")[2].lower(), "application/octet-stream")
+        resp.content_length = entry["size"]
+        resp.set_header("Content-Disposition", f"attachment; filename*=UTF-8''{urllib.parse.quote(name)}")
+        resp.set_header("X-Content-Type-Options", "nosniff")
+        resp.set_header("X-Checksum-Sha256", entry["sha256"])
+        resp.stream = file_pieces(lambda **fields: ask(self.client, req, "RunFile", **fields), key, name, first)
+
     @staticmethod
     def _key(batch_id: str, batch_index: str) -> dict:
         return {"batch_id": integer("batch_id", batch_id), "batch_index": integer("batch_index", batch_index)}
+
+
+FILE_TYPES = {"csv": "text/csv; charset=utf-8", "json": "application/json", "txt": "text/plain; charset=utf-8",
+              "log": "text/plain; charset=utf-8"}
+
+
+def file_pieces(ask_file, key: dict, name: str, reply: dict):
+    """The bytes of a run's file, one RunFile reply (about 512 KiB) at a time (ask_file: RunFile as the asker)."""
+    while True:
+        yield base64.b64decode(reply["data"])
+        if reply.get("next_offset") is None:
+            return
+        reply = ask_file(**key, name=name, offset=reply["next_offset"])
 
 
 class User:

@@ -167,6 +167,8 @@ def run(ctx: Context, args) -> int:
               f"{r.get('attempt')}, worker {r.get('worker_id') if r.get('worker_id') is not None else '-'}"
               f" ({render.esc(r.get('host') or '-')}), progress {100 * (r.get('progress') or 0):.0f}%")
     out.print(f"  started {render.when(r.get('started')) or '-'}, ended {render.when(r.get('ended')) or '-'}")
+    if r.get("param") is not None:
+        out.print("  param: " + json.dumps(r["param"], ensure_ascii=False), markup=False)
     for label in ("message", "error"):
         if r.get(label):
             out.print(f"  {label}: {r[label]}", markup=False)

@@ -29,7 +29,7 @@ SIMX_ENV = ("RUNQ_HOST", "RUNQ_PORT", "RUNQ_LISTEN", "SIMX_DB_URL", "SIMX_WORKER
             "RUNQ_GRACE", "SIMX_WORKER_SECRET_FILE", "SIMX_CLIENT_SECRET_FILE", "SIMX_TLS_CERT", "SIMX_TLS_KEY",
             "SIMX_TLS_CA", "RUNWEB_TLS_CERT", "RUNWEB_TLS_KEY", "RUNWEB_WORKER_CLASS", "RUNWEB_THREADS",
             "RUNWEB_IO_TIMEOUT", "RUNWEB_BEHIND_PROXY", "SIMX_ENGINES", "SIMX_KNOWN_HOSTS", "SIMX_SSH_TIMEOUT",
-            "SIMX_CACHE", "SIMX_ROOT")
+            "SIMX_CACHE", "SIMX_ROOT", "SIMX_FILES_DIR")
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback never goes via a proxy
 
 

@@ -235,7 +235,9 @@ def test_views_over_http_summary_filter_results_served_health(stack):
     assert failed["n_failed"] == 2
     status, _, text = http("GET", f"{url}/batch/2/results?state=failed")
     assert [json.loads(line)["error"] for line in text.splitlines()] == ["RuntimeError: bad"] * 2
-    http("POST", f"{url}/batch/new", {"engine": "nope", "n_runs": 3})
+    # declared (conf/engines.yaml) but no worker runs it; an undeclared engine is refused at submit
+    http("POST", f"{url}/batch/new", {"engine": "calibration", "n_runs": 3,
+                                      "param": {"arrival_rate": 500, "target_delay": 30}})
     assert http("GET", f"{url}/batch/3?runs=none", headers=JSON)[2]["batch"]["served"] is False
     assert http("POST", f"{url}/batch/3/cancel", headers=JSON)[2]["batch"]["state"] == "cancelled"
     cancelled = http("GET", f"{url}/batch/3?state=cancelled", headers=JSON)[2]

@@ -25,6 +25,7 @@ from .session import Session, Traits
 
 log = logging.getLogger("worker")
 
+UPLOAD_BUFFER = 2 * 1024 * 1024  # bytes of output file chunks queued on the link at most
 CONNECT_TIMEOUT = 10.0  # seconds from connect() to RunqAcceptWorker; a silent runq must not stall us
 
 
@@ -99,6 +100,7 @@ class WorkerLoop:
             self._drain_flag = False
             session.drain(now, "SIGUSR1")
         session.advance(now)
+        self._pump_upload()
         if self.link is None and now >= self.retry_at and not session.stopping:
             self._connect(now)
         elif self.link is not None and not session.online and now >= self.connect_deadline:
@@ -200,6 +202,13 @@ class WorkerLoop:
             link.send(msg)
         except LinkDown as exc:
             self._drop(self.clock(), str(exc))
+
+    def _pump_upload(self) -> None:
+        """Send output file chunks while fewer than UPLOAD_BUFFER bytes wait to be written: the
+        socket's pace, never a whole file in memory."""
+        while (self.link is not None and not self.link.connecting and len(self.link.out) < UPLOAD_BUFFER
+               and self.session.send_upload()):
+            pass
 
     def _watch(self) -> None:
         """Ask the selector for writability only while output is waiting."""

@@ -17,6 +17,7 @@ from runq.client import RunqRefused, check_challenge
 
 from .engines.base import Engine
 from .job import Job, run_name
+from .upload import Upload, UploadError
 
 log = logging.getLogger("worker")
 
@@ -75,6 +76,8 @@ class Session:
         self.job: Job | None = None  # the run this worker holds, until its report is acked
         self.last_job: Job | None = None  # joined at exit so an aborted engine can clean up
         self.pending: dict[tuple, tuple[str, dict]] = {}  # run key -> terminal report awaiting RunqAck
+        self.upload: Upload | None = None  # the job's output files being sent, before its finished report
+        self.upload_report: tuple[str, dict] | None = None  # that report
         self.stopping = False
         self.stop_deadline = math.inf
         self.draining = False
@@ -162,6 +165,7 @@ class Session:
         self.worker_id, self.key, self.seq = None, None, 0
         self.pending.clear()
         job = self.job
+        self._drop_upload()
         if job is not None:
             if job.report is None:
                 job.request_abort("runq's database was reset")
@@ -183,8 +187,13 @@ class Session:
         self.log.info("accepted by runq (heartbeat every %ss, keep_run %s)", msg["heartbeat_interval"], msg["keep_run"])
         job = self.job
         if job is not None and job.report is None:
-            if msg["keep_run"]:
+            if msg["keep_run"] and self.upload is not None:
+                self.log.info("sending the files of run %s again", run_name(job.key))
+                self.upload.restart()
+            elif msg["keep_run"]:
                 self.next_update = -math.inf  # progress made while away goes out at once
+            elif self.upload is not None:
+                self._abandon_upload("runq did not keep the run after a reconnect")
             else:
                 self.log.info("runq did not keep run %s; aborting it", run_name(job.key))
                 job.request_abort("runq did not keep the run after a reconnect")
@@ -234,6 +243,9 @@ class Session:
                           run_name(key), msg["reason"], run_name(job.key if job else None))
             return
         self.log.info("aborting run %s: %s", run_name(key), msg["reason"])
+        if self.upload is not None:
+            self._abandon_upload(msg["reason"])
+            return
         job.request_abort(msg["reason"])
 
     def _error(self, msg: dict) -> None:
@@ -271,12 +283,17 @@ class Session:
 
     def _collect_outcome(self) -> None:
         job = self.job
-        if job is None or job.report is not None:
+        if job is None or job.report is not None or self.upload is not None:
             return
         outcome = job.outcome()
         if outcome is None:
             return
         mtype, fields = outcome
+        if mtype == "WorkerFinishedRun" and self._start_upload(job, fields):
+            return
+        if mtype == "WorkerFinishedRun" and self.upload_report is not None:
+            mtype, fields = self.upload_report   # the upload could not start: a failure
+            self.upload_report = None
         job.report = mtype
         detail = (fields.get("message") or "").strip()
         detail = f": {detail.splitlines()[0][:200]}" if detail else ""
@@ -317,6 +334,61 @@ class Session:
         self.drain_sent_at = now
         self.send(protocol.message("WorkerDraining", worker_id=self.worker_id))
 
+    # -- output files ------------------------------------------------------------------
+
+    def _start_upload(self, job: Job, fields: dict) -> bool:
+        """Begin sending a finished run's files (engines with files: true); False when it has none."""
+        take = getattr(self.engine, "take_outputs", None)
+        workdir = take(job.key) if take is not None else None
+        if workdir is None:
+            return False
+        data = fields.get("data")
+        try:
+            self.upload = Upload(job.key, workdir, data.get("files") if isinstance(data, dict) else None)
+        except UploadError as exc:
+            workdir.remove()
+            self.upload_report = ("WorkerFailedRun", {"message": f"output files: {exc}"})
+            return False
+        self.upload_report = ("WorkerFinishedRun", fields)
+        self.log.info("run %s finished; sending its %d files", run_name(job.key), len(self.upload.entries))
+        return True
+
+    def send_upload(self) -> bool:
+        """Send the next chunk of the files being uploaded (the loop calls this while its link has
+        room); after the last, the run's finished report.  False when nothing more is to be sent."""
+        upload, job = self.upload, self.job
+        if upload is None or job is None or not self.online:
+            return False
+        try:
+            msg = upload.next_message(self.worker_id)
+        except UploadError as exc:
+            self.log.error("run %s: %s", run_name(job.key), exc)
+            self._drop_upload()
+            job.report = "WorkerFailedRun"
+            self._report(job.key, "WorkerFailedRun", {"message": f"output files: {exc}"})
+            return False
+        if msg is not None:
+            self.send(msg)
+            return True
+        mtype, fields = self.upload_report
+        self.log.info("run %s: %d bytes of files sent", run_name(job.key), upload.sent)
+        self._drop_upload()
+        job.report = mtype
+        self._report(job.key, mtype, fields)
+        return False
+
+    def _drop_upload(self) -> None:
+        if self.upload is not None:
+            self.upload.close()
+        self.upload = self.upload_report = None
+
+    def _abandon_upload(self, reason: str) -> None:
+        """runq took the run back while its files were on their way: report it aborted."""
+        job = self.job
+        self._drop_upload()
+        job.report = "WorkerAbortedRun"
+        self._report(job.key, "WorkerAbortedRun", {"message": reason})
+
     # -- stop and drain --------------------------------------------------------------
 
     def stop(self, now: float) -> None:
@@ -327,6 +399,7 @@ class Session:
         job = self.job
         if job is not None and job.report is None:
             self.log.info("stopping: giving run %s back to runq", run_name(job.key))
+            self._drop_upload()
             job.request_abort("worker stopping")
             job.report = "WorkerStoppedRun"
             self._report(job.key, "WorkerStoppedRun", {})

@@ -28,7 +28,7 @@ ANY_COMMAND_REFUSED = (
     "engine 'command' runs whatever program a batch names, so a worker offers it only when started "
     "with --allow-any-command (pool setting allow_any_command: true); declare a named engine in "
     "{source} instead")
-KEEP_OUTPUTS = 8  # work directories kept for the uploader (until the upload is wired in)
+KEEP_OUTPUTS = 8  # finished runs' work directories not yet taken by the session's upload (worker/upload.py)
 
 
 def checked(definition: EngineDef, param) -> dict:

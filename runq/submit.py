@@ -1,0 +1,54 @@
+"""What a StartBatch is checked against before runq takes it: the engines catalog and the sweep.
+
+Pure.  ``check(catalog, msg)`` returns the batch's number of runs and its sweep spec (or None), or
+raises BadRequest naming the engine or the field, so a batch that can never run is refused at
+submit (400), never three failures later.  O(number of sweep values), never O(runs).
+
+* engine: declared in the catalog (conf/engines.yaml, or SIMX_ENGINES), or a built-in.  ``command``
+  (the raw engine) and ``module:Class`` names are taken unchecked: only the worker that offers
+  them knows them (``--allow-any-command``, or a class on its path).
+* param: fits the engine's schema.  It is stored as given; defaults are filled in by the worker
+  when it checks the param again, so the stored request stays the user's own.
+* sweep/zip (runq/sweep.py): every value fits the field its key names; ``n_runs`` is derived,
+  and a given ``n_runs`` must equal it.
+"""
+from __future__ import annotations
+
+from . import engines, sweep
+from .errors import BadRequest
+
+MAX_RUNS = 100_000_000
+UNCHECKED = "command"   # the raw command engine: the program is in the param; the worker decides
+
+
+def spec_of(msg: dict) -> dict | None:
+    spec = {part: msg[part] for part in ("sweep", "zip") if msg.get(part) is not None}
+    return spec or None
+
+
+def check(catalog, msg: dict) -> tuple[int, dict | None]:
+    """(n_runs, sweep spec or None) of a StartBatch, or BadRequest naming what is wrong."""
+    name, param, spec = msg["engine"], msg.get("param") or {}, spec_of(msg)
+    if not name:
+        raise BadRequest("engine must not be empty")
+    definition = None
+    if catalog is not None and name != UNCHECKED and ":" not in name:
+        try:
+            definition = catalog.get(name)
+        except engines.UnknownEngine as exc:
+            raise BadRequest(str(exc)) from None
+    try:
+        if definition is not None:
+            n = engines.validate_sweep(definition, param, spec) if spec else None
+            if spec is None:
+                engines.validate_param(definition, param)
+        else:
+            n = sweep.validate(spec, param) if spec else None
+        n = sweep.check_n_runs(spec, msg.get("n_runs")) if spec else msg.get("n_runs")
+    except (engines.ParamError, sweep.SweepError) as exc:
+        raise BadRequest(str(exc)) from None
+    if n is None:
+        raise BadRequest("n_runs is required (or a sweep or zip, from which it is derived)")
+    if not 1 <= n <= MAX_RUNS:
+        raise BadRequest(f"n_runs must be an integer from 1 to {MAX_RUNS}, not {n}")
+    return n, spec
