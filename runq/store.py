@@ -91,6 +91,8 @@ class Store:
             conn.execute(b.update().where(sa.and_(b.c.state == "done", b.c.n_failed > 0)).values(state="failed"))
             # owners (issue 6): batches stored before owners existed are owned by their `user` field
             conn.execute(b.update().where(b.c.owner.is_(None)).values(owner=b.c.user))
+            # priority (issue 9): rows written before it (or without it) have priority 0
+            conn.execute(b.update().where(b.c.priority.is_(None)).values(priority=0))
 
     # ---- schema
     def _ensure_table(self, name: str, cols: dict) -> sa.Table:

@@ -212,8 +212,9 @@ FIELDS = {
     "name": _text, "group": _text, "user": _text, "engine": _engine,
     "n_runs": _int_in(1, MAX_RUNS), "param": _param,
     "max_attempts": _int_in(1, MAX_COUNT), "max_requeues": _int_in(0, MAX_COUNT),
-    "time_limit": _time_limit, "idempotency_key": _key, "sweep": _sweep_table, "zip": _sweep_table,
+    "time_limit": _time_limit, "idempotency_key": _key,
     "priority": _int_in(-MAX_PRIORITY, MAX_PRIORITY),   # higher first among one owner's batches
+    "sweep": _sweep_table, "zip": _sweep_table,
 }
 REQUIRED = ("engine",)   # and n_runs, unless a sweep or zip gives it
 DEFAULT_WHEN_NULL = frozenset({"max_attempts", "max_requeues", "idempotency_key", "priority"})  # null: leave it to runq

@@ -67,7 +67,9 @@ def test_the_sweep_survives_a_restart_and_requeued_runs_get_the_same_values(h):
     h.worker("w")
     first = h.assigned("w")[-1]
     h.report("w", 1, first, "WorkerFailedRun")   # retried: the same index, the same param
-    again = h.assigned("w")[-1]
+    h.tick(2)                                    # after the backoff, to the next idle worker
+    h.worker("wb")
+    again = h.assigned("wb")[-1]
     assert (again["batch_index"], again["param"]) == (0, expected(0))
     h.restart()
     h.worker("w2")
