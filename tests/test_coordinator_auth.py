@@ -121,8 +121,8 @@ def test_a_new_database_is_a_new_instance(tmp_path):
 
 def test_runaway_traits_are_refused(h):
     h.open("w")
-    out = h.send("w", "WorkerReady", **traits(cost=-1e308))
-    assert out[0][1]["type"] == "RunqError" and out[0][1]["code"] == 403 and "cost" in out[0][1]["message"]
+    with pytest.raises(protocol.ProtocolError, match="'cost' must be from -1e\\+06 to 1e\\+06"):
+        h.send("w", "WorkerReady", **traits(cost=-1e308))   # the frame check refuses it before the core
 
 
 def test_a_dropped_assignment_is_taken_back_but_one_in_flight_is_not(h):

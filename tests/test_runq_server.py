@@ -147,11 +147,14 @@ def test_workers_must_prove_the_worker_secret_when_one_is_set(tmp_path):
 
 class FakeStore:
     def __init__(self):
-        self.pending = self.committed = 0
+        self.buffered = self.committed = 0
+
+    def pending(self) -> bool:
+        return bool(self.buffered)
 
     def commit(self):
-        self.committed += self.pending
-        self.pending = 0
+        self.committed += self.buffered
+        self.buffered = 0
 
 
 class BuggyCoordinator:
@@ -169,7 +172,7 @@ class BuggyCoordinator:
     def handle(self, conn, msg, now):
         if msg["type"] == "Ping":
             return [(conn, protocol.reply())]
-        self.store.pending += 1
+        self.store.buffered += 1
         raise KeyError("a bug in the core")
 
     def disconnected(self, conn, now):
@@ -200,7 +203,7 @@ def test_an_unexpected_exception_in_the_core_ends_the_loop_without_committing():
         with pytest.raises(KeyError, match="a bug in the core"):
             for _ in range(100):
                 server.step(0.05)
-        assert store.pending == 1 and store.committed == 0, "half a turn must not be committed"
+        assert store.buffered == 1 and store.committed == 0, "half a turn must not be committed"
     finally:
         server.close()
 
@@ -236,14 +239,14 @@ def test_frame_caps_follow_the_role_even_within_one_read(tmp_path):
         stranger = Link.connect("127.0.0.1", runq.port)
         frame = protocol.encode(protocol.message("StartBatch", engine="dummy", n_runs=1, param=big))
         stranger.sock.sendall(frame[:1000])   # runq refuses from the header: the rest would meet a closed socket
-        assert "exceeds the 1048576-byte limit" in stranger.recv()["message"]
+        assert "exceeds the 1114112-byte limit" in stranger.recv()["message"]   # runq.limits.max_client_frame
         worker = Link.connect("127.0.0.1", runq.port)
         handshake(worker, "worker")
         # WorkerReady and a large report in one write: the worker cap applies from the second frame on
         worker.sock.sendall(protocol.encode(protocol.message("WorkerReady", **traits)) + protocol.encode(
             protocol.message("WorkerFinishedRun", worker_id=1, batch_id=9, batch_index=0, attempt=1, data=big)))
         assert worker.recv()["type"] == "RunqAcceptWorker"
-        worker.send(protocol.message("WorkerHeartbeat", worker_id=1))
+        worker.send(protocol.message("WorkerHeartbeat", worker_id=1, seq=0, runs=[]))
         assert RunqClient(port=runq.port).request("WorkerStatus", worker_id=1)["worker"]["connected"] is True
         wait_until(lambda: "rejected WorkerFinishedRun from worker 1 for run (9, 0)" in runq.log(), 10,
                    what="the large report to reach the core")
