@@ -63,16 +63,17 @@ def submit(stack, headers=None, **spec):
     return reply["batch_id"]
 
 
-def add_user(stack, name, password, admin=False) -> dict:
-    """A user in the stack's runweb users file (as an operator adds one); its basic-auth header,
-    once runweb takes the user (it re-reads the file within seconds)."""
-    subprocess.run([procs.PYTHON, "-m", "runweb.users", "add", *(["--admin"] if admin else []), name],
-                   input=password + "\n", env=stack.env, cwd=procs.ROOT, check=True, capture_output=True,
-                   text=True, timeout=30)
-    headers = {"Authorization": "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()}
-    procs.wait_until(lambda: procs.http("GET", stack.url + "/batch", headers=headers)[0] == 200, 10,
-                     what=f"runweb to know user {name}")
-    return headers
+@pytest.fixture
+def carol_stack(tmp_path, request):
+    """The stack, with carol (not an admin) in runweb's users file before it starts (each
+    gunicorn worker re-reads a changed file only every few seconds); carol's basic-auth
+    header is `stack.carol`."""
+    subprocess.run([procs.PYTHON, "-m", "runweb.users", "add", "carol"], input="carol's secret\n",
+                   env=procs.base_env(tmp_path, 0), cwd=procs.ROOT, check=True, capture_output=True, text=True,
+                   timeout=30)
+    stack = request.getfixturevalue("stack")
+    stack.carol = {"Authorization": "Basic " + base64.b64encode(b"carol:carol's secret").decode()}
+    return stack
 
 
 def shot(pg, name):
@@ -270,16 +271,16 @@ def test_buttons_follow_the_apis_hints_and_show_a_refusal(roles_site, page):
     assert page.is_hidden("#cancel-batch") and [c["batch_id"] for c in runq.cancels] == [2]
 
 
-def test_a_plain_user_may_cancel_their_own_running_batch_only_and_drain_nothing(stack, browser):
+def test_a_plain_user_may_cancel_their_own_running_batch_only_and_drain_nothing(carol_stack, browser):
     """A non-admin user who logs in (HTTP basic auth, answered by the browser when runweb asks):
     the API's hints hide drain on the workers page and cancel on an ended batch; the cancel
     button of their running batch cancels it; another user's batch does not exist for them.
 
     The browser talks to a second runweb on the same runq that trusts no address (as behind a
     proxy), so it must log in; the test's own requests go to the stack's loopback runweb (admin)."""
+    stack, carol = carol_stack, carol_stack.carol
     stack.worker()
     procs.wait_until(lambda: len(procs.workers_connected(stack.runq_port)) == 1, 15, what="a worker")
-    carol = add_user(stack, "carol", "carol's secret")
     ended = submit(stack, carol, name="carol-quick", n_runs=1, param={"step_count": 1, "step_delay": 0.01})
     procs.wait_until(lambda: api(stack, f"/batch/{ended}?runs=none", carol)["batch"]["end_time"], 20,
                      what="carol's quick batch to end")
