@@ -63,7 +63,28 @@ class Api:
         handler = self.handlers.get(msg["type"])
         if handler is None:
             raise BadRequest(f"{msg['type']} is not a request runq answers")
-        return handler(msg, now)
+        return self._hints(handler(msg, now), msg)
+
+    @staticmethod
+    def _hints(reply: dict, msg: dict) -> dict:
+        """What the asker may do, on each view of the reply, so a dashboard shows only the buttons
+        that would work: batches and runs `can_cancel` (their owner or an admin, until they end),
+        workers `can_drain` (admins, while connected).  runq still checks each change itself."""
+        actor, admin = who(msg)
+        batch = reply.get("batch")
+        for b in [batch, *(reply.get("batches") or ())]:
+            if isinstance(b, dict) and "state" in b:
+                b["can_cancel"] = (admin or b.get("owner") == actor) and b["state"] == states.ACTIVE
+        # a run is shown only to who may see its batch (its owner or an admin): without the
+        # batch in the reply (RunStatus), that is enough to cancel it
+        mine = admin or not isinstance(batch, dict) or batch.get("owner") == actor
+        for r in [reply.get("run"), *(reply.get("runs") or ())]:
+            if isinstance(r, dict) and "state" in r:
+                r["can_cancel"] = mine and r["state"] not in states.TERMINAL
+        for w in [reply.get("worker"), *(reply.get("workers") or ())]:
+            if isinstance(w, dict) and "connected" in w:
+                w["can_drain"] = admin and bool(w["connected"])
+        return reply
 
     def tick(self, now: float) -> None:
         days = self.coord.config.retention_days

@@ -192,34 +192,57 @@ def test_errors_are_one_line_with_the_http_status(stack, tmp_path):
     assert (proc.returncode, proc.stderr) == (2, "simx: HTTP 404: no batch 99\n")
 
 
-def test_wrong_password_is_401_in_one_line(tmp_path):
-    """runweb's real app behind a real HTTP server, trusting nobody (loopback included)."""
-    from runq import config as simx_config
-    from runweb.app import create_app
-    from runweb.auth import hash_password
-    users = tmp_path / "users.yaml"
-    users.write_text(yaml.safe_dump({"ann": hash_password("right", n=2**4)}))
-    os.chmod(users, 0o600)
-    cfg = simx_config.load(path=tmp_path / "none.yaml", env={}, root=tmp_path, runweb_trusted=(),
-                           runweb_users_file=str(users))
+def write_user(tmp, name: str, password: str, admin: bool = False) -> None:
+    """A user in runweb's users file under `tmp`, added as an operator adds one."""
+    subprocess.run([PYTHON, "-m", "runweb.users", "add", *(["--admin"] if admin else []), name],
+                   input=password + "\n", env=procs.base_env(tmp, 0), cwd=ROOT, check=True, capture_output=True,
+                   text=True, timeout=30)
 
-    class NoRunq:
-        def request(self, mtype, **fields):
-            return {"type": "Reply", "status": "ok", "code": 200, "message": "ok", "batches": [],
-                    "offset": 0, "limit": 1000, "next_offset": None}
 
-    server = wsgiref.simple_server.make_server("127.0.0.1", 0, create_app(NoRunq(), cfg),
-                                               handler_class=_QuietHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        env = cli_env(f"http://127.0.0.1:{server.server_port}", tmp_path, SIMX_USER="ann", SIMX_PASSWORD="wrong")
-        code, _, err = simx(env, "ls", "--all")
-        assert code == 2 and err.startswith("simx: HTTP 401: wrong user name or password") and err.count("\n") == 1
-        code, out, _ = simx(dict(env, SIMX_PASSWORD="right"), "ls", "--all")
-        assert (code, out.strip()) == (0, "no batches")
-    finally:
-        server.shutdown()
-        server.server_close()
+@pytest.fixture
+def users_stack(tmp_path, request):
+    """The stack, with ann (a user) and root (an admin) in runweb's users file before it starts:
+    each gunicorn worker re-reads a changed file only every few seconds, so users added later
+    would be known to one worker before the other."""
+    write_user(tmp_path, "ann", "right")
+    write_user(tmp_path, "root", "admin-pw", admin=True)
+    return request.getfixturevalue("stack")
+
+
+def test_a_user_logs_in_sees_their_batches_and_a_wrong_password_is_one_401_line(users_stack, tmp_path):
+    """The real stack: runweb checks the credentials a client sends, from loopback too."""
+    stack = users_stack
+    ann = cli_env(stack, tmp_path, SIMX_USER="ann", SIMX_PASSWORD="right")
+    wrong = dict(ann, SIMX_PASSWORD="wrong")
+    code, out, err = simx(wrong, "ls")
+    assert (code, out) == (2, "") and err.startswith("simx: HTTP 401: wrong user name or password") \
+        and err.count("\n") == 1, err
+    proc = simx_process(wrong, "ls")   # the console entry point: the same line, status 2
+    assert proc.returncode == 2 and proc.stderr.startswith("simx: HTTP 401: ") and proc.stderr.count("\n") == 1
+
+    code, out, _ = simx(ann, "ls")
+    assert (code, out.strip()) == (0, "no batches of user ann (--all for everyone's)")
+    request = "engine: dummy\nn_runs: 1\nparam: {step_count: 1, step_delay: 0.01}\n"
+    assert simx(ann, "submit", "-", "--set", "name=anns", stdin=request)[0] == 0          # batch 1, ann's
+    loopback = cli_env(stack, tmp_path)                                               # no credentials: admin
+    assert simx(loopback, "submit", "-", "--set", "name=bobs", "--set", "user=bob", stdin=request)[0] == 0
+    code, out, _ = simx(ann, "--json", "ls")
+    assert code == 0 and [(b["id"], b["owner"]) for b in json.loads(out)] == [(1, "ann")]
+    code, out, _ = simx(ann, "--json", "ls", "--all")   # a plain user's "all" is still their own
+    assert [b["id"] for b in json.loads(out)] == [1]
+    root = cli_env(stack, tmp_path, SIMX_USER="root", SIMX_PASSWORD="admin-pw")
+    code, out, err = simx(root, "ls")
+    assert (code, out.strip()) == (0, "no batches of user root (--all for everyone's)"), err
+    code, out, _ = simx(root, "--json", "ls", "--all")   # an admin's: everyone's
+    assert sorted(b["id"] for b in json.loads(out)) == [1, 2]
+
+    # another user's batch does not exist for ann; drain is for admins
+    code, out, err = simx(ann, "results", "2")
+    assert (code, out, err) == (2, "", "simx: HTTP 404: no batch 2\n")
+    code, out, err = simx(ann, "cancel", "2")
+    assert (code, out, err) == (2, "", "simx: HTTP 404: no batch 2\n")
+    code, _, err = simx(ann, "drain", "1")
+    assert code == 2 and err.startswith("simx: HTTP 403: only an admin may drain workers") and err.count("\n") == 1
 
 
 def make_ca_and_cert(tmp):

@@ -3,9 +3,11 @@
 
 Needs /usr/bin/chromium (`make deps-deb` installs it) and the playwright wheel (the test extra);
 it needs no `playwright install`, since the system browser is used."""
+import base64
 import http.server
 import json
 import os
+import subprocess
 import threading
 from pathlib import Path
 
@@ -49,16 +51,29 @@ def page(browser):
         context.close()
 
 
-def api(stack, path):
-    status, _, data = procs.http("GET", stack.url + path, headers=JSON)
+def api(stack, path, headers=None):
+    status, _, data = procs.http("GET", stack.url + path, headers={**JSON, **(headers or {})})
     assert status == 200, data
     return data
 
 
-def submit(stack, **spec):
-    status, _, reply = procs.http("POST", f"{stack.url}/batch/new", {"engine": "dummy", **spec})
+def submit(stack, headers=None, **spec):
+    status, _, reply = procs.http("POST", f"{stack.url}/batch/new", {"engine": "dummy", **spec}, headers=headers)
     assert status == 201, reply
     return reply["batch_id"]
+
+
+@pytest.fixture
+def carol_stack(tmp_path, request):
+    """The stack, with carol (not an admin) in runweb's users file before it starts (each
+    gunicorn worker re-reads a changed file only every few seconds); carol's basic-auth
+    header is `stack.carol`."""
+    subprocess.run([procs.PYTHON, "-m", "runweb.users", "add", "carol"], input="carol's secret\n",
+                   env=procs.base_env(tmp_path, 0), cwd=procs.ROOT, check=True, capture_output=True, text=True,
+                   timeout=30)
+    stack = request.getfixturevalue("stack")
+    stack.carol = {"Authorization": "Basic " + base64.b64encode(b"carol:carol's secret").decode()}
+    return stack
 
 
 def shot(pg, name):
@@ -253,4 +268,63 @@ def test_buttons_follow_the_apis_hints_and_show_a_refusal(roles_site, page):
     page.click("#cancel-batch")
     page.locator("#flash").wait_for(state="visible")
     assert "refused" in page.text_content("#flash") and "belongs to bob" in page.text_content("#flash")
-    assert page.is_hidden("#cancel-batch") and runq.cancels == [{"batch_id": 2}]
+    assert page.is_hidden("#cancel-batch") and [c["batch_id"] for c in runq.cancels] == [2]
+
+
+def test_a_plain_user_may_cancel_their_own_running_batch_only_and_drain_nothing(carol_stack, browser):
+    """A non-admin user who logs in (HTTP basic auth, answered by the browser when runweb asks):
+    the API's hints hide drain on the workers page and cancel on an ended batch; the cancel
+    button of their running batch cancels it; another user's batch does not exist for them.
+
+    The browser talks to a second runweb on the same runq that trusts no address (as behind a
+    proxy), so it must log in; the test's own requests go to the stack's loopback runweb (admin)."""
+    stack, carol = carol_stack, carol_stack.carol
+    stack.worker()
+    procs.wait_until(lambda: len(procs.workers_connected(stack.runq_port)) == 1, 15, what="a worker")
+    ended = submit(stack, carol, name="carol-quick", n_runs=1, param={"step_count": 1, "step_delay": 0.01})
+    procs.wait_until(lambda: api(stack, f"/batch/{ended}?runs=none", carol)["batch"]["end_time"], 20,
+                     what="carol's quick batch to end")
+    running = submit(stack, carol, name="carol-slow", n_runs=2, param={"step_count": 100, "step_delay": 0.2})
+    bobs = submit(stack, name="bob's", user="bob", n_runs=1, param={"step_count": 100, "step_delay": 0.2})
+    # what the API says she may do; an admin (loopback, no credentials) may drain
+    assert api(stack, f"/batch/{ended}?runs=none", carol)["batch"]["can_cancel"] is False
+    assert api(stack, f"/batch/{running}?runs=none", carol)["batch"]["can_cancel"] is True
+    assert [w["can_drain"] for w in api(stack, "/worker", carol)["workers"]] == [False]
+    assert [w["can_drain"] for w in api(stack, "/worker")["workers"]] == [True]
+    assert procs.http("GET", f"{stack.url}/batch/{bobs}", headers={**JSON, **carol})[0] == 404
+
+    port = procs.free_port()
+    web = procs.start_runweb(stack.tmp, stack.runq_port, port=port, healthy=False,
+                             env={**stack.env, "RUNWEB_PORT": str(port), "RUNWEB_BEHIND_PROXY": "true"})
+    url = web.url
+    assert procs.http("GET", url + "/worker", headers=JSON)[0] == 401   # this runweb trusts nobody
+    context = browser.new_context(viewport={"width": 1200, "height": 760},
+                                  http_credentials={"username": "carol", "password": "carol's secret"})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    page.on("dialog", lambda d: d.accept())
+    try:
+        page.goto(url + "/worker")   # a connected worker, and no drain button for her
+        page.wait_for_function("() => document.querySelectorAll('#workers tbody tr').length === 1")
+        assert page.locator("#workers button").count() == 0
+        shot(page, "user-workers")
+
+        page.goto(f"{url}/batch/{ended}")   # her ended batch: nothing left to cancel
+        page.wait_for_function("() => document.querySelector('#facts').textContent.includes('done')")
+        assert page.is_hidden("#cancel-batch") and page.locator("#runs button").count() == 0
+        shot(page, "user-batch-ended")
+
+        page.goto(url + "/")   # her batches only: bob's is not listed
+        page.locator(f"#batches tbody tr[data-batch='{running}']").wait_for()
+        assert page.locator(f"#batches tbody tr[data-batch='{bobs}']").count() == 0
+
+        page.goto(f"{url}/batch/{running}")   # her running batch: the button cancels it
+        page.locator("#cancel-batch").wait_for(state="visible")
+        page.click("#cancel-batch")
+        procs.wait_until(lambda: api(stack, f"/batch/{running}?runs=none")["batch"]["state"] == "cancelled", 10,
+                         what="carol's batch to be cancelled")
+        page.locator("#cancel-batch").wait_for(state="hidden")
+        assert api(stack, f"/batch/{bobs}?runs=none")["batch"]["state"] == "active"
+    finally:
+        context.close()
+        web.stop()

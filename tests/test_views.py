@@ -137,6 +137,32 @@ def test_served_follows_connected_non_draining_workers_and_ping_lists_engines(h)
     assert h.request("Ping")["runq"]["engines"] == {}
 
 
+def test_views_say_who_may_cancel_and_drain(h):
+    """can_cancel: the batch's owner or an admin, until the batch (run) ends; can_drain: admins,
+    connected workers.  The same views through every request that shows them."""
+    ann, bob, admin = {"actor": "ann", "admin": False}, {"actor": "bob", "admin": True}, {}
+    mine = start(h, 2, actor="ann", admin=False)
+    wid = h.worker("w")                                        # takes run 0 of ann's batch
+    status = h.request("BatchStatus", batch_id=mine, **ann)
+    assert status["batch"]["can_cancel"] is True and [r["can_cancel"] for r in status["runs"]] == [True, True]
+    assert h.request("BatchStatus", batch_id=mine, **bob)["batch"]["can_cancel"] is True   # an admin
+    assert h.request("BatchList", **ann)["batches"][0]["can_cancel"] is True
+    assert h.request("UserStatus", user="ann", **admin)["batches"][0]["can_cancel"] is True
+    assert h.request("RunStatus", batch_id=mine, batch_index=0, **ann)["run"]["can_cancel"] is True
+    assert [w["can_drain"] for w in h.request("WorkerList", **ann)["workers"]] == [False]
+    assert h.request("WorkerStatus", worker_id=wid, **ann)["worker"]["can_drain"] is False
+    assert h.request("WorkerStatus", worker_id=wid, **bob)["worker"]["can_drain"] is True
+    assert h.request("WorkerStatus", worker_id=wid, **admin)["worker"]["can_drain"] is True
+
+    reply = h.request("CancelRun", batch_id=mine, batch_index=1, **ann)   # the run ended: no more
+    assert reply["run"]["can_cancel"] is False and reply["batch"]["can_cancel"] is True
+    h.request("CancelBatch", batch_id=mine, **ann)
+    status = h.request("BatchStatus", batch_id=mine, **ann)
+    assert status["batch"]["can_cancel"] is False and not any(r["can_cancel"] for r in status["runs"])
+    h._run(h.coord.disconnected("w", h.now))
+    assert h.request("WorkerStatus", worker_id=wid, **admin)["worker"]["can_drain"] is False
+
+
 def test_batch_ends_failed_when_a_run_failed_and_cancelled_above_all(h):
     wid = h.worker("w")
     b1 = start(h, 2, max_attempts=1)

@@ -180,7 +180,8 @@
     for (const a of document.querySelectorAll("#filter a")) a.classList.toggle("on", a.dataset.state === state);
     const data = await getJSON(apiURL({ state: state }));
     const b = data.batch || {};
-    facts([["name", b.name], ["user", b.user], ["group", b.group], ["engine", b.engine], ["state", stateBadge(b.state)],
+    facts([["name", b.name], ["owner", b.owner], ["user", b.user], ["group", b.group], ["engine", b.engine],
+      ["priority", b.priority], ["state", stateBadge(b.state)],
       ["runs", b.n_runs], ["runs/s", rate(b)], ["started", b.start_time], ["elapsed", duration(b.elapsed)],
       ["ended", b.end_time], ["served", b.served === undefined ? undefined : (b.served ? "yes" : "no: no connected worker matches")]]);
     const p = $("#progress");
