@@ -74,7 +74,8 @@ def live(tmp_path_factory):
             # batches 1 (ended: results to stream, runs with attempts) and 2 (waiting: no worker serves it)
             for spec in ({"engine": "dummy", "n_runs": 3, "max_attempts": 1,
                           "param": {"step_count": 1, "step_delay": 0.01, "fail": "boom", "fail_attempts": 1}},
-                         {"engine": "nobody-serves-this", "n_runs": 5}):
+                         {"engine": "calibration", "n_runs": 5,   # declared, but no worker serves it here
+                              "param": {"arrival_rate": 500, "target_delay": 20}}):
                 assert procs.http("POST", f"{web.url}/batch/new", spec)[0] == 201
             procs.wait_until(lambda: procs.http("GET", f"{web.url}/batch/1?runs=none",
                                                 headers={"Accept": "application/json"})[2]["batch"]["end_time"],
