@@ -19,7 +19,7 @@ import pytest
 
 from ops.control import Supervisor
 from ops.paths import Paths
-from procs import ROOT, base_env, free_port, http, wait_until, workers_connected
+from procs import ROOT, base_env, free_port, http, make_secrets, wait_until, workers_connected
 from sshhosts import NetnsLab, SshHost, keygen
 
 FAB = [sys.executable, "-m", "fabric"]
@@ -41,8 +41,10 @@ def fleet():
         hosts_file = tmp / "hosts.yaml"
         hosts_file.write_text("server: local\nssh: {connect_timeout: 5}\ninstances:\n  local: {pools: []}\n"
                               + "".join(h.instance_yaml(lab.gateway, pools) for h in hosts))
+        # runq listens beyond loopback, so it needs both secrets (protected mode); fab copies the
+        # worker secret to each host, and the hosts' workers authenticate with it
         env = base_env(tmp, runq_port, RUNWEB_PORT=runweb_port, RUNQ_LISTEN=f"127.0.0.1,{lab.gateway}",
-                       SIMX_HOSTS=hosts_file, SIMX_KNOWN_HOSTS=tmp / "known_hosts")
+                       SIMX_HOSTS=hosts_file, SIMX_KNOWN_HOSTS=tmp / "known_hosts", **make_secrets(tmp))
 
         def fab(*args, timeout=600):
             return subprocess.run(FAB + list(args), cwd=ROOT, env=env, capture_output=True, text=True,
@@ -69,8 +71,8 @@ def test_fab_all_deploys_three_hosts_a_batch_spreads_over_them_and_all_stop_stop
     out = ok(fleet.fab("all"))
     for h in fleet.hosts:
         assert f"== {h.name}" in out, out
-    wait_until(lambda: len(workers_connected(fleet.runq_port)) == 6, 60, what="6 workers from 3 hosts")
-    assert {w["ipaddr"] for w in workers_connected(fleet.runq_port)} == set(fleet.lab.addresses)
+    wait_until(lambda: len(workers_connected(fleet.runq_port, fleet.env)) == 6, 60, what="6 workers from 3 hosts")
+    assert {w["ipaddr"] for w in workers_connected(fleet.runq_port, fleet.env)} == set(fleet.lab.addresses)
     for h in fleet.hosts:  # each host's supervisord and workers run inside its own namespace
         pid = Supervisor(Paths(h.dir / "var")).processes()["worker-dummy:worker-dummy_00"]["pid"]
         ns = subprocess.run(["ip", "netns", "identify", str(pid)], capture_output=True, text=True).stdout.strip()
