@@ -28,12 +28,13 @@ from hypothesis import strategies as st
 from procs import start_runq, start_worker, wait_until
 from runq import protocol
 from runq.client import Link, RunqClient, RunqUnavailable, handshake
+from runq.config import Limits
 
 EXAMPLES, FRAMES_PER_EXAMPLE = 1010, 10     # > 10,000 frames
 ANSWER_TIMEOUT = 5.0
 MiB = 1024 * 1024
 PING = protocol.encode(protocol.message("Ping"))
-CLIENT_CAP = MiB
+CLIENT_CAP = Limits().max_client_frame   # runq's default cap on frames from clients and strangers
 
 # ---- values
 
