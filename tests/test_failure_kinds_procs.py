@@ -17,12 +17,17 @@ GOOD = {"engines": {"probe": dict(ENGINE, argv=["{python}", "-c", "import sys; p
                                                 "{param.x}"])}}
 
 
+# what runq knows at submit (batches for undeclared engines are refused): the engines the tests use
+DECLARED = {"engines": {"probe": GOOD["engines"]["probe"], "kinds": {"kind": "python", "class": "kinds_engine:Kinds"}}}
+
+
 def start_runq_with_conf(tmp, conf: dict) -> procs.Proc:
     path = tmp / "simx.yaml"
     path.write_text(yaml.safe_dump(conf))
+    (tmp / "engines.yaml").write_text(yaml.safe_dump(DECLARED))
     port = procs.free_port()
-    proc = procs.Proc("runq", [procs.PYTHON, "-m", "runq", "--conf", str(path)], procs.base_env(tmp, port),
-                      tmp / "runq.log")
+    env = procs.base_env(tmp, port, SIMX_ENGINES=str(tmp / "engines.yaml"), PYTHONPATH=str(procs.ROOT / "tests"))
+    proc = procs.Proc("runq", [procs.PYTHON, "-m", "runq", "--conf", str(path)], env, tmp / "runq.log")
     proc.port = port
     try:
         procs.wait_until(lambda: proc.alive() and procs.ping(port)["status"] == "ok", 15, what="runq up")
