@@ -10,16 +10,10 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from .config import ConfigError, RunqConfig
+from .config import ConfigError, RunqConfig, resolve_var_path
 
 
-def resolve(path: str, root: Path, var: Path | None = None) -> Path:
-    p = Path(path)
-    if p.is_absolute():
-        return p
-    if var is not None and p.parts and p.parts[0] == "var":
-        return var / Path(*p.parts[1:])
-    return root / p
+resolve = resolve_var_path   # a configured file: absolute as is, a leading var/ in the run-time dir, else under root
 
 
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:
