@@ -49,7 +49,7 @@ def worker_cmds(peer: str, n: int, port: int) -> list[list[str]]:
                  "--without-mingle", "--without-heartbeat", "-l", "WARNING"]]
     if peer == "rq":
         return [[b("rq"), "worker", "-w", "rq.worker.SimpleWorker", "--url", f"redis://127.0.0.1:{port}/0",
-                 "-l", "WARNING", "bench"] for _ in range(n)]
+                 "--logging_level", "WARNING", "bench"] for _ in range(n)]
     raise ValueError(peer)
 
 
