@@ -132,8 +132,14 @@ def page(args):
             t = time.perf_counter()
             s.http().request("GET", f"/batch/{bid}?limit=1000")
             web.append((time.perf_counter() - t) * 1000)
+        yml = []
+        for _ in range(3):
+            t = time.perf_counter()
+            s.http().conn.request("GET", f"/batch/{bid}?limit=1000")   # no Accept: YAML, as curl gets it
+            s.http().conn.getresponse().read()
+            yml.append((time.perf_counter() - t) * 1000)
         print(f"page: one 1,000-run page alone, median of 20: at runq's socket {median(sock):.1f} ms, through "
-              f"runweb as JSON {median(web):.1f} ms", flush=True)
+              f"runweb as JSON {median(web):.1f} ms; as YAML (median of 3) {median(yml):.0f} ms", flush=True)
         gworker = report.children_of(s.runweb.pid)[0]
         spies = [spy(s.runq.pid, f"{s.tmp}/runq.raw"), spy(gworker, f"{s.tmp}/web.raw")]
         time.sleep(1.0)
