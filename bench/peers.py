@@ -84,9 +84,9 @@ def run_peer(peer: str, n: int, red: Redis, tmp: str, args) -> dict:
         sys.path.insert(0, str(APPS))
     import counter
     counter.PORT, counter._r = red.port, None
-    mod = importlib.import_module(f"{peer}_app")
-    if peer == "rq":
-        mod.queue = None
+    name = f"{peer}_app"
+    # the apps bind their broker's port when imported: a second redis-server needs them afresh
+    mod = importlib.reload(sys.modules[name]) if name in sys.modules else importlib.import_module(name)
     env = dict(os.environ, BENCH_REDIS_PORT=str(red.port), PYTHONPATH=str(APPS), PYTHONUNBUFFERED="1")
     log = open(f"{tmp}/{peer}-{n}.log", "ab")
     procs = [subprocess.Popen(c, cwd=APPS, env=env, stdout=log, stderr=log, start_new_session=True)

@@ -23,8 +23,14 @@ def main() -> int:
     connect = dataset.connect
 
     def connect_with(url, **kw):
-        kw["on_connect_statements"] = [s.replace("synchronous=NORMAL", f"synchronous={level}")
-                                       for s in kw.get("on_connect_statements") or []]
+        before = list(kw.get("on_connect_statements") or [])
+        after = [s.replace("synchronous=NORMAL", f"synchronous={level}") for s in before]
+        if url.startswith("sqlite") and after == before:
+            # runq no longer sets the pragma this way: measuring "FULL" would silently measure NORMAL
+            print("runq_full: runq's Store no longer passes 'PRAGMA synchronous=NORMAL' to dataset.connect; "
+                  "use runq's own synchronous setting instead of bench/runq_full.py", file=sys.stderr)
+            sys.exit(2)
+        kw["on_connect_statements"] = after
         return connect(url, **kw)
 
     dataset.connect = connect_with
