@@ -88,9 +88,35 @@ def summarize(path: str, title: str, cpu_share: float, top: int) -> None:
     sys.stdout.flush()
 
 
+def cprofiled_worker(s: Stack) -> tuple[subprocess.Popen, str]:
+    """One more worker, under cProfile (deterministic, so it sees every call; slower than real)."""
+    out = f"{s.tmp}/worker.pstats"
+    proc = s.spawn([sys.executable, "-m", "cProfile", "-o", out, "-m", "worker", "--engine", "dummy",
+                    "--port", str(s.port)], "workers")
+    return proc, out
+
+
+def summarize_pstats(path: str, runs: int, top: int) -> None:
+    import pstats
+    st = pstats.Stats(path)
+    # cProfile times the main thread's wall clock: leave out where it blocks (epoll, lock waits, sleep)
+    waits = ("poll' of 'select.epoll", "acquire' of '_thread.lock", "time.sleep", "'select' of")
+    items = sorted(((k, v) for k, v in st.stats.items() if not any(w in k[2] for w in waits)),
+                   key=lambda kv: kv[1][2], reverse=True)   # by tottime
+    total = sum(v[2] for _, v in items)
+    print(f"  one worker under cProfile (main thread, waits left out, start-up included): {runs} runs, "
+          f"{total / max(runs, 1) * 1e6:.0f} µs per run (cProfile inflates; shares are what count)")
+    for (file, line, func), (cc, nc, tt, ct, _) in items[:top]:
+        where = file.split("site-packages/")[-1].split("lib/python3.11/")[-1].replace(str(report.ROOT) + "/", "")
+        print(f"    {tt * 100 / total:5.1f}%  {tt / max(runs, 1) * 1e6:6.1f} µs/run  {nc:>7} calls  {func} ({where}:{line})")
+    sys.stdout.flush()
+
+
 def dispatch(args):
     from p1_throughput import stack_up
-    s = stack_up(Options(), 16)
+    s = stack_up(Options(), 15)
+    prof, prof_out = cprofiled_worker(s)
+    s.wait_connected(16)
     try:
         runq, worker = s.runq.pid, s.workers[0].pid
         wpids = [w.pid for w in s.workers]
@@ -109,8 +135,25 @@ def dispatch(args):
               f"all 16 workers {(c1[2] - c0[2]) / args.runs * 1e6:.0f} µs", flush=True)
         summarize(f"{s.tmp}/runq.raw", "runq", (c1[0] - c0[0]) / wall, args.top)
         summarize(f"{s.tmp}/worker.raw", "one worker", (c1[1] - c0[1]) / wall, args.top)
+        prof.terminate()
+        prof.wait(30)
+        n = _runs_of(s, prof.pid, bid)
+        summarize_pstats(prof_out, n, args.top)
     finally:
+        if prof.poll() is None:
+            prof.kill()
         s.close()
+
+
+def _runs_of(s: Stack, pid: int, bid: int) -> int:
+    """How many runs of batch bid the worker with this pid finished (read from the database)."""
+    import sqlite3
+    db = sqlite3.connect(f"file:{s.tmp}/runq.sqlite?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT COUNT(*) FROM attempts a JOIN workers w ON a.worker_id = w.id "
+                          "WHERE w.pid = ? AND a.batch_id = ?", (pid, bid)).fetchone()[0]
+    finally:
+        db.close()
 
 
 def page(args):
