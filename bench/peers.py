@@ -5,7 +5,7 @@ without persistence and once with AOF (appendfsync everysec), since simx's state
 For each peer and worker count (--counts; 16, and the best of the others):
     rate     --runs no-op tasks enqueued with the peer's fastest bulk API, from the first enqueue
              to the last completion (each task INCRs a Redis counter, polled every 5 ms),
-             median of --repeat, after a warm-up
+             median of --repeat (fewer for a slow peer: --budget), after a warm-up
     latency  enqueue to task start with idle workers (the task's start time minus the send
              time, one monotonic clock), p50 and p99 of --samples
     CPU      of the worker processes per task (from /proc), and of redis-server
@@ -112,7 +112,9 @@ def run_peer(peer: str, n: int, red: Redis, tmp: str, args) -> dict:
         up = time.perf_counter() - t_up
         pids = [q for p in procs for q in descendants(p.pid)]
         rates, cpus = [], []
-        for _ in range(args.repeat):
+        t_rounds = time.perf_counter()
+        # a slow peer (RQ, celery at ~300/s) gets fewer rounds: at most --budget seconds of repeats
+        while len(rates) < args.repeat and (not rates or time.perf_counter() - t_rounds < args.budget):
             c0, rc0 = report.cpu_of(pids), report.cpu_seconds(red.proc.pid)
             rates.append(batch(args.runs))
             cpus.append(((report.cpu_of(pids) - c0) / args.runs * 1e6,
@@ -231,6 +233,8 @@ def parser():
     p.add_argument("--counts", default="4,16")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--samples", type=int, default=100)
+    p.add_argument("--budget", type=float, default=30,
+                   help="no further repeat of a peer's rate once its rounds took this many seconds")
     p.add_argument("--peers", default="huey,dramatiq,celery,rq")
     p.add_argument("--redis", default="none,aof", help="redis persistence modes: none, aof (appendfsync everysec)")
     p.add_argument("--rows")
