@@ -17,6 +17,7 @@ import sys
 import time
 
 import common  # noqa: F401
+import profiles as profile
 import report
 from fleet import Fleet
 from p5_latency import wait_assignment
@@ -41,9 +42,17 @@ def run(args) -> list[Row]:
                   f"errors: {fleet.errors[:3] or 'none'}", flush=True)
             time.sleep(min(args.heartbeat, 10))   # let the registration burst settle into heartbeats
             rss = report.rss_mb(s.runq.pid)
+            spying = None
+            if args.profile and profile.PYSPY:
+                spying = profile.spy(s.runq.pid, f"{s.tmp}/runq-idle.raw")   # --nonblocking: runq is not paused
+                time.sleep(0.5)
             c0, g0, w0 = report.cpu_seconds(s.runq.pid), report.cpu_of(fleet.pids), time.monotonic()
             time.sleep(args.window)
             c1, g1, w1 = report.cpu_seconds(s.runq.pid), report.cpu_of(fleet.pids), time.monotonic()
+            if spying:
+                profile.stop_spy(spying)
+                profile.summarize(f"{s.tmp}/runq-idle.raw", "runq with an idle fleet (py-spy)",
+                                  (c1 - c0) / (w1 - w0), 8)
             share = (c1 - c0) / (w1 - w0)
             gen = (g1 - g0) / (w1 - w0)
             lat = []
@@ -80,6 +89,8 @@ def parser():
     p.add_argument("--window", type=float, default=30)
     p.add_argument("--heartbeat", type=float, default=10)
     p.add_argument("--samples", type=int, default=50)
+    p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
+                   help="sample runq with py-spy during the idle window (default on when py-spy is there)")
     p.add_argument("--rows")
     return p
 

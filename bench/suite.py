@@ -36,7 +36,7 @@ STEPS = [
     ("p9", "p9_memory.py", [], ["--runs", "200000", "--every", "20000"]),
     ("ceiling", "throughput.py", ["--runs", "10000", "--repeat", "2", "--only", "runq/driver,probe/driver"],
      ["--runs", "3000", "--repeat", "1", "--only", "runq/driver,probe/driver"]),
-    ("profile", "profile.py", [], ["--runs", "10000", "--seconds", "5"]),
+    ("profile", "profiles.py", [], ["--runs", "10000", "--seconds", "5"]),
 ]
 
 

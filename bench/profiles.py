@@ -8,7 +8,7 @@ For each process: its CPU share while sampled, the functions with most samples o
 the stack (self) and the functions most often anywhere on it (inclusive), as % of its
 non-idle samples.  py-spy comes with the bench extra; without it this prints why and stops.
 
-    .venv/bin/python bench/profile.py [--runs 30000] [--seconds 10] [--top 12] [--only dispatch,page]
+    .venv/bin/python bench/profiles.py [--runs 30000] [--seconds 10] [--top 12] [--only dispatch,page]
 """
 from __future__ import annotations
 
@@ -205,7 +205,7 @@ def main(argv=None) -> int:
     p.add_argument("--top", type=int, default=12)
     p.add_argument("--only", default="dispatch,page")
     args = p.parse_args(argv)
-    report.print_header("profile")
+    report.print_header("profiles")
     if not PYSPY:
         print("profile: py-spy not found (it comes with the bench extra: pip install -e '.[bench]')")
         print("HEADLINE: profile skipped (no py-spy)")
