@@ -39,11 +39,15 @@ def one_round(s: Stack, runs: int) -> dict:
 
 def stack_up(options: Options, workers: int) -> Stack:
     s = Stack(options)
-    s.start_runq()
-    s.start_runweb()
-    s.start_workers(workers)
-    s.wait_connected(workers)
-    one_round(s, 500)   # warm-up: imports, first connections, page cache
+    try:
+        s.start_runq()
+        s.start_runweb()
+        s.start_workers(workers)
+        s.wait_connected(workers)
+        one_round(s, 500)   # warm-up: imports, first connections, page cache
+    except BaseException:
+        s.close()
+        raise
     return s
 
 
