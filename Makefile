@@ -11,9 +11,12 @@ STAMP  := $(VENV)/.installed
 # chromium (the dashboard tests drive it through Playwright), curl (HTTPS to runweb in tests/test_tls.py),
 # openssh-server + iproute2 (remote ops tests: private sshd hosts, network namespaces).
 DEBS   := procps postgresql chromium curl openssh-server iproute2
+# Debian packages the benchmarks need: wrk (P6), redis-server (the peers' broker), openssl (TLS runs).
+BENCH_DEBS := wrk redis-server openssl procps
+BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_ARGS ?=
 
-.PHONY: all demo test bench chaos deps-deb clean $(VENV)
+.PHONY: all demo test bench bench-peers bench-deps chaos deps-deb clean $(VENV)
 
 all: test
 
@@ -31,9 +34,23 @@ demo: $(STAMP)
 test: deps-deb $(STAMP)
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
-	$(BIN)/python bench/throughput.py $(BENCH_ARGS)
-	$(BIN)/python bench/submit.py
+# The benchmark extra (peers, py-spy) and Debian tools; never runtime dependencies.
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench-deps: $(BENCH_STAMP)
+	@$(MAKE) --no-print-directory deps-deb DEBS="$(BENCH_DEBS)"
+
+# Every simx benchmark (targets P1-P9 of issue 10, runq's ceiling, profiles) and one table,
+# about 10 minutes.  BENCH_ARGS: --quick (about 3 minutes), --secure, --only p1,p5, --no-profile
+bench: bench-deps
+	$(BIN)/python bench/suite.py $(BENCH_ARGS)
+
+# simx beside huey, dramatiq, celery and RQ on a private redis-server, same run, one table.
+# PEERS_ARGS: --counts 1,2,4,8,16, --repeat N, --peers huey,rq, --redis none
+bench-peers: bench-deps
+	$(BIN)/python bench/peers.py $(PEERS_ARGS)
 
 # runq and workers killed at random for CHAOS_SECONDS (300); prints runs, finished, duplicates, lost
 chaos: $(STAMP)

@@ -19,6 +19,7 @@ import time
 
 from common import PY, ROOT, free_port, stop_all, wait_until, runq_client  # noqa: E402  (bench/ is on sys.path when run)
 from runq.client import RunqClient  # noqa: E402
+import report  # noqa: E402
 
 
 def start_server(kind: str, port: int, tmp: str) -> subprocess.Popen:
@@ -78,6 +79,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", default="runq/driver,runq/worker,probe/driver")
+    parser.add_argument("--rows", help="append the figures to this file (JSON lines; the suite uses it)")
     args = parser.parse_args(argv)
     print(f"throughput: {args.runs} zero-step runs through {args.workers} workers, "
           f"median of {args.repeat} (cores: {os.cpu_count()}, load: {os.getloadavg()[0]:.2f})")
@@ -88,8 +90,13 @@ def main(argv=None) -> int:
         results[combo] = statistics.median(rates)
         print(f"  {combo:14s} median {results[combo]:8.0f} runs/s   all: "
               + ", ".join(f"{r:.0f}" for r in rates), flush=True)
+    rows = [report.Row("", f"{combo} runs/s (runq's own execution_time)", f"{rate:,.0f}") for combo, rate in results.items()]
     if "runq/driver" in results and "probe/driver" in results:
-        print(f"  runq/probe ratio: {results['runq/driver'] / results['probe/driver']:.2f}")
+        ratio = results['runq/driver'] / results['probe/driver']
+        print(f"  runq/probe ratio: {ratio:.2f}")
+        rows.append(report.Row("", "runq/driver ÷ probe/driver (cost of durability and matching)", f"{ratio:.2f}"))
+    report.save_rows(args.rows, rows)
+    print("HEADLINE: throughput " + ", ".join(f"{c} {r:,.0f} runs/s" for c, r in results.items()))
     return 0
 
 
