@@ -16,6 +16,8 @@ from . import auth
 from . import config as configuration
 from . import tls
 from .coordinator import Coordinator
+from .queries import Queries
+from .reader import Reader
 from .server import Server
 from .store import Store
 
@@ -95,7 +97,8 @@ def main(argv=None) -> int:
     coordinator = Coordinator(store, cfg.runq, cfg.batch, now=time.time(), secrets=secrets)
     try:
         server = Server(coordinator, store, [(h, cfg.runq.port) for h in cfg.runq.listen],
-                        limits=cfg.runq.limits, tls=tls_context, heartbeat_interval=cfg.runq.heartbeat_interval)
+                        limits=cfg.runq.limits, tls=tls_context, heartbeat_interval=cfg.runq.heartbeat_interval,
+                        reader=Reader(Queries(store.reader(), coordinator.facts)))
     except OSError as exc:
         print(f"runq: cannot listen on port {cfg.runq.port}: {exc}", file=sys.stderr)
         return 1

@@ -6,9 +6,13 @@ store, and return ``[(conn, message)]`` to send (a message of None means: close
 that connection).  The server commits the store before it sends anything, so
 nothing is ever sent about state that is not durable.
 
-Worker-side logic lives here; client requests (StartBatch, listings, cancel)
-live in ``runq/api.py``, which uses the same model and the ``dispatch`` and
-``end_attempt`` steps below.
+The coordinator is the one owner of runs, batches and workers: every change
+of them happens here.  Client requests are checked in ``runq/api.py`` (fields,
+who may ask), which then calls the changes below (``start_batch``,
+``cancel_batch``, ``cancel_run``, ``drain_worker``); reads are
+``runq/queries.py`` (read-only, committed data, off the loop in the server's
+reader thread).  Timers (leases, grace, time limits, contact writes,
+retention) are kept by deadline in ``runq/timers.py``.
 """
 from __future__ import annotations
 
@@ -16,18 +20,21 @@ import heapq
 import logging
 
 from . import auth, protocol, states
-from .api import MAX_RESULT_BYTES, Api, json_size
+from .api import Api
+from .queries import MAX_RESULT_BYTES, Facts, Queries, json_size
 from .config import BatchDefaults, RunqConfig
 from .errors import RunqError
 from .matching import Matcher, Presence
 from .metrics import Metrics
 from .model import Batch, Run, Worker
-from .recovery import recover
+from .recovery import Recovered, recover
 from .store import Store
+from .timers import Timers
 
 log = logging.getLogger("runq.coordinator")
 
 CONTACT_WRITE_INTERVAL = 5.0   # seconds between writes of a worker's last_contact
+PURGE_EVERY = 3600.0           # seconds between retention purges (runq.retention_days > 0)
 REPORT_OUTCOME = {
     "WorkerFinishedRun": states.OUTCOME_FINISHED, "WorkerFailedRun": states.OUTCOME_FAILED,
     "WorkerAbortedRun": states.OUTCOME_ABORTED, "WorkerStoppedRun": states.OUTCOME_STOPPED,
@@ -51,10 +58,40 @@ class Coordinator:
         self.out: list[tuple[object, dict | None]] = []
         self.started = now
         self.last_batch_id = self.last_worker_id = 0   # highest ids given out; recover() reads them
-        self.api = Api(self)
+        self.timers = Timers()
+        self._timer_handlers = {"lease": self._lease_due, "grace": self._grace_due, "limit": self._limit_due,
+                                "contact": self._contact_due, "purge": self._purge_due}
+        self.facts = Facts(self.workers, self.presence)   # what reads may take from memory
+        self.api = Api(self, Queries(store.reader(), self.facts))
         self.metrics = Metrics(now)
-        recover(self, now)
+        self.adopt(recover(store, now), now)
+        if config.retention_days > 0:
+            self.timers.set("purge", None, now)
         self.metrics.load_ended(store.ended_batch_totals())
+
+    def adopt(self, model: Recovered, now: float) -> None:
+        """Take over the model read back at start-up: requeue orphaned runs, arm the timers
+        (grace for every worker, time limits of running runs), index batches with waiting runs."""
+        self.batches.update(model.batches)
+        self.runs.update(model.runs)
+        self.workers.update(model.workers)
+        self.last_batch_id, self.last_worker_id = model.last_batch_id, model.last_worker_id
+        for run in model.orphans:
+            log.warning("run %s had no worker holding it: requeued", run.key)
+            self.end_attempt(run, states.OUTCOME_LOST, "runq restarted; no worker held the run", now)
+        for worker in self.workers.values():
+            if worker.state != states.GONE:
+                self.timers.set("grace", worker.id, now + self.config.grace)
+        for run in self.runs.values():
+            if run.state == states.RUNNING:
+                self.arm_limit(run, self.batches[run.batch_id])
+        for batch in list(self.batches.values()):
+            self.finish_batch_if_done(batch, now)
+            if batch.id in self.batches:
+                self.make_ready(batch, now)
+        self.store.commit()
+        log.info("recovered %d active batches, %d runs in flight, %d known workers",
+                 len(self.batches), len(self.runs), len(self.workers))
 
     # ---- entry points the server calls
     def connected(self, conn, peer: str, now: float) -> list:
@@ -113,6 +150,7 @@ class Coordinator:
             worker.conn = None
             worker.disconnected_at = now
             worker.state = states.DISCONNECTED
+            self.timers.set("grace", worker.id, now + self.config.grace)
             self.matcher.remove_idle(worker.id)
             self.note_presence(worker)
             self.store.save_worker(worker.row())
@@ -121,41 +159,77 @@ class Coordinator:
         return self.take_output()
 
     def tick(self, now: float) -> list:
-        """Leases, grace periods, time limits, periodic contact writes."""
-        lease, grace = self.config.lease, self.config.grace
-        for worker in list(self.workers.values()):
-            if worker.conn is None:
-                if (worker.state != states.GONE and worker.disconnected_at is not None
-                        and now - worker.disconnected_at > grace):
-                    if worker.run:
-                        log.warning("worker %d not back within %.0fs: requeueing run %s", worker.id, grace,
-                                    worker.run)
-                        self.take_back(worker, states.OUTCOME_LOST, "worker disconnected past the grace period", now)
-                    worker.state = states.GONE
-                    self.store.save_worker(worker.row())
-                continue
-            run = self.runs.get(worker.run) if worker.run else None
-            # the lease runs from the last word of the worker or the dispatch, whichever is later
-            if run is not None and now - max(worker.last_contact, run.started or 0.0) > lease:
-                log.warning("worker %d silent for %.0fs (lease %.0fs): requeueing run %s",
-                            worker.id, now - worker.last_contact, lease, worker.run)
-                self.take_back(worker, states.OUTCOME_LOST, "worker lease expired", now)
-            elif worker.last_contact - worker.saved_contact > CONTACT_WRITE_INTERVAL:
-                worker.saved_contact = worker.last_contact
-                self.store.save_worker(worker.row())
-        for run in list(self.runs.values()):
-            batch = self.batches.get(run.batch_id)
-            if (run.state == states.RUNNING and batch is not None and batch.time_limit
-                    and run.started is not None and now - run.started > batch.time_limit):
-                worker = self.workers.get(run.worker_id)
-                log.warning("run %s over its %ss time limit: aborting", run.key, batch.time_limit)
-                why = f"time limit of {batch.time_limit}s exceeded"
-                if worker is not None and worker.run == run.key:
-                    self.take_back(worker, states.OUTCOME_TIMEOUT, why, now)
-                else:
-                    self.end_attempt(run, states.OUTCOME_TIMEOUT, why, now)
-        self.api.tick(now)
+        """Fire the timers that are due: leases, grace periods, time limits, contact writes,
+        retention.  Kept by deadline (runq/timers.py), so a tick costs O(due), not O(fleet)."""
+        for kind, key in self.timers.due(now):
+            self._timer_handlers[kind](key, now)
         return self.take_output()
+
+    # ---- timers (each handler checks the state it guards: a timer may be stale)
+    def _lease_due(self, wid: int, now: float) -> None:
+        """The lease runs from the last word of the worker or the dispatch, whichever is later."""
+        worker = self.workers.get(wid)
+        if worker is None or worker.conn is None or not worker.run:
+            return   # idle (no lease), or disconnected (the grace timer decides)
+        run = self.runs.get(worker.run)
+        if run is None:
+            return
+        due = max(worker.last_contact, run.started or 0.0) + self.config.lease
+        if due > now:
+            self.timers.set("lease", wid, due)
+            return
+        log.warning("worker %d silent for %.0fs (lease %.0fs): requeueing run %s",
+                    worker.id, now - worker.last_contact, self.config.lease, worker.run)
+        self.take_back(worker, states.OUTCOME_LOST, "worker lease expired", now)
+
+    def _grace_due(self, wid: int, now: float) -> None:
+        worker = self.workers.get(wid)
+        if worker is None or worker.conn is not None or worker.state == states.GONE:
+            return
+        if worker.disconnected_at is None or worker.disconnected_at + self.config.grace > now:
+            return
+        if worker.run:
+            log.warning("worker %d not back within %.0fs: requeueing run %s", worker.id, self.config.grace,
+                        worker.run)
+            self.take_back(worker, states.OUTCOME_LOST, "worker disconnected past the grace period", now)
+        worker.state = states.GONE
+        self.store.save_worker(worker.row())
+
+    def _limit_due(self, key: tuple[int, int], now: float) -> None:
+        run = self.runs.get(key)
+        batch = self.batches.get(key[0])
+        if (run is None or run.state != states.RUNNING or batch is None or not batch.time_limit
+                or run.started is None):
+            return
+        if run.started + batch.time_limit > now:
+            self.timers.set("limit", key, run.started + batch.time_limit)
+            return
+        worker = self.workers.get(run.worker_id)
+        log.warning("run %s over its %ss time limit: aborting", run.key, batch.time_limit)
+        why = f"time limit of {batch.time_limit}s exceeded"
+        if worker is not None and worker.run == run.key:
+            self.take_back(worker, states.OUTCOME_TIMEOUT, why, now)
+        else:
+            self.end_attempt(run, states.OUTCOME_TIMEOUT, why, now)
+
+    def _contact_due(self, wid: int, now: float) -> None:
+        """last_contact is written at most every CONTACT_WRITE_INTERVAL per worker, batched by deadline."""
+        worker = self.workers.get(wid)
+        if worker is not None and worker.last_contact > worker.saved_contact:
+            worker.saved_contact = worker.last_contact
+            self.store.save_worker(worker.row())
+
+    def _purge_due(self, _key, now: float) -> None:
+        self.timers.set("purge", None, now + PURGE_EVERY)
+        self.purge(now)
+
+    def arm_lease(self, worker: Worker, now: float) -> None:
+        if self.timers.when("lease", worker.id) is None:
+            self.timers.set("lease", worker.id, now + self.config.lease)
+
+    def arm_limit(self, run: Run, batch: Batch) -> None:
+        if batch.time_limit and run.started is not None:
+            self.timers.set("limit", run.key, run.started + batch.time_limit)
 
     # ---- output
     def send(self, conn, msg: dict | None) -> None:
@@ -179,6 +253,8 @@ class Coordinator:
                             f"{'worker %d' % wid if wid is not None else 'no worker (send WorkerReady first)'}", 403)
         worker = self.workers[wid]
         worker.last_contact = now
+        if ("contact", wid) not in self.timers.live:
+            self.timers.set("contact", wid, max(now, worker.saved_contact + CONTACT_WRITE_INTERVAL))
         if mtype == "WorkerHeartbeat":
             self._heartbeat(worker, msg, now)
         elif mtype == "WorkerUpdate":
@@ -250,6 +326,7 @@ class Coordinator:
                                          heartbeat_interval=self.config.heartbeat_interval, keep_run=keep))
         if keep:
             worker.aborting = None
+            self.arm_lease(worker, now)
         else:
             worker.aborting = claimed   # None when it holds nothing
             if claimed is not None:
@@ -261,6 +338,7 @@ class Coordinator:
                 self.take_back(worker, states.OUTCOME_LOST, "worker came back without its run", now, abort=False)
         self.note_presence(worker)
         self._settle_worker(worker, now)
+        worker.saved_contact = worker.last_contact
         self.store.save_worker(worker.row(), new=new)
 
     def _heartbeat(self, worker: Worker, msg: dict, now: float) -> None:
@@ -328,14 +406,115 @@ class Coordinator:
             self.set_draining(worker)
             self.end_attempt(run, states.OUTCOME_STOPPED, "worker stopped", now)
         worker.run = None
+        worker.last_report = (key, REPORT_OUTCOME[mtype])
         self.send(worker.conn, protocol.message("RunqAck", accepted=True, **ack))
         self._settle_worker(worker, now)
 
     def _already_recorded(self, worker: Worker, msg: dict) -> bool:
-        """A re-sent report whose outcome is already stored (runq died before its ack)."""
+        """A re-sent report whose outcome is already recorded (its ack was lost, or runq died
+        before sending it).  Answered from the worker's last accepted report (one per worker);
+        only a report older than that (after a restart) is looked up in the committed attempts."""
         outcome = REPORT_OUTCOME[msg["type"]]
+        key = protocol.run_key(msg)
+        if worker.last_report is not None and worker.last_report[0] == key:
+            return worker.last_report[1] == outcome
         return any(a["attempt"] == msg["attempt"] and a["worker_id"] == worker.id and a["outcome"] == outcome
                    for a in self.store.attempt_rows(msg["batch_id"], msg["batch_index"]))
+
+    # ---- changes asked by clients (runq/api.py checked the fields and who asks)
+    def start_batch(self, spec: dict, now: float) -> Batch:
+        """A new batch: spec holds name, group, user, owner, engine, n_runs, param, max_attempts,
+        max_requeues, time_limit, idempotency_key (validated).  One row; runs are implicit."""
+        self.last_batch_id += 1
+        batch = Batch(id=self.last_batch_id, start_time=now, n_waiting=spec["n_runs"], **spec)
+        self.batches[batch.id] = batch
+        self.store.add_batch(batch.row())
+        log.info("batch %d started: %d runs of %s (group %r, user %r, owner %r)", batch.id, batch.n_runs,
+                 batch.engine, batch.group, batch.user, batch.owner)
+        self.make_ready(batch, now)
+        return batch
+
+    def cancel_batch(self, batch_id: int, now: float) -> bool:
+        """Cancel an active batch: waiting runs cancelled, running ones aborted.  False if it had ended."""
+        batch = self.batches.get(batch_id)
+        if batch is None:
+            return False
+        log.info("cancelling batch %d", batch.id)
+        batch.state = states.BATCH_CANCELLED
+        self.matcher.remove_ready(batch.id)
+        virgin = batch.n_waiting - len(batch.requeued)
+        batch.count(states.WAITING, -virgin)
+        batch.count(states.CANCELLED, +virgin)
+        for index in sorted(batch.active):
+            self._cancel_active(self.runs[(batch.id, index)], "batch cancelled", now)
+        batch.requeued.clear()
+        self.finish_batch_if_done(batch, now)
+        self.store.save_batch(batch.counters())
+        return True
+
+    def cancel_run(self, batch_id: int, index: int, now: float) -> None:
+        """Cancel one run of an active batch (waiting: it never starts; running: aborted)."""
+        batch = self.batches.get(batch_id)
+        if batch is None:
+            return
+        run = self.runs.get((batch_id, index))
+        if run is not None:
+            if run.state == states.WAITING:
+                batch.requeued.remove(index)
+                heapq.heapify(batch.requeued)
+            self._cancel_active(run, "run cancelled", now)
+        elif index >= batch.next_index and index not in batch.skip_ahead:
+            batch.skip_ahead.add(index)
+            self.store.save_run(Run(batch_id, index, state=states.CANCELLED, ended=now).row(), new=True)
+            batch.count(states.WAITING, -1)
+            batch.count(states.CANCELLED, +1)
+            if not batch.has_waiting():
+                self.matcher.remove_ready(batch_id)
+            self.finish_batch_if_done(batch, now)
+            self.store.save_batch(batch.counters())
+
+    def _cancel_active(self, run: Run, why: str, now: float) -> None:
+        if run.state == states.WAITING:
+            self.move_run(run, states.CANCELLED, now)
+        elif run.state == states.RUNNING:
+            worker = self.workers.get(run.worker_id)
+            if worker is not None and worker.run == run.key:
+                self.take_back(worker, states.OUTCOME_CANCELLED, why, now)
+            else:
+                self.end_attempt(run, states.OUTCOME_CANCELLED, why, now)
+
+    def drain_worker(self, worker: Worker) -> None:
+        self.set_draining(worker)
+        self.send(worker.conn, protocol.message("RunqDrain"))
+
+    def purge(self, now: float) -> None:
+        """Retention: batches ended and workers gone more than runq.retention_days ago."""
+        days = self.config.retention_days
+        cutoff = now - days * 86400
+        n_batches, n_workers = self.store.purge(cutoff)
+        for wid in [w.id for w in self.workers.values()
+                    if w.conn is None and w.run is None and w.last_contact < cutoff]:
+            del self.workers[wid]
+        if n_batches:
+            self.metrics.load_ended(self.store.ended_batch_totals())
+        if n_batches or n_workers:
+            log.info("purged %d batches and %d workers older than %s days", n_batches, n_workers, days)
+
+    # ---- the state as it is now, for the replies to changes (not yet committed)
+    def batch_row(self, batch_id: int) -> dict | None:
+        batch = self.batches.get(batch_id)
+        if batch is not None:
+            return batch.row()
+        return self.store.current("batches", batch_id)
+
+    def run_row(self, batch_id: int, index: int) -> dict | None:
+        run = self.runs.get((batch_id, index))
+        if run is not None:
+            return run.row()
+        return self.store.current("runs", (batch_id, index))
+
+    def batch_by_key(self, key: str) -> dict | None:
+        return self.store.batch_by_key(key)
 
     # ---- worker state
     def set_draining(self, worker: Worker) -> None:
@@ -399,6 +578,8 @@ class Coordinator:
             self.matcher.remove_ready(batch.id)
         worker.run, worker.state = run.key, states.BUSY
         worker.assign_seq += 1
+        self.arm_lease(worker, now)
+        self.arm_limit(run, batch)
         self.store.save_run(run.row(), new=new)
         self.store.save_batch(batch.counters())
         self.store.save_worker(worker.row())

@@ -32,6 +32,7 @@ class Batch:
     n_failed: int = 0
     n_cancelled: int = 0
     end_time: float | None = None
+    owner: str = ""                # who submitted it (runweb user); "" = its user
     requeued: list = dataclasses.field(default_factory=list)       # heap of waiting batch_index with rows
     skip_ahead: set = dataclasses.field(default_factory=set)       # never-dispatched indices cancelled alone
     active: set = dataclasses.field(default_factory=set)           # batch_index of runs held in memory
@@ -81,7 +82,7 @@ class Batch:
             "engine": self.engine, "n_runs": self.n_runs, "param": self.param,
             "max_attempts": self.max_attempts, "max_requeues": self.max_requeues,
             "time_limit": self.time_limit, "idempotency_key": self.idempotency_key,
-            "start_time": self.start_time, **self.counters(),
+            "start_time": self.start_time, "owner": self.owner or self.user, **self.counters(),
         }
 
 
@@ -140,6 +141,7 @@ class Worker:
     saved_contact: float = 0.0              # last_contact as last written
     key: str | None = None                  # proves the worker on reconnect (hex); None: cannot reconnect
     assign_seq: int = 0                     # seq of its latest RunqAssignRun (its current run's, if any)
+    last_report: tuple | None = None        # ((batch_id, batch_index, attempt), outcome) of its last accepted report
 
     @property
     def traits(self) -> tuple[str, str, str]:
