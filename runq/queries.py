@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 
 from . import protocol, states, views
-from .errors import BadRequest, NotFound
+from .errors import BadRequest, Forbidden, NotFound
 
 DEFAULT_PAGE, MAX_PAGE = 1000, 10_000
 RESULT_STATES = (states.FINISHED, states.FAILED)   # runs that ended with a verdict
