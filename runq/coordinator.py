@@ -52,6 +52,7 @@ class Coordinator:
         self.presence = Presence()                # connected, non-draining workers by traits
         self.batches: dict[int, Batch] = {}      # active batches (runs left)
         self.runs: dict[tuple[int, int], Run] = {}  # materialized non-terminal runs
+        self.prefetched: dict[str, dict] = {}       # engine -> keys of assigned (held, unstarted) runs, oldest first
         self.workers: dict[int, Worker] = {}
         self.conns: dict[object, int] = {}        # conn -> worker id
         self.peers: dict[object, str] = {}
@@ -77,6 +78,9 @@ class Coordinator:
         self.workers.update(model.workers)
         self.last_batch_id, self.last_worker_id = model.last_batch_id, model.last_worker_id
         for run in model.orphans:
+            if run.state == states.ASSIGNED:   # held unstarted: its worker's session is gone
+                self.end_attempt(run, states.OUTCOME_REVOKED, "runq restarted before the run started", now)
+                continue
             log.warning("run %s had no worker holding it: requeued", run.key)
             self.end_attempt(run, states.OUTCOME_LOST, "runq restarted; no worker held the run", now)
         for worker in self.workers.values():
@@ -180,7 +184,7 @@ class Coordinator:
             return
         log.warning("worker %d silent for %.0fs (lease %.0fs): requeueing run %s",
                     worker.id, now - worker.last_contact, self.config.lease, worker.run)
-        self.take_back(worker, states.OUTCOME_LOST, "worker lease expired", now)
+        self.release_all(worker, states.OUTCOME_LOST, "worker lease expired", now)
 
     def _grace_due(self, wid: int, now: float) -> None:
         worker = self.workers.get(wid)
@@ -188,10 +192,10 @@ class Coordinator:
             return
         if worker.disconnected_at is None or worker.disconnected_at + self.config.grace > now:
             return
-        if worker.run:
-            log.warning("worker %d not back within %.0fs: requeueing run %s", worker.id, self.config.grace,
-                        worker.run)
-            self.take_back(worker, states.OUTCOME_LOST, "worker disconnected past the grace period", now)
+        if worker.run or worker.held:
+            log.warning("worker %d not back within %.0fs: requeueing run %s%s", worker.id, self.config.grace,
+                        worker.run, f" and {len(worker.held)} held" if worker.held else "")
+            self.release_all(worker, states.OUTCOME_LOST, "worker disconnected past the grace period", now)
         worker.state = states.GONE
         self.store.save_worker(worker.row())
 
@@ -265,6 +269,8 @@ class Coordinator:
                 self.store.save_run(run.row())
         elif mtype == "WorkerDraining":
             self.set_draining(worker)
+        elif mtype == "WorkerStartedRun":
+            self._started(worker, msg, now)
         elif mtype in REPORT_OUTCOME:
             self._report(worker, msg, now)
 
@@ -313,6 +319,12 @@ class Coordinator:
         self.conns[conn] = wid
         worker.conn, worker.last_contact, worker.disconnected_at = conn, now, None
         worker.ipaddr = self.peers.get(conn, worker.ipaddr)
+        prefetch = msg.get("prefetch", 0)
+        if prefetch > MAX_HELD_RUNS:
+            raise RunqError(f"{msg['type']}: prefetch {prefetch} is over {MAX_HELD_RUNS}", 400)
+        worker.prefetch = prefetch
+        for key in list(worker.held):   # what it held unstarted went with the old session
+            self.revoke(worker, key, "worker reconnected", now, abort=False)
         claimed = protocol.run_key(msg)
         keep = False
         if claimed is not None and not new:
@@ -354,29 +366,67 @@ class Coordinator:
             worker.aborting = None           # it let go of the run we took back
         run = self.runs.get(worker.run) if worker.run else None
         current = (run.batch_id, run.batch_index, run.attempt) if run is not None else None
-        if current is not None and current not in held and worker.assign_seq <= msg["seq"]:
+        if current is not None and current not in held and worker.run_seq <= msg["seq"]:
             log.warning("worker %d does not hold run %s (assignment %d lost or dropped): requeueing it",
-                        worker.id, worker.run, worker.assign_seq)
+                        worker.id, worker.run, worker.run_seq)
             self.take_back(worker, states.OUTCOME_LOST, "the worker did not hold the run it was assigned", now,
                            abort=False)
             current = None
+        mine = {current}
+        for key, seq in list(worker.held.items()):   # prefetched, not started
+            run3 = (key[0], key[1], self.runs[key].attempt)
+            if run3 in held:
+                mine.add(run3)
+            elif seq <= msg["seq"]:
+                log.warning("worker %d does not hold run %s it was assigned (seq %d): requeueing it",
+                            worker.id, key, seq)
+                self.revoke(worker, key, "the worker did not hold the run it was assigned", now, abort=False)
+                let_go = True   # it has room again
         for key in held:
-            if key != current and key != worker.aborting:
+            if key not in mine and key != worker.aborting:
                 self.send(worker.conn, protocol.message("RunqAbortRun", batch_id=key[0], batch_index=key[1],
                                                         attempt=key[2], reason="this run is no longer yours"))
         if let_go:
             self._settle_worker(worker, now)
 
-    def _current_run(self, worker: Worker, msg: dict) -> Run | None:
+    def _current_run(self, worker: Worker, msg: dict, now: float | None = None) -> Run | None:
+        """The run a message names if it is that worker's current attempt.  With `now`, a run the
+        worker holds unstarted (prefetch) counts as started by this message."""
         run = self.runs.get((msg["batch_id"], msg["batch_index"]))
-        if (run is None or run.state != states.RUNNING or run.worker_id != worker.id
-                or run.attempt != msg["attempt"]):
+        if run is None or run.worker_id != worker.id or run.attempt != msg["attempt"]:
             return None
-        return run
+        if run.state == states.ASSIGNED and now is not None and run.key in worker.held and worker.run is None:
+            self.start_run(worker, run, now)
+        return run if run.state == states.RUNNING else None
+
+    def _started(self, worker: Worker, msg: dict, now: float) -> None:
+        """WorkerStartedRun: a prefetching worker starts a run it holds."""
+        run = self.runs.get((msg["batch_id"], msg["batch_index"]))
+        if (run is None or run.state != states.ASSIGNED or run.worker_id != worker.id
+                or run.attempt != msg["attempt"] or run.key not in worker.held):
+            log.info("worker %d started run %s attempt %d, which is not its to start (taken back): ignored",
+                     worker.id, (msg["batch_id"], msg["batch_index"]), msg["attempt"])
+            return   # taken back meanwhile: the RunqAbortRun sent then stops it
+        if worker.run is not None:
+            raise RunqError(f"WorkerStartedRun {run.key}: worker {worker.id} is still running {worker.run} "
+                            "(report it first)", 409)
+        self.start_run(worker, run, now)
+
+    def start_run(self, worker: Worker, run: Run, now: float) -> None:
+        """assigned -> running: the worker computes it now; its time limit starts."""
+        states.check_transition(run.state, states.RUNNING)
+        worker.run_seq = worker.held.pop(run.key)
+        self._unindex_prefetched(run)
+        run.state, run.started = states.RUNNING, now
+        worker.run, worker.state = run.key, states.BUSY
+        self.store.save_run(run.row())
+        self.store.save_worker(worker.row())
+        self.arm_lease(worker, now)
+        self.arm_limit(run, self.batches[run.batch_id])
 
     def _report(self, worker: Worker, msg: dict, now: float) -> None:
         mtype, key = msg["type"], protocol.run_key(msg)
-        run = self._current_run(worker, msg)
+        run = self._current_run(worker, msg, now)
         ack = dict(batch_id=key[0], batch_index=key[1], attempt=key[2])
         if run is None:
             accepted = self._already_recorded(worker, msg)
@@ -476,6 +526,17 @@ class Coordinator:
     def _cancel_active(self, run: Run, why: str, now: float) -> None:
         if run.state == states.WAITING:
             self.move_run(run, states.CANCELLED, now)
+        elif run.state == states.ASSIGNED:
+            holder = self.workers.get(run.worker_id)
+            if holder is not None and run.key in holder.held:
+                holder.held.pop(run.key)
+                self.send(holder.conn, protocol.message("RunqAbortRun", batch_id=run.batch_id,
+                                                        batch_index=run.batch_index, attempt=run.attempt,
+                                                        reason=why))
+            self._unindex_prefetched(run)
+            self.end_attempt(run, states.OUTCOME_CANCELLED, why, now)
+            if holder is not None:
+                self._settle_worker(holder, now)
         elif run.state == states.RUNNING:
             worker = self.workers.get(run.worker_id)
             if worker is not None and worker.run == run.key:
@@ -493,7 +554,7 @@ class Coordinator:
         cutoff = now - days * 86400
         n_batches, n_workers = self.store.purge(cutoff)
         for wid in [w.id for w in self.workers.values()
-                    if w.conn is None and w.run is None and w.last_contact < cutoff]:
+                    if w.conn is None and w.run is None and not w.held and w.last_contact < cutoff]:
             del self.workers[wid]
         if n_batches:
             self.metrics.load_ended(self.store.ended_batch_totals())
@@ -532,15 +593,25 @@ class Coordinator:
         self.presence.update(worker.id, worker.traits, worker.conn is not None and not worker.draining)
 
     def _settle_worker(self, worker: Worker, now: float) -> None:
-        """Give a connected worker with nothing to do its next run, or index it as idle."""
+        """Give a connected worker with nothing to do its next run (a prefetching one: up to its
+        prefetch), or index it as idle."""
         if worker.conn is None:
             return
-        if worker.run is not None or worker.aborting is not None:
-            new = states.DRAINING if worker.draining else (states.BUSY if worker.run else states.ABORTING)
+        if worker.prefetch and not worker.draining and worker.aborting is None:
+            while self._has_room(worker):
+                batch_id = self.matcher.batch_for(worker.traits)
+                if batch_id is None:
+                    break
+                self.assign(worker, self.batches[batch_id], now)
+        if worker.run is not None or worker.aborting is not None or worker.held:
+            busy = worker.run is not None or worker.held
+            new = states.DRAINING if worker.draining else (states.BUSY if busy else states.ABORTING)
         elif worker.draining:
             new = states.DRAINING
         else:
             batch_id = self.matcher.batch_for(worker.traits)
+            if batch_id is None and worker.prefetch:
+                batch_id = self._take_back_for(worker, now)
             if batch_id is not None:
                 self.assign(worker, self.batches[batch_id], now)
                 return
@@ -552,14 +623,75 @@ class Coordinator:
 
     # ---- dispatch
     def make_ready(self, batch: Batch, now: float) -> None:
-        """A batch has waiting runs: hand them to idle matching workers, index the rest."""
+        """A batch has waiting runs: hand them to idle matching workers (one each first, then
+        more in turn to those that prefetch), index the rest."""
+        roomy = []
         while batch.has_waiting():
             wid = self.matcher.take_worker_for(batch.traits)
             if wid is None:
-                self.matcher.add_ready(batch.id, batch.traits)
-                return
-            self.assign(self.workers[wid], batch, now)
-        self.matcher.remove_ready(batch.id)
+                break
+            worker = self.workers[wid]
+            self.assign(worker, batch, now)
+            if self._has_room(worker):
+                roomy.append(worker)
+        while roomy and batch.has_waiting():
+            worker = roomy.pop(0)
+            self.assign(worker, batch, now)
+            if self._has_room(worker):
+                roomy.append(worker)
+        if batch.has_waiting():
+            self.matcher.add_ready(batch.id, batch.traits)
+        else:
+            self.matcher.remove_ready(batch.id)
+
+    @staticmethod
+    def _has_room(worker: Worker) -> bool:
+        return (worker.prefetch > 0 and worker.conn is not None and not worker.draining
+                and worker.aborting is None and len(worker.held) + (worker.run is not None) < worker.prefetch)
+
+    # ---- prefetch: runs held unstarted, revocable
+    def _index_prefetched(self, run: Run, batch: Batch) -> None:
+        self.prefetched.setdefault(batch.engine, {})[run.key] = None
+
+    def _unindex_prefetched(self, run: Run) -> None:
+        held = self.prefetched.get(self.batches[run.batch_id].engine)
+        if held is not None:
+            held.pop(run.key, None)
+
+    def _take_back_for(self, idle: Worker, now: float) -> int | None:
+        """An idle prefetching worker and no waiting run for it: take back the oldest run another
+        worker holds unstarted behind a run it computes (this one can start it now).  The batch
+        it went back to, or None."""
+        e, g, u = idle.traits
+        for key in self.prefetched.get(e, ()):
+            run, batch = self.runs[key], self.batches[key[0]]
+            holder = self.workers.get(run.worker_id)
+            if (holder is None or holder is idle or holder.run is None or (g and g != batch.group)
+                    or (u and u != batch.user)):
+                continue
+            log.info("run %s taken back from worker %d (busy) for idle worker %d", key, holder.id, idle.id)
+            # the holder gets more when it next reports (filling it now would take this run straight back)
+            self.revoke(holder, key, "taken back for an idle worker that can start it now", now)
+            return self.matcher.batch_for(idle.traits)
+        return None
+
+    def revoke(self, holder: Worker, key: tuple[int, int], why: str, now: float, abort: bool = True) -> None:
+        """assigned -> waiting: a run a worker holds unstarted goes back to the queue, costing
+        neither an attempt nor a requeue.  The worker drops it (RunqAbortRun) without a word."""
+        holder.held.pop(key, None)
+        run = self.runs[key]
+        self._unindex_prefetched(run)
+        if abort and holder.conn is not None:
+            self.send(holder.conn, protocol.message("RunqAbortRun", batch_id=key[0], batch_index=key[1],
+                                                    attempt=run.attempt, reason=why))
+        self.end_attempt(run, states.OUTCOME_REVOKED, why, now)
+
+    def release_all(self, worker: Worker, outcome: str, why: str, now: float, abort: bool = True) -> None:
+        """The worker is lost (lease, grace): its running run is taken back, its held ones revoked."""
+        for key in list(worker.held):
+            self.revoke(worker, key, why, now, abort=abort)
+        if worker.run:
+            self.take_back(worker, outcome, why, now, abort=abort)
 
     def assign(self, worker: Worker, batch: Batch, now: float) -> None:
         index, materialized = batch.take_next_index()
@@ -570,16 +702,23 @@ class Coordinator:
             self.runs[run.key] = run
             batch.active.add(index)
         self.metrics.dispatched(now - (batch.start_time if run.ended is None else run.ended))
-        run.state, run.attempt, run.worker_id, run.host = states.RUNNING, run.attempt + 1, worker.id, worker.host
-        run.started, run.ended, run.progress, run.message = now, None, 0.0, None
+        run.attempt, run.worker_id, run.host = run.attempt + 1, worker.id, worker.host
+        run.ended, run.progress, run.message = None, 0.0, None
         batch.count(states.WAITING, -1)
-        batch.count(states.RUNNING, +1)
+        batch.count(states.RUNNING, +1)   # assigned runs count as running (in flight)
         if not batch.has_waiting():
             self.matcher.remove_ready(batch.id)
-        worker.run, worker.state = run.key, states.BUSY
+        worker.state = states.BUSY
         worker.assign_seq += 1
-        self.arm_lease(worker, now)
-        self.arm_limit(run, batch)
+        if worker.prefetch:   # held until it says WorkerStartedRun; revocable until then
+            run.state, run.started = states.ASSIGNED, None
+            worker.held[run.key] = worker.assign_seq
+            self._index_prefetched(run, batch)
+        else:                 # an old worker starts it at once
+            run.state, run.started = states.RUNNING, now
+            worker.run, worker.run_seq = run.key, worker.assign_seq
+            self.arm_lease(worker, now)
+            self.arm_limit(run, batch)
         self.store.save_run(run.row(), new=new)
         self.store.save_batch(batch.counters())
         self.store.save_worker(worker.row())
@@ -613,6 +752,8 @@ class Coordinator:
             new, run.result, run.progress, run.error = states.FINISHED, result, 1.0, None
         elif outcome == states.OUTCOME_CANCELLED:
             new = states.CANCELLED
+        elif outcome == states.OUTCOME_REVOKED:
+            new = states.WAITING
         elif outcome in states.COUNTS_AS_FAILURE:
             run.failures += 1
             run.error, run.traceback = message, traceback

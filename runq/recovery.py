@@ -29,7 +29,7 @@ class Recovered:
     workers: dict[int, Worker]
     last_batch_id: int
     last_worker_id: int
-    orphans: list[Run]          # running runs whose worker's row does not name them: to requeue
+    orphans: list[Run]          # running runs no worker's row names, and assigned ones: to requeue
 
 
 def recover(store, now: float) -> Recovered:
@@ -64,13 +64,15 @@ def recover(store, now: float) -> Recovered:
                         key=row["key"], assign_seq=row["assign_seq"] or 0)
         worker.saved_contact = worker.last_contact
         if row["batch_id"] is not None:
-            worker.run = (row["batch_id"], row["batch_index"])
+            worker.run, worker.run_seq = (row["batch_id"], row["batch_index"]), worker.assign_seq
         workers[worker.id] = worker
     # A running run belongs to the worker whose row names it; any other is an orphan.
     holders = {w.run: w for w in workers.values() if w.run is not None}
     orphans = []
     for run in runs.values():
-        if run.state == states.RUNNING:
+        if run.state == states.ASSIGNED:   # prefetched, never started: back to the queue
+            orphans.append(run)
+        elif run.state == states.RUNNING:
             worker = holders.get(run.key)
             if worker is None or worker.id != run.worker_id:
                 orphans.append(run)

@@ -332,7 +332,7 @@ class Store:
         out = []
         for i in range(0, len(batch_ids), 500):
             stmt = r.select().where(r.c.batch_id.in_(batch_ids[i:i + 500]))
-            stmt = stmt.where(r.c.state.in_(("waiting", "running", "cancelled")))
+            stmt = stmt.where(r.c.state.in_(("waiting", "running", "assigned", "cancelled")))
             out += self._rows(stmt, "runs")
         return out
 
