@@ -8,14 +8,13 @@ for each design; the ratio with/without readers is what matters.
 
 `serve MODE PORT URL` is the runq it starts: the real coordinator and server with
   loop     reads answered by the coordinator, on the loop (as before issue 10)
-  thread   runq/reader.py (what runq ships)
-  process  a prototype: a child process with its own read connection answers reads
-           (it has no view of runq's memory: `served`/`connected` come out null/false)
+  thread   runq/reader.py ReaderThread: a thread of runq's process
+  process  runq/reader.py ReaderProcess (what runq ships): a child process with its own
+           read connection
 """
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import statistics
 import subprocess
@@ -27,56 +26,17 @@ import time
 from common import PY, ROOT, free_port, runq_client, stop_all, wait_until  # noqa: E402
 
 
-class ProcessReader:
-    """The reader interface of runq/reader.py, answered by a child process over a pipe."""
-
-    def __init__(self, url: str):
-        from runq.queries import READS
-        ctx = multiprocessing.get_context("spawn")
-        self.wake_r, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve_reads, args=(child, url), daemon=True)
-        self.proc.start()
-        self.kinds, self.conns, self.n = READS, {}, 0
-
-    def submit(self, conn, msg):
-        self.n += 1
-        self.conns[self.n] = conn
-        self.wake_r.send((self.n, msg))
-
-    def done(self):
-        out = []
-        while self.wake_r.poll():
-            i, data = self.wake_r.recv()
-            out.append((self.conns.pop(i), data))
-        return out
-
-    def close(self):
-        self.proc.terminate()
-
-
-def _serve_reads(pipe, url):
-    from runq.matching import Presence
-    from runq.queries import Facts, Queries
-    from runq.reader import Reader
-    from runq.store import Store
-    answerer = Reader.__new__(Reader)
-    answerer.queries, answerer.clock = Queries(Store(url).reader(), Facts({}, Presence())), time.time
-    while True:
-        i, msg = pipe.recv()
-        pipe.send((i, answerer.answer(msg)))
-
-
 def serve(mode: str, port: int, url: str) -> int:
     from runq.config import BatchDefaults, RunqConfig
     from runq.coordinator import Coordinator
     from runq.queries import Queries
-    from runq.reader import Reader
+    from runq.reader import ReaderProcess, ReaderThread
     from runq.server import Server
     from runq.store import Store
     store = Store(url)
     coord = Coordinator(store, RunqConfig(), BatchDefaults(), now=time.time())
-    reader = {"loop": lambda: None, "thread": lambda: Reader(Queries(store.reader(), coord.facts)),
-              "process": lambda: ProcessReader(url)}[mode]()
+    reader = {"loop": lambda: None, "thread": lambda: ReaderThread(Queries(store.reader(), coord.facts)),
+              "process": lambda: ReaderProcess(store.engine.url, coord.facts)}[mode]()
     server = Server(coord, store, [("127.0.0.1", port)], reader=reader)
     import signal
     signal.signal(signal.SIGTERM, lambda *a: setattr(server, "stopping", True))

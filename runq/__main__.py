@@ -16,8 +16,7 @@ from . import auth
 from . import config as configuration
 from . import tls
 from .coordinator import Coordinator
-from .queries import Queries
-from .reader import Reader
+from .reader import ReaderProcess
 from .server import Server
 from .store import Store
 
@@ -98,7 +97,7 @@ def main(argv=None) -> int:
     try:
         server = Server(coordinator, store, [(h, cfg.runq.port) for h in cfg.runq.listen],
                         limits=cfg.runq.limits, tls=tls_context, heartbeat_interval=cfg.runq.heartbeat_interval,
-                        reader=Reader(Queries(store.reader(), coordinator.facts)))
+                        reader=ReaderProcess(store.engine.url, coordinator.facts, cfg.runq.log_level))
     except OSError as exc:
         print(f"runq: cannot listen on port {cfg.runq.port}: {exc}", file=sys.stderr)
         return 1

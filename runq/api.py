@@ -80,7 +80,10 @@ class Api:
         row = self.coord.run_row(batch_row["id"], index)
         if row is None:
             return views.implicit_run(batch_row, index)
-        return views.run(row, self.queries._address(row["worker_id"]))
+        worker = self.coord.workers.get(row["worker_id"])
+        if worker is not None or row["worker_id"] is None:
+            return views.run(row, worker.ipaddr if worker else None)
+        return views.run(row, self.queries.address(row["worker_id"]))
 
     # ---- changes
     def _owner(self, msg) -> tuple[str, str]:

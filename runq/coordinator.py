@@ -62,7 +62,7 @@ class Coordinator:
         self.timers = Timers()
         self._timer_handlers = {"lease": self._lease_due, "grace": self._grace_due, "limit": self._limit_due,
                                 "contact": self._contact_due, "purge": self._purge_due}
-        self.facts = Facts(self.workers, self.presence)   # what reads may take from memory
+        self.facts = Facts(self.presence)   # what reads take from memory (the reader gets a copy)
         self.api = Api(self, Queries(store.reader(), self.facts))
         self.metrics = Metrics(now)
         self.adopt(recover(store, now), now)
@@ -84,6 +84,7 @@ class Coordinator:
             log.warning("run %s had no worker holding it: requeued", run.key)
             self.end_attempt(run, states.OUTCOME_LOST, "runq restarted; no worker held the run", now)
         for worker in self.workers.values():
+            self.store.save_worker(worker.row())   # rows say what reads show: disconnected now
             if worker.state != states.GONE:
                 self.timers.set("grace", worker.id, now + self.config.grace)
         for run in self.runs.values():

@@ -45,35 +45,38 @@ def may_see(row: dict, msg: dict) -> bool:
 
 
 class Facts:
-    """What reads may take from runq's memory: the coordinator's workers and presence index.
+    """What reads take from runq's memory rather than the database: which (engine, group, user)
+    keys have a connected, non-draining worker (a batch's `served`).  Everything else a read
+    shows is committed: a worker's state is written with every change (so `connected` is
+    its state being neither disconnected nor gone), its address at registration.
 
-    Published by reference: every read here is one dict lookup or one attribute read
-    (atomic under the GIL), never an iteration, so a reader thread can use it while the
-    loop changes the model.  The database holds the rest (committed rows)."""
+    In runq's server this is a copy the loop keeps current in the reader process
+    (runq/reader.py); a coordinator without a server reads its own index."""
 
-    def __init__(self, workers: dict, presence):
-        self._workers, self._presence = workers, presence
+    def __init__(self, presence=None):
+        self._presence = presence
+        self.keys: frozenset = frozenset()   # the copy, when there is no index to read
 
-    def worker(self, worker_id) -> tuple[bool, str, str] | None:
-        """(connected, state, address) of a worker runq knows, or None."""
-        w = self._workers.get(worker_id)
-        return None if w is None else (w.conn is not None, w.state, w.ipaddr)
+    def present_keys(self) -> frozenset:
+        """The (engine, group, user) keys with a present worker: what a copy needs."""
+        return self._presence.present_keys() if self._presence is not None else self.keys
 
     def served(self, traits: tuple[str, str, str]) -> bool:
-        return self._presence.serves(traits)
+        if self._presence is not None:
+            return self._presence.serves(traits)
+        e, g, u = traits
+        return any(key in self.keys for key in ((e, g, u), (e, g, ""), (e, "", u), (e, "", "")))
 
 
 class Queries:
     def __init__(self, store, facts: Facts):
         self.store, self.facts = store, facts
+        self._addresses: dict = {}
         self.handlers = {
             "BatchList": self.batch_list, "UserStatus": self.user_status, "BatchStatus": self.batch_status,
             "RunStatus": self.run_status, "WorkerList": self.worker_list, "WorkerStatus": self.worker_status,
             "BatchResults": self.batch_results,
         }
-
-    def handle(self, msg: dict, now: float) -> dict:
-        return self.handlers[msg["type"]](msg, now)
 
     def _batch_row(self, batch_id: int, msg: dict | None = None) -> dict:
         """The stored batch; NotFound also when the asker (msg) may not see it."""
@@ -98,6 +101,9 @@ class Queries:
     def _fill(items, budget: int = PAGE_BYTES) -> list:
         """The views of a page, ending early (at least one) once they pass `budget` bytes of JSON,
         so stored params and results never make a reply too large to send."""
+        items = list(items)
+        if json_size(items) <= budget:   # the common case: one encoding of the whole page
+            return items
         out = []
         for item in items:
             budget -= json_size(item)
@@ -224,13 +230,19 @@ class Queries:
     def _run(self, row: dict) -> dict:
         return views.run(row, self._address(row["worker_id"]))
 
+    def handle(self, msg: dict, now: float) -> dict:
+        self._addresses = {}   # worker id -> address, for this reply
+        return self.handlers[msg["type"]](msg, now)
+
     def _address(self, worker_id: int | None) -> str | None:
-        """The address a run's worker connects from: in memory while known, else its stored row."""
+        """The address a run's worker connects from (its stored row; once per worker per reply)."""
         if worker_id is None:
             return None
-        fact = self.facts.worker(worker_id)
-        if fact is not None:
-            return fact[2]
+        if worker_id not in self._addresses:
+            self._addresses[worker_id] = self.address(worker_id)
+        return self._addresses[worker_id]
+
+    def address(self, worker_id: int) -> str | None:
         rows = self.store.worker_rows(worker_id=worker_id)
         return rows[0]["ipaddr"] if rows else None
 
@@ -244,8 +256,7 @@ class Queries:
         return protocol.reply(run=run)
 
     def _worker_view(self, row: dict) -> dict:
-        fact = self.facts.worker(row["id"])
-        return views.worker(row, fact is not None and fact[0], fact[1] if fact else row["state"])
+        return views.worker(row, row["state"] not in (states.DISCONNECTED, states.GONE), row["state"])
 
     def worker_list(self, msg, now):
         offset, limit = self._page(msg)

@@ -93,22 +93,37 @@ class Store:
 
     def reader(self) -> "Store":
         """A read-only Store over its own engine and connection, sharing the table definitions."""
+        return Store._read_only(self.engine.url, self.tables)
+
+    @staticmethod
+    def open_reader(url) -> "Store":
+        """A read-only Store for another process (runq's reader): tables reflected, nothing written."""
+        engine = Store._read_engine(sa.engine.make_url(url))
+        meta = sa.MetaData()
+        tables = {name: sa.Table(name, meta, autoload_with=engine) for name in COLUMNS}
+        return Store._read_only(engine.url, tables, engine)
+
+    @staticmethod
+    def _read_engine(url):
+        if url.get_backend_name() != "sqlite":
+            return sa.create_engine(url, pool_pre_ping=True)
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record):
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA busy_timeout=10000")
+            cur.execute("PRAGMA query_only=1")
+            cur.close()
+        return engine
+
+    @staticmethod
+    def _read_only(url, tables: dict, engine=None) -> "Store":
         r = object.__new__(Store)
         r.read_only, r.db = True, None
-        url = self.engine.url
-        if url.get_backend_name() == "sqlite":
-            engine = sa.create_engine(url, connect_args={"check_same_thread": False})
-
-            @sa.event.listens_for(engine, "connect")
-            def _pragmas(dbapi_conn, _record):
-                cur = dbapi_conn.cursor()
-                cur.execute("PRAGMA busy_timeout=10000")
-                cur.execute("PRAGMA query_only=1")
-                cur.close()
-        else:
-            engine = sa.create_engine(url, pool_pre_ping=True)
-        r.engine = engine
-        r.tables, r._json_cols = self.tables, self._json_cols
+        r.engine = engine if engine is not None else Store._read_engine(url)
+        r.tables = tables
+        r._json_cols = {name: [c for c, t in cols.items() if t == "j"] for name, cols in COLUMNS.items()}
         r._build_statements()
         r._reset_buffer()
         return r
@@ -237,7 +252,9 @@ class Store:
 
     def _rows(self, stmt, name: str, **params) -> list[dict]:
         with self.engine.connect() as conn:
-            rows = [dict(r._mapping) for r in conn.execute(stmt, params)]
+            result = conn.execute(stmt, params)
+            keys = list(result.keys())
+            rows = [dict(zip(keys, r)) for r in result]
         for row in rows:
             for col in self._json_cols[name]:
                 row[col] = _jload(row[col])

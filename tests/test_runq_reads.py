@@ -9,7 +9,7 @@ from runq.client import Link, handshake
 from runq.config import BatchDefaults, RunqConfig
 from runq.coordinator import Coordinator
 from runq.queries import Queries
-from runq.reader import Reader
+from runq.reader import ReaderThread
 from runq.server import Server
 from runq.store import Store
 from procs import wait_until
@@ -57,7 +57,7 @@ def live(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'runq.sqlite'}")
     coord = Coordinator(store, RunqConfig(heartbeat_interval=10, lease=30, grace=60), BatchDefaults())
     queries = Stoppable(Queries(store.reader(), coord.facts))
-    server = Server(coord, store, [("127.0.0.1", 0)], reader=Reader(queries))
+    server = Server(coord, store, [("127.0.0.1", 0)], reader=ReaderThread(queries))
     stop = threading.Event()
     errors = []
 
@@ -131,3 +131,50 @@ def test_a_failing_read_is_an_error_reply_not_the_end_of_runq(live):
     assert client.recv()["code"] == 400
     client.send(protocol.message("Ping"))
     wait_until(lambda: client.recv()["status"] == "ok")
+
+
+def reader_pid(runq_pid: int) -> int:
+    """runq's reader process: its only child."""
+    children = open(f"/proc/{runq_pid}/task/{runq_pid}/children").read().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+def test_with_the_reader_process_stopped_runq_still_dispatches(tmp_path):
+    """The real `python -m runq`: SIGSTOP its reader process; a read waits, an assignment and
+    the reply to a StartBatch go out at once; SIGCONT and the read is answered."""
+    import os
+    import signal
+
+    from procs import start_runq
+    runq = start_runq(tmp_path)
+    reader = reader_pid(runq.pid)
+    try:
+        port = runq.port
+        watcher = connect(port, "client")
+        watcher.send(protocol.message("BatchList"))
+        assert "batches" in watcher.recv()                  # the reader answers while it runs
+        os.kill(reader, signal.SIGSTOP)
+        watcher.send(protocol.message("BatchList"))         # waits with the stopped reader
+        worker = connect(port, "worker")
+        worker.send(protocol.message("WorkerReady", host="h", pid=1, group="", user="", engine="dummy",
+                                     cost=1.0, speed=1.0, priority=0.0))
+        assert worker.recv()["type"] == "RunqAcceptWorker"
+        submitter = connect(port, "client")
+        submitter.send(protocol.message("StartBatch", name="b", engine="dummy", n_runs=1, param={}))
+        assert submitter.recv()["status"] == "ok"
+        assign = worker.recv()
+        assert assign["type"] == "RunqAssignRun" and assign["batch_id"] == 1
+        submitter.send(protocol.message("Ping"))            # answered on the loop, from memory
+        assert submitter.recv()["runq"]["runs_in_flight"] == 1
+        os.kill(reader, signal.SIGCONT)
+        assert [b["id"] for b in watcher.recv()["batches"]] == [1]
+        watcher.send(protocol.message("WorkerStatus", worker_id=1))
+        view = watcher.recv()["worker"]
+        assert view["connected"] is True and view["state"] == "busy"
+        watcher.send(protocol.message("BatchList"))
+        assert watcher.recv()["batches"][0]["served"] is True   # from the copy the loop sends
+    finally:
+        os.kill(reader, signal.SIGCONT)
+        runq.stop()
+    assert not os.path.exists(f"/proc/{reader}") or open(f"/proc/{reader}/stat").read().split()[2] == "Z"
