@@ -11,7 +11,7 @@ of them happens here.  Client requests are checked in ``runq/api.py`` (fields,
 who may ask), which then calls the changes below (``start_batch``,
 ``cancel_batch``, ``cancel_run``, ``drain_worker``); reads are
 ``runq/queries.py`` (read-only, committed data, off the loop in the server's
-reader thread).  Timers (leases, grace, time limits, contact writes,
+reader process).  Timers (leases, grace, time limits, contact writes,
 retention) are kept by deadline in ``runq/timers.py``.
 """
 from __future__ import annotations
@@ -458,7 +458,7 @@ class Coordinator:
             self.end_attempt(run, states.OUTCOME_STOPPED, "worker stopped", now)
         worker.run = None
         worker.last_report = (key, REPORT_OUTCOME[mtype])
-        self.send(worker.conn, protocol.message("RunqAck", accepted=True, **ack))
+        self.send(worker.conn, {"type": "RunqAck", **ack, "accepted": True})   # runq's own fields: not re-checked
         self._settle_worker(worker, now)
 
     def _already_recorded(self, worker: Worker, msg: dict) -> bool:
@@ -723,9 +723,10 @@ class Coordinator:
         self.store.save_run(run.row(), new=new)
         self.store.save_batch(batch.counters())
         self.store.save_worker(worker.row())
-        self.send(worker.conn, protocol.message(
-            "RunqAssignRun", batch_id=batch.id, batch_index=index, attempt=run.attempt, seq=worker.assign_seq,
-            engine=batch.engine, param=batch.param, time_limit=batch.time_limit))
+        # built, not checked: every field is runq's own, validated when it came in (hot path)
+        self.send(worker.conn, {
+            "type": "RunqAssignRun", "batch_id": batch.id, "batch_index": index, "attempt": run.attempt,
+            "seq": worker.assign_seq, "engine": batch.engine, "param": batch.param, "time_limit": batch.time_limit})
 
     def take_back(self, worker: Worker, outcome: str, message: str, now: float, abort: bool = True) -> None:
         """End the worker's current attempt without its report (lease, grace, timeout, cancel)."""
