@@ -442,7 +442,9 @@ class Coordinator:
                                                     message=None if accepted else "stale attempt"))
             self._settle_worker(worker, now)
             return
-        size = mtype == "WorkerFinishedRun" and json_size(msg["data"])
+        data = msg.get("data")
+        small = data is None or isinstance(data, (bool, int, float)) or (isinstance(data, str) and len(data) < 1024)
+        size = mtype == "WorkerFinishedRun" and not small and json_size(data)
         if size > MAX_RESULT_BYTES:  # never stored: it would break every listing that shows it
             run.failures = max(run.failures, self.batches[run.batch_id].max_attempts - 1)  # no retry
             self.end_attempt(run, states.OUTCOME_FAILED, f"result of {size} bytes refused: over the "

@@ -214,8 +214,9 @@ class Store:
 
     def _execute_many(self, conn, stmt, rows: list[dict]) -> None:
         """executemany.  On SQLite the statement is compiled once per set of columns and run with
-        plain tuples, skipping SQLAlchemy's per-row parameter processing (about a quarter of runq's
-        CPU per run); other databases go through SQLAlchemy."""
+        plain tuples on the transaction's DBAPI cursor, skipping SQLAlchemy's per-row parameter
+        processing and per-call bookkeeping (together about a third of runq's CPU per run);
+        other databases go through SQLAlchemy."""
         if not self._raw:
             conn.execute(stmt, rows)
             return
@@ -228,7 +229,9 @@ class Store:
                 c = stmt.compile(dialect=self.engine.dialect, column_keys=list(keys))
                 compiled = self._compiled[(stmt, keys)] = (c.string, tuple(c.positiontup))
             sql, order = compiled
-            conn.exec_driver_sql(sql, [tuple(row[k] for k in order) for row in group])
+            # the DBAPI cursor of this transaction's connection: no SQLAlchemy bookkeeping per call
+            conn.connection.driver_connection.cursor().executemany(sql, [tuple(row[k] for k in order)
+                                                                         for row in group])
 
     def commit(self) -> None:
         """Write everything buffered in one transaction."""
