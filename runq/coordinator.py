@@ -458,6 +458,8 @@ class Coordinator:
         else:  # WorkerStoppedRun: the worker process is stopping; its run goes back at once
             self.set_draining(worker)
             self.end_attempt(run, states.OUTCOME_STOPPED, "worker stopped", now)
+            for held in list(worker.held):   # and what it held unstarted (prefetch)
+                self.revoke(worker, held, "worker stopped", now, abort=False)
         worker.run = None
         worker.last_report = (key, REPORT_OUTCOME[mtype])
         self.send(worker.conn, {"type": "RunqAck", **ack, "accepted": True})   # runq's own fields: not re-checked

@@ -128,3 +128,14 @@ def test_cancel_reaches_held_runs_and_restart_requeues_them(tmp_path):
     h.restart()
     assert states_of(h, 2) == ["waiting", "waiting"]        # held, never started: back in the queue
     assert states_of(h) == ["running", "cancelled"]         # the running one waits for its worker (grace)
+
+
+def test_a_stopping_worker_gives_back_what_it_held(tmp_path):
+    h = harness(tmp_path)
+    wid = prefetcher(h, "w", 3)
+    start(h, 3)
+    a0 = h.assigned("w")[0]
+    started(h, "w", wid, a0)
+    h.report("w", wid, a0, "WorkerStoppedRun")
+    assert states_of(h) == ["waiting"] * 3
+    assert len(h.assigned("w")) == 3                        # draining: nothing new
