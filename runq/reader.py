@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import queue
+import signal
 import socket
 import struct
 import subprocess
@@ -225,11 +226,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="runq.reader", description="runq's reader process (runq starts it)")
     parser.add_argument("--fd", type=int, required=True, help="the socket runq passed")
     args = parser.parse_args(argv)
+    # runq decides when its reader ends (it closes the socket, or dies): a TERM or INT sent to
+    # the process group must not end the reader under a runq that is still stopping gracefully
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=args.fd)
     try:
         return serve_child(sock)
-    except KeyboardInterrupt:
-        return 0
     finally:
         sock.close()
         os._exit(0)
