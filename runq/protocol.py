@@ -100,8 +100,10 @@ SCHEMA: dict[str, dict[str, object]] = {
     "RunqChallenge": dict(version=INT, instance=STR, nonce=STR, proof=OPT_STR),
     "Auth": dict(proof=OPT_STR),
     # worker -> runq
-    "WorkerReady": dict(_WORKER_TRAITS),
-    "WorkerReconnect": dict(_WORKER_TRAITS, worker_id=ID, proof=OPT_STR, **_OPT_RUN),
+    # prefetch (issue 10): how many assignments it may hold; absent = an old worker (one, started at once)
+    "WorkerReady": dict(_WORKER_TRAITS, prefetch=COUNT),
+    "WorkerReconnect": dict(_WORKER_TRAITS, worker_id=ID, proof=OPT_STR, **_OPT_RUN, prefetch=COUNT),
+    "WorkerStartedRun": dict(worker_id=ID, **_RUN),   # a prefetching worker starts a run it holds
     # seq: highest RunqAssignRun.seq received; runs: [[batch_id, batch_index, attempt], ...] it computes
     "WorkerHeartbeat": dict(worker_id=ID, seq=COUNT, runs=LIST),
     "WorkerUpdate": dict(worker_id=ID, **_RUN, progress=NUM, message=OPT_STR),
@@ -149,7 +151,8 @@ SCHEMA: dict[str, dict[str, object]] = {
 }
 OPTIONAL: dict[str, frozenset[str]] = {
     "Hello": frozenset({"key_id"}),
-    "WorkerReconnect": frozenset({"proof", "batch_id", "batch_index", "attempt"}),
+    "WorkerReady": frozenset({"prefetch"}),
+    "WorkerReconnect": frozenset({"proof", "batch_id", "batch_index", "attempt", "prefetch"}),
     "RunqAcceptWorker": frozenset({"key"}),
     "WorkerUpdate": frozenset({"message"}),
     "WorkerFailedRun": frozenset({"traceback", "kind"}),
@@ -179,6 +182,7 @@ for _name in CLIENT_REQUESTS:
 FROM_WORKER = frozenset({
     "WorkerReady", "WorkerReconnect", "WorkerHeartbeat", "WorkerUpdate", "WorkerFinishedRun",
     "WorkerFailedRun", "WorkerAbortedRun", "WorkerStoppedRun", "WorkerDraining", "WorkerFileChunk",
+    "WorkerStartedRun",
 })
 # Replies carry arbitrary data beside the envelope; the opening messages may grow optional
 # fields in later versions, which older peers ignore.
