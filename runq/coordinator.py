@@ -498,6 +498,8 @@ class Coordinator:
                              kind=kind)
             if kind == states.KIND_WORKER:
                 self.set_broken(worker, msg["message"])
+                for held in list(worker.held):   # what it holds unstarted would fail the same way
+                    self.revoke(worker, held, "the worker cannot run its engine", now)
         elif mtype == "WorkerAbortedRun":
             self.end_attempt(run, states.OUTCOME_ABORTED, msg.get("message") or "aborted by the worker", now)
         else:  # WorkerStoppedRun: the worker process is stopping; its run goes back at once
