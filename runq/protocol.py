@@ -86,6 +86,7 @@ OPT_CODE, OPT_SECONDS, OPT_MAP = CODE.null(), SECONDS.null(), MAP.null()
 INT = Kind("an integer", (int,), -INT64, INT64)
 LIST = Kind("an array", (list,))
 OPT_INT, OPT_NUM = INT.null(), NUM.null()
+PREFETCH = Kind("a number of runs to hold", (int,), 1, 1001)   # perfw: worker --prefetch N
 
 # name -> {field: kind}.  A field listed in OPTIONAL may be absent.
 _RUN = {"batch_id": ID, "batch_index": INDEX, "attempt": ATTEMPT}
@@ -100,8 +101,11 @@ SCHEMA: dict[str, dict[str, object]] = {
     "RunqChallenge": dict(version=INT, instance=STR, nonce=STR, proof=OPT_STR),
     "Auth": dict(proof=OPT_STR),
     # worker -> runq
-    "WorkerReady": dict(_WORKER_TRAITS),
-    "WorkerReconnect": dict(_WORKER_TRAITS, worker_id=ID, proof=OPT_STR, **_OPT_RUN),
+    # prefetch (optional, default 1): how many runs runq may assign the worker at once
+    "WorkerReady": dict(_WORKER_TRAITS, prefetch=PREFETCH),
+    "WorkerReconnect": dict(_WORKER_TRAITS, worker_id=ID, proof=OPT_STR, **_OPT_RUN, prefetch=PREFETCH),
+    # a prefetching worker starts computing a run it held (its time limit starts now)
+    "WorkerStartedRun": dict(worker_id=ID, **_RUN),
     # seq: highest RunqAssignRun.seq received; runs: [[batch_id, batch_index, attempt], ...] it computes
     "WorkerHeartbeat": dict(worker_id=ID, seq=COUNT, runs=LIST),
     "WorkerUpdate": dict(worker_id=ID, **_RUN, progress=NUM, message=OPT_STR),
@@ -143,7 +147,8 @@ SCHEMA: dict[str, dict[str, object]] = {
 }
 OPTIONAL: dict[str, frozenset[str]] = {
     "Hello": frozenset({"key_id"}),
-    "WorkerReconnect": frozenset({"proof", "batch_id", "batch_index", "attempt"}),
+    "WorkerReady": frozenset({"prefetch"}),
+    "WorkerReconnect": frozenset({"proof", "batch_id", "batch_index", "attempt", "prefetch"}),
     "RunqAcceptWorker": frozenset({"key"}),
     "WorkerUpdate": frozenset({"message"}),
     "WorkerFailedRun": frozenset({"traceback"}),
@@ -169,7 +174,7 @@ for _name in CLIENT_REQUESTS:
     OPTIONAL[_name] = OPTIONAL.get(_name, frozenset()) | {"actor", "admin"}
 # Messages a worker sends (everything else a client may send is a request).
 FROM_WORKER = frozenset({
-    "WorkerReady", "WorkerReconnect", "WorkerHeartbeat", "WorkerUpdate", "WorkerFinishedRun",
+    "WorkerReady", "WorkerReconnect", "WorkerHeartbeat", "WorkerUpdate", "WorkerStartedRun", "WorkerFinishedRun",
     "WorkerFailedRun", "WorkerAbortedRun", "WorkerStoppedRun", "WorkerDraining",
 })
 # Replies carry arbitrary data beside the envelope; the opening messages may grow optional
@@ -281,10 +286,14 @@ def reply(status: str = "ok", code: int = 200, message: str = "ok", **data) -> d
     return {"type": "Reply", "status": status, "code": code, "message": message, **data}
 
 
+# Built once: json.dumps/loads with options build a new encoder/decoder on every call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def encode(msg: dict) -> bytes:
     """One frame: length prefix + UTF-8 JSON (non-ASCII kept as UTF-8 bytes)."""
     try:
-        body = json.dumps(msg, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        body = _ENCODER.encode(msg).encode("utf-8")
     except (UnicodeEncodeError, ValueError) as exc:   # a lone surrogate, NaN: never on the wire
         raise ProtocolError(f"cannot encode {msg.get('type')}: {exc}") from None
     if len(body) > MAX_FRAME:
@@ -303,10 +312,13 @@ def _finite_float(text: str) -> float:
     return value
 
 
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
 def decode_message(body: bytes) -> dict:
     """Parse one frame body; NaN, Infinity and numbers that overflow to them are refused here."""
     try:
-        msg = json.loads(body.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float)
+        msg = _DECODER.decode(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"frame is not UTF-8 JSON: {exc}") from None
     except RecursionError:

@@ -35,8 +35,7 @@ def finished_job(behave, abort_reason=None):
     if abort_reason:
         job.request_abort(abort_reason)
     job.start()
-    job.thread.join(5)
-    assert not job.thread.is_alive()
+    assert job.wait(5)
     return job
 
 
@@ -54,7 +53,7 @@ def test_context_names_the_run():
 
     job = Job(assignment(), Peek(), 11, lambda: None)
     job.start()
-    job.thread.join(5)
+    assert job.wait(5)
     ctx = seen["context"]
     assert (ctx.batch_id, ctx.batch_index, ctx.attempt, ctx.worker_id, ctx.time_limit) == (4, 2, 1, 11, 30.0)
     assert run_name(job.key) == "4/2#1"

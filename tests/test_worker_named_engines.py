@@ -228,7 +228,7 @@ def test_python_engine_fatal_passes_through_the_job_as_a_failed_run():
     job = Job(protocol.message("RunqAssignRun", seq=1, batch_id=1, batch_index=0, attempt=1, engine="p", param={},
                                time_limit=None), CheckedEngine(d, Refuses()), 1, lambda: None)
     job.start()
-    job.thread.join(5)
+    assert job.wait(5)
     mtype, fields = job.outcome()
     assert mtype == "WorkerFailedRun" and fields["message"] == "Fatal: this param can never work"
 

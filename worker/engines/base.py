@@ -88,6 +88,12 @@ class Engine:
     def run(self, param: dict, progress: Progress, abort: threading.Event, context: RunContext) -> Any:
         raise NotImplementedError
 
+    def runs_inline(self, param: dict) -> bool:
+        """True if this run is trivial (returns at once, never waits or blocks): the worker then
+        computes it on its loop thread, saving the hand-over to the engine thread.  Say True
+        only when sure; the worker does not answer runq while an inline run computes."""
+        return False
+
 
 # Built-ins are named by import path so that a worker imports only the engine it runs.
 BUILTIN = {

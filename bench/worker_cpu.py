@@ -1,0 +1,83 @@
+"""Worker CPU per run: zero-step runs through real `python -m worker` processes, CPU read from /proc.
+
+CPU per run = (utime + stime of every worker process, all threads) / runs, over one batch after a
+warm-up; runq's own CPU per run is printed beside it.  Median of R repeats.
+
+    .venv/bin/python bench/worker_cpu.py [--runs 5000] [--workers 16] [--repeat 3] [--worker-args "--prefetch 2"]
+
+SIMX_WORKER_PROFILE=DIR (passed through) makes each worker write a cProfile to DIR/worker-PID.prof at exit.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from common import PY, ROOT, free_port, runq_client, stop_all, wait_until  # noqa: E402
+from throughput import start_server  # noqa: E402
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK   # utime, stime (fields 14 and 15)
+
+
+def one_batch(client, runs: int) -> float:
+    bid = client.request("StartBatch", name="cpu", group="", user="", engine="dummy", n_runs=runs,
+                         param={"step_count": 0})["batch_id"]
+    state = {}
+
+    def done():
+        state.update(client.request("BatchStatus", batch_id=bid, offset=0, limit=1)["batch"])
+        return state["execution_time"] is not None
+
+    wait_until(done, 600, f"batch {bid} done", interval=0.05)
+    return runs / state["execution_time"]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=5000)
+    p.add_argument("--workers", type=int, default=16)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--worker-args", default="", help="extra flags for every worker")
+    args = p.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        srv = start_server("runq", port, tmp)
+        env = dict(os.environ, RUNQ_PORT=str(port), SIMX_LOG_LEVEL=os.environ.get("SIMX_LOG_LEVEL", "WARNING"))
+        cmd = [PY, "-m", "worker", "--engine", "dummy", "--port", str(port), *shlex.split(args.worker_args)]
+        log = open(f"{tmp}/workers.log", "ab")
+        procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=log, stdout=log) for _ in range(args.workers)]
+        client = runq_client(port)
+        try:
+            wait_until(lambda: sum(w["connected"] for w in client.request("WorkerList")["workers"])
+                       >= args.workers, 60, "workers connected")
+            one_batch(client, min(args.runs, 500))  # warm-up
+            for _ in range(args.repeat):
+                w0, q0, t0 = sum(cpu_seconds(w.pid) for w in procs), cpu_seconds(srv.pid), time.monotonic()
+                rate = one_batch(client, args.runs)
+                w1, q1, t1 = sum(cpu_seconds(w.pid) for w in procs), cpu_seconds(srv.pid), time.monotonic()
+                rows.append(((w1 - w0) / args.runs * 1e6, (q1 - q0) / args.runs * 1e6, rate))
+                print(f"  worker {rows[-1][0]:6.1f} us/run   runq {rows[-1][1]:6.1f} us/run   {rate:6.0f} runs/s",
+                      flush=True)
+        finally:
+            stop_all(procs + [srv])
+    med = [statistics.median(r[i] for r in rows) for i in range(3)]
+    print(f"worker_cpu: {args.runs} runs x {args.repeat}, {args.workers} workers {args.worker_args!r}: "
+          f"worker {med[0]:.1f} us/run, runq {med[1]:.1f} us/run, {med[2]:.0f} runs/s (medians; "
+          f"load {os.getloadavg()[0]:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
