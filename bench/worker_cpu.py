@@ -24,10 +24,20 @@ from throughput import start_server  # noqa: E402
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) in seconds of a process, all its threads (fields 14 and 15 of /proc/PID/stat)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK   # utime, stime (fields 14 and 15)
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_times(pid))
+
+
+def sys_user(procs) -> tuple[float, float]:
+    times = [cpu_times(p.pid) for p in procs]
+    return sum(t[0] for t in times), sum(t[1] for t in times)
 
 
 def one_batch(client, runs: int) -> float:
@@ -64,12 +74,13 @@ def main(argv=None) -> int:
                        >= args.workers, 60, "workers connected")
             one_batch(client, min(args.runs, 500))  # warm-up
             for _ in range(args.repeat):
-                w0, q0, t0 = sum(cpu_seconds(w.pid) for w in procs), cpu_seconds(srv.pid), time.monotonic()
+                s0, q0 = sys_user(procs), cpu_seconds(srv.pid)
                 rate = one_batch(client, args.runs)
-                w1, q1, t1 = sum(cpu_seconds(w.pid) for w in procs), cpu_seconds(srv.pid), time.monotonic()
-                rows.append(((w1 - w0) / args.runs * 1e6, (q1 - q0) / args.runs * 1e6, rate))
-                print(f"  worker {rows[-1][0]:6.1f} us/run   runq {rows[-1][1]:6.1f} us/run   {rate:6.0f} runs/s",
-                      flush=True)
+                s1, q1 = sys_user(procs), cpu_seconds(srv.pid)
+                user, system = ((b - a) / args.runs * 1e6 for a, b in zip(s0, s1))
+                rows.append((user + system, (q1 - q0) / args.runs * 1e6, rate))
+                print(f"  worker {rows[-1][0]:6.1f} us/run (user {user:.0f}, system {system:.0f})   "
+                      f"runq {rows[-1][1]:6.1f} us/run   {rate:6.0f} runs/s", flush=True)
         finally:
             stop_all(procs + [srv])
     med = [statistics.median(r[i] for r in rows) for i in range(3)]

@@ -125,7 +125,17 @@ def main(argv: list[str] | None = None) -> int:
     log.info("worker process %s starting: engine %s, group %r, user %r, runq at %s:%s", traits.pid, traits.engine,
              traits.group, traits.user, conf.runq.host, conf.runq.port)
     with _signals(loop):
-        return loop.run()
+        return _profiled(loop.run) if os.environ.get("SIMX_WORKER_PROFILE") else loop.run()
+
+
+def _profiled(run) -> int:
+    """SIMX_WORKER_PROFILE=DIR: cProfile the loop thread into DIR/worker-PID.prof (bench/worker_cpu.py)."""
+    import cProfile
+    profile = cProfile.Profile()
+    try:
+        return profile.runcall(run)
+    finally:
+        profile.dump_stats(os.path.join(os.environ["SIMX_WORKER_PROFILE"], f"worker-{os.getpid()}.prof"))
 
 
 class _signals:

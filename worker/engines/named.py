@@ -129,6 +129,10 @@ class CheckedEngine(Engine):
     def run(self, param, progress, abort, context):
         return self.inner.run(checked(self.definition, param), progress, abort, context)
 
+    def runs_inline(self, param) -> bool:
+        inline = getattr(self.inner, "runs_inline", None)
+        return inline is not None and inline(param)
+
 
 def load_class(path: str, root: Path, options: dict):
     module_name, _, attr = path.partition(":")
