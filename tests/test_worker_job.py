@@ -186,7 +186,7 @@ def test_a_stuck_engine_does_not_hold_up_the_next_run():
     nxt = Job(assignment(), Scripted(lambda p, a: "next"), 1, lambda: None)
     nxt.start(runner)
     assert nxt.wait(5) and nxt.outcome() == ("WorkerFinishedRun", {"data": "next"})
-    assert not stuck.done.is_set() and len(runner.threads) == 2
+    assert not stuck.done() and len(runner.threads) == 2
     release.set()
     assert stuck.wait(5)
 
@@ -206,7 +206,7 @@ def test_a_run_the_engine_declares_trivial_is_computed_inline_without_a_wakeup()
     runner = EngineThread()
     job = Job(assignment(inline=True), Trivial(), 1, lambda: wakes.append(1))
     job.start(runner)
-    assert job.done.is_set() and job.outcome()[1]["data"] == threading.current_thread().name
+    assert job.done() and job.outcome()[1]["data"] == threading.current_thread().name
     assert wakes == [] and runner.threads == []
     other = Job(assignment(inline=False), Trivial(), 1, lambda: wakes.append(1))
     other.start(runner)

@@ -81,7 +81,7 @@ class Job:
         self._lock = threading.Lock()
         self._progress: tuple[float, str | None] | None = None
         self._outcome: tuple[str, dict] | None = None
-        self.done = threading.Event()  # set once the outcome is there
+        self._waiter: threading.Event | None = None  # made only if someone waits (exit, tests)
         self.thread: threading.Thread | None = None  # the thread computing it (None: inline or not started)
 
     def start(self, runner: "EngineThread | None" = None) -> None:
@@ -96,9 +96,19 @@ class Job:
             self.thread = threading.Thread(target=self.run, name=f"engine-{run_name(self.key)}", daemon=True)
             self.thread.start()
 
+    def done(self) -> bool:
+        """True once the outcome is there."""
+        return self._outcome is not None
+
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the outcome; True once it is there."""
-        return self.done.wait(timeout)
+        with self._lock:
+            if self._outcome is not None:
+                return True
+            if self._waiter is None:
+                self._waiter = threading.Event()
+            waiter = self._waiter
+        return waiter.wait(timeout)
 
     # -- engine thread -------------------------------------------------------
 
@@ -130,7 +140,9 @@ class Job:
     def _publish(self, outcome: tuple[str, dict], wake: bool = True) -> None:
         with self._lock:
             self._outcome = outcome
-        self.done.set()
+            waiter = self._waiter
+        if waiter is not None:
+            waiter.set()
         if wake:
             self.wake()
 

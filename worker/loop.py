@@ -238,7 +238,7 @@ class WorkerLoop:
         """Release sockets; give an engine still running a moment to clean up (kill its children)."""
         session = self.session
         job = session.last_job
-        if job is not None and not job.done.is_set():
+        if job is not None and not job.done():
             job.request_abort("worker exiting")
             remaining = session.stop_deadline - self.clock() if session.stopping else 1.0
             if not job.wait(max(0.1, remaining)):
