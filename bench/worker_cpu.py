@@ -59,13 +59,16 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=16)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--worker-args", default="", help="extra flags for every worker")
+    p.add_argument("--driver", action="store_true",
+                   help="minimal protocol-level workers (bench/driver.py) instead: the floor of the round trip")
     args = p.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         srv = start_server("runq", port, tmp)
         env = dict(os.environ, RUNQ_PORT=str(port), SIMX_LOG_LEVEL=os.environ.get("SIMX_LOG_LEVEL", "WARNING"))
-        cmd = [PY, "-m", "worker", "--engine", "dummy", "--port", str(port), *shlex.split(args.worker_args)]
+        cmd = ([PY, str(ROOT / "bench" / "driver.py"), str(port)] if args.driver else
+               [PY, "-m", "worker", "--engine", "dummy", "--port", str(port), *shlex.split(args.worker_args)])
         log = open(f"{tmp}/workers.log", "ab")
         procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=log, stdout=log) for _ in range(args.workers)]
         client = runq_client(port)
@@ -84,7 +87,8 @@ def main(argv=None) -> int:
         finally:
             stop_all(procs + [srv])
     med = [statistics.median(r[i] for r in rows) for i in range(3)]
-    print(f"worker_cpu: {args.runs} runs x {args.repeat}, {args.workers} workers {args.worker_args!r}: "
+    what = "driver" if args.driver else f"workers {args.worker_args!r}"
+    print(f"worker_cpu: {args.runs} runs x {args.repeat}, {args.workers} {what}: "
           f"worker {med[0]:.1f} us/run, runq {med[1]:.1f} us/run, {med[2]:.0f} runs/s (medians; "
           f"load {os.getloadavg()[0]:.2f})")
     return 0

@@ -218,3 +218,18 @@ def test_a_zero_step_dummy_run_is_trivial_and_others_are_not():
     engine = DummyEngine()
     assert engine.runs_inline({"step_count": 0})
     assert not engine.runs_inline({}) and not engine.runs_inline({"step_count": 1, "step_delay": 0})
+
+
+def test_abort_flag_wakes_every_waiter_and_stays_set():
+    from worker.job import AbortFlag
+    flag = AbortFlag()
+    assert not flag.is_set() and flag.wait(0) is False and flag.wait(0.01) is False
+    woke = []
+    waiters = [threading.Thread(target=lambda: woke.append(flag.wait(5))) for _ in range(4)]
+    for t in waiters:
+        t.start()
+    flag.set()
+    flag.set()   # twice is harmless
+    for t in waiters:
+        t.join(5)
+    assert woke == [True] * 4 and flag.is_set() and flag.wait() and flag.wait(0)

@@ -39,6 +39,8 @@ def run_name(key) -> str:
 
 def jsonable(data):
     """The engine's result as runq will store it: JSON as is, anything else as its str()."""
+    if type(data) is str and data.isascii() and len(data) <= MAX_DATA_BYTES // 6:
+        return data   # fits as it is (JSON escapes an ASCII character into at most 6)
     try:
         text = json.dumps(data, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError):
@@ -73,7 +75,7 @@ class Job:
         )
         self.engine = engine
         self.wake = wake
-        self.abort = threading.Event()
+        self.abort = AbortFlag()
         self.abort_reason: str | None = None
         # Set by the loop once it has turned the outcome (or a stop) into a report;
         # from then on the run is no longer "being computed" as far as runq is told.
@@ -177,6 +179,46 @@ class Job:
         """(report type, fields) once the engine has returned or raised, else None."""
         with self._lock:
             return self._outcome
+
+
+class AbortFlag:
+    """What an engine's ``abort`` is: a ``threading.Event`` (is_set, wait, set) made of one lock.
+
+    threading.Event builds a Condition: about 5 us per run, a tenth of a zero-step run's cost.
+    The lock is held while the flag is clear; ``set`` releases it, and each waiter that gets
+    it hands it on, so every waiter wakes.
+    """
+
+    __slots__ = ("_set", "_lock")
+
+    def __init__(self):
+        self._set = False
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    isSet = is_set
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            try:
+                self._lock.release()
+            except RuntimeError:  # set() raced with set(): released once already
+                pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._set:
+            return True
+        if timeout is None:
+            got = self._lock.acquire()
+        else:
+            got = self._lock.acquire(timeout=max(0.0, timeout))
+        if got:
+            self._lock.release()   # hand it on to the next waiter
+        return self._set
 
 
 def _inline_ok(runs_inline, param) -> bool:

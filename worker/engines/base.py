@@ -7,7 +7,7 @@ the worker's engine thread, once per run, and
   reported as their ``str()``),
 * calls ``progress(fraction, message=None)`` as often as it likes (the worker
   throttles what it sends to runq), with ``fraction`` in 0..1,
-* checks ``abort`` (a ``threading.Event``) often enough to stop promptly, and
+* checks ``abort`` (a ``threading.Event`` or its like: ``is_set()``, ``wait(timeout)``) often enough to stop promptly, and
   raises ``Aborted`` when it is set (runq cancelled the run, its time limit
   passed, or the worker is stopping),
 * raises any other exception to fail the run: its message and traceback go to
