@@ -4,12 +4,14 @@ CPU per run = (utime + stime of every worker process, all threads) / runs, over 
 warm-up; runq's own CPU per run is printed beside it.  Median of R repeats.
 
     .venv/bin/python bench/worker_cpu.py [--runs 5000] [--workers 16] [--repeat 3] [--worker-args "--prefetch 2"]
+                                         [--param '{"step_count": 1, "step_delay": 0}'] [--driver]
 
 SIMX_WORKER_PROFILE=DIR (passed through) makes each worker write a cProfile to DIR/worker-PID.prof at exit.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import statistics
@@ -40,9 +42,9 @@ def sys_user(procs) -> tuple[float, float]:
     return sum(t[0] for t in times), sum(t[1] for t in times)
 
 
-def one_batch(client, runs: int) -> float:
+def one_batch(client, runs: int, param: dict) -> float:
     bid = client.request("StartBatch", name="cpu", group="", user="", engine="dummy", n_runs=runs,
-                         param={"step_count": 0})["batch_id"]
+                         param=param)["batch_id"]
     state = {}
 
     def done():
@@ -59,6 +61,7 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=16)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--worker-args", default="", help="extra flags for every worker")
+    p.add_argument("--param", default='{"step_count": 0}', help="the dummy runs' param (JSON; default zero steps)")
     p.add_argument("--driver", action="store_true",
                    help="minimal protocol-level workers (bench/driver.py) instead: the floor of the round trip")
     args = p.parse_args(argv)
@@ -75,10 +78,11 @@ def main(argv=None) -> int:
         try:
             wait_until(lambda: sum(w["connected"] for w in client.request("WorkerList")["workers"])
                        >= args.workers, 60, "workers connected")
-            one_batch(client, min(args.runs, 500))  # warm-up
+            param = json.loads(args.param)
+            one_batch(client, min(args.runs, 500), param)  # warm-up
             for _ in range(args.repeat):
                 s0, q0 = sys_user(procs), cpu_seconds(srv.pid)
-                rate = one_batch(client, args.runs)
+                rate = one_batch(client, args.runs, param)
                 s1, q1 = sys_user(procs), cpu_seconds(srv.pid)
                 user, system = ((b - a) / args.runs * 1e6 for a, b in zip(s0, s1))
                 rows.append((user + system, (q1 - q0) / args.runs * 1e6, rate))
