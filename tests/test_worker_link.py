@@ -518,7 +518,7 @@ def test_sigterm_stops_the_process_with_status_0(runq, tmp_path, python):
     finally:
         finish(proc, 0)
     log = (tmp_path / "worker.log").read_text()
-    assert "worker 7: stopping: giving run 5/0#1 back to runq" in log and "acked" in log
+    assert "worker 7: assigned run 5/0#1" in log and "acked" in log
 
 
 def test_sigusr1_drains_the_process(runq, tmp_path, python):

@@ -252,8 +252,10 @@ class Session:
     def _start(self, msg: dict, now: float) -> None:
         job = self.job = self.last_job = Job(msg, self.engine, self.worker_id, self.wake)
         self.next_update = -math.inf
-        if self.log.isEnabledFor(logging.DEBUG):
-            self.log.debug("starting run %s", run_name(job.key))
+        # Two lines per run at INFO (this and the outcome) cost more CPU than the rest of a
+        # zero-step run: fleets of very short runs log at WARNING (docs/ARCHITECTURE.md).
+        if self.log.isEnabledFor(logging.INFO):
+            self.log.info("assigned run %s", run_name(job.key))
         if self.prefetch > 1 and self.online:
             self.send({"type": "WorkerStartedRun", "worker_id": self.worker_id, "batch_id": job.key[0],
                        "batch_index": job.key[1], "attempt": job.key[2]})
@@ -265,7 +267,7 @@ class Session:
         if report is None:
             self.log.warning("ack for run %s, which has no report waiting; ignored", run_name(key))
             return
-        # a finished run's ack at DEBUG: a line per run costs CPU (its outcome was logged at INFO)
+        # a finished run's ack at DEBUG: a third line per run is not worth its CPU
         level = (logging.WARNING if not msg["accepted"] else
                  logging.DEBUG if report[0] == "WorkerFinishedRun" else logging.INFO)
         if self.log.isEnabledFor(level):
@@ -332,7 +334,7 @@ class Session:
             return
         mtype, fields = outcome
         job.report = mtype
-        if self.log.isEnabledFor(logging.INFO):   # the one line per run at INFO
+        if self.log.isEnabledFor(logging.INFO):   # formatted only when written (see _start)
             detail = (fields.get("message") or "").strip()
             detail = f": {detail.splitlines()[0][:200]}" if detail else ""
             self.log.info("run %s %s%s", run_name(job.key), OUTCOME[mtype], detail)
