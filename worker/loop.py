@@ -83,11 +83,10 @@ class WorkerLoop:
         """Serve runq until stopped, drained or refused; return the exit status."""
         try:
             while True:
-                now = self.clock()
-                code = self.advance(now)
+                code = self.advance(self.clock())
                 if code is not None:
                     return code
-                self.poll(self.timeout(now))
+                self.poll(self.timeout(self.clock()))
         finally:
             self.close()
 
