@@ -55,6 +55,40 @@ def one_batch(client, runs: int, param: dict) -> float:
     return runs / state["execution_time"]
 
 
+def fake_runq(args) -> int:
+    """Worker CPU per run against bench/fake_runq.py: after 3,000 warm-up reports, over the next ``runs``."""
+    port = free_port()
+    warm = 3000
+    total = warm + args.runs * args.repeat + 1000
+    srv = subprocess.Popen([PY, str(ROOT / "bench" / "fake_runq.py"), str(port), str(total)], cwd=ROOT,
+                           stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    env = dict(os.environ, RUNQ_PORT=str(port), SIMX_LOG_LEVEL=os.environ.get("SIMX_LOG_LEVEL", "WARNING"))
+    cmd = [PY, "-m", "worker", "--engine", "dummy", "--port", str(port), *shlex.split(args.worker_args)]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.DEVNULL) for _ in range(args.workers)]
+    rows = []
+    try:
+        marks = {warm + i * args.runs for i in range(args.repeat + 1)}
+        last = None
+        for line in srv.stdout:
+            count = int(line.split()[0]) if line.strip().isdigit() else None
+            if count in marks:
+                now = (sys_user(procs), time.monotonic())
+                if last is not None:
+                    user, system = ((b - a) / args.runs * 1e6 for a, b in zip(last[0], now[0]))
+                    rows.append(user + system)
+                    print(f"  worker {user + system:6.1f} us/run (user {user:.0f}, system {system:.0f})   "
+                          f"{args.runs / (now[1] - last[1]):6.0f} runs/s", flush=True)
+                last = now
+            if len(rows) == args.repeat:
+                break
+    finally:
+        stop_all(procs + [srv])
+    print(f"worker_cpu: fake runq, {args.runs} runs x {args.repeat}, {args.workers} workers {args.worker_args!r}: "
+          f"worker {statistics.median(rows):.1f} us/run (median; load {os.getloadavg()[0]:.2f})")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=5000)
@@ -62,9 +96,14 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--worker-args", default="", help="extra flags for every worker")
     p.add_argument("--param", default='{"step_count": 0}', help="the dummy runs' param (JSON; default zero steps)")
+    p.add_argument("--fake-runq", action="store_true",
+                   help="against bench/fake_runq.py, which keeps each worker topped up to its --prefetch "
+                        "(the worker's side of prefetch before runq has its own)")
     p.add_argument("--driver", action="store_true",
                    help="minimal protocol-level workers (bench/driver.py) instead: the floor of the round trip")
     args = p.parse_args(argv)
+    if args.fake_runq:
+        return fake_runq(args)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
