@@ -119,6 +119,11 @@ class ReaderThread:
                 return   # closed under us: runq is stopping
 
 
+def _ignore_stop_signals() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class ReaderProcess:
     """Reads answered by a child process over a socket pair; the loop never blocks on it
     (requests it cannot write yet wait in a buffer, at most one per client connection)."""
@@ -127,8 +132,10 @@ class ReaderProcess:
         from .queries import READS
         self.kinds, self.facts = READS, facts
         self.wake_r, child = socket.socketpair()
+        # TERM/INT ignored from the fork on (an ignored signal stays ignored across exec): one sent to
+        # the group while the child is still importing must not end it under a runq stopping gracefully
         self.proc = subprocess.Popen([python, "-m", "runq.reader", "--fd", str(child.fileno())],
-                                     pass_fds=(child.fileno(),), close_fds=True)
+                                     pass_fds=(child.fileno(),), close_fds=True, preexec_fn=_ignore_stop_signals)
         child.close()
         self.wake_r.setblocking(False)
         self.pending: dict[int, object] = {}   # read number -> connection
@@ -172,7 +179,12 @@ class ReaderProcess:
     def done(self) -> list:
         try:
             while True:
-                data = self.wake_r.recv(1 << 20)
+                try:
+                    data = self.wake_r.recv(1 << 20)
+                except (BlockingIOError, InterruptedError):
+                    raise
+                except OSError as exc:
+                    raise ReaderGone(f"runq's reader process is gone: {exc}") from None
                 if not data:
                     raise ReaderGone(f"runq's reader process exited ({self.proc.poll()})")
                 self.inbuf += data
