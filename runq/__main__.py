@@ -16,6 +16,7 @@ from . import auth, engines
 from . import config as configuration
 from . import tls
 from .coordinator import Coordinator
+from .reader import ReaderProcess
 from .server import Server
 from .store import Store
 
@@ -102,7 +103,9 @@ def main(argv=None) -> int:
                               catalog=catalog, files_dir=files_dir)
     try:
         server = Server(coordinator, store, [(h, cfg.runq.port) for h in cfg.runq.listen],
-                        limits=cfg.runq.limits, tls=tls_context, heartbeat_interval=cfg.runq.heartbeat_interval)
+                        limits=cfg.runq.limits, tls=tls_context, heartbeat_interval=cfg.runq.heartbeat_interval,
+                        reader=ReaderProcess(store.engine.url, coordinator.facts, cfg.runq.log_level,
+                                             files_dir=files_dir))
     except OSError as exc:
         print(f"runq: cannot listen on port {cfg.runq.port}: {exc}", file=sys.stderr)
         return 1

@@ -6,9 +6,13 @@ store, and return ``[(conn, message)]`` to send (a message of None means: close
 that connection).  The server commits the store before it sends anything, so
 nothing is ever sent about state that is not durable.
 
-Worker-side logic lives here; client requests (StartBatch, listings, cancel)
-live in ``runq/api.py``, which uses the same model and the ``dispatch`` and
-``end_attempt`` steps below.
+The coordinator is the one owner of runs, batches and workers: every change
+of them happens here.  Client requests are checked in ``runq/api.py`` (fields,
+who may ask), which then calls the changes below (``start_batch``,
+``cancel_batch``, ``cancel_run``, ``drain_worker``); reads are
+``runq/queries.py`` (read-only, committed data, off the loop in the server's
+reader process).  Timers (leases, grace, time limits, contact writes,
+retention) are kept by deadline in ``runq/timers.py``.
 """
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ import heapq
 import logging
 
 from . import auth, protocol, states
-from .api import MAX_RESULT_BYTES, Api, json_size
+from .api import Api
+from .queries import MAX_RESULT_BYTES, Facts, Queries, json_size
 from .config import BatchDefaults, RunqConfig, SchedConfig
 from .errors import RunqError
 from .fairshare import FairShare
@@ -24,13 +29,15 @@ from .files import Files, UploadRefused
 from .matching import Matcher, Presence
 from .metrics import Metrics
 from .model import Batch, Run, Worker
-from .recovery import recover
+from .recovery import Recovered, recover
 from .retry import Backoff
 from .store import Store
+from .timers import Timers
 
 log = logging.getLogger("runq.coordinator")
 
 CONTACT_WRITE_INTERVAL = 5.0   # seconds between writes of a worker's last_contact
+PURGE_EVERY = 3600.0           # seconds between retention purges (runq.retention_days > 0)
 REPORT_OUTCOME = {
     "WorkerFinishedRun": states.OUTCOME_FINISHED, "WorkerFailedRun": states.OUTCOME_FAILED,
     "WorkerAbortedRun": states.OUTCOME_ABORTED, "WorkerStoppedRun": states.OUTCOME_STOPPED,
@@ -53,16 +60,52 @@ class Coordinator:
         self.backoff = Backoff(sched.backoff_base, sched.backoff_max)
         self.batches: dict[int, Batch] = {}      # active batches (runs left)
         self.runs: dict[tuple[int, int], Run] = {}  # materialized non-terminal runs
+        self.prefetched: dict[str, dict] = {}       # engine -> keys of assigned (held, unstarted) runs, oldest first
         self.workers: dict[int, Worker] = {}
         self.conns: dict[object, int] = {}        # conn -> worker id
         self.peers: dict[object, str] = {}
         self.out: list[tuple[object, dict | None]] = []
         self.started = now
         self.last_batch_id = self.last_worker_id = 0   # highest ids given out; recover() reads them
-        self.api = Api(self)
+        self.timers = Timers()
+        self._timer_handlers = {"lease": self._lease_due, "grace": self._grace_due, "limit": self._limit_due,
+                                "contact": self._contact_due, "purge": self._purge_due}
+        self.facts = Facts(self.presence)   # what reads take from memory (the reader gets a copy)
+        self.files_dir = files_dir
+        self.api = Api(self, Queries(store.reader(), self.facts, files_dir))
         self.metrics = Metrics(now)
-        recover(self, now)
+        self.adopt(recover(store, now), now)
+        if config.retention_days > 0:
+            self.timers.set("purge", None, now)
         self.metrics.load_ended(store.ended_batch_totals())
+
+    def adopt(self, model: Recovered, now: float) -> None:
+        """Take over the model read back at start-up: requeue orphaned runs, arm the timers
+        (grace for every worker, time limits of running runs), index batches with waiting runs."""
+        self.batches.update(model.batches)
+        self.runs.update(model.runs)
+        self.workers.update(model.workers)
+        self.last_batch_id, self.last_worker_id = model.last_batch_id, model.last_worker_id
+        for run in model.orphans:
+            if run.state == states.ASSIGNED:   # held unstarted: its worker's session is gone
+                self.end_attempt(run, states.OUTCOME_REVOKED, "runq restarted before the run started", now)
+                continue
+            log.warning("run %s had no worker holding it: requeued", run.key)
+            self.end_attempt(run, states.OUTCOME_LOST, "runq restarted; no worker held the run", now)
+        for worker in self.workers.values():
+            self.store.save_worker(worker.row())   # rows say what reads show: disconnected now
+            if worker.state != states.GONE:
+                self.timers.set("grace", worker.id, now + self.config.grace)
+        for run in self.runs.values():
+            if run.state == states.RUNNING:
+                self.arm_limit(run, self.batches[run.batch_id])
+        for batch in list(self.batches.values()):
+            self.finish_batch_if_done(batch, now)
+            if batch.id in self.batches:
+                self.make_ready(batch, now)
+        self.store.commit()
+        log.info("recovered %d active batches, %d runs in flight, %d known workers",
+                 len(self.batches), len(self.runs), len(self.workers))
 
     # ---- entry points the server calls
     def connected(self, conn, peer: str, now: float) -> list:
@@ -121,6 +164,7 @@ class Coordinator:
             worker.conn = None
             worker.disconnected_at = now
             worker.state = states.DISCONNECTED
+            self.timers.set("grace", worker.id, now + self.config.grace)
             self.matcher.remove_idle(worker.id)
             self.note_presence(worker)
             self.store.save_worker(worker.row())
@@ -129,44 +173,14 @@ class Coordinator:
         return self.take_output()
 
     def tick(self, now: float) -> list:
-        """Leases, grace periods, time limits, periodic contact writes."""
-        lease, grace = self.config.lease, self.config.grace
-        for worker in list(self.workers.values()):
-            if worker.conn is None:
-                if (worker.state != states.GONE and worker.disconnected_at is not None
-                        and now - worker.disconnected_at > grace):
-                    if worker.run:
-                        log.warning("worker %d not back within %.0fs: requeueing run %s", worker.id, grace,
-                                    worker.run)
-                        self.take_back(worker, states.OUTCOME_LOST, "worker disconnected past the grace period", now)
-                    worker.state = states.GONE
-                    self.store.save_worker(worker.row())
-                continue
-            run = self.runs.get(worker.run) if worker.run else None
-            # the lease runs from the last word of the worker or the dispatch, whichever is later
-            if run is not None and now - max(worker.last_contact, run.started or 0.0) > lease:
-                log.warning("worker %d silent for %.0fs (lease %.0fs): requeueing run %s",
-                            worker.id, now - worker.last_contact, lease, worker.run)
-                self.take_back(worker, states.OUTCOME_LOST, "worker lease expired", now)
-            elif worker.last_contact - worker.saved_contact > CONTACT_WRITE_INTERVAL:
-                worker.saved_contact = worker.last_contact
-                self.store.save_worker(worker.row())
-        for run in list(self.runs.values()):
-            batch = self.batches.get(run.batch_id)
-            if (run.state == states.RUNNING and batch is not None and batch.time_limit
-                    and run.started is not None and now - run.started > batch.time_limit):
-                worker = self.workers.get(run.worker_id)
-                log.warning("run %s over its %ss time limit: aborting", run.key, batch.time_limit)
-                why = f"time limit of {batch.time_limit}s exceeded"
-                if worker is not None and worker.run == run.key:
-                    self.take_back(worker, states.OUTCOME_TIMEOUT, why, now)
-                else:
-                    self.end_attempt(run, states.OUTCOME_TIMEOUT, why, now)
+        """Fire the timers that are due: leases, grace periods, time limits, contact writes,
+        retention.  Kept by deadline (runq/timers.py), so a tick costs O(due), not O(fleet)."""
+        for kind, key in self.timers.due(now):
+            self._timer_handlers[kind](key, now)
         self._release_due(now)
         if self.fairshare.due(now):
             self.fairshare.renormalize(now)
             self.matcher.rerank_all()
-        self.api.tick(now)
         return self.take_output()
 
     def _release_due(self, now: float) -> None:
@@ -181,6 +195,72 @@ class Coordinator:
             heapq.heappush(batch.requeued, run.batch_index)
             if batch.state == states.ACTIVE:
                 self.make_ready(batch, now)
+
+    # ---- timers (each handler checks the state it guards: a timer may be stale)
+    def _lease_due(self, wid: int, now: float) -> None:
+        """The lease runs from the last word of the worker or the dispatch, whichever is later."""
+        worker = self.workers.get(wid)
+        if worker is None or worker.conn is None or not worker.run:
+            return   # idle (no lease), or disconnected (the grace timer decides)
+        run = self.runs.get(worker.run)
+        if run is None:
+            return
+        due = max(worker.last_contact, run.started or 0.0) + self.config.lease
+        if due > now:
+            self.timers.set("lease", wid, due)
+            return
+        log.warning("worker %d silent for %.0fs (lease %.0fs): requeueing run %s",
+                    worker.id, now - worker.last_contact, self.config.lease, worker.run)
+        self.release_all(worker, states.OUTCOME_LOST, "worker lease expired", now)
+
+    def _grace_due(self, wid: int, now: float) -> None:
+        worker = self.workers.get(wid)
+        if worker is None or worker.conn is not None or worker.state == states.GONE:
+            return
+        if worker.disconnected_at is None or worker.disconnected_at + self.config.grace > now:
+            return
+        if worker.run or worker.held:
+            log.warning("worker %d not back within %.0fs: requeueing run %s%s", worker.id, self.config.grace,
+                        worker.run, f" and {len(worker.held)} held" if worker.held else "")
+            self.release_all(worker, states.OUTCOME_LOST, "worker disconnected past the grace period", now)
+        worker.state = states.GONE
+        self.store.save_worker(worker.row())
+
+    def _limit_due(self, key: tuple[int, int], now: float) -> None:
+        run = self.runs.get(key)
+        batch = self.batches.get(key[0])
+        if (run is None or run.state != states.RUNNING or batch is None or not batch.time_limit
+                or run.started is None):
+            return
+        if run.started + batch.time_limit > now:
+            self.timers.set("limit", key, run.started + batch.time_limit)
+            return
+        worker = self.workers.get(run.worker_id)
+        log.warning("run %s over its %ss time limit: aborting", run.key, batch.time_limit)
+        why = f"time limit of {batch.time_limit}s exceeded"
+        if worker is not None and worker.run == run.key:
+            self.take_back(worker, states.OUTCOME_TIMEOUT, why, now)
+        else:
+            self.end_attempt(run, states.OUTCOME_TIMEOUT, why, now)
+
+    def _contact_due(self, wid: int, now: float) -> None:
+        """last_contact is written at most every CONTACT_WRITE_INTERVAL per worker, batched by deadline."""
+        worker = self.workers.get(wid)
+        if worker is not None and worker.last_contact > worker.saved_contact:
+            worker.saved_contact = worker.last_contact
+            self.store.save_worker(worker.row())
+
+    def _purge_due(self, _key, now: float) -> None:
+        self.timers.set("purge", None, now + PURGE_EVERY)
+        self.purge(now)
+
+    def arm_lease(self, worker: Worker, now: float) -> None:
+        if self.timers.when("lease", worker.id) is None:
+            self.timers.set("lease", worker.id, now + self.config.lease)
+
+    def arm_limit(self, run: Run, batch: Batch) -> None:
+        if batch.time_limit and run.started is not None:
+            self.timers.set("limit", run.key, run.started + batch.time_limit)
 
     # ---- output
     def send(self, conn, msg: dict | None) -> None:
@@ -204,6 +284,8 @@ class Coordinator:
                             f"{'worker %d' % wid if wid is not None else 'no worker (send WorkerReady first)'}", 403)
         worker = self.workers[wid]
         worker.last_contact = now
+        if ("contact", wid) not in self.timers.live:
+            self.timers.set("contact", wid, max(now, worker.saved_contact + CONTACT_WRITE_INTERVAL))
         if mtype == "WorkerHeartbeat":
             self._heartbeat(worker, msg, now)
         elif mtype == "WorkerUpdate":
@@ -216,6 +298,8 @@ class Coordinator:
             self.set_draining(worker)
         elif mtype == "WorkerFileChunk":
             self._file_chunk(worker, msg, now)
+        elif mtype == "WorkerStartedRun":
+            self._started(worker, msg, now)
         elif mtype in REPORT_OUTCOME:
             self._report(worker, msg, now)
 
@@ -264,6 +348,12 @@ class Coordinator:
         self.conns[conn] = wid
         worker.conn, worker.last_contact, worker.disconnected_at = conn, now, None
         worker.ipaddr = self.peers.get(conn, worker.ipaddr)
+        prefetch = msg.get("prefetch", 0)
+        if prefetch > MAX_HELD_RUNS:
+            raise RunqError(f"{msg['type']}: prefetch {prefetch} is over {MAX_HELD_RUNS}", 400)
+        worker.prefetch = prefetch
+        for key in list(worker.held):   # what it held unstarted went with the old session
+            self.revoke(worker, key, "worker reconnected", now, abort=False)
         claimed = protocol.run_key(msg)
         keep = False
         if claimed is not None and not new:
@@ -277,6 +367,7 @@ class Coordinator:
                                          heartbeat_interval=self.config.heartbeat_interval, keep_run=keep))
         if keep:
             worker.aborting = None
+            self.arm_lease(worker, now)
         else:
             worker.aborting = claimed   # None when it holds nothing
             if claimed is not None:
@@ -288,6 +379,7 @@ class Coordinator:
                 self.take_back(worker, states.OUTCOME_LOST, "worker came back without its run", now, abort=False)
         self.note_presence(worker)
         self._settle_worker(worker, now)
+        worker.saved_contact = worker.last_contact
         self.store.save_worker(worker.row(), new=new)
 
     def _heartbeat(self, worker: Worker, msg: dict, now: float) -> None:
@@ -303,31 +395,72 @@ class Coordinator:
             worker.aborting = None           # it let go of the run we took back
         run = self.runs.get(worker.run) if worker.run else None
         current = (run.batch_id, run.batch_index, run.attempt) if run is not None else None
-        if current is not None and current not in held and worker.assign_seq <= msg["seq"]:
+        if current is not None and current not in held and worker.run_seq <= msg["seq"]:
             log.warning("worker %d does not hold run %s (assignment %d lost or dropped): requeueing it",
-                        worker.id, worker.run, worker.assign_seq)
+                        worker.id, worker.run, worker.run_seq)
             self.take_back(worker, states.OUTCOME_LOST, "the worker did not hold the run it was assigned", now,
                            abort=False)
             current = None
+        mine = {current}
+        for key, seq in list(worker.held.items()):   # prefetched, not started
+            run3 = (key[0], key[1], self.runs[key].attempt)
+            if run3 in held:
+                mine.add(run3)
+            elif seq <= msg["seq"]:
+                log.warning("worker %d does not hold run %s it was assigned (seq %d): requeueing it",
+                            worker.id, key, seq)
+                self.revoke(worker, key, "the worker did not hold the run it was assigned", now, abort=False)
+                let_go = True   # it has room again
         for key in held:
-            if key != current and key != worker.aborting:
+            if key not in mine and key != worker.aborting:
                 self.send(worker.conn, protocol.message("RunqAbortRun", batch_id=key[0], batch_index=key[1],
                                                         attempt=key[2], reason="this run is no longer yours"))
         if let_go:
             self._settle_worker(worker, now)
 
-    def _current_run(self, worker: Worker, msg: dict) -> Run | None:
+    def _current_run(self, worker: Worker, msg: dict, now: float | None = None) -> Run | None:
+        """The run a message names if it is that worker's current attempt.  With `now`, a run the
+        worker holds unstarted (prefetch) counts as started by this message."""
         run = self.runs.get((msg["batch_id"], msg["batch_index"]))
-        if (run is None or run.state != states.RUNNING or run.worker_id != worker.id
-                or run.attempt != msg["attempt"]):
+        if run is None or run.worker_id != worker.id or run.attempt != msg["attempt"]:
             return None
-        return run
+        if run.state == states.ASSIGNED and now is not None and run.key in worker.held and worker.run is None:
+            self.start_run(worker, run, now)
+        return run if run.state == states.RUNNING else None
+
+    def _started(self, worker: Worker, msg: dict, now: float) -> None:
+        """WorkerStartedRun: a prefetching worker starts a run it holds."""
+        run = self.runs.get((msg["batch_id"], msg["batch_index"]))
+        if (run is None or run.state != states.ASSIGNED or run.worker_id != worker.id
+                or run.attempt != msg["attempt"] or run.key not in worker.held):
+            log.info("worker %d started run %s attempt %d, which is not its to start (taken back): ignored",
+                     worker.id, (msg["batch_id"], msg["batch_index"]), msg["attempt"])
+            return   # taken back meanwhile: the RunqAbortRun sent then stops it
+        if worker.run is not None:
+            raise RunqError(f"WorkerStartedRun {run.key}: worker {worker.id} is still running {worker.run} "
+                            "(report it first)", 409)
+        self.start_run(worker, run, now)
+
+    def start_run(self, worker: Worker, run: Run, now: float) -> None:
+        """assigned -> running: the worker computes it now; its time limit starts."""
+        states.check_transition(run.state, states.RUNNING)
+        worker.run_seq = worker.held.pop(run.key)
+        self._unindex_prefetched(run)
+        run.state, run.started = states.RUNNING, now
+        worker.run, worker.state = run.key, states.BUSY
+        self.store.save_run(run.row())
+        self.store.save_worker(worker.row())
+        self.arm_lease(worker, now)
+        batch = self.batches[run.batch_id]
+        self.arm_limit(run, batch)
+        self.fairshare.started(run.key, batch.sharer, now)   # its fair-share usage starts now
+        self.matcher.rerank(batch.sharer)
 
     def _report(self, worker: Worker, msg: dict, now: float) -> None:
         mtype, key = msg["type"], protocol.run_key(msg)
         if msg.get("kind") not in (None, *states.FAILURE_KINDS):
             raise RunqError(f"{mtype}: field 'kind' must be one of {', '.join(states.FAILURE_KINDS)}", 400)
-        run = self._current_run(worker, msg)
+        run = self._current_run(worker, msg, now)
         ack = dict(batch_id=key[0], batch_index=key[1], attempt=key[2])
         if run is None:
             accepted = self._already_recorded(worker, msg)
@@ -344,7 +477,9 @@ class Coordinator:
             return
         if mtype != "WorkerFinishedRun" and key in self.files.incoming:
             self.files.discard(key)   # the run ended otherwise: its partial upload goes
-        size = mtype == "WorkerFinishedRun" and json_size(msg["data"])
+        data = msg.get("data")
+        small = data is None or isinstance(data, (bool, int, float)) or (isinstance(data, str) and len(data) < 1024)
+        size = mtype == "WorkerFinishedRun" and not small and json_size(data)
         if size > MAX_RESULT_BYTES:  # never stored: it would break every listing that shows it
             self.files.discard(key)
             run.failures = max(run.failures, self.batches[run.batch_id].max_attempts - 1)  # no retry
@@ -363,13 +498,18 @@ class Coordinator:
                              kind=kind)
             if kind == states.KIND_WORKER:
                 self.set_broken(worker, msg["message"])
+                for held in list(worker.held):   # what it holds unstarted would fail the same way
+                    self.revoke(worker, held, "the worker cannot run its engine", now)
         elif mtype == "WorkerAbortedRun":
             self.end_attempt(run, states.OUTCOME_ABORTED, msg.get("message") or "aborted by the worker", now)
         else:  # WorkerStoppedRun: the worker process is stopping; its run goes back at once
             self.set_draining(worker)
             self.end_attempt(run, states.OUTCOME_STOPPED, "worker stopped", now)
+            for held in list(worker.held):   # and what it held unstarted (prefetch)
+                self.revoke(worker, held, "worker stopped", now, abort=False)
         worker.run = None
-        self.send(worker.conn, protocol.message("RunqAck", accepted=True, **ack))
+        worker.last_report = (key, REPORT_OUTCOME[mtype])
+        self.send(worker.conn, {"type": "RunqAck", **ack, "accepted": True})   # runq's own fields: not re-checked
         self._settle_worker(worker, now)
 
     def _file_chunk(self, worker: Worker, msg: dict, now: float) -> None:
@@ -377,7 +517,7 @@ class Coordinator:
         A chunk of another attempt is refused (RunqAbortRun); a chunk runq cannot take (no space,
         over the per-run limit, bad name) fails the attempt, and the run is retried."""
         key = protocol.run_key(msg)
-        run = self._current_run(worker, msg)
+        run = self._current_run(worker, msg, now)
         if run is None:
             log.warning("worker %d sent a file of run %s, not its current attempt: refused", worker.id, key)
             self.send(worker.conn, protocol.message("RunqAbortRun", batch_id=key[0], batch_index=key[1],
@@ -407,10 +547,123 @@ class Coordinator:
         return None
 
     def _already_recorded(self, worker: Worker, msg: dict) -> bool:
-        """A re-sent report whose outcome is already stored (runq died before its ack)."""
+        """A re-sent report whose outcome is already recorded (its ack was lost, or runq died
+        before sending it).  Answered from the worker's last accepted report (one per worker);
+        only a report older than that (after a restart) is looked up in the committed attempts."""
         outcome = REPORT_OUTCOME[msg["type"]]
+        key = protocol.run_key(msg)
+        if worker.last_report is not None and worker.last_report[0] == key:
+            return worker.last_report[1] == outcome
         return any(a["attempt"] == msg["attempt"] and a["worker_id"] == worker.id and a["outcome"] == outcome
                    for a in self.store.attempt_rows(msg["batch_id"], msg["batch_index"]))
+
+    # ---- changes asked by clients (runq/api.py checked the fields and who asks)
+    def start_batch(self, spec: dict, now: float) -> Batch:
+        """A new batch: spec holds name, group, user, owner, engine, n_runs, param, max_attempts,
+        max_requeues, time_limit, idempotency_key (validated).  One row; runs are implicit."""
+        self.last_batch_id += 1
+        batch = Batch(id=self.last_batch_id, start_time=now, n_waiting=spec["n_runs"], **spec)
+        self.batches[batch.id] = batch
+        self.store.add_batch(batch.row())
+        log.info("batch %d started: %d runs of %s (group %r, user %r, owner %r)", batch.id, batch.n_runs,
+                 batch.engine, batch.group, batch.user, batch.owner)
+        self.make_ready(batch, now)
+        return batch
+
+    def cancel_batch(self, batch_id: int, now: float) -> bool:
+        """Cancel an active batch: waiting runs cancelled, running ones aborted.  False if it had ended."""
+        batch = self.batches.get(batch_id)
+        if batch is None:
+            return False
+        log.info("cancelling batch %d", batch.id)
+        batch.state = states.BATCH_CANCELLED
+        self.matcher.remove_ready(batch.id)
+        virgin = batch.untouched_waiting()
+        batch.count(states.WAITING, -virgin)
+        batch.count(states.CANCELLED, +virgin)
+        for index in sorted(batch.active):
+            self._cancel_active(self.runs[(batch.id, index)], "batch cancelled", now)
+        batch.requeued.clear()
+        self.finish_batch_if_done(batch, now)
+        self.store.save_batch(batch.counters())
+        return True
+
+    def cancel_run(self, batch_id: int, index: int, now: float) -> None:
+        """Cancel one run of an active batch (waiting: it never starts; running: aborted)."""
+        batch = self.batches.get(batch_id)
+        if batch is None:
+            return
+        run = self.runs.get((batch_id, index))
+        if run is not None:
+            if run.state == states.WAITING and run.retry_at is None:   # else: in backoff, not in the heap
+                batch.requeued.remove(index)
+                heapq.heapify(batch.requeued)
+            self._cancel_active(run, "run cancelled", now)
+        elif index >= batch.next_index and index not in batch.skip_ahead:
+            batch.skip_ahead.add(index)
+            self.store.save_run(Run(batch_id, index, state=states.CANCELLED, ended=now).row(), new=True)
+            batch.count(states.WAITING, -1)
+            batch.count(states.CANCELLED, +1)
+            if not batch.has_waiting():
+                self.matcher.remove_ready(batch_id)
+            self.finish_batch_if_done(batch, now)
+            self.store.save_batch(batch.counters())
+
+    def _cancel_active(self, run: Run, why: str, now: float) -> None:
+        if run.state == states.WAITING:
+            self.move_run(run, states.CANCELLED, now)
+        elif run.state == states.ASSIGNED:
+            holder = self.workers.get(run.worker_id)
+            if holder is not None and run.key in holder.held:
+                holder.held.pop(run.key)
+                self.send(holder.conn, protocol.message("RunqAbortRun", batch_id=run.batch_id,
+                                                        batch_index=run.batch_index, attempt=run.attempt,
+                                                        reason=why))
+            self._unindex_prefetched(run)
+            self.end_attempt(run, states.OUTCOME_CANCELLED, why, now)
+            if holder is not None:
+                self._settle_worker(holder, now)
+        elif run.state == states.RUNNING:
+            worker = self.workers.get(run.worker_id)
+            if worker is not None and worker.run == run.key:
+                self.take_back(worker, states.OUTCOME_CANCELLED, why, now)
+            else:
+                self.end_attempt(run, states.OUTCOME_CANCELLED, why, now)
+
+    def drain_worker(self, worker: Worker) -> None:
+        self.set_draining(worker)
+        self.send(worker.conn, protocol.message("RunqDrain"))
+
+    def purge(self, now: float) -> None:
+        """Retention: batches ended and workers gone more than runq.retention_days ago."""
+        days = self.config.retention_days
+        cutoff = now - days * 86400
+        n_batches, n_workers = self.store.purge(cutoff)
+        for wid in [w.id for w in self.workers.values()
+                    if w.conn is None and w.run is None and not w.held and w.last_contact < cutoff]:
+            del self.workers[wid]
+            self.facts.broken.pop(wid, None)
+        if n_batches:
+            self.metrics.load_ended(self.store.ended_batch_totals())
+            self.files.purge(lambda batch_id: self.store.batch_row(batch_id) is not None)
+        if n_batches or n_workers:
+            log.info("purged %d batches and %d workers older than %s days", n_batches, n_workers, days)
+
+    # ---- the state as it is now, for the replies to changes (not yet committed)
+    def batch_row(self, batch_id: int) -> dict | None:
+        batch = self.batches.get(batch_id)
+        if batch is not None:
+            return batch.row()
+        return self.store.current("batches", batch_id)
+
+    def run_row(self, batch_id: int, index: int) -> dict | None:
+        run = self.runs.get((batch_id, index))
+        if run is not None:
+            return run.row()
+        return self.store.current("runs", (batch_id, index))
+
+    def batch_by_key(self, key: str) -> dict | None:
+        return self.store.batch_by_key(key)
 
     # ---- worker state
     def set_draining(self, worker: Worker) -> None:
@@ -434,22 +687,33 @@ class Coordinator:
         log.warning("worker %d (%s) cannot run engine %s: no more runs for it until it restarts (%s)",
                     worker.id, worker.host, worker.engine, why)
         worker.broken = why
+        self.facts.broken[worker.id] = why
         self.matcher.remove_idle(worker.id)
         self.note_presence(worker)
         self.store.save_worker(worker.row())
 
     def _settle_worker(self, worker: Worker, now: float) -> None:
-        """Give a connected worker with nothing to do its next run, or index it as idle."""
+        """Give a connected worker with nothing to do its next run (a prefetching one: up to its
+        prefetch), or index it as idle."""
         if worker.conn is None:
             return
-        if worker.run is not None or worker.aborting is not None:
-            new = states.DRAINING if worker.draining else (states.BUSY if worker.run else states.ABORTING)
+        if worker.prefetch and not worker.draining and worker.aborting is None:
+            while self._has_room(worker):
+                batch_id = self.matcher.batch_for(worker.traits)
+                if batch_id is None:
+                    break
+                self.assign(worker, self.batches[batch_id], now)
+        if worker.run is not None or worker.aborting is not None or worker.held:
+            busy = worker.run is not None or worker.held
+            new = states.DRAINING if worker.draining else (states.BUSY if busy else states.ABORTING)
         elif worker.draining:
             new = states.DRAINING
         elif worker.broken is not None:
             new = states.BROKEN
         else:
             batch_id = self.matcher.batch_for(worker.traits)
+            if batch_id is None and worker.prefetch:
+                batch_id = self._take_back_for(worker, now)
             if batch_id is not None:
                 self.assign(worker, self.batches[batch_id], now)
                 return
@@ -461,14 +725,76 @@ class Coordinator:
 
     # ---- dispatch
     def make_ready(self, batch: Batch, now: float) -> None:
-        """A batch has waiting runs: hand them to idle matching workers, index the rest."""
+        """A batch has waiting runs: hand them to idle matching workers (one each first, then
+        more in turn to those that prefetch), index the rest."""
+        roomy = []
         while batch.has_waiting():
             wid = self.matcher.take_worker_for(batch.traits)
             if wid is None:
-                self.matcher.add_ready(batch.id, batch.traits, batch.sharer, batch.priority)
-                return
-            self.assign(self.workers[wid], batch, now)
-        self.matcher.remove_ready(batch.id)
+                break
+            worker = self.workers[wid]
+            self.assign(worker, batch, now)
+            if self._has_room(worker):
+                roomy.append(worker)
+        while roomy and batch.has_waiting():
+            worker = roomy.pop(0)
+            self.assign(worker, batch, now)
+            if self._has_room(worker):
+                roomy.append(worker)
+        if batch.has_waiting():
+            self.matcher.add_ready(batch.id, batch.traits, batch.sharer, batch.priority)
+        else:
+            self.matcher.remove_ready(batch.id)
+
+    @staticmethod
+    def _has_room(worker: Worker) -> bool:
+        return (worker.prefetch > 0 and worker.conn is not None and not worker.draining
+                and worker.broken is None and worker.aborting is None
+                and len(worker.held) + (worker.run is not None) < worker.prefetch)
+
+    # ---- prefetch: runs held unstarted, revocable
+    def _index_prefetched(self, run: Run, batch: Batch) -> None:
+        self.prefetched.setdefault(batch.engine, {})[run.key] = None
+
+    def _unindex_prefetched(self, run: Run) -> None:
+        held = self.prefetched.get(self.batches[run.batch_id].engine)
+        if held is not None:
+            held.pop(run.key, None)
+
+    def _take_back_for(self, idle: Worker, now: float) -> int | None:
+        """An idle prefetching worker and no waiting run for it: take back the oldest run another
+        worker holds unstarted behind a run it computes (this one can start it now).  The batch
+        it went back to, or None."""
+        e, g, u = idle.traits
+        for key in self.prefetched.get(e, ()):
+            run, batch = self.runs[key], self.batches[key[0]]
+            holder = self.workers.get(run.worker_id)
+            if (holder is None or holder is idle or holder.run is None or (g and g != batch.group)
+                    or (u and u != batch.user)):
+                continue
+            log.info("run %s taken back from worker %d (busy) for idle worker %d", key, holder.id, idle.id)
+            # the holder gets more when it next reports (filling it now would take this run straight back)
+            self.revoke(holder, key, "taken back for an idle worker that can start it now", now)
+            return self.matcher.batch_for(idle.traits)
+        return None
+
+    def revoke(self, holder: Worker, key: tuple[int, int], why: str, now: float, abort: bool = True) -> None:
+        """assigned -> waiting: a run a worker holds unstarted goes back to the queue, costing
+        neither an attempt nor a requeue.  The worker drops it (RunqAbortRun) without a word."""
+        holder.held.pop(key, None)
+        run = self.runs[key]
+        self._unindex_prefetched(run)
+        if abort and holder.conn is not None:
+            self.send(holder.conn, protocol.message("RunqAbortRun", batch_id=key[0], batch_index=key[1],
+                                                    attempt=run.attempt, reason=why))
+        self.end_attempt(run, states.OUTCOME_REVOKED, why, now)
+
+    def release_all(self, worker: Worker, outcome: str, why: str, now: float, abort: bool = True) -> None:
+        """The worker is lost (lease, grace): its running run is taken back, its held ones revoked."""
+        for key in list(worker.held):
+            self.revoke(worker, key, why, now, abort=abort)
+        if worker.run:
+            self.take_back(worker, outcome, why, now, abort=abort)
 
     def assign(self, worker: Worker, batch: Batch, now: float) -> None:
         index, materialized = batch.take_next_index()
@@ -479,22 +805,33 @@ class Coordinator:
             self.runs[run.key] = run
             batch.active.add(index)
         self.metrics.dispatched(now - (batch.start_time if run.ended is None else run.ended))
-        run.state, run.attempt, run.worker_id, run.host = states.RUNNING, run.attempt + 1, worker.id, worker.host
-        run.started, run.ended, run.progress, run.message = now, None, 0.0, None
+        run.attempt, run.worker_id, run.host = run.attempt + 1, worker.id, worker.host
+        run.ended, run.progress, run.message = None, 0.0, None
         batch.count(states.WAITING, -1)
-        batch.count(states.RUNNING, +1)
+        batch.count(states.RUNNING, +1)   # assigned runs count as running (in flight)
         if not batch.has_waiting():
             self.matcher.remove_ready(batch.id)
-        worker.run, worker.state = run.key, states.BUSY
+        worker.state = states.BUSY
         worker.assign_seq += 1
-        self.fairshare.started(run.key, batch.sharer, now)
-        self.matcher.rerank(batch.sharer)
+        if worker.prefetch:   # held until it says WorkerStartedRun; revocable until then
+            run.state, run.started = states.ASSIGNED, None
+            worker.held[run.key] = worker.assign_seq
+            self._index_prefetched(run, batch)
+        else:                 # an old worker starts it at once
+            run.state, run.started = states.RUNNING, now
+            worker.run, worker.run_seq = run.key, worker.assign_seq
+            self.arm_lease(worker, now)
+            self.arm_limit(run, batch)
+            self.fairshare.started(run.key, batch.sharer, now)
+            self.matcher.rerank(batch.sharer)
         self.store.save_run(run.row(), new=new)
         self.store.save_batch(batch.counters())
         self.store.save_worker(worker.row())
-        self.send(worker.conn, protocol.message(
-            "RunqAssignRun", batch_id=batch.id, batch_index=index, attempt=run.attempt, seq=worker.assign_seq,
-            engine=batch.engine, param=batch.param_of(index), time_limit=batch.time_limit))
+        # built, not checked: every field is runq's own, validated when it came in (hot path)
+        self.send(worker.conn, {
+            "type": "RunqAssignRun", "batch_id": batch.id, "batch_index": index, "attempt": run.attempt,
+            "seq": worker.assign_seq, "engine": batch.engine, "param": batch.param_of(index),
+            "time_limit": batch.time_limit})
 
     def take_back(self, worker: Worker, outcome: str, message: str, now: float, abort: bool = True) -> None:
         """End the worker's current attempt without its report (lease, grace, timeout, cancel)."""
@@ -531,6 +868,8 @@ class Coordinator:
             new = states.CANCELLED
         elif outcome == states.OUTCOME_FAILED and kind == states.KIND_WORKER:
             run.error, run.traceback = message, traceback
+            new = states.WAITING
+        elif outcome == states.OUTCOME_REVOKED:
             new = states.WAITING
         elif outcome in states.COUNTS_AS_FAILURE:
             run.failures += 1

@@ -254,6 +254,10 @@ class Presence:
         e, g, u = batch_traits
         return any(key in self._count for key in ((e, g, u), (e, g, ""), (e, "", u), (e, "", "")))
 
+    def present_keys(self) -> frozenset:
+        """The traits with a present worker (runq's reader process gets a copy for `served`)."""
+        return frozenset(self._count)
+
     def engines(self) -> dict[str, int]:
         """engine -> number of present workers, by name."""
         return dict(sorted(self._engines.items()))

@@ -73,7 +73,7 @@ class Batch:
         return index, False
 
     def count(self, state: str, delta: int) -> None:
-        name = "n_" + state
+        name = "n_running" if state == states.ASSIGNED else "n_" + state   # assigned: in flight
         setattr(self, name, getattr(self, name) + delta)
 
     def settle(self, now: float) -> bool:
@@ -161,6 +161,10 @@ class Worker:
     saved_contact: float = 0.0              # last_contact as last written
     key: str | None = None                  # proves the worker on reconnect (hex); None: cannot reconnect
     assign_seq: int = 0                     # seq of its latest RunqAssignRun (its current run's, if any)
+    prefetch: int = 0                       # runs it may hold (announced); 0 = an old worker: one, started at once
+    held: dict = dataclasses.field(default_factory=dict)   # assigned, not started: (batch_id, batch_index) -> seq
+    run_seq: int = 0                        # seq of the assignment of its current run
+    last_report: tuple | None = None        # ((batch_id, batch_index, attempt), outcome) of its last accepted report
 
     @property
     def traits(self) -> tuple[str, str, str]:

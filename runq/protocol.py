@@ -40,6 +40,20 @@ class Kind:
     hi: float | None = None
     nullable: bool = False
 
+    def __post_init__(self):
+        # The common case checked in one expression (a plain int in range, an ASCII string
+        # without NUL, a bool); anything else goes through problem().  Only ever accepts what
+        # problem() accepts.
+        fast = None
+        if self.types == (int,) and self.lo is not None:
+            lo, hi = self.lo, self.hi
+            fast = lambda v: type(v) is int and lo <= v < hi  # noqa: E731
+        elif self.types == (str,):
+            fast = lambda v: type(v) is str and v.isascii() and "\0" not in v  # noqa: E731
+        elif self.types == (bool,):
+            fast = lambda v: type(v) is bool  # noqa: E731
+        object.__setattr__(self, "fits", fast or (lambda v: False))
+
     def problem(self, value) -> str | None:
         """Why ``value`` does not fit (a phrase following the field's name), or None."""
         if value is None:
@@ -86,6 +100,7 @@ OPT_CODE, OPT_SECONDS, OPT_MAP = CODE.null(), SECONDS.null(), MAP.null()
 INT = Kind("an integer", (int,), -INT64, INT64)
 LIST = Kind("an array", (list,))
 OPT_INT, OPT_NUM = INT.null(), NUM.null()
+PREFETCH = Kind("a number of runs to hold", (int,), 1, 65)   # worker --prefetch N (runq holds at most 64)
 
 # name -> {field: kind}.  A field listed in OPTIONAL may be absent.
 _RUN = {"batch_id": ID, "batch_index": INDEX, "attempt": ATTEMPT}
@@ -100,8 +115,11 @@ SCHEMA: dict[str, dict[str, object]] = {
     "RunqChallenge": dict(version=INT, instance=STR, nonce=STR, proof=OPT_STR),
     "Auth": dict(proof=OPT_STR),
     # worker -> runq
-    "WorkerReady": dict(_WORKER_TRAITS),
-    "WorkerReconnect": dict(_WORKER_TRAITS, worker_id=ID, proof=OPT_STR, **_OPT_RUN),
+    # prefetch (optional, default 1): how many runs runq may assign the worker at once
+    "WorkerReady": dict(_WORKER_TRAITS, prefetch=PREFETCH),
+    "WorkerReconnect": dict(_WORKER_TRAITS, worker_id=ID, proof=OPT_STR, **_OPT_RUN, prefetch=PREFETCH),
+    # a prefetching worker starts computing a run it held (its time limit starts now)
+    "WorkerStartedRun": dict(worker_id=ID, **_RUN),
     # seq: highest RunqAssignRun.seq received; runs: [[batch_id, batch_index, attempt], ...] it computes
     "WorkerHeartbeat": dict(worker_id=ID, seq=COUNT, runs=LIST),
     "WorkerUpdate": dict(worker_id=ID, **_RUN, progress=NUM, message=OPT_STR),
@@ -149,7 +167,8 @@ SCHEMA: dict[str, dict[str, object]] = {
 }
 OPTIONAL: dict[str, frozenset[str]] = {
     "Hello": frozenset({"key_id"}),
-    "WorkerReconnect": frozenset({"proof", "batch_id", "batch_index", "attempt"}),
+    "WorkerReady": frozenset({"prefetch"}),
+    "WorkerReconnect": frozenset({"proof", "batch_id", "batch_index", "attempt", "prefetch"}),
     "RunqAcceptWorker": frozenset({"key"}),
     "WorkerUpdate": frozenset({"message"}),
     "WorkerFailedRun": frozenset({"traceback", "kind"}),
@@ -177,7 +196,7 @@ for _name in CLIENT_REQUESTS:
     OPTIONAL[_name] = OPTIONAL.get(_name, frozenset()) | {"actor", "admin"}
 # Messages a worker sends (everything else a client may send is a request).
 FROM_WORKER = frozenset({
-    "WorkerReady", "WorkerReconnect", "WorkerHeartbeat", "WorkerUpdate", "WorkerFinishedRun",
+    "WorkerReady", "WorkerReconnect", "WorkerHeartbeat", "WorkerUpdate", "WorkerStartedRun", "WorkerFinishedRun",
     "WorkerFailedRun", "WorkerAbortedRun", "WorkerStoppedRun", "WorkerDraining", "WorkerFileChunk",
 })
 # Replies carry arbitrary data beside the envelope; the opening messages may grow optional
@@ -260,15 +279,20 @@ def check(msg: dict) -> dict:
         shown = mtype if not isinstance(mtype, str) or len(mtype) < 64 else mtype[:64] + "..."
         raise ProtocolError(f"unknown message type {shown!r}")
     optional = OPTIONAL.get(mtype, ())
+    present = 1  # type
     for field, kind in schema.items():
         if field not in msg:
             if field in optional:
                 continue
             raise ProtocolError(f"{mtype}: missing field {field!r}")
-        problem = kind.problem(msg[field])
+        present += 1
+        value = msg[field]
+        if kind.fits(value):
+            continue
+        problem = kind.problem(value)
         if problem is not None:
             raise ProtocolError(f"{mtype}: field {field!r} {problem}")
-    extra = set(msg) - set(schema) - {"type"}
+    extra = set(msg) - set(schema) - {"type"} if len(msg) > present else ()
     if extra:
         if mtype not in OPEN_TYPES:
             raise ProtocolError(f"{mtype}: unknown field {sorted(extra)[0][:64]!r}")
@@ -289,10 +313,14 @@ def reply(status: str = "ok", code: int = 200, message: str = "ok", **data) -> d
     return {"type": "Reply", "status": status, "code": code, "message": message, **data}
 
 
+# Built once: json.dumps/loads with options build a new encoder/decoder on every call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def encode(msg: dict) -> bytes:
     """One frame: length prefix + UTF-8 JSON (non-ASCII kept as UTF-8 bytes)."""
     try:
-        body = json.dumps(msg, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        body = _ENCODER.encode(msg).encode("utf-8")
     except (UnicodeEncodeError, ValueError) as exc:   # a lone surrogate, NaN: never on the wire
         raise ProtocolError(f"cannot encode {msg.get('type')}: {exc}") from None
     if len(body) > MAX_FRAME:
@@ -311,10 +339,13 @@ def _finite_float(text: str) -> float:
     return value
 
 
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
 def decode_message(body: bytes) -> dict:
     """Parse one frame body; NaN, Infinity and numbers that overflow to them are refused here."""
     try:
-        msg = json.loads(body.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float)
+        msg = _DECODER.decode(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"frame is not UTF-8 JSON: {exc}") from None
     except RecursionError:

@@ -1,44 +1,56 @@
-"""Rebuild runq's in-memory model from the database at start-up.
+"""Read runq's model back from the database at start-up: ``recover(store, now) -> Recovered``.
 
-Active batches, their non-terminal run rows and known workers are loaded.
-Workers are all disconnected now; the ones holding a run keep it for the grace
-period (``Coordinator.tick`` requeues it after that), so a worker that
+Active batches, their non-terminal run rows and known workers are loaded into
+a ``Recovered`` value; nothing here changes a coordinator or writes a row.  The
+coordinator adopts it (``Coordinator.adopt``): workers are all disconnected
+now; the ones holding a run keep it for the grace period, so a worker that
 reconnects in time, proving its identity with the key stored in its row,
-carries on with its computation.  A row without a key (written before
-protocol v2) cannot be proved: that worker registers as new and its run goes
-back to the queue after the grace period.
+carries on with its computation; running runs no worker holds (``orphans``)
+are requeued.  A row without a key (written before protocol v2) cannot be
+proved: that worker registers as new and its run goes back to the queue after
+the grace period.
 """
 from __future__ import annotations
 
+import dataclasses
 import heapq
-import logging
 
 from . import states
 from .model import Batch, Run, Worker
-
-log = logging.getLogger("runq.recovery")
 
 _BATCH_FIELDS = [f for f in Batch.__dataclass_fields__
                  if f not in ("requeued", "skip_ahead", "active", "n_delayed")]
 _RUN_FIELDS = [f for f in Run.__dataclass_fields__ if f != "retry_at"]
 
 
-def recover(coord, now: float) -> None:
-    store = coord.store
-    coord.last_batch_id, coord.last_worker_id = store.max_ids()
+@dataclasses.dataclass
+class Recovered:
+    batches: dict[int, Batch]
+    runs: dict[tuple[int, int], Run]
+    workers: dict[int, Worker]
+    last_batch_id: int
+    last_worker_id: int
+    orphans: list[Run]          # running runs no worker's row names, and assigned ones: to requeue
+
+
+def recover(store, now: float) -> Recovered:
+    last_batch_id, last_worker_id = store.max_ids()
+    batches: dict[int, Batch] = {}
+    runs: dict[tuple[int, int], Run] = {}
+    workers: dict[int, Worker] = {}
     # a cancel ends its batch at once (running runs are taken back), so only active ones have runs left
     for row in store.batch_rows(states=(states.ACTIVE,)):
         # columns a newer runq adds may be missing in rows written before (priority: 0)
         batch = Batch(**{f: row[f] for f in _BATCH_FIELDS if f in row})
-        coord.batches[batch.id] = batch
-    for row in store.active_run_rows(list(coord.batches)):
-        batch = coord.batches[row["batch_id"]]
+        batches[batch.id] = batch
+    for row in store.active_run_rows(list(batches)):
+        batch = batches[row["batch_id"]]
         if row["state"] == states.CANCELLED:
             if row["batch_index"] >= batch.next_index:
                 batch.skip_ahead.add(row["batch_index"])
             continue
         run = Run(**{f: row[f] for f in _RUN_FIELDS})
-        coord.runs[run.key] = run
+        runs[run.key] = run
         batch.active.add(run.batch_index)
         if run.state == states.WAITING:
             heapq.heappush(batch.requeued, run.batch_index)
@@ -51,25 +63,22 @@ def recover(coord, now: float) -> None:
                         state=states.DISCONNECTED, draining=bool(row["draining"]),
                         last_contact=row["last_contact"] or now, disconnected_at=now,
                         key=row["key"], assign_seq=row["assign_seq"] or 0)
+        worker.saved_contact = worker.last_contact
         if row["batch_id"] is not None:
-            worker.run = (row["batch_id"], row["batch_index"])
-        coord.workers[worker.id] = worker
-    # A running run belongs to the worker whose row names it; any other is requeued now.
-    holders = {w.run: w for w in coord.workers.values() if w.run is not None}
-    for run in list(coord.runs.values()):
-        if run.state != states.RUNNING:
-            continue
-        worker = holders.get(run.key)
-        if worker is None or worker.id != run.worker_id:
-            log.warning("run %s had no worker holding it: requeued", run.key)
-            coord.end_attempt(run, states.OUTCOME_LOST, "runq restarted; no worker held the run", now)
-    for worker in coord.workers.values():
-        if worker.run is not None and worker.run not in coord.runs:
+            worker.run, worker.run_seq = (row["batch_id"], row["batch_index"]), worker.assign_seq
+        workers[worker.id] = worker
+    # A running run belongs to the worker whose row names it; any other is an orphan.
+    holders = {w.run: w for w in workers.values() if w.run is not None}
+    orphans = []
+    for run in runs.values():
+        if run.state == states.ASSIGNED:   # prefetched, never started: back to the queue
+            orphans.append(run)
+        elif run.state == states.RUNNING:
+            worker = holders.get(run.key)
+            if worker is None or worker.id != run.worker_id:
+                orphans.append(run)
+    for worker in workers.values():
+        held = runs.get(worker.run) if worker.run is not None else None
+        if held is None or held.state != states.RUNNING or held.worker_id != worker.id:
             worker.run = None
-    for batch in list(coord.batches.values()):
-        coord.finish_batch_if_done(batch, now)
-        if batch.id in coord.batches:
-            coord.make_ready(batch, now)
-    store.commit()
-    log.info("recovered %d active batches, %d runs in flight, %d known workers",
-             len(coord.batches), len(coord.runs), len(coord.workers))
+    return Recovered(batches, runs, workers, last_batch_id, last_worker_id, orphans)

@@ -67,7 +67,8 @@ class LogQuota:
 
 class Connection:
     __slots__ = ("sock", "peer", "reader", "outbuf", "staged", "closing", "is_worker", "events", "role",
-                 "handshaking", "opened", "last_input", "frame_started", "scheduled", "paused", "closed")
+                 "handshaking", "opened", "last_input", "frame_started", "scheduled", "paused", "closed",
+                 "reading")
 
     def __init__(self, sock: socket.socket, peer: str, max_frame: int, now: float, handshaking: bool):
         self.sock, self.peer = sock, peer
@@ -84,6 +85,7 @@ class Connection:
         self.scheduled = math.inf     # the time of this connection's entry in the deadline heap
         self.paused = False           # not reading: too much output waiting, or the input budget is spent
         self.closed = False
+        self.reading = False          # one of its reads is with the reader: take no frame until answered
 
     def __repr__(self):
         return f"<conn {self.peer} fd={self.sock.fileno()}>"
@@ -91,8 +93,13 @@ class Connection:
 
 class Server:
     def __init__(self, coordinator, store, addresses: list[tuple[str, int]], clock=time.time,
-                 limits: Limits = Limits(), tls: ssl.SSLContext | None = None, heartbeat_interval: float = 0.0):
+                 limits: Limits = Limits(), tls: ssl.SSLContext | None = None, heartbeat_interval: float = 0.0,
+                 reader=None):
         self.coord, self.store, self.clock = coordinator, store, clock
+        # Client reads go to the reader (runq/reader.py) after the turn's commit; without one the
+        # coordinator answers them inline.
+        self.reader = reader
+        self.reads: list = []               # (conn, msg) taken this turn, handed over after the commit
         self.limits, self.tls = limits, tls
         self.idle_timeout = (limits.worker_idle_factor * heartbeat_interval
                              if limits.worker_idle_factor > 0 and heartbeat_interval > 0 else math.inf)
@@ -124,6 +131,8 @@ class Server:
         self.accept_recovery_due = False                 # log the recovery of the logged episode
         self.touched: dict[Connection, None] = {}
         self.peer_log = LogQuota(clock).log
+        if reader is not None:
+            self.sel.register(reader.wake_r, selectors.EVENT_READ, reader)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -139,6 +148,9 @@ class Server:
         self.close()
 
     def close(self) -> None:
+        if self.reader is not None:
+            self.sel.unregister(self.reader.wake_r)
+            self.reader.close()
         for key in list(self.sel.get_map().values()):
             key.fileobj.close()
         for sock in self.listeners:
@@ -154,6 +166,9 @@ class Server:
         for key, mask in self.sel.select(timeout):
             if key.data is None:
                 self._accept(key.fileobj)
+                continue
+            if key.data is self.reader:
+                self._answered()
                 continue
             conn = key.data
             if conn.closed:
@@ -181,6 +196,10 @@ class Server:
         self.store.commit()
         if pending:
             self.coord.metrics.committed(time.perf_counter() - started)
+        reads, self.reads = self.reads, []
+        for conn, msg in reads:   # after the commit: a client's read sees its earlier changes
+            if not conn.closed:
+                self.reader.submit(conn, msg)
         touched, self.touched = self.touched, {}
         for conn in touched:
             if conn.staged:
@@ -287,7 +306,7 @@ class Server:
         while True:
             if not self._take_frames(conn):
                 return
-            if conn.paused or conn.closed:
+            if conn.paused or conn.closed or conn.reading:
                 return
             # Past the input budget a read takes only a little (enough for small frames), and
             # connections holding half frames wait, except the privileged one.
@@ -319,7 +338,7 @@ class Server:
         before = len(reader.buf)
         took = False
         try:
-            while not conn.closing and not conn.paused:
+            while not conn.closing and not conn.paused and not conn.reading:
                 body = reader.pop()
                 if body is None:
                     break
@@ -327,6 +346,11 @@ class Server:
                 msg = protocol.decode_message(body)
                 if msg["type"] in protocol.FROM_WORKER:
                     conn.is_worker = True
+                if self.reader is not None and conn.role == "client" and msg["type"] in self.reader.kinds:
+                    conn.reading = True   # its next frames wait for this reply: replies stay in order
+                    self.reads.append((conn, msg))
+                    self._watch(conn)
+                    break
                 self._queue(self.coord.handle(conn, msg, self.clock()))
                 self._learn_role(conn)
                 if len(conn.outbuf) + len(conn.staged) > self.limits.max_output:
@@ -383,7 +407,7 @@ class Server:
         times = [(math.inf, "")]
         if conn.role is None:
             times.append((conn.opened + self.limits.auth_timeout, "did not say who it is in time"))
-        if conn.paused and conn.role is not None:
+        if (conn.paused or conn.reading) and conn.role is not None:
             return min(times)   # not reading is runq's choice: no frame or idle deadline meanwhile
         if conn.frame_started is not None:
             # A stranger or client finishes a frame in frame_timeout; a worker's frame (a result
@@ -455,6 +479,24 @@ class Server:
             self._unpause(conn)
         self._watch(conn)
 
+    def _answered(self) -> None:
+        """Replies from the reader: staged like the core's (sent after this turn's commit), and
+        the connection reads again (frames it sent meanwhile are taken this turn)."""
+        for conn, data in self.reader.done():
+            if conn.closed:
+                continue
+            conn.reading = False
+            conn.staged += data
+            self.touched[conn] = None
+            now = self.clock()   # its wait was runq's doing: its clocks restart
+            conn.last_input = now
+            if conn.frame_started is not None:
+                conn.frame_started = now
+            self._watch(conn)
+            self._schedule(conn)
+            if not conn.paused:
+                self.ready.append(conn)
+
     def _pause(self, conn: Connection) -> None:
         conn.paused = True
         self._watch(conn)
@@ -473,7 +515,8 @@ class Server:
     def _watch(self, conn: Connection) -> None:
         if conn.closed or conn.handshaking:
             return
-        events = (0 if conn.paused else selectors.EVENT_READ) | (selectors.EVENT_WRITE if conn.outbuf else 0)
+        events = ((0 if conn.paused or conn.reading else selectors.EVENT_READ)
+                  | (selectors.EVENT_WRITE if conn.outbuf else 0))
         self._set_events(conn, events)
 
     def _set_events(self, conn: Connection, events: int) -> None:

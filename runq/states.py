@@ -2,8 +2,12 @@
 lowercase strings, stored as they are."""
 
 WAITING, RUNNING, FINISHED, FAILED, CANCELLED = "waiting", "running", "finished", "failed", "cancelled"
-RUN_STATES = (WAITING, RUNNING, FINISHED, FAILED, CANCELLED)
+RUN_STATES = (WAITING, RUNNING, FINISHED, FAILED, CANCELLED)   # each has a batch counter n_<state>
 TERMINAL = frozenset({FINISHED, FAILED, CANCELLED})
+# Prefetch (issue 10): held by a worker that announced `prefetch`, not started yet.  Counted in
+# the batch's n_running (in flight); revocable until the worker says WorkerStartedRun.
+ASSIGNED = "assigned"
+SHOWN_RUN_STATES = RUN_STATES + (ASSIGNED,)   # what a run view may say (and ?state= may ask for)
 
 # (from, to): why the edge exists
 RUN_TRANSITIONS = {
@@ -16,6 +20,11 @@ RUN_TRANSITIONS = {
                         "worker stopped, the worker cannot run the engine: no attempt used), or a "
                         "transient engine failure with attempts left (dispatched again after a backoff)",
     (RUNNING, CANCELLED): "cancelled while running: aborted on its worker",
+    (WAITING, ASSIGNED): "handed to a prefetching worker (a new attempt), which holds it until it starts it",
+    (ASSIGNED, RUNNING): "the worker said WorkerStartedRun: its time limit starts now",
+    (ASSIGNED, WAITING): "taken back before it started (an idle worker could start it sooner, its worker "
+                         "was lost, or did not list it): dispatch again, no attempt or requeue used",
+    (ASSIGNED, CANCELLED): "the run or its batch was cancelled while a worker held it",
 }
 
 
@@ -31,6 +40,7 @@ def check_transition(old: str, new: str) -> None:
 # Attempt outcomes (attempts table), and which of them use up one of max_attempts.
 OUTCOME_FINISHED, OUTCOME_FAILED, OUTCOME_TIMEOUT = "finished", "failed", "timeout"
 OUTCOME_LOST, OUTCOME_STOPPED, OUTCOME_ABORTED, OUTCOME_CANCELLED = "lost", "stopped", "aborted", "cancelled"
+OUTCOME_REVOKED = "revoked"   # an assigned (prefetched) run taken back before it started: costs nothing
 COUNTS_AS_FAILURE = frozenset({OUTCOME_FAILED, OUTCOME_TIMEOUT})
 # What a WorkerFailedRun says about its cause (worker/engines/base.py failure_kind); absent = transient
 KIND_RUN, KIND_WORKER, KIND_TRANSIENT = "run", "worker", "transient"

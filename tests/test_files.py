@@ -259,7 +259,7 @@ def session_with_run(tmp_path, sent):
     accept(s)
     s.handle(protocol.message("RunqAssignRun", batch_id=1, batch_index=0, attempt=1, seq=1, engine="dummy",
                               param={}, time_limit=None), 0.0)
-    s.job.thread.join(5)
+    assert s.job.wait(5)   # on the engine thread (perfw), not a thread per run
     s.advance(0.1)
     return s
 

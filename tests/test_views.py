@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from runq import api, states
+from runq import queries, states
 from runq.store import Store
 from runweb import results
 from test_coordinator import Harness, start
@@ -109,7 +109,7 @@ def test_results_come_in_pages_that_respect_the_byte_budget(h, monkeypatch):
             h.report("w", wid, assign, "WorkerFailedRun", message="nope")
         else:
             h.report("w", wid, assign, data={"i": assign["batch_index"], "blob": "x" * 300})
-    monkeypatch.setattr(api, "RESULTS_BUDGET", 900)
+    monkeypatch.setattr(queries, "RESULTS_BUDGET", 900)
     pages = list(results.pages(lambda mtype, **f: h.request(mtype, **f), b, None))
     assert len(pages) > 1 and all(pages)
     flat = [r for p in pages for r in p]

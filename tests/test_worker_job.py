@@ -9,7 +9,7 @@ import pytest
 from runq import protocol
 from worker.backoff import Backoff
 from worker.engines import Aborted, Engine
-from worker.job import MAX_DATA_BYTES, Job, jsonable, run_name
+from worker.job import MAX_DATA_BYTES, EngineThread, Job, jsonable, run_name
 
 
 class Scripted(Engine):
@@ -35,8 +35,7 @@ def finished_job(behave, abort_reason=None):
     if abort_reason:
         job.request_abort(abort_reason)
     job.start()
-    job.thread.join(5)
-    assert not job.thread.is_alive()
+    assert job.wait(5)
     return job
 
 
@@ -54,7 +53,7 @@ def test_context_names_the_run():
 
     job = Job(assignment(), Peek(), 11, lambda: None)
     job.start()
-    job.thread.join(5)
+    assert job.wait(5)
     ctx = seen["context"]
     assert (ctx.batch_id, ctx.batch_index, ctx.attempt, ctx.worker_id, ctx.time_limit) == (4, 2, 1, 11, 30.0)
     assert run_name(job.key) == "4/2#1"
@@ -164,3 +163,73 @@ def test_nul_and_surrogates_in_an_engine_error_still_make_a_sendable_report():
     mtype, fields = finished_job(engine).outcome()
     assert mtype == "WorkerFailedRun"
     protocol.message(mtype, worker_id=1, batch_id=1, batch_index=0, attempt=1, **fields)
+
+
+def test_one_engine_thread_serves_run_after_run():
+    runner = EngineThread()
+    threads = []
+    for i in range(5):
+        job = Job(assignment(), Scripted(lambda p, a: threading.current_thread().name), 1, lambda: None)
+        job.start(runner)
+        assert job.wait(5)
+        threads.append(job.outcome()[1]["data"])
+    assert len(set(threads)) == 1 and threads[0] != threading.current_thread().name
+    assert len(runner.threads) == 1
+
+
+def test_a_stuck_engine_does_not_hold_up_the_next_run():
+    runner = EngineThread()
+    release = threading.Event()
+    stuck = Job(assignment(), Scripted(lambda p, a: release.wait(10)), 1, lambda: None)
+    stuck.start(runner)
+    stuck.request_abort("taken back")   # this engine ignores it
+    nxt = Job(assignment(), Scripted(lambda p, a: "next"), 1, lambda: None)
+    nxt.start(runner)
+    assert nxt.wait(5) and nxt.outcome() == ("WorkerFinishedRun", {"data": "next"})
+    assert not stuck.done() and len(runner.threads) == 2
+    release.set()
+    assert stuck.wait(5)
+
+
+class Trivial(Engine):
+    name = "dummy"
+
+    def runs_inline(self, param):
+        return param.get("inline", False)
+
+    def run(self, param, progress, abort, context):
+        return threading.current_thread().name
+
+
+def test_a_run_the_engine_declares_trivial_is_computed_inline_without_a_wakeup():
+    wakes = []
+    runner = EngineThread()
+    job = Job(assignment(inline=True), Trivial(), 1, lambda: wakes.append(1))
+    job.start(runner)
+    assert job.done() and job.outcome()[1]["data"] == threading.current_thread().name
+    assert wakes == [] and runner.threads == []
+    other = Job(assignment(inline=False), Trivial(), 1, lambda: wakes.append(1))
+    other.start(runner)
+    assert other.wait(5) and other.outcome()[1]["data"] != threading.current_thread().name and wakes == [1]
+
+
+def test_a_zero_step_dummy_run_is_trivial_and_others_are_not():
+    from worker.engines.dummy import DummyEngine
+    engine = DummyEngine()
+    assert engine.runs_inline({"step_count": 0})
+    assert not engine.runs_inline({}) and not engine.runs_inline({"step_count": 1, "step_delay": 0})
+
+
+def test_abort_flag_wakes_every_waiter_and_stays_set():
+    from worker.job import AbortFlag
+    flag = AbortFlag()
+    assert not flag.is_set() and flag.wait(0) is False and flag.wait(0.01) is False
+    woke = []
+    waiters = [threading.Thread(target=lambda: woke.append(flag.wait(5))) for _ in range(4)]
+    for t in waiters:
+        t.start()
+    flag.set()
+    flag.set()   # twice is harmless
+    for t in waiters:
+        t.join(5)
+    assert woke == [True] * 4 and flag.is_set() and flag.wait() and flag.wait(0)

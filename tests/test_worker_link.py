@@ -335,7 +335,7 @@ def test_abort_stops_the_engine_and_reports_aborted(runq, start_worker):
     peer.send("RunqAbortRun", **run_of(key), reason="cancelled by user")
     aborted = peer.expect("WorkerAbortedRun", timeout=2, **run_of(key))
     assert aborted["message"] == "cancelled by user"
-    assert eventually(lambda: not worker.loop.session.last_job.thread.is_alive(), timeout=2)
+    assert eventually(lambda: worker.loop.session.last_job.done(), timeout=2)
 
 
 def test_abort_of_another_attempt_is_ignored(runq, start_worker):
@@ -393,7 +393,7 @@ def test_stop_gives_the_run_back_and_exits_after_the_ack(runq, start_worker):
     ack(peer, key)
     assert eventually(worker.exited)
     assert worker.code == 0
-    assert not worker.loop.session.last_job.thread.is_alive()
+    assert worker.loop.session.last_job.done()
 
 
 def test_stop_exits_when_the_ack_does_not_come(runq, start_worker):

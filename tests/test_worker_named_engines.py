@@ -228,7 +228,7 @@ def test_python_engine_fatal_passes_through_the_job_as_a_failed_run():
     job = Job(protocol.message("RunqAssignRun", seq=1, batch_id=1, batch_index=0, attempt=1, engine="p", param={},
                                time_limit=None), CheckedEngine(d, Refuses()), 1, lambda: None)
     job.start()
-    job.thread.join(5)
+    assert job.wait(5)
     mtype, fields = job.outcome()
     assert mtype == "WorkerFailedRun" and fields["message"] == "Fatal: this param can never work"
 
@@ -331,3 +331,28 @@ def test_work_directories_of_dead_worker_processes_are_removed_at_start(tmp_path
     mine = process_root(tmp_path)
     assert mine == tmp_path / f"w{os.getpid()}"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"w{live}", "other"])
+
+
+class Mutates(Engine):
+    """Returns the param it got, then scribbles on it (a careless engine)."""
+
+    name = "p"
+
+    def run(self, param, progress, abort, context):
+        seen = repr(param)
+        param["n"] = -1
+        param.setdefault("tags", []).append("x")
+        return seen
+
+
+def test_a_declared_engine_checks_a_batch_param_once_yet_each_run_gets_its_own_copy():
+    d = catalog_mod.parse({"engines": {"p": {"kind": "python", "class": "x:Y", "params": {
+        "n": {"type": "int", "min": 0}, "tags": {"type": "list", "default": ["a"]}}}}}, "t").get("p")
+    engine = CheckedEngine(d, Mutates())
+    first = engine.run({"n": 1}, lambda *a: None, threading.Event(), context())
+    again = [engine.run({"n": 1}, lambda *a: None, threading.Event(), context()) for _ in range(2)]
+    assert [first, *again] == [repr({"n": 1, "tags": ["a"]})] * 3   # the scribbles of one run never reach the next
+    with pytest.raises(ParamRejected):
+        engine.run({"n": -2}, lambda *a: None, threading.Event(), context())
+    with pytest.raises(ParamRejected):
+        engine.run({"n": True}, lambda *a: None, threading.Event(), context())   # == 1 in Python, not in JSON

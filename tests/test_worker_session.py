@@ -78,7 +78,7 @@ def types(sent):
 
 def finish(session, engine, now):
     engine.gate.set()
-    session.job.thread.join(5)
+    session.job.wait(5)
     session.advance(now)
 
 

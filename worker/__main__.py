@@ -3,6 +3,7 @@
     python -m worker --engine NAME [--engines FILE] [--allow-any-command]
                      [--group G] [--user U] [--cost C] [--speed S] [--priority P]
                      [--host H] [--port N] [--secret-file FILE] [--tls-ca FILE] [--retry-delay-max SECONDS]
+                     [--prefetch N]
                      [--config FILE] [--log-level LEVEL]
 
 NAME is an engine declared in conf/engines.yaml (SIMX_ENGINES or --engines names another file),
@@ -33,7 +34,7 @@ from .backoff import Backoff
 from .engines.base import UnknownEngine, engine_name
 from .engines.named import engine_for
 from .loop import WorkerLoop
-from .session import Traits
+from .session import MAX_PREFETCH, Traits
 
 log = logging.getLogger("worker")
 
@@ -71,6 +72,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "TLS is on when one is set)")
     p.add_argument("--retry-delay-max", "--retry-delay", type=float, default=None, metavar="SECONDS",
                    help="longest wait between reconnect attempts (default conf worker.retry_delay_max, 10)")
+    p.add_argument("--prefetch", type=int, default=1, metavar="N",
+                   help="hold up to N runs at once, starting the next as soon as one ends (default 1; "
+                        "above 1 needs a runq that knows prefetch)")
     p.add_argument("--config", "--conf", default=None, help="configuration file (default conf/simx.yaml)")
     p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default SIMX_LOG_LEVEL or conf)")
     return p.parse_args(argv)
@@ -81,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
     except SystemExit as exc:  # argparse has printed the usage
         return int(exc.code or 0)
+    if not 1 <= args.prefetch <= MAX_PREFETCH:
+        print(f"worker: --prefetch must be from 1 to {MAX_PREFETCH}, not {args.prefetch}", file=sys.stderr)
+        return 2
     if args.token is not None:
         print("worker: --token is gone: workers now prove a secret without sending it; use --secret-file FILE "
               "(a file made by `fab runq.secrets`, see docs/SECURITY.md)", file=sys.stderr)
@@ -110,14 +117,25 @@ def main(argv: list[str] | None = None) -> int:
                         engine=engine_name(engine, args.engine), cost=args.cost, speed=args.speed,
                         priority=args.priority)
         loop = WorkerLoop(traits, engine, (conf.runq.host, conf.runq.port), secret,
-                          backoff=Backoff(cap=conf.worker.retry_delay_max), tls=tls, server_name=server_name)
+                          backoff=Backoff(cap=conf.worker.retry_delay_max), tls=tls, server_name=server_name,
+                          prefetch=args.prefetch)
     except (UnknownEngine, engine_catalog.UnknownEngine, engine_catalog.SchemaError, protocol.ProtocolError) as exc:
         log.error("%s", exc)
         return 2
     log.info("worker process %s starting: engine %s, group %r, user %r, runq at %s:%s", traits.pid, traits.engine,
              traits.group, traits.user, conf.runq.host, conf.runq.port)
     with _signals(loop):
-        return loop.run()
+        return _profiled(loop.run) if os.environ.get("SIMX_WORKER_PROFILE") else loop.run()
+
+
+def _profiled(run) -> int:
+    """SIMX_WORKER_PROFILE=DIR: cProfile the loop thread into DIR/worker-PID.prof (bench/worker_cpu.py)."""
+    import cProfile
+    profile = cProfile.Profile()
+    try:
+        return profile.runcall(run)
+    finally:
+        profile.dump_stats(os.path.join(os.environ["SIMX_WORKER_PROFILE"], f"worker-{os.getpid()}.prof"))
 
 
 class _signals:

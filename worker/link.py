@@ -88,6 +88,10 @@ class Link:
         self.handshaking = False
         return True
 
+    def queue(self, msg: dict) -> None:
+        """Queue one message; ``flush()`` writes it."""
+        self.out += protocol.encode(msg)
+
     def send(self, msg: dict) -> None:
         """Queue one message and write what the socket takes now."""
         self.out += protocol.encode(msg)

@@ -2,8 +2,10 @@
 
 Owns the I/O around ``Session``: connecting and reconnecting with backoff,
 moving frames, the wakeup socketpair that the engine thread and signal
-handlers write to, and the exit.  The engine computes in a ``Job`` thread;
-everything else runs on this thread, so no state needs a lock.  Time comes
+handlers write to, and the exit.  The engine computes on the engine thread
+(``job.EngineThread``); everything else runs on this thread, so no state needs
+a lock.  Messages sent during a turn are written together at its end (one
+send() for a report and the next run's start, or a burst of replies).  Time comes
 from the injected ``clock``, and the only waiting is the selector's timeout,
 so signals, the engine's news and runq's messages are all served while the
 worker waits to reconnect.
@@ -32,7 +34,7 @@ CONNECT_TIMEOUT = 10.0  # seconds from connect() to RunqAcceptWorker; a silent r
 class WorkerLoop:
     """Runs one worker until it is stopped, drained or refused: ``WorkerLoop(...).run()``.
 
-    ``session_options`` (update_interval, stop_timeout, drain_linger) go to ``Session``.
+    ``session_options`` (update_interval, stop_timeout, drain_linger, prefetch) go to ``Session``.
     """
 
     def __init__(self, traits: Traits, engine: Engine, address: tuple[str, int], secret: bytes | None = None, *,
@@ -105,7 +107,7 @@ class WorkerLoop:
             self._connect(now)
         elif self.link is not None and not session.online and now >= self.connect_deadline:
             self._drop(now, "runq did not accept the worker in time")
-        self._watch()
+        self._flush()
         return session.check_exit(now, reachable=self.link is not None,
                                   flushed=self.link is None or not self.link.out)
 
@@ -153,11 +155,11 @@ class WorkerLoop:
             except LinkDown as exc:
                 if self.link is link:
                     self._drop(self.clock(), str(exc))
-        self._watch()
+        self._flush()
 
     def _connected(self, link: Link) -> None:
         self.log.info("connected to runq at %s:%s%s", *self.address, " (TLS)" if self.tls is not None else "")
-        link.send(self.session.hello())
+        link.queue(self.session.hello())
 
     def _receive(self, msg: dict) -> None:
         if msg["type"] == "RunqAcceptWorker":
@@ -194,12 +196,13 @@ class WorkerLoop:
         self.log.warning("%s; reconnecting in %.1fs", reason, delay)
 
     def _send(self, msg: dict) -> None:
-        """The session's way out; messages are dropped while runq is away (the session re-sends reports)."""
+        """The session's way out; messages are dropped while runq is away (the session re-sends reports).
+        Queued here, written at the end of the turn (``_flush``)."""
         link = self.link
         if link is None or link.connecting:
             return
         try:
-            link.send(msg)
+            link.queue(msg)
         except LinkDown as exc:
             self._drop(self.clock(), str(exc))
 
@@ -209,6 +212,16 @@ class WorkerLoop:
         while (self.link is not None and not self.link.connecting and len(self.link.out) < UPLOAD_BUFFER
                and self.session.send_upload()):
             pass
+
+    def _flush(self) -> None:
+        """Write what this turn queued (one send() for all of it), then watch the socket accordingly."""
+        link = self.link
+        if link is not None and link.out and not link.connecting and not link.handshaking:
+            try:
+                link.flush()
+            except LinkDown as exc:
+                self._drop(self.clock(), str(exc))
+        self._watch()
 
     def _watch(self) -> None:
         """Ask the selector for writability only while output is waiting."""
@@ -225,8 +238,7 @@ class WorkerLoop:
 
     def _drain_wakeups(self) -> None:
         try:
-            while self._wake_r.recv(4096):
-                pass
+            self._wake_r.recv(4096)   # one byte per wakeup; any left over wake the next select at once
         except BlockingIOError:
             pass
 
@@ -234,11 +246,10 @@ class WorkerLoop:
         """Release sockets; give an engine still running a moment to clean up (kill its children)."""
         session = self.session
         job = session.last_job
-        if job is not None and job.thread.is_alive():
+        if job is not None and not job.done():
             job.request_abort("worker exiting")
             remaining = session.stop_deadline - self.clock() if session.stopping else 1.0
-            job.thread.join(max(0.1, remaining))
-            if job.thread.is_alive():
+            if not job.wait(max(0.1, remaining)):
                 self.log.warning("engine of run %s still running at exit", run_name(job.key))
         if self.link is not None:
             self.selector.unregister(self.link.sock)

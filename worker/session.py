@@ -1,10 +1,20 @@
-"""What the worker holds and tells runq: its id, its run, reports awaiting ack, drain and stop.
+"""What the worker holds and tells runq: its id, its runs, reports awaiting ack, drain and stop.
 
 This is the worker's half of "Worker conversation" in docs/ARCHITECTURE.md
 without any I/O: the loop feeds it runq's messages and the time, and it sends
 through the ``send`` callable it was given (which drops messages while runq is
 away; the session re-sends what matters after the next RunqAcceptWorker).
 It runs on the loop thread only; the engine thread is reached through ``Job``.
+
+Prefetch (``prefetch`` > 1): runq may assign up to that many runs; one computes,
+the others are held (in order) and the next starts as soon as one ends, without
+waiting for runq.  Starting a run is told with WorkerStartedRun (its time limit
+starts then); heartbeats list every run computed or held.  With prefetch 1 the
+worker says nothing of it, so a runq that predates prefetch understands it.
+
+Messages the worker builds itself are plain dicts, not re-validated: their
+fields come from validated input (runq's messages, traits checked at start-up)
+or are made fit where they are made (``job.jsonable``, ``protocol.clean_text``).
 """
 from __future__ import annotations
 
@@ -16,11 +26,12 @@ from runq import auth, protocol
 from runq.client import RunqRefused, check_challenge
 
 from .engines.base import Engine
-from .job import Job, run_name
+from .job import EngineThread, Job, run_name
 from .upload import Upload, UploadError
 
 log = logging.getLogger("worker")
 
+MAX_PREFETCH = 64  # runs a worker may hold at once (runq: coordinator.MAX_HELD_RUNS)
 UPDATE_INTERVAL = 0.2  # seconds: at most ~5 WorkerUpdate per second per run
 STOP_TIMEOUT = 5.0  # seconds a stopping worker waits for the ack of its WorkerStoppedRun
 DRAIN_LINGER = 0.5  # seconds an idle draining worker stays to refuse an assignment already in flight
@@ -58,8 +69,12 @@ def run_fields(key) -> dict:
 class Session:
     def __init__(self, traits: Traits, engine: Engine, send, wake, secret: bytes | None = None, *,
                  update_interval: float = UPDATE_INTERVAL, stop_timeout: float = STOP_TIMEOUT,
-                 drain_linger: float = DRAIN_LINGER):
+                 drain_linger: float = DRAIN_LINGER, prefetch: int = 1):
+        if not isinstance(prefetch, int) or not 1 <= prefetch <= MAX_PREFETCH:
+            raise ValueError(f"prefetch must be an integer from 1 to {MAX_PREFETCH}, not {prefetch!r}")
         self.traits, self.engine, self.send, self.wake, self.secret = traits, engine, send, wake, secret
+        self.prefetch = prefetch
+        self.runner = EngineThread()
         self.update_interval, self.stop_timeout, self.drain_linger = update_interval, stop_timeout, drain_linger
         self.log = _WorkerLog(log, {"session": self})
         self.worker_id: int | None = None  # from the first RunqAcceptWorker on
@@ -73,7 +88,8 @@ class Session:
         self.heartbeat_interval = math.inf
         self.next_heartbeat = math.inf
         self.next_update = -math.inf
-        self.job: Job | None = None  # the run this worker holds, until its report is acked
+        self.job: Job | None = None  # the run started last, until its report is acked or the next one starts
+        self.held: dict[tuple, dict] = {}  # prefetched assignments not started yet, oldest first
         self.last_job: Job | None = None  # joined at exit so an aborted engine can clean up
         self.pending: dict[tuple, tuple[str, dict]] = {}  # run key -> terminal report awaiting RunqAck
         self.upload: Upload | None = None  # the job's output files being sent, before its finished report
@@ -96,9 +112,11 @@ class Session:
     def registration(self) -> dict:
         """After Auth: WorkerReady, or WorkerReconnect proving the identity, with the run held."""
         traits = dataclasses.asdict(self.traits)
+        if self.prefetch > 1:
+            traits["prefetch"] = self.prefetch   # absent at 1: runq that predates prefetch refuses unknown fields
         if self.worker_id is None:
             return protocol.message("WorkerReady", **traits)
-        held = self.job.key if self.job is not None else None
+        held = self.job.key if self.job is not None else None   # the run computed (or its report unacked)
         proof = auth.reconnect_proof(self.key, self.worker_id, self.runq_nonce) if self.key else None
         return protocol.message("WorkerReconnect", worker_id=self.worker_id, proof=proof, **traits,
                                 **run_fields(held))
@@ -130,11 +148,11 @@ class Session:
         elif mtype == "RunqAcceptWorker":
             self._accepted(msg, now)
         elif mtype == "RunqAssignRun":
-            self._assign(msg)
+            self._assign(msg, now)
         elif mtype == "RunqAck":
             self._acked(msg)
         elif mtype == "RunqAbortRun":
-            self._abort(msg)
+            self._abort(msg, now)
         elif mtype == "RunqGetStatus":
             if self.online:
                 self._send_heartbeat(now)
@@ -164,6 +182,7 @@ class Session:
                          "dropping the run and reports of the old one")
         self.worker_id, self.key, self.seq = None, None, 0
         self.pending.clear()
+        self.held.clear()
         job = self.job
         self._drop_upload()
         if job is not None:
@@ -199,17 +218,27 @@ class Session:
                 job.request_abort("runq did not keep the run after a reconnect")
         for key in self.pending:
             self._send_report(key)
+        if self.held:
+            self._send_heartbeat(now)  # runq reconciles the prefetched runs now (takes back or aborts)
         if self.draining:
             self._send_draining(now)
 
-    def _assign(self, msg: dict) -> None:
+    def computing(self) -> Job | None:
+        """The run whose engine is computing (no outcome reported yet), or None."""
+        job = self.job
+        return job if job is not None and job.report is None else None
+
+    def _assign(self, msg: dict, now: float) -> None:
         key = protocol.run_key(msg)
         self.seq = max(self.seq, msg["seq"])  # even when refused: runq learns from the heartbeat
+        job = self.job
         if self.draining or self.stopping:
             self.log.info("refusing run %s: %s", run_name(key), "stopping" if self.stopping else "draining")
             self._report(key, "WorkerStoppedRun", {})
-        elif self.job is not None or key in self.pending:
-            held = run_name(self.job.key) if self.job is not None else "its report"
+        elif (job is not None and job.key == key) or key in self.pending or key in self.held:
+            self.log.error("runq assigned run %s, which this worker holds already; ignored", run_name(key))
+        elif len(self.held) + (self.computing() is not None) >= self.prefetch:
+            held = run_name(job.key) if self.prefetch == 1 else f"{self.prefetch} runs"
             self.log.error("runq assigned run %s while this worker holds %s; ignored", run_name(key), held)
         elif msg["engine"] != self.traits.engine:
             self.log.error("runq assigned run %s of engine %r; this worker runs %r",
@@ -217,10 +246,29 @@ class Session:
             self._report(key, "WorkerFailedRun", {
                 "message": f"worker runs engine {self.traits.engine!r}, not {msg['engine']!r}"})
         else:
-            self.job = self.last_job = Job(msg, self.engine, self.worker_id, self.wake)
-            self.next_update = -math.inf
-            self.log.info("assigned run %s", run_name(key))
-            self.job.start()
+            self.held[key] = msg
+            self._step(now)
+
+    def _step(self, now: float) -> None:
+        """Report the computed run's outcome, and start the next held run while none computes."""
+        while True:
+            self._collect_outcome()
+            if not self.held or self.computing() is not None or self.stopping or self.draining:
+                return
+            key = next(iter(self.held))
+            self._start(self.held.pop(key), now)
+
+    def _start(self, msg: dict, now: float) -> None:
+        job = self.job = self.last_job = Job(msg, self.engine, self.worker_id, self.wake)
+        self.next_update = -math.inf
+        # Two lines per run at INFO (this and the outcome) cost more CPU than the rest of a
+        # zero-step run: fleets of very short runs log at WARNING (docs/ARCHITECTURE.md).
+        if self.log.isEnabledFor(logging.INFO):
+            self.log.info("assigned run %s", run_name(job.key))
+        if self.prefetch > 1 and self.online:
+            self.send({"type": "WorkerStartedRun", "worker_id": self.worker_id, "batch_id": job.key[0],
+                       "batch_index": job.key[1], "attempt": job.key[2]})
+        job.start(self.runner)
 
     def _acked(self, msg: dict) -> None:
         key = protocol.run_key(msg)
@@ -228,15 +276,22 @@ class Session:
         if report is None:
             self.log.warning("ack for run %s, which has no report waiting; ignored", run_name(key))
             return
-        level = logging.INFO if msg["accepted"] else logging.WARNING
-        note = f": {msg['message']}" if msg.get("message") else ""
-        self.log.log(level, "%s report of run %s acked (accepted %s%s)",
-                     OUTCOME[report[0]], run_name(key), msg["accepted"], note)
+        # a finished run's ack at DEBUG: a third line per run is not worth its CPU
+        level = (logging.WARNING if not msg["accepted"] else
+                 logging.DEBUG if report[0] == "WorkerFinishedRun" else logging.INFO)
+        if self.log.isEnabledFor(level):
+            note = f": {msg['message']}" if msg.get("message") else ""
+            self.log.log(level, "%s report of run %s acked (accepted %s%s)",
+                         OUTCOME[report[0]], run_name(key), msg["accepted"], note)
         if self.job is not None and self.job.key == key:
-            self.job = None  # idle: runq assigns the next run on its own
+            self.job = None  # idle unless runs are held: runq assigns the next run on its own
 
-    def _abort(self, msg: dict) -> None:
+    def _abort(self, msg: dict, now: float) -> None:
         key = protocol.run_key(msg)
+        if self.held.pop(key, None) is not None:   # runq takes back a prefetched run: never started
+            self.log.info("runq took back run %s before it started (%s)", run_name(key), msg["reason"])
+            self._report(key, "WorkerAbortedRun", {"message": protocol.clean_text(msg["reason"])})
+            return
         job = self.job
         if job is None or job.key != key or job.report is not None:
             self.log.info("ignoring abort of run %s (%s): not computing it (holding %s)",
@@ -261,8 +316,9 @@ class Session:
     # -- time and the engine -----------------------------------------------------------
 
     def advance(self, now: float) -> None:
-        """Report an outcome the engine produced, and send progress and heartbeats that are due."""
-        self._collect_outcome()
+        """Report an outcome the engine produced (starting the next held run), and send progress and
+        heartbeats that are due."""
+        self._step(now)
         if self.online:
             self._send_progress(now)
             if now >= self.next_heartbeat:
@@ -295,9 +351,10 @@ class Session:
             mtype, fields = self.upload_report   # the upload could not start: a failure
             self.upload_report = None
         job.report = mtype
-        detail = (fields.get("message") or "").strip()
-        detail = f": {detail.splitlines()[0][:200]}" if detail else ""
-        self.log.info("run %s %s%s", run_name(job.key), OUTCOME[mtype], detail)
+        if self.log.isEnabledFor(logging.INFO):   # formatted only when written (see _start)
+            detail = (fields.get("message") or "").strip()
+            detail = f": {detail.splitlines()[0][:200]}" if detail else ""
+            self.log.info("run %s %s%s", run_name(job.key), OUTCOME[mtype], detail)
         self._report(job.key, mtype, fields)
 
     # -- messages to runq ------------------------------------------------------------
@@ -311,15 +368,16 @@ class Session:
     def _send_report(self, key) -> None:
         mtype, fields = self.pending[key]
         # worker_id is filled in at each send: runq may have given a new one on reconnect.
-        self.send(protocol.message(mtype, worker_id=self.worker_id, **run_fields(key), **fields))
+        self.send({"type": mtype, "worker_id": self.worker_id, "batch_id": key[0], "batch_index": key[1],
+                   "attempt": key[2], **fields})
 
     def _send_heartbeat(self, now: float) -> None:
-        # Name the run only while computing it: once its report is sent, runq knows the outcome.
-        job = self.job
-        computing = job.key if job is not None and job.report is None else None
+        # Name a run only while computing or holding it: once its report is sent, runq knows the outcome.
+        job = self.computing()
+        runs = [list(job.key)] if job is not None else []
+        runs.extend(list(key) for key in self.held)
         self.next_heartbeat = now + self.heartbeat_interval
-        self.send(protocol.message("WorkerHeartbeat", worker_id=self.worker_id, seq=self.seq,
-                                   runs=[list(computing)] if computing is not None else []))
+        self.send({"type": "WorkerHeartbeat", "worker_id": self.worker_id, "seq": self.seq, "runs": runs})
 
     def _send_progress(self, now: float) -> None:
         job = self.job
@@ -327,12 +385,12 @@ class Session:
             return
         fraction, message = job.take_progress()
         self.next_update = now + self.update_interval
-        self.send(protocol.message("WorkerUpdate", worker_id=self.worker_id, **run_fields(job.key),
-                                   progress=fraction, message=message))
+        self.send({"type": "WorkerUpdate", "worker_id": self.worker_id, "batch_id": job.key[0],
+                   "batch_index": job.key[1], "attempt": job.key[2], "progress": fraction, "message": message})
 
     def _send_draining(self, now: float) -> None:
         self.drain_sent_at = now
-        self.send(protocol.message("WorkerDraining", worker_id=self.worker_id))
+        self.send({"type": "WorkerDraining", "worker_id": self.worker_id})
 
     # -- output files ------------------------------------------------------------------
 
@@ -392,9 +450,10 @@ class Session:
     # -- stop and drain --------------------------------------------------------------
 
     def stop(self, now: float) -> None:
-        """Give the run back to runq (WorkerStoppedRun) and wait a little for the ack."""
+        """Give the run and the held ones back to runq (WorkerStoppedRun) and wait a little for the acks."""
         self._collect_outcome()  # a run that just finished keeps its result
         self.stopping = True
+        self._hand_back_held("stopping")
         self.stop_deadline = now + self.stop_timeout
         job = self.job
         if job is not None and job.report is None:
@@ -412,8 +471,15 @@ class Session:
             return
         self.draining = True
         self.log.info("draining (%s): finishing the current run, taking no other", why)
+        self._hand_back_held("draining")
         if self.online:
             self._send_draining(now)
+
+    def _hand_back_held(self, why: str) -> None:
+        for key in list(self.held):
+            del self.held[key]
+            self.log.info("%s: handing run %s back to runq unstarted", why, run_name(key))
+            self._report(key, "WorkerStoppedRun", {})
 
     def check_exit(self, now: float, reachable: bool, flushed: bool) -> int | None:
         """The exit status once the worker may exit, else None.

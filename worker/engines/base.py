@@ -7,7 +7,7 @@ the worker's engine thread, once per run, and
   reported as their ``str()``),
 * calls ``progress(fraction, message=None)`` as often as it likes (the worker
   throttles what it sends to runq), with ``fraction`` in 0..1,
-* checks ``abort`` (a ``threading.Event``) often enough to stop promptly, and
+* checks ``abort`` (a ``threading.Event`` or its like: ``is_set()``, ``wait(timeout)``) often enough to stop promptly, and
   raises ``Aborted`` when it is set (runq cancelled the run, its time limit
   passed, or the worker is stopping),
 * raises any other exception to fail the run: its message and traceback go to
@@ -87,6 +87,12 @@ class Engine:
 
     def run(self, param: dict, progress: Progress, abort: threading.Event, context: RunContext) -> Any:
         raise NotImplementedError
+
+    def runs_inline(self, param: dict) -> bool:
+        """True if this run is trivial (returns at once, never waits or blocks): the worker then
+        computes it on its loop thread, saving the hand-over to the engine thread.  Say True
+        only when sure; the worker does not answer runq while an inline run computes."""
+        return False
 
 
 # Built-ins are named by import path so that a worker imports only the engine it runs.

@@ -13,6 +13,9 @@ from .base import Aborted, Engine
 class DummyEngine(Engine):
     name = "dummy"
 
+    def runs_inline(self, param):
+        return param.get("step_count", 10) == 0   # returns at once: no step, no clock
+
     def run(self, param, progress, abort, context):
         steps = int(param.get("step_count", 10))
         delay = float(param.get("step_delay", 1.0))

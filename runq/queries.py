@@ -1,0 +1,338 @@
+"""Client reads (listings, a batch and its runs, results, a run, workers): read-only.
+
+A ``Queries`` answers from committed data through its own read connection
+(``Store.reader()``) and never commits or changes anything; the in-memory facts
+a view needs and the database does not hold (a worker's `connected` and live
+state, its address while known, whether a batch is `served`) come from
+``Facts``, the coordinator's published view.  runq's server runs it on a reader
+thread (runq/reader.py) so a big page never stalls dispatch; a coordinator
+without a server (tests) answers it inline.
+
+Who asks: a request may carry ``actor`` (the runweb user it acts for) and
+``admin``.  A non-admin sees only batches it owns (another's answers 404, as if
+it did not exist).  No ``actor`` means a holder of the client secret: admin.
+"""
+from __future__ import annotations
+
+import base64
+import json
+
+from . import protocol, states, sweep, views
+from .errors import BadRequest, Forbidden, NotFound
+from .files import Files, UploadRefused
+
+DEFAULT_PAGE, MAX_PAGE = 1000, 10_000
+RESULT_STATES = (states.FINISHED, states.FAILED)   # runs that ended with a verdict
+RESULTS_BUDGET = protocol.MAX_FRAME // 4           # bytes of results per BatchResults reply, about
+MAX_RESULT_BYTES = 1024 * 1024   # a run's stored result as JSON (coordinator refuses larger ones)
+PAGE_BYTES = 1024 * 1024         # a listing page ends early (next_offset) past this much JSON
+
+READS = frozenset({"BatchList", "UserStatus", "BatchStatus", "RunStatus", "WorkerList", "WorkerStatus",
+                   "BatchResults", "RunFile"})
+
+
+def json_size(value) -> int:
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+
+
+def who(msg) -> tuple[str | None, bool]:
+    """(actor, admin) of a request; no actor = a holder of the client secret = admin."""
+    actor = msg.get("actor")
+    return actor, bool(msg.get("admin", actor is None))
+
+
+def may_see(row: dict, msg: dict) -> bool:
+    actor, admin = who(msg)
+    return admin or row.get("owner") == actor
+
+
+def run_param(batch_row: dict, index: int) -> dict:
+    """The param run ``index`` of a stored batch gets: the batch's, with its sweep values set."""
+    spec = batch_row.get("sweep")
+    return sweep.param_for(batch_row["param"], spec, index) if spec else batch_row["param"]
+
+
+def hints(reply: dict, msg: dict) -> dict:
+    """What the asker may do, on each view of the reply, so a dashboard shows only the buttons
+    that would work: batches and runs `can_cancel` (their owner or an admin, until they end),
+    workers `can_drain` (admins, while connected).  runq still checks each change itself."""
+    actor, admin = who(msg)
+    batch = reply.get("batch")
+    for b in [batch, *(reply.get("batches") or ())]:
+        if isinstance(b, dict) and "state" in b:
+            b["can_cancel"] = (admin or b.get("owner") == actor) and b["state"] == states.ACTIVE
+    # a run is shown only to who may see its batch (its owner or an admin): without the
+    # batch in the reply (RunStatus), that is enough to cancel it
+    mine = admin or not isinstance(batch, dict) or batch.get("owner") == actor
+    for r in [reply.get("run"), *(reply.get("runs") or ())]:
+        if isinstance(r, dict) and "state" in r:
+            r["can_cancel"] = mine and r["state"] not in states.TERMINAL
+    for w in [reply.get("worker"), *(reply.get("workers") or ())]:
+        if isinstance(w, dict) and "connected" in w:
+            w["can_drain"] = admin and bool(w["connected"])
+    return reply
+
+
+class Facts:
+    """What reads take from runq's memory rather than the database: which (engine, group, user)
+    keys have a connected, non-draining worker (a batch's `served`).  Everything else a read
+    shows is committed: a worker's state is written with every change (so `connected` is
+    its state being neither disconnected nor gone), its address at registration.
+
+    In runq's server this is a copy the loop keeps current in the reader process
+    (runq/reader.py); a coordinator without a server reads its own index."""
+
+    def __init__(self, presence=None):
+        self._presence = presence
+        self.keys: frozenset = frozenset()   # the copy, when there is no index to read
+        self.broken: dict = {}               # worker id -> why it gets no runs (kept by the coordinator)
+
+    def snapshot(self) -> tuple:
+        """What a copy needs: the present keys (the index leaves out draining and broken
+        workers) and the reasons of broken workers (shown in worker views)."""
+        return self.present_keys(), tuple(sorted(self.broken.items()))
+
+    def broken_reason(self, worker_id: int) -> str | None:
+        return self.broken.get(worker_id)
+
+    def present_keys(self) -> frozenset:
+        """The (engine, group, user) keys with a present worker: what a copy needs."""
+        return self._presence.present_keys() if self._presence is not None else self.keys
+
+    def served(self, traits: tuple[str, str, str]) -> bool:
+        if self._presence is not None:
+            return self._presence.serves(traits)
+        e, g, u = traits
+        return any(key in self.keys for key in ((e, g, u), (e, g, ""), (e, "", u), (e, "", "")))
+
+
+class Queries:
+    def __init__(self, store, facts: Facts, files_dir=None):
+        self.store, self.facts = store, facts
+        self.files = Files(files_dir)   # read-only here: pieces of runs' output files
+        self._addresses: dict = {}
+        self.handlers = {
+            "BatchList": self.batch_list, "UserStatus": self.user_status, "BatchStatus": self.batch_status,
+            "RunStatus": self.run_status, "WorkerList": self.worker_list, "WorkerStatus": self.worker_status,
+            "BatchResults": self.batch_results, "RunFile": self.run_file,
+        }
+
+    def _batch_row(self, batch_id: int, msg: dict | None = None) -> dict:
+        """The stored batch; NotFound also when the asker (msg) may not see it."""
+        row = self.store.batch_row(batch_id)
+        if row is None or (msg is not None and not may_see(row, msg)):
+            raise NotFound(f"no batch {batch_id}")
+        return row
+
+    def _batch_view(self, row: dict, now: float) -> dict:
+        return views.batch(row, now, served=self.facts.served((row["engine"], row["group"], row["user"])))
+
+    @staticmethod
+    def _page(msg, low: int = 1) -> tuple[int, int]:
+        offset, limit = msg.get("offset", 0), msg.get("limit", DEFAULT_PAGE)
+        if offset < 0:
+            raise BadRequest("offset must be 0 or more")
+        if not low <= limit <= MAX_PAGE:
+            raise BadRequest(f"limit must be between {low} and {MAX_PAGE}")
+        return offset, limit
+
+    @staticmethod
+    def _fill(items, budget: int = PAGE_BYTES) -> list:
+        """The views of a page, ending early (at least one) once they pass `budget` bytes of JSON,
+        so stored params and results never make a reply too large to send."""
+        items = list(items)
+        if json_size(items) <= budget:   # the common case: one encoding of the whole page
+            return items
+        out = []
+        for item in items:
+            budget -= json_size(item)
+            if out and budget < 0:
+                break
+            out.append(item)
+        return out
+
+    def _paged(self, name: str, rows: list, offset: int, limit: int, view) -> dict:
+        """A page of a listing: one row more than asked tells whether another page follows."""
+        page = self._fill(view(r) for r in rows[:limit])
+        more = len(rows) > len(page)
+        return protocol.reply(**{name: page}, offset=offset, limit=limit,
+                              next_offset=offset + len(page) if more else None)
+
+    def batch_list(self, msg, now):
+        offset, limit = self._page(msg)
+        actor, admin = who(msg)
+        rows = self.store.batch_rows(user=msg.get("user"), owner=None if admin else actor,
+                                     offset=offset, limit=limit + 1)
+        return self._paged("batches", rows, offset, limit, lambda r: self._batch_view(r, now))
+
+    def user_status(self, msg, now):
+        """The batches owned by one user: your own, or anyone's for an admin."""
+        actor, admin = who(msg)
+        if not admin and msg["user"] != actor:
+            raise Forbidden(f"you may list only your own batches (/user/{actor})")
+        offset, limit = self._page(msg)
+        rows = self.store.batch_rows(owner=msg["user"], offset=offset, limit=limit + 1)
+        return self._paged("batches", rows, offset, limit, lambda r: self._batch_view(r, now))
+
+    def batch_status(self, msg, now):
+        """The batch and a page of its runs; limit 0: the batch alone; `state`: only runs in it
+        (offset and next_offset then count those runs)."""
+        row = self._batch_row(msg["batch_id"], msg)
+        offset, limit = self._page(msg, low=0)
+        state = msg.get("state")
+        if state is not None and state not in states.RUN_STATES:
+            raise BadRequest(f"state must be one of {', '.join(states.RUN_STATES)}, not {state[:40]!r}")
+        if limit == 0:
+            return protocol.reply(batch=self._batch_view(row, now))
+        batch = self._batch_view(row, now)
+        if state is None:
+            hi = min(row["n_runs"], offset + limit)
+            stored = {r["batch_index"]: r for r in self.store.run_rows(row["id"], offset, hi)}
+            runs = [self._run(stored[i]) if i in stored else views.implicit_run(row, i) for i in range(offset, hi)]
+            more = hi < row["n_runs"]
+        else:
+            runs, more = self._runs_in_state(row, state, offset, limit)
+        for run in runs:
+            run["param"] = run_param(row, run["batch_index"])
+        # a page ends early (next_offset) before the reply passes PAGE_BYTES: stored params and
+        # results never make a reply too large to send
+        page = self._fill(runs, PAGE_BYTES - json_size(batch))
+        more = more or len(page) < len(runs)
+        return protocol.reply(batch=batch, runs=page, offset=offset, limit=limit,
+                              next_offset=offset + len(page) if more else None)
+
+    def _runs_in_state(self, row: dict, state: str, offset: int, limit: int) -> tuple[list, bool]:
+        """A page of the runs in `state`, without looking at the runs in other states.
+
+        Runs below the batch's `next_index` were dispatched and all have rows: their part
+        comes from the (batch_id, state, batch_index) index.  From `next_index` on, runs are
+        implicit (waiting, or cancelled with their batch) except the few cancelled alone,
+        which have rows: that tail is walked arithmetically, skipping the rows in other states.
+        """
+        b, ni, n = row["id"], row["next_index"], row["n_runs"]
+        head = self.store.runs_in_state(b, state, hi=ni, offset=offset, limit=limit + 1)
+        runs = [self._run(r) for r in head[:limit]]
+        if len(head) > limit:
+            return runs, True
+        implicit = states.CANCELLED if row["state"] == states.BATCH_CANCELLED else states.WAITING
+        room = limit - len(runs)
+        # where the page starts in the tail: past the head's runs in `state` if this page has none
+        p = 0 if head else max(0, offset - self.store.count_runs_in_state(b, state, hi=ni))
+        if state != implicit:   # in the tail only rows (runs cancelled alone) can be in `state`
+            tail = self.store.runs_in_state(b, state, lo=ni, offset=p, limit=room + 1)
+            return runs + [self._run(r) for r in tail[:room]], len(tail) > room
+        # the tail's p-th run in `state` is ni + p, pushed on past each stored run in another state
+        holes = self.store.run_indexes_not_in(b, state, ni)
+        index, h = ni + p, 0
+        while h < len(holes) and holes[h] <= index:
+            index, h = index + 1, h + 1
+        want = []
+        while len(want) < room + 1 and index < n:
+            want.append(index)
+            index += 1
+            while h < len(holes) and holes[h] == index:
+                index, h = index + 1, h + 1
+        page, more = want[:room], len(want) > room
+        if page:
+            stored = {r["batch_index"]: r for r in self.store.run_rows(b, page[0], page[-1] + 1)}
+            runs += [self._run(stored[i]) if i in stored else views.implicit_run(row, i) for i in page]
+        return runs, more
+
+    def batch_results(self, msg, now):
+        """A page of results (finished and failed runs, or those of `state`) from batch_index `start` on,
+        in index order; `next_start` continues it.  A page stops early before the reply grows past
+        RESULTS_BUDGET bytes, so big results never make a reply too large for a frame."""
+        row = self._batch_row(msg["batch_id"], msg)
+        start, limit = msg.get("start", 0), msg.get("limit", DEFAULT_PAGE)
+        if start < 0:
+            raise BadRequest("start must be 0 or more")
+        if not 1 <= limit <= MAX_PAGE:
+            raise BadRequest(f"limit must be between 1 and {MAX_PAGE}")
+        state = msg.get("state")
+        if state is not None and state not in RESULT_STATES:
+            raise BadRequest(f"state must be one of {', '.join(RESULT_STATES)}, not {state[:40]!r}")
+        rows = self.store.result_rows(row["id"], (state,) if state else RESULT_STATES, start - 1, limit + 1)
+        results, budget = [], RESULTS_BUDGET
+        for r in rows[:limit]:
+            budget -= r.pop("size") + 100
+            if results and budget < 0:
+                break
+            results.append(r)
+        more = len(results) < len(rows)
+        return protocol.reply(results=results, start=start, limit=limit,
+                              next_start=results[-1]["batch_index"] + 1 if more else None)
+
+    def _run_view(self, batch_row: dict, index: int) -> dict:
+        if not 0 <= index < batch_row["n_runs"]:
+            raise NotFound(f"batch {batch_row['id']} has no run {index} (it has {batch_row['n_runs']} runs)")
+        row = self.store.run_row(batch_row["id"], index)
+        run = self._run(row) if row else views.implicit_run(batch_row, index)
+        run["param"] = run_param(batch_row, index)
+        return run
+
+    def _run(self, row: dict) -> dict:
+        return views.run(row, self._address(row["worker_id"]))
+
+    def handle(self, msg: dict, now: float) -> dict:
+        self._addresses = {}   # worker id -> address, for this reply
+        return hints(self.handlers[msg["type"]](msg, now), msg)
+
+    def _address(self, worker_id: int | None) -> str | None:
+        """The address a run's worker connects from (its stored row; once per worker per reply)."""
+        if worker_id is None:
+            return None
+        if worker_id not in self._addresses:
+            self._addresses[worker_id] = self.address(worker_id)
+        return self._addresses[worker_id]
+
+    def address(self, worker_id: int) -> str | None:
+        rows = self.store.worker_rows(worker_id=worker_id)
+        return rows[0]["ipaddr"] if rows else None
+
+    def run_status(self, msg, now):
+        row = self._batch_row(msg["batch_id"], msg)
+        run = self._run_view(row, msg["batch_index"])
+        stored = self.store.run_row(row["id"], msg["batch_index"])
+        # only here: it can be long
+        run["traceback"] = views.clip(stored["traceback"], MAX_RESULT_BYTES) if stored else None
+        run["attempts"] = [views.attempt(a) for a in self.store.attempt_rows(row["id"], msg["batch_index"])]
+        return protocol.reply(run=run)
+
+    def run_file(self, msg, now):
+        """A piece of a finished run's output file: ``file`` {name, size, sha256}, ``data`` (base64 of
+        up to files.READ_CHUNK bytes from ``offset``), ``next_offset`` (null at the end)."""
+        row = self._batch_row(msg["batch_id"], msg)
+        run = self._run_view(row, msg["batch_index"])
+        result, name, offset = run["result"], msg["name"], msg.get("offset", 0)
+        listed = result.get("files") if isinstance(result, dict) and run["state"] == states.FINISHED else None
+        entry = next((f for f in listed if isinstance(f, dict) and f.get("name") == name), None) \
+            if isinstance(listed, list) else None
+        if entry is None:
+            raise NotFound(f"run {msg['batch_index']} of batch {row['id']} has no file {name[:100]!r}"
+                           + ("" if run["state"] == states.FINISHED else f" (it is {run['state']})"))
+        if not 0 <= offset <= entry["size"]:
+            raise BadRequest(f"offset must be between 0 and the file's size {entry['size']}")
+        try:
+            data = self.files.read((row["id"], msg["batch_index"], run["attempt"]), name, offset)
+        except (OSError, ValueError, UploadRefused) as exc:
+            raise NotFound(f"file {name[:100]!r} of run {msg['batch_index']} of batch {row['id']} is not "
+                           f"in runq's files directory ({exc.__class__.__name__})") from None
+        end = offset + len(data)
+        return protocol.reply(file=entry, offset=offset, data=base64.b64encode(data).decode("ascii"),
+                              next_offset=end if end < entry["size"] and data else None)
+
+    def _worker_view(self, row: dict) -> dict:
+        view = views.worker(row, row["state"] not in (states.DISCONNECTED, states.GONE), row["state"])
+        view["broken"] = self.facts.broken_reason(row["id"])   # why it gets no runs (state "broken")
+        return view
+
+    def worker_list(self, msg, now):
+        offset, limit = self._page(msg)
+        rows = self.store.worker_rows(offset=offset, limit=limit + 1)
+        return self._paged("workers", rows, offset, limit, self._worker_view)
+
+    def worker_status(self, msg, now):
+        rows = self.store.worker_rows(worker_id=msg["worker_id"])
+        if not rows:
+            raise NotFound(f"no worker {msg['worker_id']}")
+        return protocol.reply(worker=self._worker_view(rows[0]))

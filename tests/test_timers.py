@@ -1,0 +1,94 @@
+"""Timers by deadline (issue 10): leases, grace, time limits, contact writes and retention
+fire when due, and a tick costs O(due), not O(fleet).  The coordinator is driven with `now`."""
+import math
+
+from runq.config import RunqConfig
+from runq.timers import Timers
+from test_coordinator import Harness, start
+
+
+def test_timers_fire_in_deadline_order_once_and_stale_ones_never():
+    t = Timers()
+    t.set("lease", 1, 30.0)
+    t.set("grace", 2, 10.0)
+    t.set("lease", 3, 20.0)
+    t.set("lease", 1, 5.0)          # replaced: the entry for 30 is stale
+    t.cancel("lease", 3)
+    t.set_earliest("grace", 2, 50.0)  # later than it is: kept at 10
+    assert t.next_deadline() == 5.0
+    assert list(t.due(4.9)) == []
+    assert list(t.due(10.0)) == [("lease", 1), ("grace", 2)]
+    assert list(t.due(math.inf)) == [] and len(t) == 0
+
+
+def test_a_handler_may_arm_a_timer_due_in_the_same_pass():
+    t = Timers()
+    t.set("a", 1, 1.0)
+    fired = []
+    for kind, key in t.due(5.0):
+        fired.append((kind, key))
+        if kind == "a":
+            t.set("b", 2, 2.0)
+    assert fired == [("a", 1), ("b", 2)]
+
+
+def test_lease_fires_by_deadline_and_each_word_from_the_worker_pushes_it_back(tmp_path):
+    h = Harness(f"sqlite:///{tmp_path / 'r.sqlite'}", cfg=RunqConfig(heartbeat_interval=10, lease=30, grace=60))
+    wid = h.worker("w")
+    start(h, 2)
+    assign = h.assigned("w")[-1]
+    h.tick(20)
+    h.heartbeat("w", wid, assign)                 # t+20: the lease now ends at t+50
+    h.tick(11)                                    # t+31: the first deadline fires and finds it renewed
+    assert not h.to("w", "RunqAbortRun")
+    h.tick(18)                                    # t+49
+    assert not h.to("w", "RunqAbortRun")
+    h.tick(2)                                     # t+51: silent for 31 s
+    assert [m["reason"] for m in h.to("w", "RunqAbortRun")] == ["worker lease expired"]
+
+
+def test_time_limit_and_grace_fire_by_deadline(tmp_path):
+    h = Harness(f"sqlite:///{tmp_path / 'r.sqlite'}", cfg=RunqConfig(heartbeat_interval=10, lease=30, grace=60))
+    w1 = h.worker("w1")
+    start(h, 1, time_limit=25)
+    a1 = h.assigned("w1")[-1]
+    w2 = h.worker("w2")
+    start(h, 1)
+    h._run(h.coord.disconnected("w2", h.now))     # w2 holds batch 2's run: its grace ends at t+60
+    h.tick(24)
+    h.heartbeat("w1", w1, a1)
+    assert not h.to("w1", "RunqAbortRun")
+    h.tick(2)                                     # t+26: over its 25 s limit
+    assert "time limit of 25" in h.to("w1", "RunqAbortRun")[-1]["reason"]
+    assert h.batch(2)["runs"][0]["state"] == "running"
+    h.tick(33)                                    # t+59: still within grace
+    assert h.batch(2)["runs"][0]["state"] == "running"
+    h.tick(2)                                     # t+61
+    assert h.batch(2)["runs"][0]["state"] == "waiting"
+    assert w2 in h.coord.workers and h.coord.workers[w2].state == "gone"
+
+
+def test_a_quiet_fleet_of_10000_costs_a_tick_only_what_is_due(tmp_path):
+    """10,000 idle connected workers: ticks pop nothing until contact writes fall due, and then
+    exactly one entry per worker that spoke (work counted, not time)."""
+    h = Harness(f"sqlite:///{tmp_path / 'r.sqlite'}", cfg=RunqConfig(heartbeat_interval=10, lease=30, grace=60))
+    n = 10_000
+    for i in range(n):
+        h.worker(f"w{i}")
+    timers = h.coord.timers
+    for _ in range(20):                           # 10 s of ticks, every half second, nobody speaking
+        before = timers.popped
+        h.tick(0.5)
+        assert timers.popped - before == 0
+    for i in range(3):                            # three of them heartbeat
+        h.send(f"w{i}", "WorkerHeartbeat", worker_id=i + 1, seq=0, runs=[])
+    assert not h.store.pending()                  # a heartbeat writes nothing itself
+    before = timers.popped
+    h.coord.tick(h.now + 0.5)                     # their last_contact writes are due (last written 10 s ago)
+    assert timers.popped - before == 3
+    assert set(h.store._dirty["workers"]) == {1, 2, 3}
+    h.store.commit()
+    before = timers.popped
+    for _ in range(10):
+        h.tick(0.5)
+    assert timers.popped - before == 0
