@@ -39,6 +39,17 @@ def raw(port, data: bytes, timeout=5.0) -> bytes:
         return out
 
 
+def accept_queue(port: int) -> int:
+    """Connections waiting in the accept queue of the socket listening on 127.0.0.1:`port`
+    (the rx_queue column of a LISTEN row in /proc/net/tcp)."""
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        fields = line.split()
+        local, state, queues = fields[1], fields[3], fields[4]
+        if state == "0A" and int(local.split(":")[1], 16) == port:
+            return int(queues.split(":")[1], 16)
+    raise AssertionError(f"nothing listens on port {port}")
+
+
 def test_slow_sockets_do_not_stall_other_clients(web):
     slow = []
     try:
@@ -46,7 +57,9 @@ def test_slow_sockets_do_not_stall_other_clients(web):
             s = socket.create_connection(("127.0.0.1", web.port))
             s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
             slow.append(s)
-        time.sleep(0.2)  # the hanging sockets have been taken up by the worker
+        # the hanging sockets have been accepted by runweb (its listen queue is empty), so the
+        # requests below really come after them
+        procs.wait_until(lambda: accept_queue(web.port) == 0, 5, what="runweb to accept the slow sockets")
         for _ in range(5):
             t0 = time.monotonic()
             assert procs.http("GET", f"{web.url}/health", timeout=5)[0] == 200
