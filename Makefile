@@ -43,7 +43,7 @@ bench-deps: $(BENCH_STAMP)
 	@$(MAKE) --no-print-directory deps-deb DEBS="$(BENCH_DEBS)"
 
 # Every simx benchmark (targets P1-P9 of issue 10, runq's ceiling, profiles) and one table,
-# about 10 minutes.  BENCH_ARGS: --quick (about 3 minutes), --secure, --only p1,p5, --no-profile
+# about 10 minutes.  BENCH_ARGS: --quick (about 3 minutes), --no-secure, --only p1,p5, --no-profile
 bench: bench-deps
 	$(BIN)/python bench/suite.py $(BENCH_ARGS)
 

@@ -20,7 +20,7 @@ import time
 import common  # noqa: F401  (puts the simx root on sys.path)
 import report
 from report import Row, fmt, median
-from stack import Options, Stack, sync_setting, tls_available
+from stack import Options, Stack, tls_available
 
 TARGET = 8000
 
@@ -74,10 +74,9 @@ def describe(label: str, m: dict) -> str:
 
 def run(args) -> list[Row]:
     rows: list[Row] = []
-    setting = sync_setting()
     print(f"P1: {args.runs:,} zero-step runs, {args.workers} real workers, POST /batch/new to last completion "
-          f"seen through the API, median of {args.repeat}; runq's synchronous setting: "
-          f"{setting or 'none (FULL measured through bench/runq_full.py)'}", flush=True)
+          f"seen through the API, median of {args.repeat}; SQLite synchronous by runq.synchronous "
+          f"(SIMX_DB_SYNCHRONOUS)", flush=True)
     results = {}
     for sync in args.sync.split(","):
         m = measure(Options(sync=sync), args.runs, args.workers, args.repeat, args.big if sync == "NORMAL" else 0)

@@ -7,9 +7,10 @@ from runq's Metrics totals, polled every 20 ms, over a window of --window runs a
     deep     one batch of --deep runs (1,000,000): the window sees about a million waiting
     shallow  batches of 1,000 runs, the next submitted whenever fewer than 500 wait, so about
              1,000 (500 to 1,500) wait throughout
+    spread   the same million in 1,000 batches of 1,000 runs of 100 owners (priorities 0-4), so
+             fair share moves between owners' batches at every dispatch (reported, not judged)
 Both poll the same way, so the poller's cost is the same.  Median of --repeat, alternating.
-(bench/depth.py, from the scheduling stream, measures depth with its own workload; this one is
-importable: `p2_depth.measure(kind, args)`.)
+Importable: `p2_depth.measure(kind, args)`.
 
     .venv/bin/python bench/p2_depth.py [--deep 1000000] [--window 20000] [--repeat 3]
 """
@@ -34,6 +35,11 @@ def measure(kind: str, args) -> float:
         s.wait_connected(args.workers)
         if kind == "deep":
             s.request("StartBatch", name="deep", engine="dummy", n_runs=args.deep, param={})
+        elif kind == "spread":
+            per = 1000
+            for i, lo in enumerate(range(0, args.deep, per)):
+                s.request("StartBatch", name=f"spread{i}", user=f"u{i % 100}", engine="dummy",
+                          n_runs=min(per, args.deep - lo), param={}, priority=i % 5)
         t_start = n_start = None
         while True:
             m = s.request("Metrics")
@@ -50,15 +56,19 @@ def measure(kind: str, args) -> float:
 def run(args) -> list[Row]:
     print(f"P2: dispatch rate (16 drivers, window of {args.window:,} runs) with {args.deep:,} waiting vs ~1,000, "
           f"median of {args.repeat}", flush=True)
-    rates = {"shallow": [], "deep": []}
+    rates = {"shallow": [], "deep": [], **({"spread": []} if args.spread else {})}
     for _ in range(args.repeat):
-        for kind in ("shallow", "deep"):
+        for kind in rates:
             rates[kind].append(measure(kind, args))
     for kind, rs in rates.items():
         print(f"  {kind:8}: median {median(rs):,.0f} runs/s (all: {', '.join(f'{r:,.0f}' for r in rs)})", flush=True)
     ratio = median(rates["deep"]) / median(rates["shallow"])
     rows = [Row("P2", f"dispatch rate, {args.deep:,} waiting / ~1,000 waiting",
                 f"{median(rates['deep']):,.0f} / {median(rates['shallow']):,.0f} = {ratio:.2f}", "≥ 0.9", ratio >= 0.9)]
+    if args.spread:
+        spread = median(rates["spread"]) / median(rates["shallow"])
+        rows.append(Row("P2", f"same, the {args.deep:,} in batches of 1,000 of 100 owners / ~1,000 waiting",
+                        f"{median(rates['spread']):,.0f} / {median(rates['shallow']):,.0f} = {spread:.2f}"))
     report.print_rows(rows, f"P2 dispatch with {args.deep:,} waiting at {ratio:.2f}× the rate with ~1,000 "
                             f"(target ≥ 0.9: {rows[0].verdict})")
     return rows
@@ -70,6 +80,8 @@ def parser():
     p.add_argument("--window", type=int, default=20_000)
     p.add_argument("--workers", type=int, default=16)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--spread", action=argparse.BooleanOptionalAction, default=True,
+                   help="also the million spread over 1,000 batches of 100 owners (--no-spread skips it)")
     p.add_argument("--rows")
     return p
 

@@ -5,8 +5,7 @@
         bid = s.post_batch(10_000)          # POST /batch/new through runweb
         s.wait_batch_http(bid)              # polls GET /batch/N?runs=none
 
-Options: `sync` ("NORMAL" or "FULL": SQLite's synchronous; runq has no setting for it, so FULL
-runs runq through bench/runq_full.py, which only changes that pragma), `secrets` (worker and
+Options: `sync` ("NORMAL" or "FULL": runq.synchronous, SQLite's synchronous level), `secrets` (worker and
 client secret files, as `fab runq.secrets` makes them), `tls` (a self-signed certificate for
 runq.tls.*, when this runq knows those keys).  Every process is stopped in `close()`.
 """
@@ -25,7 +24,7 @@ from pathlib import Path
 from common import PY, ROOT, free_port, stop_all, wait_until  # noqa: E402  (bench/ is on sys.path)
 import report  # noqa: E402
 
-SIMX_ENV = ("RUNQ_HOST", "RUNQ_PORT", "RUNQ_LISTEN", "SIMX_DB_URL", "SIMX_LOG_LEVEL", "SIMX_VAR", "RUNWEB_PORT",
+SIMX_ENV = ("RUNQ_HOST", "RUNQ_PORT", "RUNQ_LISTEN", "SIMX_DB_URL", "SIMX_DB_SYNCHRONOUS", "SIMX_LOG_LEVEL", "SIMX_VAR", "RUNWEB_PORT",
             "RUNWEB_BIND", "RUNQ_HEARTBEAT", "RUNQ_LEASE", "RUNQ_GRACE", "SIMX_WORKER_SECRET_FILE",
             "SIMX_CLIENT_SECRET_FILE", "SIMX_TLS_CERT", "SIMX_TLS_KEY", "SIMX_TLS_CA")
 
@@ -48,13 +47,6 @@ def tls_available() -> bool:
         return hasattr(config.load().runq, "tls")
     except Exception:  # noqa: BLE001  a conf this bench cannot read says no
         return False
-
-
-def sync_setting() -> str | None:
-    """The name of runq's own synchronous setting, if it has one (else bench/runq_full.py is used)."""
-    from runq import config
-    fields = {f.name for f in dataclasses.fields(config.load().runq)}
-    return next((f for f in fields if "synchronous" in f), None)
 
 
 class HTTP:
@@ -155,9 +147,7 @@ class Stack:
 
     def start_runq(self, env_extra: dict | None = None, timeout: float = 60) -> subprocess.Popen:
         cmd = [PY, "-m", "runq"]
-        if self.options.sync.upper() != "NORMAL":
-            cmd = [PY, str(ROOT / "bench" / "runq_full.py"), self.options.sync.upper()]
-        env = dict(self.env, **(env_extra or {}))
+        env = dict(self.env, SIMX_DB_SYNCHRONOUS=self.options.sync.upper(), **(env_extra or {}))
         self.runq = self.spawn(cmd, "runq", env)
         self._client = None
         wait_until(lambda: self.runq.poll() is None and self.request("Ping")["status"] == "ok", timeout,

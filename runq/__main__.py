@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     cfg.var.mkdir(mode=0o700, parents=True, exist_ok=True)
     url = configuration.resolve_db_url(cfg.runq.db_url, cfg.root, cfg.var)
     protect_files(url, cfg.var)
-    store = Store(url)
+    store = Store(url, cfg.runq.synchronous)
     coordinator = Coordinator(store, cfg.runq, cfg.batch, now=time.time(), secrets=secrets, sched=cfg.sched,
                               catalog=catalog, files_dir=files_dir)
     try:

@@ -54,6 +54,9 @@ class RunqConfig:
     port: int = 8096
     listen: tuple[str, ...] = ("127.0.0.1",)
     db_url: str = "sqlite:///var/data/runq.sqlite"
+    # SQLite's PRAGMA synchronous (WAL): NORMAL loses no commit when runq crashes, only (maybe) the
+    # last commits when the machine loses power; FULL and EXTRA fsync every commit.  Not for other databases.
+    synchronous: str = "NORMAL"
     heartbeat_interval: float = 10.0
     lease: float = 30.0
     grace: float = 60.0
@@ -142,6 +145,7 @@ ENV = {
     "SIMX_WORKER_SECRET_FILE": ("runq", "worker_secret_file"),
     "SIMX_CLIENT_SECRET_FILE": ("runq", "client_secret_file"),
     "SIMX_LOG_LEVEL": ("runq", "log_level"),
+    "SIMX_DB_SYNCHRONOUS": ("runq", "synchronous"),
     "SIMX_FILES_DIR": ("runq", "files_dir"),
     "RUNQ_HEARTBEAT": ("runq", "heartbeat_interval"),
     "RUNQ_LEASE": ("runq", "lease"),
@@ -179,8 +183,20 @@ def _shares(name: str, value) -> tuple:
     return tuple(sorted(out))
 
 
+SYNCHRONOUS = ("NORMAL", "FULL", "EXTRA")
+
+
+def _synchronous(name: str, value) -> str:
+    """`runq.synchronous`: SQLite's synchronous level; OFF is refused (a crash could lose commits)."""
+    level = str(value).strip().upper()
+    if level not in SYNCHRONOUS:
+        raise ConfigError(f"configuration {name}: must be one of {', '.join(SYNCHRONOUS)}, not {value!r}"
+                          + (" (OFF could lose committed runs in a crash)" if level == "OFF" else ""))
+    return level
+
+
 # (section, key) -> converter for values that are not plain scalars or lists
-CONVERTERS = {("sched", "shares"): _shares}
+CONVERTERS = {("sched", "shares"): _shares, ("runq", "synchronous"): _synchronous}
 
 
 # Keys that are gone, and what replaces them.

@@ -78,12 +78,16 @@ class Store:
     read_only = False
     commits = 0          # transactions written by commit() (tests count them)
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, synchronous: str = "NORMAL"):
+        """`synchronous`: SQLite's PRAGMA synchronous (NORMAL, FULL or EXTRA; runq.synchronous)."""
         sqlite = url.startswith("sqlite")
+        if synchronous not in ("NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"synchronous must be NORMAL, FULL or EXTRA, not {synchronous!r}")
         self.db = dataset.connect(
             url,
             sqlite_wal_mode=sqlite,
-            on_connect_statements=["PRAGMA synchronous=NORMAL", "PRAGMA busy_timeout=10000"] if sqlite else None,
+            on_connect_statements=[f"PRAGMA synchronous={synchronous}", "PRAGMA busy_timeout=10000"]
+            if sqlite else None,
         )
         self.engine = self.db.engine
         self._types = {"i": self.db.types.bigint, "f": self.db.types.float, "s": self.db.types.text,
