@@ -7,9 +7,10 @@ CPU per run is the user+system time of runq and of the workers (from /proc) over
 over n_runs; runweb's is shown apart.  Median of --repeat rounds on one stack, after a warm-up.
 
     .venv/bin/python bench/p1_throughput.py [--runs 10000] [--big 100000] [--workers 16] [--repeat 3]
-        [--sync NORMAL,FULL] [--secure]
---secure adds a round set with worker and client secrets (and TLS when this runq has
-runq.tls.*).  --big 0 skips the 100,000-run round.
+        [--sync NORMAL,FULL] [--prefetch 4] [--secure]
+--prefetch N adds a round set with workers started with --prefetch N (reported, not judged: the
+target is for the default, one run at a time).  --secure adds a round set with worker and client
+secrets (and TLS when this runq has runq.tls.*).  --big 0 skips the 100,000-run round.
 """
 from __future__ import annotations
 
@@ -95,6 +96,12 @@ def run(args) -> list[Row]:
                 rows.append(Row("P1", f"{args.big:,} runs, NORMAL (runs/s)", fmt(b["rate"])))
         else:
             rows.append(Row("P1", f"{args.runs:,} runs, {sync} (runs/s)", fmt(m["rate"])))
+    if args.prefetch > 1:
+        opts = Options(prefetch=args.prefetch)
+        m = measure(opts, args.runs, args.workers, args.repeat)
+        print("  " + describe(opts.label(), m), flush=True)
+        rows.append(Row("P1", f"{args.runs:,} runs, {opts.label()} (runs/s; CPU µs runq/worker)",
+                        f"{fmt(m['rate'])} ({m['runq_us']:.0f}/{m['worker_us']:.0f})"))
     if args.secure:
         tls = tls_available()
         opts = Options(secrets=True, tls=tls)
@@ -117,6 +124,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=16)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--sync", default="NORMAL,FULL")
+    p.add_argument("--prefetch", type=int, default=4, help="also with workers' --prefetch N (1: not)")
     p.add_argument("--secure", action="store_true", help="also with secrets (and TLS when available)")
     p.add_argument("--rows", help="append the target rows to this file (JSON lines; the suite uses it)")
     return p

@@ -34,9 +34,11 @@ class Options:
     sync: str = "NORMAL"
     secrets: bool = False
     tls: bool = False
+    prefetch: int = 1     # workers' --prefetch (1: the default, one run at a time)
 
     def label(self) -> str:
         extra = [x for x, on in (("secrets", self.secrets), ("TLS", self.tls)) if on]
+        extra += [f"prefetch {self.prefetch}"] if self.prefetch > 1 else []
         return f"synchronous={self.sync}" + (", " + "+".join(extra) if extra else "")
 
 
@@ -215,6 +217,8 @@ class Stack:
             cmd = [PY, str(ROOT / "bench" / "driver.py"), str(self.port)]
         else:
             cmd = [PY, "-m", "worker", "--engine", "dummy", "--port", str(self.port), *extra]
+            if self.options.prefetch > 1:
+                cmd += ["--prefetch", str(self.options.prefetch)]
         procs = [self.spawn(cmd, "workers") for _ in range(n)]
         self.workers += procs
         return procs
