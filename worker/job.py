@@ -185,16 +185,18 @@ class AbortFlag:
     """What an engine's ``abort`` is: a ``threading.Event`` (is_set, wait, set) made of one lock.
 
     threading.Event builds a Condition: about 5 us per run, a tenth of a zero-step run's cost.
-    The lock is held while the flag is clear; ``set`` releases it, and each waiter that gets
-    it hands it on, so every waiter wakes.
+    The lock is made by the first ``wait`` (most runs never wait: a zero-step run only asks
+    ``is_set``), under one lock shared by all flags so that ``set`` cannot miss it.  It is held
+    while the flag is clear; ``set`` releases it, and each waiter that gets it hands it on, so
+    every waiter wakes.
     """
 
     __slots__ = ("_set", "_lock")
+    _making = threading.Lock()   # orders a first wait() against set(): both look under it
 
     def __init__(self):
         self._set = False
-        self._lock = threading.Lock()
-        self._lock.acquire()
+        self._lock: threading.Lock | None = None
 
     def is_set(self) -> bool:
         return self._set
@@ -202,22 +204,30 @@ class AbortFlag:
     isSet = is_set
 
     def set(self) -> None:
-        if not self._set:
+        with AbortFlag._making:
+            if self._set:
+                return
             self._set = True
-            try:
-                self._lock.release()
-            except RuntimeError:  # set() raced with set(): released once already
-                pass
+            lock = self._lock
+        if lock is not None:
+            lock.release()
 
     def wait(self, timeout: float | None = None) -> bool:
         if self._set:
             return True
+        with AbortFlag._making:
+            if self._set:
+                return True
+            lock = self._lock
+            if lock is None:
+                lock = self._lock = threading.Lock()
+                lock.acquire()
         if timeout is None:
-            got = self._lock.acquire()
+            got = lock.acquire()
         else:
-            got = self._lock.acquire(timeout=max(0.0, timeout))
+            got = lock.acquire(timeout=max(0.0, timeout))
         if got:
-            self._lock.release()   # hand it on to the next waiter
+            lock.release()   # hand it on to the next waiter
         return self._set
 
 

@@ -14,6 +14,8 @@ import ssl
 
 from runq import protocol
 
+from .wire import Inbox
+
 log = logging.getLogger("worker")
 # TCP keepalive finds a runq host that vanished without closing the connection
 # (runq sends nothing to an idle worker, so silence alone proves nothing).
@@ -32,7 +34,7 @@ class Link:
         self.connecting = True
         self.handshaking = False   # TLS: between connect and the first message
         self.wants = selectors.EVENT_WRITE  # what the TLS handshake waits for
-        self.reader = protocol.FrameReader()
+        self.inbox = Inbox()
         self.out = bytearray()
         self.watched = 0  # the selector events the loop registered for this socket
 
@@ -119,15 +121,11 @@ class Link:
         while data and isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
             data += self._recv()
         try:
-            bodies = self.reader.feed(data)
+            messages, problems = self.inbox.feed(data)
         except protocol.ProtocolError as exc:
             raise LinkDown(f"bad frame from runq: {exc}") from None
-        messages = []
-        for body in bodies:
-            try:
-                messages.append(protocol.decode_message(body))
-            except protocol.ProtocolError as exc:
-                log.error("ignoring a message from runq: %s", exc)
+        for problem in problems:
+            log.error("ignoring a message from runq: %s", problem)
         return messages
 
     def _recv(self) -> bytes:
