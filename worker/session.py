@@ -263,7 +263,7 @@ class Session:
         self.next_update = -math.inf
         # Two lines per run at INFO (this and the outcome) cost more CPU than the rest of a
         # zero-step run: fleets of very short runs log at WARNING (docs/ARCHITECTURE.md).
-        if self.log.isEnabledFor(logging.INFO):
+        if log.isEnabledFor(logging.INFO):
             self.log.info("assigned run %s", run_name(job.key))
         if self.prefetch > 1 and self.online:
             self.send({"type": "WorkerStartedRun", "worker_id": self.worker_id, "batch_id": job.key[0],
@@ -279,7 +279,7 @@ class Session:
         # a finished run's ack at DEBUG: a third line per run is not worth its CPU
         level = (logging.WARNING if not msg["accepted"] else
                  logging.DEBUG if report[0] == "WorkerFinishedRun" else logging.INFO)
-        if self.log.isEnabledFor(level):
+        if log.isEnabledFor(level):
             note = f": {msg['message']}" if msg.get("message") else ""
             self.log.log(level, "%s report of run %s acked (accepted %s%s)",
                          OUTCOME[report[0]], run_name(key), msg["accepted"], note)
@@ -351,7 +351,7 @@ class Session:
             mtype, fields = self.upload_report   # the upload could not start: a failure
             self.upload_report = None
         job.report = mtype
-        if self.log.isEnabledFor(logging.INFO):   # formatted only when written (see _start)
+        if log.isEnabledFor(logging.INFO):   # formatted only when written (see _start)
             detail = (fields.get("message") or "").strip()
             detail = f": {detail.splitlines()[0][:200]}" if detail else ""
             self.log.info("run %s %s%s", run_name(job.key), OUTCOME[mtype], detail)

@@ -125,7 +125,7 @@ class CheckedEngine(Engine):
         self.definition = definition
         self.inner = inner
         self.name = definition.name
-        self._last: tuple | None = None  # (repr of the param, checked param) of the last run, kept private
+        self._last: tuple | None = None  # (repr of the param, checked param, flat?) of the last run, private
 
     def run(self, param, progress, abort, context):
         # The runs of a batch share one param: check it once (the schema check was the largest
@@ -135,10 +135,11 @@ class CheckedEngine(Engine):
         seen = repr(param)
         last = self._last
         if last is not None and last[0] == seen:
-            good = copy_json(last[1])
+            good = dict(last[1]) if last[2] else copy_json(last[1])
         else:
             good = checked(self.definition, param)
-            self._last = (seen, copy_json(good))
+            flat = type(good) is dict and not any(type(v) in (dict, list) for v in good.values())
+            self._last = (seen, copy_json(good), flat)
         return self.inner.run(good, progress, abort, context)
 
     def runs_inline(self, param) -> bool:
