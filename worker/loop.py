@@ -23,6 +23,7 @@ from .backoff import Backoff
 from .engines.base import Engine
 from .job import run_name
 from .link import Link, LinkDown
+from .poller import Poller
 from .session import Session, Traits
 
 log = logging.getLogger("worker")
@@ -54,7 +55,7 @@ class WorkerLoop:
         # Set by signal handlers or other threads; acted on by the loop.
         self._stop_flag = False
         self._drain_flag = False
-        self.selector = selectors.DefaultSelector()
+        self.selector = Poller()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -102,30 +103,33 @@ class WorkerLoop:
             self._drain_flag = False
             session.drain(now, "SIGUSR1")
         session.advance(now)
-        self._pump_upload()
-        if self.link is None and now >= self.retry_at and not session.stopping:
+        if session.upload is not None:
+            self._pump_upload()
+        link = self.link
+        if link is None and now >= self.retry_at and not session.stopping:
             self._connect(now)
-        elif self.link is not None and not session.online and now >= self.connect_deadline:
+        elif link is not None and not session.online and now >= self.connect_deadline:
             self._drop(now, "runq did not accept the worker in time")
         self._flush()
+        if session.exit_code is None and not (session.stopping or session.draining):   # check_exit's only cases
+            return None
         return session.check_exit(now, reachable=self.link is not None,
                                   flushed=self.link is None or not self.link.out)
 
     def timeout(self, now: float) -> float | None:
         """Seconds until advance() has something to do unless woken earlier."""
-        times = self.session.due(now) + [self.connect_deadline]
+        soonest = min(self.session.soonest(now), self.connect_deadline)
         if self.link is None:
-            times.append(self.retry_at)
-        soonest = min(times)
+            soonest = min(soonest, self.retry_at)
         return None if soonest == math.inf else max(0.0, soonest - now)
 
     def poll(self, timeout: float | None) -> None:
-        for key, events in self.selector.select(timeout):
-            if key.fileobj is self._wake_r:
+        for obj, events in self.selector.select(timeout):
+            if obj is self._wake_r:
                 self._drain_wakeups()
                 continue
             link = self.link
-            if link is None or key.fileobj is not link.sock:
+            if link is None or obj is not link.sock:
                 continue
             try:
                 if link.connecting:

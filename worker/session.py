@@ -324,6 +324,15 @@ class Session:
             if now >= self.next_heartbeat:
                 self._send_heartbeat(now)
 
+    def soonest(self, now: float) -> float:
+        """The earliest of ``due(now)`` (math.inf if none), without the list on the common path."""
+        if self.draining or not self.online:
+            return min(self.due(now))
+        job = self.job
+        if job is not None and job.report is None and job.has_progress():
+            return min(self.stop_deadline, self.next_heartbeat, self.next_update)
+        return min(self.stop_deadline, self.next_heartbeat)
+
     def due(self, now: float) -> list[float]:
         """Times at which advance() or check_exit() will act without being woken."""
         times = [self.stop_deadline]

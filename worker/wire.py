@@ -11,7 +11,7 @@ messages every run brings (RunqAck, RunqAssignRun):
   non-finite numbers refused as everywhere), skipping the wrapper's two regex matches;
 * the two per-run messages are checked by ``QUICK``: exact field sets, the bounds of
   protocol's own ``Kind``s, a param of plain scalars.  Anything else (another type, an
-  optional field, a time limit, a nested param, leading or trailing whitespace, any doubt)
+  optional field, a nested param, leading or trailing whitespace, any doubt)
   goes through ``protocol.check``, which accepts or names the problem.
 
 tests/test_worker_wire.py holds the two paths to the same verdicts.
@@ -47,22 +47,32 @@ def _flat_params(param: dict) -> bool:
     return True
 
 
-_ID, _INDEX, _ATTEMPT = protocol.ID.fits, protocol.INDEX.fits, protocol.ATTEMPT.fits
-_COUNT, _STR, _BOOL = protocol.COUNT.fits, protocol.STR.fits, protocol.BOOL.fits
+# The bounds of protocol's Kinds (integers: lo <= x < hi; SECONDS: lo <= x <= hi), read from them.
+_ID, _INDEX, _ATTEMPT, _COUNT = ((k.lo, k.hi) for k in (protocol.ID, protocol.INDEX, protocol.ATTEMPT, protocol.COUNT))
+_SECONDS = (protocol.SECONDS.lo, protocol.SECONDS.hi)
+_STR = protocol.STR.fits
 _ACK = frozenset({"type", "batch_id", "batch_index", "attempt", "accepted"})
 _ASSIGN = frozenset({"type", "batch_id", "batch_index", "attempt", "seq", "engine", "param", "time_limit"})
 
 
+def _run_fields(msg: dict) -> bool:
+    batch_id, index, attempt = msg["batch_id"], msg["batch_index"], msg["attempt"]
+    return (type(batch_id) is int and _ID[0] <= batch_id < _ID[1] and type(index) is int
+            and _INDEX[0] <= index < _INDEX[1] and type(attempt) is int and _ATTEMPT[0] <= attempt < _ATTEMPT[1])
+
+
 def _quick_ack(msg: dict) -> bool:
-    return (msg.keys() == _ACK and _ID(msg["batch_id"]) and _INDEX(msg["batch_index"])
-            and _ATTEMPT(msg["attempt"]) and _BOOL(msg["accepted"]))
+    return msg.keys() == _ACK and _run_fields(msg) and type(msg["accepted"]) is bool
 
 
 def _quick_assign(msg: dict) -> bool:
-    param = msg.get("param")
-    return (msg.keys() == _ASSIGN and msg["time_limit"] is None and _ID(msg["batch_id"])
-            and _INDEX(msg["batch_index"]) and _ATTEMPT(msg["attempt"]) and _COUNT(msg["seq"])
-            and _STR(msg["engine"]) and type(param) is dict and _flat_params(param))
+    if msg.keys() != _ASSIGN or not _run_fields(msg):
+        return False
+    seq, limit, param = msg["seq"], msg["time_limit"], msg["param"]
+    return (type(seq) is int and _COUNT[0] <= seq < _COUNT[1] and _STR(msg["engine"])
+            and (limit is None or (type(limit) in (int, float) and _SECONDS[0] <= limit <= _SECONDS[1]
+                                   and math.isfinite(limit)))
+            and type(param) is dict and _flat_params(param))
 
 
 # type -> a test that only ever says True of a message protocol.check accepts
