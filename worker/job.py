@@ -66,13 +66,17 @@ def traceback_tail(exc: BaseException) -> str:
 class Job:
     """An assigned run: starts the engine in a thread and holds what the loop reports."""
 
+    __slots__ = ("key", "param", "context", "engine", "wake", "abort", "abort_reason", "report", "_lock",
+                 "_progress", "_outcome", "_waiter", "thread")
+    # One lock for every job: what it guards is a few assignments, and a lock per run cost
+    # its making and freeing on the loop thread (the engine threads never hold it long).
+    _shared_lock = threading.Lock()
+
     def __init__(self, assignment: dict, engine: Engine, worker_id: int | None, wake):
-        self.key = protocol.run_key(assignment)
+        batch_id, index, attempt = assignment["batch_id"], assignment["batch_index"], assignment["attempt"]
+        self.key = (batch_id, index, attempt)
         self.param = assignment["param"]
-        self.context = RunContext(
-            batch_id=assignment["batch_id"], batch_index=assignment["batch_index"],
-            attempt=assignment["attempt"], worker_id=worker_id, time_limit=assignment.get("time_limit"),
-        )
+        self.context = RunContext(batch_id, index, attempt, worker_id, assignment.get("time_limit"))
         self.engine = engine
         self.wake = wake
         self.abort = AbortFlag()
@@ -80,7 +84,7 @@ class Job:
         # Set by the loop once it has turned the outcome (or a stop) into a report;
         # from then on the run is no longer "being computed" as far as runq is told.
         self.report: str | None = None
-        self._lock = threading.Lock()
+        self._lock = Job._shared_lock
         self._progress: tuple[float, str | None] | None = None
         self._outcome: tuple[str, dict] | None = None
         self._waiter: threading.Event | None = None  # made only if someone waits (exit, tests)

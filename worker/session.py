@@ -229,15 +229,16 @@ class Session:
         return job if job is not None and job.report is None else None
 
     def _assign(self, msg: dict, now: float) -> None:
-        key = protocol.run_key(msg)
-        self.seq = max(self.seq, msg["seq"])  # even when refused: runq learns from the heartbeat
+        key = (msg["batch_id"], msg["batch_index"], msg["attempt"])
+        if msg["seq"] > self.seq:
+            self.seq = msg["seq"]  # even when refused: runq learns from the heartbeat
         job = self.job
         if self.draining or self.stopping:
             self.log.info("refusing run %s: %s", run_name(key), "stopping" if self.stopping else "draining")
             self._report(key, "WorkerStoppedRun", {})
         elif (job is not None and job.key == key) or key in self.pending or key in self.held:
             self.log.error("runq assigned run %s, which this worker holds already; ignored", run_name(key))
-        elif len(self.held) + (self.computing() is not None) >= self.prefetch:
+        elif len(self.held) + (job is not None and job.report is None) >= self.prefetch:
             held = run_name(job.key) if self.prefetch == 1 else f"{self.prefetch} runs"
             self.log.error("runq assigned run %s while this worker holds %s; ignored", run_name(key), held)
         elif msg["engine"] != self.traits.engine:
@@ -271,7 +272,7 @@ class Session:
         job.start(self.runner)
 
     def _acked(self, msg: dict) -> None:
-        key = protocol.run_key(msg)
+        key = (msg["batch_id"], msg["batch_index"], msg["attempt"])
         report = self.pending.pop(key, None)
         if report is None:
             self.log.warning("ack for run %s, which has no report waiting; ignored", run_name(key))

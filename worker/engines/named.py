@@ -126,6 +126,7 @@ class CheckedEngine(Engine):
         self.inner = inner
         self.name = definition.name
         self._last: tuple | None = None  # (repr of the param, checked param, flat?) of the last run, private
+        self._inner_inline = getattr(inner, "runs_inline", None)
 
     def run(self, param, progress, abort, context):
         # The runs of a batch share one param: check it once (the schema check was the largest
@@ -143,7 +144,7 @@ class CheckedEngine(Engine):
         return self.inner.run(good, progress, abort, context)
 
     def runs_inline(self, param) -> bool:
-        inline = getattr(self.inner, "runs_inline", None)
+        inline = self._inner_inline
         return inline is not None and inline(param)
 
 
