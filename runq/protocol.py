@@ -325,14 +325,10 @@ _C_ENCODER = (json.encoder.c_make_encoder(None, _ENCODER.default, json.encoder.c
               else None)
 
 
-def _encode_json(msg: dict) -> str:
-    return "".join(_C_ENCODER(msg, 0)) if _C_ENCODER is not None else _ENCODER.encode(msg)
-
-
 def encode(msg: dict) -> bytes:
     """One frame: length prefix + UTF-8 JSON (non-ASCII kept as UTF-8 bytes)."""
     try:
-        body = _encode_json(msg).encode("utf-8")
+        body = ("".join(_C_ENCODER(msg, 0)) if _C_ENCODER is not None else _ENCODER.encode(msg)).encode("utf-8")
     except (UnicodeEncodeError, ValueError, RecursionError) as exc:   # a lone surrogate, NaN: never on the wire
         raise ProtocolError(f"cannot encode {msg.get('type')}: {exc}") from None
     if len(body) > MAX_FRAME:

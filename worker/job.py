@@ -181,8 +181,7 @@ class Job:
 
     def outcome(self) -> tuple[str, dict] | None:
         """(report type, fields) once the engine has returned or raised, else None."""
-        with self._lock:
-            return self._outcome
+        return self._outcome   # one reference, set once (under the lock, for wait()): read as it is
 
 
 class AbortFlag:

@@ -32,6 +32,7 @@ class Link:
         self.sock = sock
         self.address = address
         self.connecting = True
+        self.tls = False   # the socket is an ssl.SSLSocket
         self.handshaking = False   # TLS: between connect and the first message
         self.wants = selectors.EVENT_WRITE  # what the TLS handshake waits for
         self.inbox = Inbox()
@@ -70,7 +71,7 @@ class Link:
     def start_tls(self, context: ssl.SSLContext, server_name: str) -> None:
         """Wrap the connected socket; ``handshake()`` then runs as the selector says it may."""
         self.sock = context.wrap_socket(self.sock, server_hostname=server_name, do_handshake_on_connect=False)
-        self.handshaking = True
+        self.handshaking = self.tls = True
 
     def handshake(self) -> bool:
         """Advance the TLS handshake; True once done (``wants`` says what it waits for otherwise)."""
@@ -118,7 +119,7 @@ class Link:
         """
         data = self._recv()
         # TLS: what the record layer has decrypted no selector will announce: take it now
-        while data and isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+        while data and self.tls and self.sock.pending():
             data += self._recv()
         try:
             messages, problems = self.inbox.feed(data)

@@ -159,7 +159,8 @@ class WorkerLoop:
             except LinkDown as exc:
                 if self.link is link:
                     self._drop(self.clock(), str(exc))
-        self._flush()
+        # What the messages made the session send is written by the advance() that follows, with
+        # whatever that adds: one send() per turn.
 
     def _connected(self, link: Link) -> None:
         self.log.info("connected to runq at %s:%s%s", *self.address, " (TLS)" if self.tls is not None else "")
