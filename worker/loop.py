@@ -19,6 +19,8 @@ import socket
 import ssl
 import time
 
+from runq import protocol
+
 from .backoff import Backoff
 from .engines.base import Engine
 from .job import run_name
@@ -96,6 +98,7 @@ class WorkerLoop:
         """Act on everything due at ``now``; the exit status once the worker should exit."""
         session = self.session
         if session.exit_code is not None:
+            self._flush()   # what the last messages made the session send
             return session.exit_code
         if self._stop_flag and not session.stopping:
             session.stop(now)
@@ -148,8 +151,12 @@ class WorkerLoop:
                         self._connected(link)
                     continue
                 if events & selectors.EVENT_READ:
+                    session = self.session
                     for msg in link.receive():
-                        self._receive(msg)
+                        if msg["type"] == "RunqAcceptWorker":
+                            self.backoff.reset()
+                            self.connect_deadline = math.inf
+                        session.handle(msg, self.clock())
                         if self.session.hangup is not None and self.link is link:
                             self._drop(self.clock(), self.session.hangup)
                         if self.link is not link or self.session.exit_code is not None:
@@ -165,12 +172,6 @@ class WorkerLoop:
     def _connected(self, link: Link) -> None:
         self.log.info("connected to runq at %s:%s%s", *self.address, " (TLS)" if self.tls is not None else "")
         link.queue(self.session.hello())
-
-    def _receive(self, msg: dict) -> None:
-        if msg["type"] == "RunqAcceptWorker":
-            self.backoff.reset()
-            self.connect_deadline = math.inf
-        self.session.handle(msg, self.clock())
 
     # -- the connection ----------------------------------------------------------------
 
@@ -206,10 +207,7 @@ class WorkerLoop:
         link = self.link
         if link is None or link.connecting:
             return
-        try:
-            link.queue(msg)
-        except LinkDown as exc:
-            self._drop(self.clock(), str(exc))
+        link.out += protocol.encode(msg)   # Link.queue, inlined: once or twice per run
 
     def _pump_upload(self) -> None:
         """Send output file chunks while fewer than UPLOAD_BUFFER bytes wait to be written: the

@@ -135,6 +135,11 @@ class Session:
 
     def _dispatch(self, msg: dict, now: float) -> None:
         mtype = msg["type"]
+        if self.runq_nonce is not None:   # the two per-run messages first
+            if mtype == "RunqAssignRun":
+                return self._assign(msg, now)
+            if mtype == "RunqAck":
+                return self._acked(msg)
         if mtype == "RunqError":
             self._error(msg)
         elif self.runq_nonce is None and mtype != "RunqChallenge":
@@ -319,7 +324,9 @@ class Session:
     def advance(self, now: float) -> None:
         """Report an outcome the engine produced (starting the next held run), and send progress and
         heartbeats that are due."""
-        self._step(now)
+        job = self.job
+        if self.held or (job is not None and job.report is None):   # else _step has nothing to do
+            self._step(now)
         if self.online:
             self._send_progress(now)
             if now >= self.next_heartbeat:

@@ -55,21 +55,23 @@ _ACK = frozenset({"type", "batch_id", "batch_index", "attempt", "accepted"})
 _ASSIGN = frozenset({"type", "batch_id", "batch_index", "attempt", "seq", "engine", "param", "time_limit"})
 
 
-def _run_fields(msg: dict) -> bool:
+def _quick_ack(msg: dict) -> bool:
+    if msg.keys() != _ACK:
+        return False
     batch_id, index, attempt = msg["batch_id"], msg["batch_index"], msg["attempt"]
     return (type(batch_id) is int and _ID[0] <= batch_id < _ID[1] and type(index) is int
-            and _INDEX[0] <= index < _INDEX[1] and type(attempt) is int and _ATTEMPT[0] <= attempt < _ATTEMPT[1])
-
-
-def _quick_ack(msg: dict) -> bool:
-    return msg.keys() == _ACK and _run_fields(msg) and type(msg["accepted"]) is bool
+            and _INDEX[0] <= index < _INDEX[1] and type(attempt) is int and _ATTEMPT[0] <= attempt < _ATTEMPT[1]
+            and type(msg["accepted"]) is bool)
 
 
 def _quick_assign(msg: dict) -> bool:
-    if msg.keys() != _ASSIGN or not _run_fields(msg):
+    if msg.keys() != _ASSIGN:
         return False
+    batch_id, index, attempt = msg["batch_id"], msg["batch_index"], msg["attempt"]
     seq, limit, param = msg["seq"], msg["time_limit"], msg["param"]
-    return (type(seq) is int and _COUNT[0] <= seq < _COUNT[1] and _STR(msg["engine"])
+    return (type(batch_id) is int and _ID[0] <= batch_id < _ID[1] and type(index) is int
+            and _INDEX[0] <= index < _INDEX[1] and type(attempt) is int and _ATTEMPT[0] <= attempt < _ATTEMPT[1]
+            and type(seq) is int and _COUNT[0] <= seq < _COUNT[1] and _STR(msg["engine"])
             and (limit is None or (type(limit) in (int, float) and _SECONDS[0] <= limit <= _SECONDS[1]
                                    and math.isfinite(limit)))
             and type(param) is dict and _flat_params(param))
