@@ -1,7 +1,8 @@
 """Worker CPU per run: zero-step runs through real `python -m worker` processes, CPU read from /proc.
 
-CPU per run = (utime + stime of every worker process, all threads) / runs, over one batch after a
-warm-up; runq's own CPU per run is printed beside it.  Median of R repeats.
+CPU per run = (CPU time of every worker process, all threads) / runs, over one batch after a
+warm-up; runq's own CPU per run is printed beside it.  Median of R repeats.  The workers' time is
+read exactly from /proc/PID/task/*/schedstat (the user/system split from /proc/PID/stat's ticks).
 
     .venv/bin/python bench/worker_cpu.py [--runs 5000] [--workers 16] [--repeat 3] [--worker-args "--prefetch 2"]
                                          [--param '{"step_count": 1, "step_delay": 0}'] [--driver]
