@@ -1,10 +1,10 @@
-"""The worker's link to runq: one single-threaded selectors loop.
+"""The worker's link to runq: one single-threaded poll loop (``poller.Poller``).
 
 Owns the I/O around ``Session``: connecting and reconnecting with backoff,
 moving frames, the wakeup socketpair that the engine thread and signal
 handlers write to, and the exit.  The engine computes on the engine thread
 (``job.EngineThread``); everything else runs on this thread, so no state needs
-a lock.  Messages sent during a turn are written together at its end (one
+a lock.  Messages sent during a turn (a poll and the advance after it) are written together at its end (one
 send() for a report and the next run's start, or a burst of replies).  Time comes
 from the injected ``clock``, and the only waiting is the selector's timeout,
 so signals, the engine's news and runq's messages are all served while the
