@@ -4,8 +4,9 @@ Owns the I/O around ``Session``: connecting and reconnecting with backoff,
 moving frames, the wakeup socketpair that the engine thread and signal
 handlers write to, and the exit.  The engine computes on the engine thread
 (``job.EngineThread``); everything else runs on this thread, so no state needs
-a lock.  Messages sent during a turn (a poll and the advance after it) are written together at its end (one
-send() for a report and the next run's start, or a burst of replies).  Time comes
+a lock.  Messages sent during a turn (a poll and the advance after it) are
+written together at its end (one send() for a report and the next run's start,
+or a burst of replies).  Time comes
 from the injected ``clock``, and the only waiting is the selector's timeout,
 so signals, the engine's news and runq's messages are all served while the
 worker waits to reconnect.
