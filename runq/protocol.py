@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import json.encoder
 import math
 import struct
 
@@ -315,13 +316,20 @@ def reply(status: str = "ok", code: int = 200, message: str = "ok", **data) -> d
 
 # Built once: json.dumps/loads with options build a new encoder/decoder on every call.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+# JSONEncoder.encode builds its C encoder anew on every call (about a third of encoding a
+# worker's report): build it once.  Without a markers dict (which an exception would leave
+# dirty), a circular value ends in RecursionError, refused below like every unencodable value.
+_C_ENCODER = (json.encoder.c_make_encoder(None, _ENCODER.default, json.encoder.c_encode_basestring, None,
+                                          ":", ",", False, False, False)
+              if json.encoder.c_make_encoder is not None and json.encoder.c_encode_basestring is not None
+              else None)
 
 
 def encode(msg: dict) -> bytes:
     """One frame: length prefix + UTF-8 JSON (non-ASCII kept as UTF-8 bytes)."""
     try:
-        body = _ENCODER.encode(msg).encode("utf-8")
-    except (UnicodeEncodeError, ValueError) as exc:   # a lone surrogate, NaN: never on the wire
+        body = ("".join(_C_ENCODER(msg, 0)) if _C_ENCODER is not None else _ENCODER.encode(msg)).encode("utf-8")
+    except (UnicodeEncodeError, ValueError, RecursionError) as exc:   # a lone surrogate, NaN: never on the wire
         raise ProtocolError(f"cannot encode {msg.get('type')}: {exc}") from None
     if len(body) > MAX_FRAME:
         raise ProtocolError(f"message of {len(body)} bytes exceeds the {MAX_FRAME}-byte limit")

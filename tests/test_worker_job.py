@@ -233,3 +233,27 @@ def test_abort_flag_wakes_every_waiter_and_stays_set():
     for t in waiters:
         t.join(5)
     assert woke == [True] * 4 and flag.is_set() and flag.wait() and flag.wait(0)
+
+
+def test_abort_flag_wakes_a_waiter_that_made_its_lock_before_the_set():
+    from procs import wait_until
+    from worker.job import AbortFlag
+    flag = AbortFlag()
+    woke = []
+    waiter = threading.Thread(target=lambda: woke.append(flag.wait(10)))
+    waiter.start()
+    wait_until(lambda: flag._lock is not None, 5, what="the waiter made the flag's lock")   # it waits now
+    flag.set()
+    waiter.join(5)
+    assert woke == [True]
+
+
+def test_jobs_of_one_worker_share_a_lock_yet_keep_their_own_outcomes():
+    engine = Scripted(lambda progress, abort: "done")
+    jobs = [Job(dict(assignment(), batch_index=i), engine, 1, lambda: None) for i in range(2)]
+    for job in jobs:
+        job.start()
+        assert job.wait(5)
+    assert jobs[0]._lock is jobs[1]._lock
+    assert [job.outcome() for job in jobs] == [("WorkerFinishedRun", {"data": "done"})] * 2
+    assert [job.key for job in jobs] == [(4, 0, 1), (4, 1, 1)] and jobs[1].context.batch_index == 1

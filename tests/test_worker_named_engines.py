@@ -356,3 +356,13 @@ def test_a_declared_engine_checks_a_batch_param_once_yet_each_run_gets_its_own_c
         engine.run({"n": -2}, lambda *a: None, threading.Event(), context())
     with pytest.raises(ParamRejected):
         engine.run({"n": True}, lambda *a: None, threading.Event(), context())   # == 1 in Python, not in JSON
+
+
+def test_a_flat_batch_param_is_checked_once_and_each_run_gets_its_own_copy():
+    d = catalog_mod.parse({"engines": {"p": {"kind": "python", "class": "x:Y", "params": {
+        "n": {"type": "int", "min": 0}, "k": {"type": "int", "default": 2}}}}}, "t").get("p")
+    engine = CheckedEngine(d, Mutates())
+    runs = [engine.run({"n": 1}, lambda *a: None, threading.Event(), context()) for _ in range(3)]
+    assert runs == [repr({"n": 1, "k": 2})] * 3   # run 1 set n = -1 and added tags: not seen by runs 2, 3
+    with pytest.raises(ParamRejected):
+        engine.run({"n": 1.0}, lambda *a: None, threading.Event(), context())   # == 1 in Python, not in JSON

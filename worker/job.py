@@ -66,13 +66,17 @@ def traceback_tail(exc: BaseException) -> str:
 class Job:
     """An assigned run: starts the engine in a thread and holds what the loop reports."""
 
+    __slots__ = ("key", "param", "context", "engine", "wake", "abort", "abort_reason", "report", "_lock",
+                 "_progress", "_outcome", "_waiter", "thread")
+    # One lock for every job: what it guards is a few assignments, and a lock per run cost
+    # its making and freeing on the loop thread (the engine threads never hold it long).
+    _shared_lock = threading.Lock()
+
     def __init__(self, assignment: dict, engine: Engine, worker_id: int | None, wake):
-        self.key = protocol.run_key(assignment)
+        batch_id, index, attempt = assignment["batch_id"], assignment["batch_index"], assignment["attempt"]
+        self.key = (batch_id, index, attempt)
         self.param = assignment["param"]
-        self.context = RunContext(
-            batch_id=assignment["batch_id"], batch_index=assignment["batch_index"],
-            attempt=assignment["attempt"], worker_id=worker_id, time_limit=assignment.get("time_limit"),
-        )
+        self.context = RunContext(batch_id, index, attempt, worker_id, assignment.get("time_limit"))
         self.engine = engine
         self.wake = wake
         self.abort = AbortFlag()
@@ -80,7 +84,7 @@ class Job:
         # Set by the loop once it has turned the outcome (or a stop) into a report;
         # from then on the run is no longer "being computed" as far as runq is told.
         self.report: str | None = None
-        self._lock = threading.Lock()
+        self._lock = Job._shared_lock
         self._progress: tuple[float, str | None] | None = None
         self._outcome: tuple[str, dict] | None = None
         self._waiter: threading.Event | None = None  # made only if someone waits (exit, tests)
@@ -177,24 +181,25 @@ class Job:
 
     def outcome(self) -> tuple[str, dict] | None:
         """(report type, fields) once the engine has returned or raised, else None."""
-        with self._lock:
-            return self._outcome
+        return self._outcome   # one reference, set once (under the lock, for wait()): read as it is
 
 
 class AbortFlag:
     """What an engine's ``abort`` is: a ``threading.Event`` (is_set, wait, set) made of one lock.
 
     threading.Event builds a Condition: about 5 us per run, a tenth of a zero-step run's cost.
-    The lock is held while the flag is clear; ``set`` releases it, and each waiter that gets
-    it hands it on, so every waiter wakes.
+    The lock is made by the first ``wait`` (most runs never wait: a zero-step run only asks
+    ``is_set``), under one lock shared by all flags so that ``set`` cannot miss it.  It is held
+    while the flag is clear; ``set`` releases it, and each waiter that gets it hands it on, so
+    every waiter wakes.
     """
 
     __slots__ = ("_set", "_lock")
+    _making = threading.Lock()   # orders a first wait() against set(): both look under it
 
     def __init__(self):
         self._set = False
-        self._lock = threading.Lock()
-        self._lock.acquire()
+        self._lock: threading.Lock | None = None
 
     def is_set(self) -> bool:
         return self._set
@@ -202,22 +207,30 @@ class AbortFlag:
     isSet = is_set
 
     def set(self) -> None:
-        if not self._set:
+        with AbortFlag._making:
+            if self._set:
+                return
             self._set = True
-            try:
-                self._lock.release()
-            except RuntimeError:  # set() raced with set(): released once already
-                pass
+            lock = self._lock
+        if lock is not None:
+            lock.release()
 
     def wait(self, timeout: float | None = None) -> bool:
         if self._set:
             return True
+        with AbortFlag._making:
+            if self._set:
+                return True
+            lock = self._lock
+            if lock is None:
+                lock = self._lock = threading.Lock()
+                lock.acquire()
         if timeout is None:
-            got = self._lock.acquire()
+            got = lock.acquire()
         else:
-            got = self._lock.acquire(timeout=max(0.0, timeout))
+            got = lock.acquire(timeout=max(0.0, timeout))
         if got:
-            self._lock.release()   # hand it on to the next waiter
+            lock.release()   # hand it on to the next waiter
         return self._set
 
 

@@ -14,6 +14,8 @@ import ssl
 
 from runq import protocol
 
+from .wire import Inbox
+
 log = logging.getLogger("worker")
 # TCP keepalive finds a runq host that vanished without closing the connection
 # (runq sends nothing to an idle worker, so silence alone proves nothing).
@@ -30,9 +32,10 @@ class Link:
         self.sock = sock
         self.address = address
         self.connecting = True
+        self.tls = False   # the socket is an ssl.SSLSocket
         self.handshaking = False   # TLS: between connect and the first message
         self.wants = selectors.EVENT_WRITE  # what the TLS handshake waits for
-        self.reader = protocol.FrameReader()
+        self.inbox = Inbox()
         self.out = bytearray()
         self.watched = 0  # the selector events the loop registered for this socket
 
@@ -68,7 +71,7 @@ class Link:
     def start_tls(self, context: ssl.SSLContext, server_name: str) -> None:
         """Wrap the connected socket; ``handshake()`` then runs as the selector says it may."""
         self.sock = context.wrap_socket(self.sock, server_hostname=server_name, do_handshake_on_connect=False)
-        self.handshaking = True
+        self.handshaking = self.tls = True
 
     def handshake(self) -> bool:
         """Advance the TLS handshake; True once done (``wants`` says what it waits for otherwise)."""
@@ -116,18 +119,14 @@ class Link:
         """
         data = self._recv()
         # TLS: what the record layer has decrypted no selector will announce: take it now
-        while data and isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+        while data and self.tls and self.sock.pending():
             data += self._recv()
         try:
-            bodies = self.reader.feed(data)
+            messages, problems = self.inbox.feed(data)
         except protocol.ProtocolError as exc:
             raise LinkDown(f"bad frame from runq: {exc}") from None
-        messages = []
-        for body in bodies:
-            try:
-                messages.append(protocol.decode_message(body))
-            except protocol.ProtocolError as exc:
-                log.error("ignoring a message from runq: %s", exc)
+        for problem in problems:
+            log.error("ignoring a message from runq: %s", problem)
         return messages
 
     def _recv(self) -> bytes:

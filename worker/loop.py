@@ -1,11 +1,12 @@
-"""The worker's link to runq: one single-threaded selectors loop.
+"""The worker's link to runq: one single-threaded poll loop (``poller.Poller``).
 
 Owns the I/O around ``Session``: connecting and reconnecting with backoff,
 moving frames, the wakeup socketpair that the engine thread and signal
 handlers write to, and the exit.  The engine computes on the engine thread
 (``job.EngineThread``); everything else runs on this thread, so no state needs
-a lock.  Messages sent during a turn are written together at its end (one
-send() for a report and the next run's start, or a burst of replies).  Time comes
+a lock.  Messages sent during a turn (a poll and the advance after it) are
+written together at its end (one send() for a report and the next run's start,
+or a burst of replies).  Time comes
 from the injected ``clock``, and the only waiting is the selector's timeout,
 so signals, the engine's news and runq's messages are all served while the
 worker waits to reconnect.
@@ -19,10 +20,13 @@ import socket
 import ssl
 import time
 
+from runq import protocol
+
 from .backoff import Backoff
 from .engines.base import Engine
 from .job import run_name
 from .link import Link, LinkDown
+from .poller import Poller
 from .session import Session, Traits
 
 log = logging.getLogger("worker")
@@ -54,7 +58,7 @@ class WorkerLoop:
         # Set by signal handlers or other threads; acted on by the loop.
         self._stop_flag = False
         self._drain_flag = False
-        self.selector = selectors.DefaultSelector()
+        self.selector = Poller()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -95,6 +99,7 @@ class WorkerLoop:
         """Act on everything due at ``now``; the exit status once the worker should exit."""
         session = self.session
         if session.exit_code is not None:
+            self._flush()   # what the last messages made the session send
             return session.exit_code
         if self._stop_flag and not session.stopping:
             session.stop(now)
@@ -102,30 +107,33 @@ class WorkerLoop:
             self._drain_flag = False
             session.drain(now, "SIGUSR1")
         session.advance(now)
-        self._pump_upload()
-        if self.link is None and now >= self.retry_at and not session.stopping:
+        if session.upload is not None:
+            self._pump_upload()
+        link = self.link
+        if link is None and now >= self.retry_at and not session.stopping:
             self._connect(now)
-        elif self.link is not None and not session.online and now >= self.connect_deadline:
+        elif link is not None and not session.online and now >= self.connect_deadline:
             self._drop(now, "runq did not accept the worker in time")
         self._flush()
+        if session.exit_code is None and not (session.stopping or session.draining):   # check_exit's only cases
+            return None
         return session.check_exit(now, reachable=self.link is not None,
                                   flushed=self.link is None or not self.link.out)
 
     def timeout(self, now: float) -> float | None:
         """Seconds until advance() has something to do unless woken earlier."""
-        times = self.session.due(now) + [self.connect_deadline]
+        soonest = min(self.session.soonest(now), self.connect_deadline)
         if self.link is None:
-            times.append(self.retry_at)
-        soonest = min(times)
+            soonest = min(soonest, self.retry_at)
         return None if soonest == math.inf else max(0.0, soonest - now)
 
     def poll(self, timeout: float | None) -> None:
-        for key, events in self.selector.select(timeout):
-            if key.fileobj is self._wake_r:
+        for obj, events in self.selector.select(timeout):
+            if obj is self._wake_r:
                 self._drain_wakeups()
                 continue
             link = self.link
-            if link is None or key.fileobj is not link.sock:
+            if link is None or obj is not link.sock:
                 continue
             try:
                 if link.connecting:
@@ -144,8 +152,12 @@ class WorkerLoop:
                         self._connected(link)
                     continue
                 if events & selectors.EVENT_READ:
+                    session = self.session
                     for msg in link.receive():
-                        self._receive(msg)
+                        if msg["type"] == "RunqAcceptWorker":
+                            self.backoff.reset()
+                            self.connect_deadline = math.inf
+                        session.handle(msg, self.clock())
                         if self.session.hangup is not None and self.link is link:
                             self._drop(self.clock(), self.session.hangup)
                         if self.link is not link or self.session.exit_code is not None:
@@ -155,17 +167,12 @@ class WorkerLoop:
             except LinkDown as exc:
                 if self.link is link:
                     self._drop(self.clock(), str(exc))
-        self._flush()
+        # What the messages made the session send is written by the advance() that follows, with
+        # whatever that adds: one send() per turn.
 
     def _connected(self, link: Link) -> None:
         self.log.info("connected to runq at %s:%s%s", *self.address, " (TLS)" if self.tls is not None else "")
         link.queue(self.session.hello())
-
-    def _receive(self, msg: dict) -> None:
-        if msg["type"] == "RunqAcceptWorker":
-            self.backoff.reset()
-            self.connect_deadline = math.inf
-        self.session.handle(msg, self.clock())
 
     # -- the connection ----------------------------------------------------------------
 
@@ -201,10 +208,7 @@ class WorkerLoop:
         link = self.link
         if link is None or link.connecting:
             return
-        try:
-            link.queue(msg)
-        except LinkDown as exc:
-            self._drop(self.clock(), str(exc))
+        link.out += protocol.encode(msg)   # Link.queue, inlined: once or twice per run
 
     def _pump_upload(self) -> None:
         """Send output file chunks while fewer than UPLOAD_BUFFER bytes wait to be written: the

@@ -135,6 +135,11 @@ class Session:
 
     def _dispatch(self, msg: dict, now: float) -> None:
         mtype = msg["type"]
+        if self.runq_nonce is not None:   # the two per-run messages first
+            if mtype == "RunqAssignRun":
+                return self._assign(msg, now)
+            if mtype == "RunqAck":
+                return self._acked(msg)
         if mtype == "RunqError":
             self._error(msg)
         elif self.runq_nonce is None and mtype != "RunqChallenge":
@@ -229,15 +234,16 @@ class Session:
         return job if job is not None and job.report is None else None
 
     def _assign(self, msg: dict, now: float) -> None:
-        key = protocol.run_key(msg)
-        self.seq = max(self.seq, msg["seq"])  # even when refused: runq learns from the heartbeat
+        key = (msg["batch_id"], msg["batch_index"], msg["attempt"])
+        if msg["seq"] > self.seq:
+            self.seq = msg["seq"]  # even when refused: runq learns from the heartbeat
         job = self.job
         if self.draining or self.stopping:
             self.log.info("refusing run %s: %s", run_name(key), "stopping" if self.stopping else "draining")
             self._report(key, "WorkerStoppedRun", {})
         elif (job is not None and job.key == key) or key in self.pending or key in self.held:
             self.log.error("runq assigned run %s, which this worker holds already; ignored", run_name(key))
-        elif len(self.held) + (self.computing() is not None) >= self.prefetch:
+        elif len(self.held) + (job is not None and job.report is None) >= self.prefetch:
             held = run_name(job.key) if self.prefetch == 1 else f"{self.prefetch} runs"
             self.log.error("runq assigned run %s while this worker holds %s; ignored", run_name(key), held)
         elif msg["engine"] != self.traits.engine:
@@ -263,7 +269,7 @@ class Session:
         self.next_update = -math.inf
         # Two lines per run at INFO (this and the outcome) cost more CPU than the rest of a
         # zero-step run: fleets of very short runs log at WARNING (docs/ARCHITECTURE.md).
-        if self.log.isEnabledFor(logging.INFO):
+        if log.isEnabledFor(logging.INFO):
             self.log.info("assigned run %s", run_name(job.key))
         if self.prefetch > 1 and self.online:
             self.send({"type": "WorkerStartedRun", "worker_id": self.worker_id, "batch_id": job.key[0],
@@ -271,7 +277,7 @@ class Session:
         job.start(self.runner)
 
     def _acked(self, msg: dict) -> None:
-        key = protocol.run_key(msg)
+        key = (msg["batch_id"], msg["batch_index"], msg["attempt"])
         report = self.pending.pop(key, None)
         if report is None:
             self.log.warning("ack for run %s, which has no report waiting; ignored", run_name(key))
@@ -279,7 +285,7 @@ class Session:
         # a finished run's ack at DEBUG: a third line per run is not worth its CPU
         level = (logging.WARNING if not msg["accepted"] else
                  logging.DEBUG if report[0] == "WorkerFinishedRun" else logging.INFO)
-        if self.log.isEnabledFor(level):
+        if log.isEnabledFor(level):
             note = f": {msg['message']}" if msg.get("message") else ""
             self.log.log(level, "%s report of run %s acked (accepted %s%s)",
                          OUTCOME[report[0]], run_name(key), msg["accepted"], note)
@@ -318,11 +324,22 @@ class Session:
     def advance(self, now: float) -> None:
         """Report an outcome the engine produced (starting the next held run), and send progress and
         heartbeats that are due."""
-        self._step(now)
+        job = self.job
+        if self.held or (job is not None and job.report is None):   # else _step has nothing to do
+            self._step(now)
         if self.online:
             self._send_progress(now)
             if now >= self.next_heartbeat:
                 self._send_heartbeat(now)
+
+    def soonest(self, now: float) -> float:
+        """The earliest of ``due(now)`` (math.inf if none), without the list on the common path."""
+        if self.draining or not self.online:
+            return min(self.due(now))
+        job = self.job
+        if job is not None and job.report is None and job.has_progress():
+            return min(self.stop_deadline, self.next_heartbeat, self.next_update)
+        return min(self.stop_deadline, self.next_heartbeat)
 
     def due(self, now: float) -> list[float]:
         """Times at which advance() or check_exit() will act without being woken."""
@@ -351,7 +368,7 @@ class Session:
             mtype, fields = self.upload_report   # the upload could not start: a failure
             self.upload_report = None
         job.report = mtype
-        if self.log.isEnabledFor(logging.INFO):   # formatted only when written (see _start)
+        if log.isEnabledFor(logging.INFO):   # formatted only when written (see _start)
             detail = (fields.get("message") or "").strip()
             detail = f": {detail.splitlines()[0][:200]}" if detail else ""
             self.log.info("run %s %s%s", run_name(job.key), OUTCOME[mtype], detail)

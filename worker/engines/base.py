@@ -23,10 +23,9 @@ run, so per-run state belongs in local variables, not on ``self``.
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 Progress = Callable[..., None]  # progress(fraction: float, message: str | None = None)
 
@@ -69,9 +68,12 @@ class UnknownEngine(LookupError):
     """No built-in engine has this name and it is not an importable ``module:Class``."""
 
 
-@dataclasses.dataclass(frozen=True)
-class RunContext:
-    """What an engine may want to know about the run beside its param."""
+class RunContext(NamedTuple):
+    """What an engine may want to know about the run beside its param (read-only).
+
+    A named tuple, not a frozen dataclass: made for every run, and a frozen dataclass took
+    1.2 us to build, a twentieth of a zero-step run's CPU on the loop thread.
+    """
 
     batch_id: int
     batch_index: int
