@@ -185,6 +185,14 @@ class Queries:
         if limit == 0:
             return protocol.reply(batch=self._batch_view(row, now))
         batch = self._batch_view(row, now)
+        # conditional read: the page (runs, offset, next_offset) depends only on the batch's rows and
+        # its runs', which every commit writing them bumps `version`; the header (`served`, `elapsed`,
+        # hints) does not, so it is always rebuilt and sent.  The batch row is read before the runs:
+        # runs newer than `version` are harmless (the next ask finds a newer version), older ones impossible
+        known = msg.get("if_version")
+        if known is not None and known == row["version"]:
+            return protocol.reply(batch=batch, version=row["version"], not_modified=True)
+        tag = {} if known is None else {"version": row["version"]}
         if state is None:
             hi = min(row["n_runs"], offset + limit)
             stored = {r["batch_index"]: r for r in self.store.run_rows(row["id"], offset, hi)}
@@ -199,7 +207,7 @@ class Queries:
         page = self._fill(runs, PAGE_BYTES - json_size(batch))
         more = more or len(page) < len(runs)
         return protocol.reply(batch=batch, runs=page, offset=offset, limit=limit,
-                              next_offset=offset + len(page) if more else None)
+                              next_offset=offset + len(page) if more else None, **tag)
 
     def _runs_in_state(self, row: dict, state: str, offset: int, limit: int) -> tuple[list, bool]:
         """A page of the runs in `state`, without looking at the runs in other states.

@@ -30,6 +30,9 @@ COLUMNS = {
         "n_failed": "i", "n_cancelled": "i", "start_time": "f", "end_time": "f", "priority": "i",
         "owner": "s",  # the runweb user who submitted it; rows from before owners: their `user`
         "sweep": "j",   # {sweep, zip} of runq/sweep.py, or NULL (no sweep; rows of older versions)
+        # +1 by every commit that writes the batch's row or one of its runs: a read compares it
+        # with the version a client has (BatchStatus if_version) to answer "not modified"
+        "version": "i",
     },
     "runs": {
         "batch_id": "i", "batch_index": "i", "state": "s", "attempt": "i", "failures": "i",
@@ -49,7 +52,7 @@ COLUMNS = {
     "meta": {"name": "s", "value": "s"},   # this database's facts: its instance uuid
 }
 # Columns added after the first release: the value rows written before them get.
-BACKFILL = {("batches", "priority"): 0}
+BACKFILL = {("batches", "priority"): 0, ("batches", "version"): 0}
 INDEXES = [
     ("runs", ["batch_id", "batch_index"], "runs_key", True),
     ("attempts", ["batch_id", "batch_index", "attempt"], "attempts_key", False),
@@ -143,6 +146,8 @@ class Store:
             conn.execute(b.update().where(b.c.owner.is_(None)).values(owner=b.c.user))
             # priority (issue 9): rows written before it (or without it) have priority 0
             conn.execute(b.update().where(b.c.priority.is_(None)).values(priority=0))
+            # version (issue 10): rows written before it start at 0
+            conn.execute(b.update().where(b.c.version.is_(None)).values(version=0))
 
     # ---- schema
     def _ensure_table(self, name: str, cols: dict) -> sa.Table:
@@ -180,6 +185,7 @@ class Store:
                             .order_by(a.c.attempt, a.c.id))
         self._q_batch = b.select().where(b.c.id == sa.bindparam("b"))
         self._q_key = b.select().where(b.c.idempotency_key == sa.bindparam("k"))
+        self._bump = b.update().where(b.c.id == sa.bindparam("_id")).values(version=b.c.version + sa.literal_column("1"))
 
     # ---- buffered writes
     def _reset_buffer(self):
@@ -246,12 +252,16 @@ class Store:
         """Write everything buffered in one transaction."""
         if not self.pending():
             return
+        # the batches this commit changes: their rows, or runs of theirs (attempts come with a run)
+        changed = {b for b in self._dirty["batches"]} | {b for b, _ in self._dirty["runs"]}
         with self.engine.begin() as conn:
             for name, keyname in (("batches", "_id"), ("workers", "_id"), ("runs", None)):
                 inserts, updates = [], {}
                 for key, (row, new) in self._dirty[name].items():
                     row = self._encode(name, row)
                     if new:
+                        if name == "batches":
+                            row["version"] = 0   # bumped to 1 below, with every batch changed
                         inserts.append(row)
                         continue
                     if keyname:
@@ -266,6 +276,8 @@ class Store:
                     self._execute_many(conn, self._upd[name], rows)
             if self._attempts:
                 self._execute_many(conn, self._ins["attempts"], self._attempts)
+            if changed:   # one executemany over the distinct batches, not one per run
+                self._execute_many(conn, self._bump, [{"_id": b} for b in sorted(changed)])
         self._reset_buffer()
         self.commits += 1
 

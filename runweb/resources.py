@@ -8,6 +8,7 @@ the body of POST /batch/new is checked by ``runweb.batch_request``.
 from __future__ import annotations
 
 import base64
+import hashlib
 import urllib.parse
 
 import falcon
@@ -15,7 +16,8 @@ import falcon
 from runq.client import RunqUnavailable
 from runq.protocol import ProtocolError
 
-from . import batch_request, results
+from . import batch_request, media, results
+from .page_cache import PageCache
 from .errors import BodyTooLarge, InvalidRequest, RequestTimeout, RunqRefused
 
 DEFAULT_LIMIT, MAX_LIMIT = 1000, 10000
@@ -157,8 +159,8 @@ class Batch:
     ?state=: only runs in that state).  GET /batch/{id}/results: every result, streamed.
     POST /batch/{id}/cancel."""
 
-    def __init__(self, client):
-        self.client = client
+    def __init__(self, client, pages: PageCache | None = None):
+        self.client, self.pages = client, pages if pages is not None else PageCache(0)
 
     def on_get(self, req, resp, batch_id):
         fields = {"offset": query_integer(req, "offset", 0, 0, MAX_ID),
@@ -168,7 +170,29 @@ class Batch:
         state = choice(req, "state", RUN_STATES)
         if state is not None:
             fields["state"] = state
-        resp.media = ask(self.client, req, "BatchStatus", batch_id=integer("batch_id", batch_id), **fields)
+        batch_id = integer("batch_id", batch_id)
+        if fields["limit"] == 0:
+            resp.media = ask(self.client, req, "BatchStatus", batch_id=batch_id, **fields)
+            return
+        send_page(req, resp, *self._page(req, resp.content_type, batch_id, fields))
+
+    def _page(self, req, media_type: str, batch_id: int, fields: dict) -> tuple[bytes, bytes, int | None]:
+        """(header, rest) of the page as bytes in `media_type`, and the batch's version.  runq is
+        asked every time (it checks who asks); the rest comes from the cache when runq says the
+        batch has not changed since, else from runq's reply (and is kept)."""
+        key = (batch_id, fields["offset"], fields["limit"], fields.get("state"), media_type)
+        cached = self.pages.get(key)
+        reply = ask(self.client, req, "BatchStatus", batch_id=batch_id, **fields,
+                    if_version=cached[0] if cached else -1)
+        version = reply.pop("version", None)   # None: a runq from before versions
+        if reply.pop("not_modified", False) and cached is not None:
+            rest = cached[1]
+        else:
+            tail = {k: reply.pop(k) for k in list(reply) if k not in ("status", "message", "batch")}
+            rest = media.rest_of(tail, media_type)
+            if version is not None:
+                self.pages.put(key, version, rest)
+        return media.head_of(reply, media_type), rest, version
 
     def on_get_results(self, req, resp, batch_id):
         batch_id = integer("batch_id", batch_id)
@@ -191,6 +215,23 @@ class Batch:
 
     def on_post_cancel(self, req, resp, batch_id):
         resp.media = ask(self.client, req, "CancelBatch", batch_id=integer("batch_id", batch_id))
+
+
+def send_page(req, resp, head: bytes, rest: bytes, version: int | None) -> None:
+    """The page with an ETag (the header's digest and the version; the rest follows from them), 304
+    when the client has it; no-cache: a browser asks again each time, cheaply."""
+    if version is None:
+        resp.data = head + rest
+        return
+    etag = f'"{version}-{hashlib.blake2b(head, digest_size=8).hexdigest()}"'
+    resp.etag = etag
+    resp.cache_control = ("no-cache",)
+    wanted = req.get_header("If-None-Match")
+    if wanted is not None and (wanted.strip() == "*" or etag in [t.strip().removeprefix("W/")
+                                                                  for t in wanted.split(",")]):
+        resp.status = falcon.HTTP_304
+        return
+    resp.data = head + rest
 
 
 class Run:

@@ -1,0 +1,48 @@
+"""Serialized pages of GET /batch/{id}, kept per runweb process and bounded by bytes.
+
+An entry is the part of a page that depends only on the batch's stored rows (its runs,
+offset, limit, next_offset), already encoded in one media type, with the batch `version`
+runq gave with it.  It is never served on its own authority: every request still asks runq
+(BatchStatus with ``if_version``), which checks who asks and answers ``not_modified`` only
+while the version is the same; the small batch header (`served`, `elapsed`, hints) comes
+fresh from runq every time.  So the key needs no asker: access is decided in runq on each
+request, and the cached part is the same for everyone who may see it.
+
+Least recently used entries go first; one larger than the whole budget is not kept;
+a budget of 0 keeps nothing.  Thread-safe (gunicorn's gthread workers share it).
+"""
+from __future__ import annotations
+
+import collections
+import threading
+
+
+class PageCache:
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._entries: collections.OrderedDict = collections.OrderedDict()   # key -> (version, bytes)
+        self._lock = threading.Lock()
+
+    def get(self, key) -> tuple[int, bytes] | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+            return entry
+
+    def put(self, key, version: int, body: bytes) -> None:
+        if len(body) > self.max_bytes:
+            return
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self.size -= len(old[1])
+            self._entries[key] = (version, body)
+            self.size += len(body)
+            while self.size > self.max_bytes:
+                _, (_, dropped) = self._entries.popitem(last=False)
+                self.size -= len(dropped)
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,67 @@
+"""A batch's change counter (issue 10): every commit that writes a batch's row or one of its
+runs adds 1 to the batch's `version`; reads never commit and never change it; databases from
+before the column get 0."""
+from runq import protocol
+from runq.store import Store
+from test_coordinator import Harness
+
+BATCH = {"name": "", "group": "", "user": "", "engine": "dummy", "n_runs": 3, "param": {},
+         "max_attempts": 1, "max_requeues": 1, "state": "active", "n_waiting": 3, "start_time": 0.0}
+RUN = {"state": "running", "attempt": 1, "failures": 0, "requeues": 0, "worker_id": 1, "host": "h",
+       "progress": 0.0, "message": None, "result": None, "error": None, "traceback": None,
+       "started": 1.0, "ended": None}
+
+
+def version(store, batch_id):
+    return store.reader().batch_row(batch_id)["version"]
+
+
+def test_a_commit_that_writes_a_run_bumps_its_batch_only(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'v.sqlite'}")
+    store.add_batch({"id": 1, **BATCH})
+    store.add_batch({"id": 2, **BATCH})
+    store.commit()
+    assert (version(store, 1), version(store, 2)) == (1, 1)
+    # several runs of batch 1 and its row in one commit: one bump, batch 2 untouched
+    for i in range(3):
+        store.save_run({"batch_id": 1, "batch_index": i, **RUN}, new=True)
+    store.save_batch({"id": 1, "n_running": 3, "n_waiting": 0})
+    store.commit()
+    assert (version(store, 1), version(store, 2)) == (2, 1)
+    store.save_run({"batch_id": 1, "batch_index": 0, "state": "finished", "ended": 2.0})   # a run alone
+    store.commit()
+    assert (version(store, 1), version(store, 2)) == (3, 1)
+    store.save_worker({"id": 7, "host": "h", "state": "idle"}, new=True)   # not a batch's change
+    store.commit()
+    assert (version(store, 1), version(store, 2)) == (3, 1)
+
+
+def test_reads_never_commit_nor_bump(tmp_path):
+    h = Harness(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    bid = h.request("StartBatch", name="a", engine="dummy", n_runs=5, param={})["batch_id"]
+    before, commits = version(h.store, bid), h.store.commits
+    for mtype, fields in (("BatchStatus", {"batch_id": bid}), ("BatchList", {}), ("RunStatus", {"batch_id": bid, "batch_index": 0})):
+        out = h.coord.handle("client", protocol.message(mtype, **fields), h.now)
+        assert out[-1][1]["status"] == "ok"
+        assert not h.store.pending(), f"{mtype} buffered a write"
+    h.store.commit()
+    assert h.store.commits == commits and version(h.store, bid) == before
+
+
+def test_an_old_database_without_the_version_column_migrates(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    store = Store(url)
+    store.add_batch({"id": 1, **BATCH})
+    store.commit()
+    with store.engine.begin() as conn:    # the table as an older runq left it
+        conn.exec_driver_sql("ALTER TABLE batches DROP COLUMN version")
+    store.db.close()
+    store = Store(url)                    # the column is added, old rows get 0, commits count on
+    assert store.batch_row(1)["version"] == 0
+    store.save_batch({"id": 1, "n_running": 1})
+    store.commit()
+    assert store.batch_row(1)["version"] == 1
+    store.db.close()
+    h = Harness(url)                      # and runq recovers the batch
+    assert 1 in h.coord.batches
+    h.store.db.close()
