@@ -221,7 +221,7 @@ def send_page(req, resp, head: bytes, rest: bytes, version: int | None) -> None:
     """The page with an ETag (the header's digest and the version; the rest follows from them), 304
     when the client has it; no-cache: a browser asks again each time, cheaply."""
     if version is None:
-        resp.data = head + rest
+        _body(resp, head, rest)
         return
     etag = f'"{version}-{hashlib.blake2b(head, digest_size=8).hexdigest()}"'
     resp.etag = etag
@@ -231,7 +231,13 @@ def send_page(req, resp, head: bytes, rest: bytes, version: int | None) -> None:
                                                                   for t in wanted.split(",")]):
         resp.status = falcon.HTTP_304
         return
-    resp.data = head + rest
+    _body(resp, head, rest)
+
+
+def _body(resp, head: bytes, rest: bytes) -> None:
+    """Both parts as they are: a big page is not copied into one more buffer."""
+    resp.content_length = len(head) + len(rest)
+    resp.stream = iter((head, rest))
 
 
 class Run:

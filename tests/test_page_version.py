@@ -65,3 +65,20 @@ def test_an_old_database_without_the_version_column_migrates(tmp_path):
     h = Harness(url)                      # and runq recovers the batch
     assert 1 in h.coord.batches
     h.store.db.close()
+
+
+def test_the_reader_reads_a_batch_row_as_sqlalchemy_does(tmp_path):
+    """The read-only store's kept-connection path for one batch row gives the same dict, and sees
+    each new commit at once (no transaction held open between reads)."""
+    store = Store(f"sqlite:///{tmp_path / 'f.sqlite'}")
+    store.add_batch({"id": 1, **BATCH, "param": {"a": [1, "é"]}, "time_limit": 5.0, "sweep": {"sweep": {"x": [1, 2]}}})
+    store.commit()
+    reader = store.reader()
+    fast = reader.batch_row(1)
+    assert reader._fast, "the kept-connection path was not taken"
+    assert fast == store.batch_row(1) and fast["param"] == {"a": [1, "é"]} and fast["version"] == 1
+    store.save_batch({"id": 1, "n_running": 2})
+    store.commit()
+    assert reader.batch_row(1)["version"] == 2 and reader.batch_row(1)["n_running"] == 2
+    assert reader.batch_row(99) is None
+    reader.close()
