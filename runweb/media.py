@@ -74,12 +74,22 @@ def _dump(data, dumper, width) -> str:
 _dump_json = functools.partial(json.dumps, ensure_ascii=False)   # what Falcon's JSONHandler writes
 
 
+_YAML_HEADS: dict[str, bytes] = {}   # JSON of a header -> its YAML: an ended batch's header repeats
+_YAML_HEADS_MAX = 256
+
+
 def head_of(envelope: dict, media_type: str) -> bytes:
     """The start of a reply whose other keys `rest_of` encodes: head_of(a) + rest_of(b) is the
     encoding of {**a, **b} (a top-level mapping splits at any key, in YAML's block style too)."""
-    if media_type == YAML:
-        return dump_yaml(envelope).encode("utf-8")
-    return _dump_json(envelope)[:-1].encode("utf-8")
+    text = _dump_json(envelope)
+    if media_type != YAML:
+        return text[:-1].encode("utf-8")
+    head = _YAML_HEADS.get(text)
+    if head is None:   # about 20x the cost of the JSON, even with libyaml
+        if len(_YAML_HEADS) >= _YAML_HEADS_MAX:
+            _YAML_HEADS.clear()
+        head = _YAML_HEADS[text] = dump_yaml(envelope).encode("utf-8")
+    return head
 
 
 def rest_of(tail: dict, media_type: str) -> bytes:

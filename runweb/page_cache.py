@@ -8,6 +8,8 @@ while the version is the same; the small batch header (`served`, `elapsed`, hint
 fresh from runq every time.  So the key needs no asker: access is decided in runq on each
 request, and the cached part is the same for everyone who may see it.
 
+A page not kept yet is filled by the first request for it while the others wait for it
+(runq is then asked with its version: one full page per process, not one per connection).
 Least recently used entries go first; one larger than the whole budget is not kept;
 a budget of 0 keeps nothing.  Thread-safe (gunicorn's gthread workers share it).
 """
@@ -23,6 +25,32 @@ class PageCache:
         self.size = 0
         self._entries: collections.OrderedDict = collections.OrderedDict()   # key -> (version, bytes)
         self._lock = threading.Lock()
+        self._flights: dict = {}   # key -> Event set when the caller filling it is done
+
+    def get_or_lead(self, key, timeout: float = 10.0) -> tuple[tuple[int, bytes] | None, bool]:
+        """(entry, leading): the entry; or, when there is none, whether this caller is the one to
+        fill it (then it calls `landed(key)` when done, filled or not).  Callers that come while
+        another fills it wait for that (at most `timeout` s), so a cold page under many
+        connections is asked for and encoded in full once, not once per connection."""
+        if self.max_bytes <= 0:
+            return None, False
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+                return entry, False
+            flight = self._flights.get(key)
+            if flight is None:
+                self._flights[key] = threading.Event()
+                return None, True
+        flight.wait(timeout)
+        return self.get(key), False
+
+    def landed(self, key) -> None:
+        with self._lock:
+            flight = self._flights.pop(key, None)
+        if flight is not None:
+            flight.set()
 
     def get(self, key) -> tuple[int, bytes] | None:
         with self._lock:

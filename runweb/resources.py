@@ -181,17 +181,21 @@ class Batch:
         asked every time (it checks who asks); the rest comes from the cache when runq says the
         batch has not changed since, else from runq's reply (and is kept)."""
         key = (batch_id, fields["offset"], fields["limit"], fields.get("state"), media_type)
-        cached = self.pages.get(key)
-        reply = ask(self.client, req, "BatchStatus", batch_id=batch_id, **fields,
-                    if_version=cached[0] if cached else -1)
-        version = reply.pop("version", None)   # None: a runq from before versions
-        if reply.pop("not_modified", False) and cached is not None:
-            rest = cached[1]
-        else:
-            tail = {k: reply.pop(k) for k in list(reply) if k not in ("status", "message", "batch")}
-            rest = media.rest_of(tail, media_type)
-            if version is not None:
-                self.pages.put(key, version, rest)
+        cached, leading = self.pages.get_or_lead(key)
+        try:
+            reply = ask(self.client, req, "BatchStatus", batch_id=batch_id, **fields,
+                        if_version=cached[0] if cached else -1)
+            version = reply.pop("version", None)   # None: a runq from before versions
+            if reply.pop("not_modified", False) and cached is not None:
+                rest = cached[1]
+            else:
+                tail = {k: reply.pop(k) for k in list(reply) if k not in ("status", "message", "batch")}
+                rest = media.rest_of(tail, media_type)
+                if version is not None:
+                    self.pages.put(key, version, rest)
+        finally:
+            if leading:
+                self.pages.landed(key)
         return media.head_of(reply, media_type), rest, version
 
     def on_get_results(self, req, resp, batch_id):

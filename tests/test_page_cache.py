@@ -105,3 +105,21 @@ def test_a_kept_page_of_another_users_batch_is_still_404(stack):
     for headers in ({**BOB, **JSON}, {**BOB, **JSON, "If-None-Match": head["etag"]}, BOB):
         status, _, body = procs.http("GET", page, headers=headers)
         assert status == 404, (headers, body)
+
+
+def test_callers_of_a_page_being_filled_wait_for_it_instead_of_filling_it_again():
+    import threading
+    cache = PageCache(1000)
+    assert cache.get_or_lead("k") == (None, True)           # the first fills it
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(cache.get_or_lead("k")))
+    waiter.start()
+    procs.wait_until(lambda: waiter.is_alive(), 5)
+    cache.put("k", 3, b"page")
+    cache.landed("k")
+    waiter.join(5)
+    assert got == [((3, b"page"), False)]
+    cache.landed("k")                                        # harmless twice
+    assert cache.get_or_lead("other", timeout=0.01) == (None, True)
+    assert cache.get_or_lead("other", timeout=0.01) == (None, False)   # the filler never came back: ask anyway
+    assert PageCache(0).get_or_lead("k") == (None, False)    # no cache: nobody waits
