@@ -30,8 +30,8 @@ COLUMNS = {
         "n_failed": "i", "n_cancelled": "i", "start_time": "f", "end_time": "f", "priority": "i",
         "owner": "s",  # the runweb user who submitted it; rows from before owners: their `user`
         "sweep": "j",   # {sweep, zip} of runq/sweep.py, or NULL (no sweep; rows of older versions)
-        # +1 by every commit that writes the batch's row or one of its runs: a read compares it
-        # with the version a client has (BatchStatus if_version) to answer "not modified"
+        # +1 by every commit that writes the batch's row or one of its runs: while it stays, a
+        # page of its runs is the same (runq/queries.py reads only the page's workers again)
         "version": "i",
     },
     "runs": {
@@ -326,7 +326,46 @@ class Store:
                 self._fast_sql = (f"SELECT {', '.join(self.engine.dialect.identifier_preparer.quote(c) for c in cols)}"
                                   f" FROM batches WHERE id = ?")
                 self._fast_cols = cols
+                q = self.engine.dialect.identifier_preparer.quote
+                self._fast_run_cols = [c for c in self.tables["runs"].c.keys() if c != "id"]
+                self._fast_runs_sql = (f"SELECT {', '.join(q(c) for c in self._fast_run_cols)} FROM runs"
+                                       f" WHERE batch_id = ? AND batch_index >= ? AND batch_index < ?"
+                                       f" ORDER BY batch_index")
         return fast
+
+    def run_page(self, batch_id: int, lo: int, hi: int) -> tuple[list[dict], int | None]:
+        """The stored runs with lo <= batch_index < hi (as run_rows) and a digest of them as
+        stored (None where there is no kept connection): equal digests, equal rows.  A read
+        can so tell that a page did not change although its batch did (issue 10)."""
+        if not (self.read_only and self._fast_reads()):
+            return self.run_rows(batch_id, lo, hi), None
+        cur = self._fast_conn.driver_connection.execute(self._fast_runs_sql, (batch_id, lo, hi))
+        found = cur.fetchall()
+        cur.close()
+        digest = hash(tuple(found))
+        cols, jcols = self._fast_run_cols, self._json_cols["runs"]
+        rows = [dict(zip(cols, r)) for r in found]
+        for row in rows:
+            for col in jcols:
+                row[col] = _jload(row[col])
+        return rows, digest
+
+    def worker_addresses(self, worker_ids) -> dict[int, str | None]:
+        """worker id -> the address it registered from, for the ids given (one query)."""
+        ids = sorted(set(worker_ids))
+        if not ids:
+            return {}
+        if not (self.read_only and self._fast_reads()):
+            return {i: (rows[0]["ipaddr"] if rows else None) for i in ids
+                    for rows in [self.worker_rows(worker_id=i)]}
+        found = {}
+        for start in range(0, len(ids), 500):   # SQLite's bound on parameters
+            part = ids[start:start + 500]
+            cur = self._fast_conn.driver_connection.execute(
+                f"SELECT id, ipaddr FROM workers WHERE id IN ({', '.join('?' * len(part))})", part)
+            found.update(cur.fetchall())
+            cur.close()
+        return {i: found.get(i) for i in ids}
 
     def _fast_batch_row(self, batch_id: int) -> dict | None:
         cur = self._fast_conn.driver_connection.execute(self._fast_sql, (batch_id,))

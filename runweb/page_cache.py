@@ -1,10 +1,10 @@
 """Serialized pages of GET /batch/{id}, kept per runweb process and bounded by bytes.
 
 An entry is the part of a page that depends only on the batch's stored rows (its runs,
-offset, limit, next_offset), already encoded in one media type, with the batch `version`
-runq gave with it.  It is never served on its own authority: every request still asks runq
-(BatchStatus with ``if_version``), which checks who asks and answers ``not_modified`` only
-while the version is the same; the small batch header (`served`, `elapsed`, hints) comes
+offset, limit, next_offset), already encoded in one media type, with the validators runq gave
+with it (the page's `page` tag).  It is never served on its own authority: every request still asks runq
+(BatchStatus with ``if_page``), which checks who asks and answers ``not_modified`` only
+while that tag is still the page's; the small batch header (`served`, `elapsed`, hints) comes
 fresh from runq every time.  So the key needs no asker: access is decided in runq on each
 request, and the cached part is the same for everyone who may see it.
 
@@ -23,11 +23,11 @@ class PageCache:
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
         self.size = 0
-        self._entries: collections.OrderedDict = collections.OrderedDict()   # key -> (version, bytes)
+        self._entries: collections.OrderedDict = collections.OrderedDict()   # key -> (validators, bytes)
         self._lock = threading.Lock()
         self._flights: dict = {}   # key -> Event set when the caller filling it is done
 
-    def get_or_lead(self, key, timeout: float = 10.0) -> tuple[tuple[int, bytes] | None, bool]:
+    def get_or_lead(self, key, timeout: float = 10.0) -> tuple[tuple[object, bytes] | None, bool]:
         """(entry, leading): the entry; or, when there is none, whether this caller is the one to
         fill it (then it calls `landed(key)` when done, filled or not).  Callers that come while
         another fills it wait for that (at most `timeout` s), so a cold page under many
@@ -52,14 +52,14 @@ class PageCache:
         if flight is not None:
             flight.set()
 
-    def get(self, key) -> tuple[int, bytes] | None:
+    def get(self, key) -> tuple[object, bytes] | None:
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
                 self._entries.move_to_end(key)
             return entry
 
-    def put(self, key, version: int, body: bytes) -> None:
+    def put(self, key, version, body: bytes) -> None:
         if len(body) > self.max_bytes:
             return
         with self._lock:

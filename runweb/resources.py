@@ -176,27 +176,28 @@ class Batch:
             return
         send_page(req, resp, *self._page(req, resp.content_type, batch_id, fields))
 
-    def _page(self, req, media_type: str, batch_id: int, fields: dict) -> tuple[bytes, bytes, int | None]:
-        """(header, rest) of the page as bytes in `media_type`, and the batch's version.  runq is
-        asked every time (it checks who asks); the rest comes from the cache when runq says the
-        batch has not changed since, else from runq's reply (and is kept)."""
+    def _page(self, req, media_type: str, batch_id: int, fields: dict) -> tuple[bytes, bytes, object]:
+        """(header, rest) of the page as bytes in `media_type`, and runq's tag of the page (None: runq
+        makes none for it).  runq is asked every time (it checks who asks); the rest comes from
+        the cache when runq says the page has not changed since, else from runq's reply (and is kept)."""
         key = (batch_id, fields["offset"], fields["limit"], fields.get("state"), media_type)
         cached, leading = self.pages.get_or_lead(key)
         try:
             reply = ask(self.client, req, "BatchStatus", batch_id=batch_id, **fields,
-                        if_version=cached[0] if cached else -1)
-            version = reply.pop("version", None)   # None: a runq from before versions
-            if reply.pop("not_modified", False) and cached is not None:
+                        if_page=cached[0] if cached else "")
+            page = reply.pop("page", None)   # the page's tag (None: runq makes none for it)
+            reply.pop("version", None)
+            if reply.pop("not_modified", False) and cached is not None and page == cached[0]:
                 rest = cached[1]
             else:
                 tail = {k: reply.pop(k) for k in list(reply) if k not in ("status", "message", "batch")}
                 rest = media.rest_of(tail, media_type)
-                if version is not None:
-                    self.pages.put(key, version, rest)
+                if page is not None:
+                    self.pages.put(key, page, rest)
         finally:
             if leading:
                 self.pages.landed(key)
-        return media.head_of(reply, media_type), rest, version
+        return media.head_of(reply, media_type), rest, page
 
     def on_get_results(self, req, resp, batch_id):
         batch_id = integer("batch_id", batch_id)
@@ -221,9 +222,9 @@ class Batch:
         resp.media = ask(self.client, req, "CancelBatch", batch_id=integer("batch_id", batch_id))
 
 
-def send_page(req, resp, head: bytes, rest: bytes, version: int | None) -> None:
-    """The page with an ETag (the header's digest and the version; the rest follows from them), 304
-    when the client has it; no-cache: a browser asks again each time, cheaply."""
+def send_page(req, resp, head: bytes, rest: bytes, version) -> None:
+    """The page with an ETag (the validator and the header's digest; the rest follows from them),
+    304 when the client has it; no-cache: a browser asks again each time, cheaply."""
     if version is None:
         _body(resp, head, rest)
         return

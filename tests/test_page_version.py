@@ -82,3 +82,42 @@ def test_the_reader_reads_a_batch_row_as_sqlalchemy_does(tmp_path):
     assert reader.batch_row(1)["version"] == 2 and reader.batch_row(1)["n_running"] == 2
     assert reader.batch_row(99) is None
     reader.close()
+
+
+def test_a_page_whose_runs_did_not_change_is_not_modified_though_its_batch_changed(tmp_path):
+    """BatchStatus if_page: the page's tag covers its runs and their workers' addresses, so a
+    dashboard's first page of a running batch is not sent again every turn, and a worker that
+    reconnects from elsewhere shows at once."""
+    from runq.queries import Facts, Queries
+    store = Store(f"sqlite:///{tmp_path / 'p.sqlite'}")
+    store.add_batch({"id": 1, **BATCH, "next_index": 3})
+    for i in range(3):
+        store.save_run({"batch_id": 1, "batch_index": i, **RUN}, new=True)
+    store.save_worker({"id": 1, "host": "h", "ipaddr": "10.0.0.1", "state": "busy"}, new=True)
+    store.commit()
+    q = Queries(store.reader(), Facts())
+
+    def ask(**fields):
+        return q.handle(protocol.message("BatchStatus", batch_id=1, offset=0, limit=1, **fields), 5.0)
+    first = ask(if_page="")
+    assert first["runs"][0]["address"] == "10.0.0.1" and first["page"] and first["version"] == 1
+    same = ask(if_page=first["page"])                                     # nothing changed
+    assert same["not_modified"] and "runs" not in same and same["batch"]["state"] == "active"
+    store.save_run({"batch_id": 1, "batch_index": 2, "progress": 0.5})   # another page's run
+    store.commit()
+    same = ask(if_page=first["page"])
+    assert same["not_modified"] and same["version"] == 2 and same["page"] == first["page"]
+    store.save_run({"batch_id": 1, "batch_index": 0, "progress": 0.5})   # this page's run
+    store.commit()
+    changed = ask(if_page=first["page"])
+    assert "not_modified" not in changed and changed["runs"][0]["progress"] == 0.5
+    assert changed["page"] != first["page"] and changed["version"] == 3
+    assert ask(if_page=changed["page"])["not_modified"]
+    store.save_worker({"id": 1, "ipaddr": "10.0.0.2"})                  # its worker's address: no batch change
+    store.commit()
+    moved = ask(if_page=changed["page"])
+    assert "not_modified" not in moved and moved["runs"][0]["address"] == "10.0.0.2"
+    plain = q.handle(protocol.message("BatchStatus", batch_id=1, offset=0, limit=1), 5.0)
+    assert "version" not in plain and "page" not in plain   # only for askers that know about them
+    state = q.handle(protocol.message("BatchStatus", batch_id=1, state="running", if_page=moved["page"]), 5.0)
+    assert "not_modified" not in state and "page" not in state   # ?state= pages: always in full
