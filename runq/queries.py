@@ -248,7 +248,11 @@ class Queries:
         return rows, self._tag(row, offset, hi, digest)
 
     def _tag(self, row: dict, offset: int, hi: int, digest: int) -> str:
-        return format(hash((digest, row["state"], row["next_index"], row["n_runs"], offset, hi,
+        # runs from next_index on are implicit (waiting, or cancelled with the batch): only a page
+        # that reaches there depends on next_index and the batch's state (dispatch moves next_index
+        # every turn; the first pages of a running batch must not change with it)
+        implicit = (row["next_index"], row["state"]) if row["next_index"] < hi else None
+        return format(hash((digest, implicit, row["n_runs"], offset, hi,
                             tuple(sorted(self._addresses.items())))) & (2**64 - 1), "016x")
 
     def _runs_in_state(self, row: dict, state: str, offset: int, limit: int) -> tuple[list, bool]:

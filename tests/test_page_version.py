@@ -121,3 +121,30 @@ def test_a_page_whose_runs_did_not_change_is_not_modified_though_its_batch_chang
     assert "version" not in plain and "page" not in plain   # only for askers that know about them
     state = q.handle(protocol.message("BatchStatus", batch_id=1, state="running", if_page=moved["page"]), 5.0)
     assert "not_modified" not in state and "page" not in state   # ?state= pages: always in full
+
+
+def test_dispatch_past_a_page_does_not_change_it_but_reaching_into_it_does(tmp_path):
+    from runq.queries import Facts, Queries
+    store = Store(f"sqlite:///{tmp_path / 'd.sqlite'}")
+    store.add_batch({"id": 1, **BATCH, "n_runs": 10, "next_index": 2})
+    for i in range(2):
+        store.save_run({"batch_id": 1, "batch_index": i, **RUN}, new=True)
+    store.commit()
+    q = Queries(store.reader(), Facts())
+
+    def ask(limit, tag):
+        return q.handle(protocol.message("BatchStatus", batch_id=1, offset=0, limit=limit, if_page=tag), 5.0)
+    two, three = ask(2, ""), ask(3, "")
+    assert [r["state"] for r in three["runs"]] == ["running", "running", "waiting"]
+    store.save_run({"batch_id": 1, "batch_index": 2, **RUN}, new=True)   # run 2 dispatched
+    store.save_batch({"id": 1, "next_index": 3})
+    store.commit()
+    assert ask(2, two["page"])["not_modified"]                 # runs 0-1: as they were
+    again = ask(3, three["page"])                               # run 2 was implicit, now stored
+    assert "not_modified" not in again and again["runs"][2]["state"] == "running"
+    store.save_batch({"id": 1, "state": "cancelled"})           # the implicit runs of a cancelled batch
+    store.commit()
+    four = ask(4, "")
+    store.save_batch({"id": 1, "state": "active"})
+    store.commit()
+    assert "not_modified" not in ask(4, four["page"])
