@@ -105,8 +105,8 @@ def measure(cls: str, workers: int, args) -> dict:
         s.wait_connected(4)
         active = s.request("StartBatch", name="p6-active", engine="dummy", n_runs=1000,
                            param={"step_count": 100_000, "step_delay": 0.02})["batch_id"]
-        wait_until(lambda: s.request("BatchStatus", batch_id=active, offset=0, limit=0)["batch"]["n_running"] >= 4,
-                   60, "4 runs of the active batch running")
+        wait_until(lambda: s.request("BatchStatus", batch_id=active, offset=0, limit=0)["batch"]["n_running"]
+                   >= 4, 60, "4 runs of the active batch running")
         apage = f"http://127.0.0.1:{s.web_port}/batch/{active}?limit=1000"
         res["active JSON"] = [wrk(apage, args.seconds, args.conns, ["Accept: application/json"])
                               for _ in range(args.repeat)]

@@ -21,7 +21,8 @@ JSON = falcon.MEDIA_JSON  # UTF-8 by definition; non-ASCII is written as is
 # libyaml's emitter when PyYAML has it (about 10x faster than the pure-Python one on a big page);
 # the representers and every option are the same, so the text is too
 _Base = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-_ANALYZER = yaml.emitter.Emitter(None, allow_unicode=True)   # the pure-Python scalar analysis (libyaml's is not exposed)
+# the pure-Python emitter's scalar analysis, for _represent_str (libyaml's is not exposed)
+_ANALYZER = yaml.emitter.Emitter(None, allow_unicode=True)
 
 
 class _Dumper(_Base):

@@ -187,7 +187,10 @@ class Batch:
                         if_page=cached[0] if cached else "")
             page = reply.pop("page", None)   # the page's tag (None: runq makes none for it)
             reply.pop("version", None)
-            if reply.pop("not_modified", False) and cached is not None and page == cached[0]:
+            if reply.pop("not_modified", False):
+                if cached is None or page != cached[0]:
+                    raise ProtocolError(f"runq answered not_modified for a page of batch {batch_id} "
+                                        "that runweb does not hold")
                 rest = cached[1]
             else:
                 tail = {k: reply.pop(k) for k in list(reply) if k not in ("status", "message", "batch")}
@@ -222,13 +225,13 @@ class Batch:
         resp.media = ask(self.client, req, "CancelBatch", batch_id=integer("batch_id", batch_id))
 
 
-def send_page(req, resp, head: bytes, rest: bytes, version) -> None:
-    """The page with an ETag (the validator and the header's digest; the rest follows from them),
-    304 when the client has it; no-cache: a browser asks again each time, cheaply."""
-    if version is None:
+def send_page(req, resp, head: bytes, rest: bytes, tag: str | None) -> None:
+    """The page with an ETag (runq's tag of the page and the header's digest: the rest follows
+    from them), 304 when the client has it; no-cache: a browser asks again each time, cheaply."""
+    if tag is None:
         _body(resp, head, rest)
         return
-    etag = f'"{version}-{hashlib.blake2b(head, digest_size=8).hexdigest()}"'
+    etag = f'"{tag}-{hashlib.blake2b(head, digest_size=8).hexdigest()}"'
     resp.etag = etag
     resp.cache_control = ("no-cache",)
     wanted = req.get_header("If-None-Match")

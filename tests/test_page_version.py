@@ -40,7 +40,8 @@ def test_reads_never_commit_nor_bump(tmp_path):
     h = Harness(f"sqlite:///{tmp_path / 'r.sqlite'}")
     bid = h.request("StartBatch", name="a", engine="dummy", n_runs=5, param={})["batch_id"]
     before, commits = version(h.store, bid), h.store.commits
-    for mtype, fields in (("BatchStatus", {"batch_id": bid}), ("BatchList", {}), ("RunStatus", {"batch_id": bid, "batch_index": 0})):
+    for mtype, fields in (("BatchStatus", {"batch_id": bid}), ("BatchList", {}),
+                          ("RunStatus", {"batch_id": bid, "batch_index": 0})):
         out = h.coord.handle("client", protocol.message(mtype, **fields), h.now)
         assert out[-1][1]["status"] == "ok"
         assert not h.store.pending(), f"{mtype} buffered a write"
