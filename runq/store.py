@@ -185,7 +185,8 @@ class Store:
                             .order_by(a.c.attempt, a.c.id))
         self._q_batch = b.select().where(b.c.id == sa.bindparam("b"))
         self._q_key = b.select().where(b.c.idempotency_key == sa.bindparam("k"))
-        self._bump = b.update().where(b.c.id == sa.bindparam("_id")).values(version=b.c.version + sa.literal_column("1"))
+        self._bump = (b.update().where(b.c.id == sa.bindparam("_id"))
+                      .values(version=b.c.version + sa.literal_column("1")))
 
     # ---- buffered writes
     def _reset_buffer(self):
