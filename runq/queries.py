@@ -223,7 +223,8 @@ class Queries:
                               next_offset=offset + len(page) if more else None, **tag)
 
     def _page_tag(self, row: dict, offset: int, hi: int, known: str | None) -> tuple[list, str | None]:
-        """(stored runs of the page, its tag or None); sets self._addresses for the page's workers.
+        """(stored runs of the page, its tag or None); sets self._addresses for the page's workers;
+        no runs when the tag is `known` (not modified).
 
         While the batch's `version` is the one a page was last read at, its runs are the same
         (every commit writing one bumps it), so only its workers' addresses are read again
@@ -237,15 +238,15 @@ class Queries:
             page_tag = self._tag(row, offset, hi, seen[1])
             if page_tag == known:
                 return [], page_tag   # not modified: the caller needs no runs
-        rows, digest = self.store.run_page(row["id"], offset, hi)
+        rows, digest, workers = self.store.run_page(row["id"], offset, hi)
         if digest is None:
-            return rows, None
-        workers = frozenset(r["worker_id"] for r in rows if r["worker_id"] is not None)
+            return rows(), None
         if len(self._seen) >= SEEN_PAGES:
             self._seen.clear()
         self._seen[key] = (row["version"], digest, workers)
         self._addresses = self.store.worker_addresses(workers)
-        return rows, self._tag(row, offset, hi, digest)
+        page_tag = self._tag(row, offset, hi, digest)
+        return ([] if page_tag == known else rows()), page_tag
 
     def _tag(self, row: dict, offset: int, hi: int, digest: int) -> str:
         # runs from next_index on are implicit (waiting, or cancelled with the batch): only a page
