@@ -117,6 +117,9 @@ class RunwebConfig:
     io_timeout: float = 5.0
     # true when a reverse proxy on this host forwards requests: loopback peers are then not trusted
     behind_proxy: bool = False
+    # bytes of serialized GET /batch/{id} pages each runweb process keeps (runq confirms each is
+    # current on every request; runweb/page_cache.py); 0 keeps none.  RUNWEB_PAGE_CACHE
+    page_cache: int = 32 * 1024 * 1024
     tls: RunwebTls = RunwebTls()
 
 
@@ -157,6 +160,7 @@ ENV = {
     "RUNWEB_THREADS": ("runweb", "threads"),
     "RUNWEB_IO_TIMEOUT": ("runweb", "io_timeout"),
     "RUNWEB_BEHIND_PROXY": ("runweb", "behind_proxy"),
+    "RUNWEB_PAGE_CACHE": ("runweb", "page_cache"),
     "SIMX_TLS_CERT": ("runq", "tls.cert"),
     "SIMX_TLS_KEY": ("runq", "tls.key"),
     "SIMX_TLS_CA": ("runq", "tls.ca"),

@@ -150,7 +150,10 @@ SCHEMA: dict[str, dict[str, object]] = {
         sweep=OPT_MAP, zip=OPT_MAP,   # runq/sweep.py: n_runs is derived (given as well, it must equal)
     ),
     "BatchList": dict(user=OPT_STR, offset=COUNT, limit=COUNT),
-    "BatchStatus": dict(batch_id=ID, offset=COUNT, limit=COUNT, state=OPT_STR),
+    # if_page: the `page` tag of the page the asker holds ("" for none); given, the Reply carries
+    # the batch's `version` and the page's `page` tag (when runq makes one: pages without `state`
+    # on SQLite) and, while that tag is the asker's, `not_modified: true` and the batch without runs
+    "BatchStatus": dict(batch_id=ID, offset=COUNT, limit=COUNT, state=OPT_STR, if_page=OPT_STR),
     "BatchResults": dict(batch_id=ID, start=COUNT, limit=COUNT, state=OPT_STR),
     "RunStatus": dict(batch_id=ID, batch_index=INDEX),
     "RunFile": dict(batch_id=ID, batch_index=INDEX, name=STR, offset=COUNT),   # a piece of an output file
@@ -185,7 +188,7 @@ OPTIONAL: dict[str, frozenset[str]] = {
     "BatchList": frozenset({"user", "offset", "limit"}),
     "UserStatus": frozenset({"offset", "limit"}),
     "WorkerList": frozenset({"offset", "limit"}),
-    "BatchStatus": frozenset({"offset", "limit", "state"}),
+    "BatchStatus": frozenset({"offset", "limit", "state", "if_page"}),
     "BatchResults": frozenset({"start", "limit", "state"}),
 }
 # Who asks (web stream): every client request may carry the runweb user it acts for and whether

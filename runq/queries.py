@@ -27,6 +27,12 @@ RESULTS_BUDGET = protocol.MAX_FRAME // 4           # bytes of results per BatchR
 MAX_RESULT_BYTES = 1024 * 1024   # a run's stored result as JSON (coordinator refuses larger ones)
 PAGE_BYTES = 1024 * 1024         # a listing page ends early (next_offset) past this much JSON
 
+# the batch view's fields that change while its runs do not (bounded in size: numbers, times, state)
+VOLATILE = frozenset({"state", "n_complete", "n_waiting", "n_running", "n_finished", "n_failed", "n_cancelled",
+                      "end_time", "execution_time", "elapsed", "served", "can_cancel"})
+HEADER_SLACK = 1024
+SEEN_PAGES = 4096   # pages whose digest a reader remembers (about 200 bytes each)
+
 READS = frozenset({"BatchList", "UserStatus", "BatchStatus", "RunStatus", "WorkerList", "WorkerStatus",
                    "BatchResults", "RunFile"})
 
@@ -111,6 +117,7 @@ class Queries:
         self.store, self.facts = store, facts
         self.files = Files(files_dir)   # read-only here: pieces of runs' output files
         self._addresses: dict = {}
+        self._seen: dict = {}   # (batch id, offset, hi) -> (version, digest, worker ids) of the page last read
         self.handlers = {
             "BatchList": self.batch_list, "UserStatus": self.user_status, "BatchStatus": self.batch_status,
             "RunStatus": self.run_status, "WorkerList": self.worker_list, "WorkerStatus": self.worker_status,
@@ -185,9 +192,20 @@ class Queries:
         if limit == 0:
             return protocol.reply(batch=self._batch_view(row, now))
         batch = self._batch_view(row, now)
+        # conditional read (if_page): the page (runs, offset, next_offset) depends on its stored runs,
+        # their workers' addresses and what makes implicit runs; its `page` tag covers exactly those
+        # and is answered `not_modified` while it holds.  The header (`served`, `elapsed`, hints)
+        # is always rebuilt and sent.
+        known = msg.get("if_page")
+        tag = {} if known is None else {"version": row["version"]}
         if state is None:
             hi = min(row["n_runs"], offset + limit)
-            stored = {r["batch_index"]: r for r in self.store.run_rows(row["id"], offset, hi)}
+            rows, page_tag = self._page_tag(row, offset, hi, known)
+            if page_tag is not None and known is not None:
+                tag["page"] = page_tag
+                if page_tag == known:
+                    return protocol.reply(batch=batch, **tag, not_modified=True)
+            stored = {r["batch_index"]: r for r in rows}
             runs = [self._run(stored[i]) if i in stored else views.implicit_run(row, i) for i in range(offset, hi)]
             more = hi < row["n_runs"]
         else:
@@ -195,11 +213,48 @@ class Queries:
         for run in runs:
             run["param"] = run_param(row, run["batch_index"])
         # a page ends early (next_offset) before the reply passes PAGE_BYTES: stored params and
-        # results never make a reply too large to send
-        page = self._fill(runs, PAGE_BYTES - json_size(batch))
+        # results never make a reply too large to send.  The budget leaves out what changes in the
+        # batch's view (counters, times, state: under HEADER_SLACK bytes), so where a page ends
+        # depends only on what its `page` tag covers
+        fixed = {k: v for k, v in batch.items() if k not in VOLATILE}
+        page = self._fill(runs, PAGE_BYTES - json_size(fixed) - HEADER_SLACK)
         more = more or len(page) < len(runs)
         return protocol.reply(batch=batch, runs=page, offset=offset, limit=limit,
-                              next_offset=offset + len(page) if more else None)
+                              next_offset=offset + len(page) if more else None, **tag)
+
+    def _page_tag(self, row: dict, offset: int, hi: int, known: str | None) -> tuple[list, str | None]:
+        """(stored runs of the page, its tag or None); sets self._addresses for the page's workers;
+        no runs when the tag is `known` (not modified).
+
+        While the batch's `version` is the one a page was last read at, its runs are the same
+        (every commit writing one bumps it), so only its workers' addresses are read again
+        (a worker may reconnect from elsewhere): the cheap path of a dashboard polling an ended
+        batch.  Runs read after the batch row may be newer than its version, never older; the
+        tag returned with rows is always the tag of those rows."""
+        key = (row["id"], offset, hi)
+        seen = self._seen.get(key)
+        if seen is not None and seen[0] == row["version"]:
+            self._addresses = self.store.worker_addresses(seen[2])
+            page_tag = self._tag(row, offset, hi, seen[1])
+            if page_tag == known:
+                return [], page_tag   # not modified: the caller needs no runs
+        rows, digest, workers = self.store.run_page(row["id"], offset, hi)
+        if digest is None:
+            return rows(), None
+        if len(self._seen) >= SEEN_PAGES:
+            self._seen.clear()
+        self._seen[key] = (row["version"], digest, workers)
+        self._addresses = self.store.worker_addresses(workers)
+        page_tag = self._tag(row, offset, hi, digest)
+        return ([] if page_tag == known else rows()), page_tag
+
+    def _tag(self, row: dict, offset: int, hi: int, digest: int) -> str:
+        # runs from next_index on are implicit (waiting, or cancelled with the batch): only a page
+        # that reaches there depends on next_index and the batch's state (dispatch moves next_index
+        # every turn; the first pages of a running batch must not change with it)
+        implicit = (row["next_index"], row["state"]) if row["next_index"] < hi else None
+        return format(hash((digest, implicit, row["n_runs"], offset, hi,
+                            tuple(sorted(self._addresses.items())))) & (2**64 - 1), "016x")
 
     def _runs_in_state(self, row: dict, state: str, offset: int, limit: int) -> tuple[list, bool]:
         """A page of the runs in `state`, without looking at the runs in other states.

@@ -14,6 +14,7 @@ from runq.client import RunqClient, RunqUnavailable
 from runq.protocol import ProtocolError
 
 from . import auth, dashboard, media, metrics, openapi, origin, request_metrics, resources
+from .page_cache import PageCache
 from .errors import (BodyTooLarge, CrossSite, InvalidRequest, NotAuthenticated, RequestTimeout, RunqRefused,
                      TooManyLogins)
 
@@ -112,7 +113,7 @@ def create_app(client, config: simx_config.Config) -> falcon.App:
         "openapi": openapi.Document(),
         "health": resources.Health(client),
         "batches": resources.Batches(client, config.runweb.max_body),
-        "batch": resources.Batch(client),
+        "batch": resources.Batch(client, PageCache(config.runweb.page_cache)),
         "run": resources.Run(client),
         "user": resources.User(client),
         "workers": resources.Workers(client),

@@ -8,6 +8,7 @@ the body of POST /batch/new is checked by ``runweb.batch_request``.
 from __future__ import annotations
 
 import base64
+import hashlib
 import urllib.parse
 
 import falcon
@@ -15,7 +16,8 @@ import falcon
 from runq.client import RunqUnavailable
 from runq.protocol import ProtocolError
 
-from . import batch_request, results
+from . import batch_request, media, results
+from .page_cache import PageCache
 from .errors import BodyTooLarge, InvalidRequest, RequestTimeout, RunqRefused
 
 DEFAULT_LIMIT, MAX_LIMIT = 1000, 10000
@@ -157,8 +159,8 @@ class Batch:
     ?state=: only runs in that state).  GET /batch/{id}/results: every result, streamed.
     POST /batch/{id}/cancel."""
 
-    def __init__(self, client):
-        self.client = client
+    def __init__(self, client, pages: PageCache | None = None):
+        self.client, self.pages = client, pages if pages is not None else PageCache(0)
 
     def on_get(self, req, resp, batch_id):
         fields = {"offset": query_integer(req, "offset", 0, 0, MAX_ID),
@@ -168,7 +170,37 @@ class Batch:
         state = choice(req, "state", RUN_STATES)
         if state is not None:
             fields["state"] = state
-        resp.media = ask(self.client, req, "BatchStatus", batch_id=integer("batch_id", batch_id), **fields)
+        batch_id = integer("batch_id", batch_id)
+        if fields["limit"] == 0:
+            resp.media = ask(self.client, req, "BatchStatus", batch_id=batch_id, **fields)
+            return
+        send_page(req, resp, *self._page(req, resp.content_type, batch_id, fields))
+
+    def _page(self, req, media_type: str, batch_id: int, fields: dict) -> tuple[bytes, bytes, object]:
+        """(header, rest) of the page as bytes in `media_type`, and runq's tag of the page (None: runq
+        makes none for it).  runq is asked every time (it checks who asks); the rest comes from
+        the cache when runq says the page has not changed since, else from runq's reply (and is kept)."""
+        key = (batch_id, fields["offset"], fields["limit"], fields.get("state"), media_type)
+        cached, leading = self.pages.get_or_lead(key)
+        try:
+            reply = ask(self.client, req, "BatchStatus", batch_id=batch_id, **fields,
+                        if_page=cached[0] if cached else "")
+            page = reply.pop("page", None)   # the page's tag (None: runq makes none for it)
+            reply.pop("version", None)
+            if reply.pop("not_modified", False):
+                if cached is None or page != cached[0]:
+                    raise ProtocolError(f"runq answered not_modified for a page of batch {batch_id} "
+                                        "that runweb does not hold")
+                rest = cached[1]
+            else:
+                tail = {k: reply.pop(k) for k in list(reply) if k not in ("status", "message", "batch")}
+                rest = media.rest_of(tail, media_type)
+                if page is not None:
+                    self.pages.put(key, page, rest)
+        finally:
+            if leading:
+                self.pages.landed(key)
+        return media.head_of(reply, media_type), rest, page
 
     def on_get_results(self, req, resp, batch_id):
         batch_id = integer("batch_id", batch_id)
@@ -191,6 +223,29 @@ class Batch:
 
     def on_post_cancel(self, req, resp, batch_id):
         resp.media = ask(self.client, req, "CancelBatch", batch_id=integer("batch_id", batch_id))
+
+
+def send_page(req, resp, head: bytes, rest: bytes, tag: str | None) -> None:
+    """The page with an ETag (runq's tag of the page and the header's digest: the rest follows
+    from them), 304 when the client has it; no-cache: a browser asks again each time, cheaply."""
+    if tag is None:
+        _body(resp, head, rest)
+        return
+    etag = f'"{tag}-{hashlib.blake2b(head, digest_size=8).hexdigest()}"'
+    resp.etag = etag
+    resp.cache_control = ("no-cache",)
+    wanted = req.get_header("If-None-Match")
+    if wanted is not None and (wanted.strip() == "*" or etag in [t.strip().removeprefix("W/")
+                                                                  for t in wanted.split(",")]):
+        resp.status = falcon.HTTP_304
+        return
+    _body(resp, head, rest)
+
+
+def _body(resp, head: bytes, rest: bytes) -> None:
+    """Both parts as they are: a big page is not copied into one more buffer."""
+    resp.content_length = len(head) + len(rest)
+    resp.stream = iter((head, rest))
 
 
 class Run:

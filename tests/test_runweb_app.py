@@ -183,10 +183,10 @@ def test_health(client, runq):
 def test_batch_page_defaults_and_passes_next_offset_through(client, runq):
     runq.replies["BatchStatus"] = lambda f: protocol.reply(batch=BATCH, runs=[], next_offset=f["offset"] + 1000, **f)
     data = body(client.simulate_get("/batch/7"))
-    assert runq.requests[-1] == ("BatchStatus", {"batch_id": 7, "offset": 0, "limit": 1000})
+    assert runq.requests[-1] == ("BatchStatus", {"batch_id": 7, "offset": 0, "limit": 1000, "if_page": ""})
     assert data["next_offset"] == 1000 and data["batch"] == BATCH and data["runs"] == []
     client.simulate_get("/batch/7", params={"offset": "2000", "limit": "10000"})
-    assert runq.requests[-1] == ("BatchStatus", {"batch_id": 7, "offset": 2000, "limit": 10000})
+    assert runq.requests[-1] == ("BatchStatus", {"batch_id": 7, "offset": 2000, "limit": 10000, "if_page": ""})
 
 
 @pytest.mark.parametrize("path, query, message", [

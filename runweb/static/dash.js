@@ -87,7 +87,8 @@
 
   // ---- talking to the API (same origin: the browser sends its Origin and credentials)
   async function getJSON(url) {
-    const resp = await fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin", cache: "no-store" });
+    // no-cache: revalidated every time; a batch page comes with an ETag, so an unchanged one is a 304
+    const resp = await fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin", cache: "no-cache" });
     let data = null;
     try { data = await resp.json(); } catch (e) { data = null; }
     if (!resp.ok) throw new Error((data && data.message) || ("HTTP " + resp.status));
