@@ -24,7 +24,7 @@ from pathlib import Path
 from common import PY, ROOT, free_port, stop_all, wait_until  # noqa: E402  (bench/ is on sys.path)
 import report  # noqa: E402
 
-SIMX_ENV = ("RUNQ_HOST", "RUNQ_PORT", "RUNQ_LISTEN", "SIMX_DB_URL", "SIMX_DB_SYNCHRONOUS", "SIMX_LOG_LEVEL", "SIMX_VAR", "RUNWEB_PORT",
+SIMX_ENV = ("RUNQ_HOST", "RUNQ_PORT", "RUNQ_LISTEN", "SIMX_DB_URL", "SIMX_DB_SYNCHRONOUS", "RUNWEB_PAGE_CACHE", "SIMX_LOG_LEVEL", "SIMX_VAR", "RUNWEB_PORT",
             "RUNWEB_BIND", "RUNQ_HEARTBEAT", "RUNQ_LEASE", "RUNQ_GRACE", "SIMX_WORKER_SECRET_FILE",
             "SIMX_CLIENT_SECRET_FILE", "SIMX_TLS_CERT", "SIMX_TLS_KEY", "SIMX_TLS_CA")
 
