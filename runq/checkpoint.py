@@ -25,6 +25,7 @@ class Checkpointer:
     def __init__(self, path: str, every: float = EVERY):
         self.path, self.every = path, every
         self.done = 0            # checkpoints run (tests wait for it)
+        self.last: tuple | None = None   # (busy, WAL pages, pages checkpointed) of the latest
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="runq-checkpoint", daemon=True)
 
@@ -49,7 +50,7 @@ class Checkpointer:
         try:
             while not self._stop.wait(self.every):
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self.last = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     self.done += 1
                 except sqlite3.Error as exc:   # busy or I/O: the next one tries again
                     log.debug("checkpoint failed: %s", exc)
