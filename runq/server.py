@@ -308,7 +308,8 @@ class Server:
         whatever the record layer already decrypted, which no selector event would announce)."""
         got = 0
         while True:
-            if not self._take_frames(conn):
+            # frames left from before (a resumed connection, a reply it waited for); usually none
+            if conn.reader.buf and not self._take_frames(conn):
                 return
             if conn.paused or conn.closed or conn.reading:
                 return
@@ -408,6 +409,9 @@ class Server:
     # ---- timers
 
     def _deadline(self, conn: Connection) -> tuple[float, str]:
+        if (conn.role == "worker" and conn.frame_started is None and not conn.paused  # the common case:
+                and not conn.reading):                                                # an idle worker
+            return conn.last_input + self.idle_timeout, "worker silent too long"
         times = [(math.inf, "")]
         if conn.role is None:
             times.append((conn.opened + self.limits.auth_timeout, "did not say who it is in time"))
