@@ -16,6 +16,7 @@ from . import auth, engines
 from . import config as configuration
 from . import tls
 from .coordinator import Coordinator
+from .checkpoint import Checkpointer
 from .reader import ReaderProcess
 from .server import Server
 from .store import Store
@@ -109,6 +110,7 @@ def main(argv=None) -> int:
     except OSError as exc:
         print(f"runq: cannot listen on port {cfg.runq.port}: {exc}", file=sys.stderr)
         return 1
+    checkpointer = Checkpointer.start_for(store)   # WAL checkpoints off the loop
     log.info("database %s (instance %s); up to %d open files; %d worker secret(s), client secret %s",
              url, coordinator.instance, open_files, len(secrets.workers), "set" if secrets.client else "not set")
     exposed = [h for h in cfg.runq.listen if not is_loopback(h)]
@@ -127,6 +129,8 @@ def main(argv=None) -> int:
         log.exception("runq: unexpected error; exiting without committing this turn "
                       "(restarting resumes from the last commit)")
         return 70
+    if checkpointer is not None:
+        checkpointer.close()
     store.close()
     log.info("runq stopped")
     return 0

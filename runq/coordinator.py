@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 
 from . import auth, protocol, states
 from .api import Api
@@ -37,6 +38,7 @@ from .timers import Timers
 log = logging.getLogger("runq.coordinator")
 
 CONTACT_WRITE_INTERVAL = 5.0   # seconds between writes of a worker's last_contact
+CONTACT_WRITE_SLOT = 1.0       # contact writes fall due on whole slots: a fleet's are grouped in one commit
 PURGE_EVERY = 3600.0           # seconds between retention purges (runq.retention_days > 0)
 REPORT_OUTCOME = {
     "WorkerFinishedRun": states.OUTCOME_FINISHED, "WorkerFailedRun": states.OUTCOME_FAILED,
@@ -69,7 +71,8 @@ class Coordinator:
         self.last_batch_id = self.last_worker_id = 0   # highest ids given out; recover() reads them
         self.timers = Timers()
         self._timer_handlers = {"lease": self._lease_due, "grace": self._grace_due, "limit": self._limit_due,
-                                "contact": self._contact_due, "purge": self._purge_due}
+                                "contact": self._contact_due, "purge": self._purge_due,
+                                "retry": self._retry_due}
         self.facts = Facts(self.presence)   # what reads take from memory (the reader gets a copy)
         self.files_dir = files_dir
         self.api = Api(self, Queries(store.reader(), self.facts, files_dir))
@@ -177,26 +180,29 @@ class Coordinator:
         retention.  Kept by deadline (runq/timers.py), so a tick costs O(due), not O(fleet)."""
         for kind, key in self.timers.due(now):
             self._timer_handlers[kind](key, now)
-        self._release_due(now)
         if self.fairshare.due(now):
             self.fairshare.renormalize(now)
             self.matcher.rerank_all()
         return self.take_output()
 
-    def _release_due(self, now: float) -> None:
-        """Runs whose retry backoff is over go back to their batch's waiting runs."""
-        for key in self.backoff.due(now):
-            run = self.runs.get(key)
-            if run is None or run.state != states.WAITING or run.retry_at is None:
-                continue
-            batch = self.batches[run.batch_id]
-            run.retry_at = None
-            batch.n_delayed -= 1
-            heapq.heappush(batch.requeued, run.batch_index)
-            if batch.state == states.ACTIVE:
-                self.make_ready(batch, now)
+    def next_deadline(self) -> float:
+        """When tick() next has something to do (math.inf: nothing until a message comes): the
+        server wakes for it, so timers fire at their deadline rather than on a sweep's beat."""
+        return min(self.timers.next_deadline(), self.fairshare.due_at())
 
     # ---- timers (each handler checks the state it guards: a timer may be stale)
+    def _retry_due(self, key: tuple[int, int], now: float) -> None:
+        """A run's retry backoff is over: back to its batch's waiting runs."""
+        run = self.runs.get(key)
+        if run is None or run.state != states.WAITING or run.retry_at is None:
+            return
+        batch = self.batches[run.batch_id]
+        run.retry_at = None
+        batch.n_delayed -= 1
+        heapq.heappush(batch.requeued, run.batch_index)
+        if batch.state == states.ACTIVE:
+            self.make_ready(batch, now)
+
     def _lease_due(self, wid: int, now: float) -> None:
         """The lease runs from the last word of the worker or the dispatch, whichever is later."""
         worker = self.workers.get(wid)
@@ -248,7 +254,7 @@ class Coordinator:
         worker = self.workers.get(wid)
         if worker is not None and worker.last_contact > worker.saved_contact:
             worker.saved_contact = worker.last_contact
-            self.store.save_worker(worker.row())
+            self.store.save_worker({"id": wid, "last_contact": worker.last_contact})   # that column only
 
     def _purge_due(self, _key, now: float) -> None:
         self.timers.set("purge", None, now + PURGE_EVERY)
@@ -285,7 +291,7 @@ class Coordinator:
         worker = self.workers[wid]
         worker.last_contact = now
         if ("contact", wid) not in self.timers.live:
-            self.timers.set("contact", wid, max(now, worker.saved_contact + CONTACT_WRITE_INTERVAL))
+            self.timers.set("contact", wid, contact_slot(max(now, worker.saved_contact + CONTACT_WRITE_INTERVAL)))
         if mtype == "WorkerHeartbeat":
             self._heartbeat(worker, msg, now)
         elif mtype == "WorkerUpdate":
@@ -903,7 +909,7 @@ class Coordinator:
         self.store.save_run(run.row())
         if new == states.WAITING and run.retry_at is not None:
             batch.n_delayed += 1
-            self.backoff.hold(run.key, run.retry_at)
+            self.timers.set("retry", run.key, run.retry_at)
         elif new == states.WAITING:
             heapq.heappush(batch.requeued, run.batch_index)
             if batch.state == states.ACTIVE:
@@ -916,7 +922,7 @@ class Coordinator:
         self.store.save_batch(batch.counters())
 
     def _end_backoff(self, run: Run, batch: Batch) -> None:
-        self.backoff.discard(run.key)
+        self.timers.cancel("retry", run.key)
         run.retry_at = None
         batch.n_delayed -= 1
 
@@ -928,6 +934,11 @@ class Coordinator:
             self.matcher.remove_ready(batch.id)
             del self.batches[batch.id]
             self.store.save_batch(batch.counters())
+
+
+def contact_slot(when: float) -> float:
+    """The end of the CONTACT_WRITE_SLOT that `when` falls in."""
+    return math.ceil(when / CONTACT_WRITE_SLOT) * CONTACT_WRITE_SLOT
 
 
 MAX_HELD_RUNS = 64

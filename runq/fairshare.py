@@ -90,7 +90,11 @@ class FairShare:
     # ---- keeping numbers small
     def due(self, now: float) -> bool:
         """Whether renormalize(now) should run (then the caller re-ranks everything)."""
-        return self.rate * (now - self.base) > RENORM
+        return now >= self.due_at()
+
+    def due_at(self) -> float:
+        """The time from which due() is true (math.inf if never)."""
+        return self.base + RENORM / self.rate if self.rate > 0 else math.inf
 
     def renormalize(self, now: float) -> None:
         factor = self._factor(now)

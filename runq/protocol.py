@@ -53,6 +53,14 @@ class Kind:
             fast = lambda v: type(v) is str and v.isascii() and "\0" not in v  # noqa: E731
         elif self.types == (bool,):
             fast = lambda v: type(v) is bool  # noqa: E731
+        elif self.types == (int, float) and self.lo is not None:   # inclusive; NaN and inf fail it
+            lo, hi = self.lo, self.hi
+            fast = lambda v: (type(v) is float or type(v) is int) and lo <= v <= hi  # noqa: E731
+        elif self.types in ((list,), (dict,)):   # empty (an idle worker's heartbeat lists no runs)
+            container = self.types[0]
+            fast = lambda v: type(v) is container and not v  # noqa: E731
+        elif self.nullable and dict in self.types:   # ANY: null or an ASCII string (NUL is allowed inside)
+            fast = lambda v: v is None or (type(v) is str and v.isascii())  # noqa: E731
         object.__setattr__(self, "fits", fast or (lambda v: False))
 
     def problem(self, value) -> str | None:
@@ -403,4 +411,6 @@ def run_key(msg: dict) -> tuple[int, int, int] | None:
     """(batch_id, batch_index, attempt) a message speaks of, or None."""
     if msg.get("batch_id") is None:
         return None
+    if msg.get("batch_index") is None or msg.get("attempt") is None:   # optional, but all or none
+        raise ProtocolError(f"{msg['type']}: batch_id needs batch_index and attempt")
     return msg["batch_id"], msg["batch_index"], msg["attempt"]

@@ -34,7 +34,8 @@ from .config import Limits
 
 log = logging.getLogger("runq.server")
 
-TICK_EVERY = 0.5          # seconds between coordinator.tick() calls
+TICK_EVERY = 0.5          # longest wait in select (stopping is noticed within it); also the beat of
+                          # tick() for a coordinator without next_deadline()
 RECV_SIZE = 256 * 1024
 MIN_RECV = 4096           # what a read takes once the input budget is spent
 ACCEPT_PAUSE = 0.75       # seconds without accepting after EMFILE/ENFILE
@@ -116,6 +117,9 @@ class Server:
             self.listeners.append(sock)
         self.stopping = False
         self.last_tick = 0.0
+        # The coordinator's timers fire at their deadline: the loop wakes for the next one and
+        # calls tick() then (a coordinator without next_deadline() is ticked every TICK_EVERY).
+        self.next_timer = getattr(coordinator, "next_deadline", lambda: self.last_tick + TICK_EVERY)
         self.deadlines: list = []           # (time, seq, conn): lazily invalidated
         self.seq = itertools.count()
         self.unauth: dict[str, int] = {}    # peer address -> connections without a role
@@ -160,7 +164,7 @@ class Server:
     def step(self, timeout: float) -> None:
         """One loop turn."""
         now = self.clock()
-        soonest = min(self.last_tick + TICK_EVERY, self.deadlines[0][0] if self.deadlines else math.inf,
+        soonest = min(self.next_timer(), self.deadlines[0][0] if self.deadlines else math.inf,
                       self.accept_resume_at or math.inf)
         timeout = max(0.0, min(timeout, soonest - now))
         for key, mask in self.sel.select(timeout):
@@ -188,7 +192,7 @@ class Server:
         self._expire(now)
         if self.accept_resume_at is not None and now >= self.accept_resume_at:
             self._resume_accepting()
-        if now - self.last_tick >= TICK_EVERY:
+        if now >= self.next_timer():
             self.last_tick = now
             self._queue(self.coord.tick(now))
         # Commit before send: nothing goes out about state that is not durable.
@@ -304,7 +308,8 @@ class Server:
         whatever the record layer already decrypted, which no selector event would announce)."""
         got = 0
         while True:
-            if not self._take_frames(conn):
+            # frames left from before (a resumed connection, a reply it waited for); usually none
+            if conn.reader.buf and not self._take_frames(conn):
                 return
             if conn.paused or conn.closed or conn.reading:
                 return
@@ -404,6 +409,9 @@ class Server:
     # ---- timers
 
     def _deadline(self, conn: Connection) -> tuple[float, str]:
+        if (conn.role == "worker" and conn.frame_started is None and not conn.paused  # the common case:
+                and not conn.reading):                                                # an idle worker
+            return conn.last_input + self.idle_timeout, "worker silent too long"
         times = [(math.inf, "")]
         if conn.role is None:
             times.append((conn.opened + self.limits.auth_timeout, "did not say who it is in time"))

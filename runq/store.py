@@ -103,6 +103,14 @@ class Store:
         self._raw = sqlite and self.engine.dialect.paramstyle == "qmark"
         self._compiled: dict = {}
 
+    def defer_checkpoints(self, pages: int) -> None:
+        """SQLite: the writer checkpoints the WAL itself only past `pages` pages (another thread
+        does it meanwhile: runq/checkpoint.py).  Applies to every connection from now on."""
+        @sa.event.listens_for(self.engine, "connect")
+        def _autocheckpoint(dbapi_conn, _record):
+            dbapi_conn.execute(f"PRAGMA wal_autocheckpoint={int(pages)}")
+        self.engine.dispose()   # connections opened before get it too (they reopen)
+
     def reader(self) -> "Store":
         """A read-only Store over its own engine and connection, sharing the table definitions."""
         return Store._read_only(self.engine.url, self.tables)

@@ -1,5 +1,5 @@
 """The fair-share index, as pure units: usage with decay (runq/fairshare.py), owners by rank and
-batches by priority in the matcher (runq/matching.py), and the retry backoff heap (runq/retry.py)."""
+batches by priority in the matcher (runq/matching.py), and the retry delay (runq/retry.py)."""
 import math
 
 import pytest
@@ -144,19 +144,6 @@ def test_one_dispatch_costs_heap_work_not_a_scan_of_owners_or_batches():
 ])
 def test_backoff_delay(base, cap, failures, delay):
     assert Backoff(base, cap).delay(failures) == pytest.approx(delay)
-
-
-def test_backoff_heap_releases_runs_in_deadline_order_and_forgets_discarded_ones():
-    b = Backoff()
-    b.hold("late", 5.0)
-    b.hold("early", 2.0)
-    b.hold("gone", 1.0)
-    b.discard("gone")
-    assert b.due(1.5) == []
-    assert b.due(10.0) == ["early", "late"] and len(b) == 0
-    b.hold("again", 3.0)
-    b.hold("again", 4.0)                         # held anew: the later deadline counts
-    assert b.due(3.5) == [] and b.due(4.0) == ["again"]
 
 
 @pytest.mark.parametrize("sched, error", [

@@ -332,3 +332,19 @@ def test_a_worker_frame_only_has_to_keep_moving_a_strangers_must_finish(tmp_path
         assert closed(stranger)
     finally:
         runq.stop()
+
+
+def test_a_run_named_by_half_its_fields_closes_that_connection_not_runq(tmp_path):
+    """batch_id, batch_index and attempt are optional but all or none: a WorkerReconnect with a
+    batch_id alone once raised KeyError in the core and ended runq (found by the fuzz test)."""
+    runq = start_runq(tmp_path)
+    try:
+        link = Link.connect("127.0.0.1", runq.port)
+        handshake(link, "worker")
+        link.send({"type": "WorkerReconnect", "worker_id": 1, "batch_id": 3, "proof": None, **TRAITS})
+        assert "batch_id needs batch_index and attempt" in link.recv()["message"]
+        assert closed(link.sock)
+        client = RunqClient(port=runq.port)
+        assert client.request("Ping")["status"] == "ok"
+    finally:
+        runq.stop()

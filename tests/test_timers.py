@@ -92,3 +92,85 @@ def test_a_quiet_fleet_of_10000_costs_a_tick_only_what_is_due(tmp_path):
     for _ in range(10):
         h.tick(0.5)
     assert timers.popped - before == 0
+
+
+def test_a_retry_backoff_is_a_timer_in_the_one_deadline_heap(tmp_path):
+    """A transient failure's backoff is a ("retry", run) deadline among the others: the
+    coordinator's next deadline is the run's retry time, and it fires then, not before."""
+    h = Harness(f"sqlite:///{tmp_path / 'r.sqlite'}", cfg=RunqConfig(heartbeat_interval=10, lease=30, grace=60))
+    wid = h.worker("w")
+    start(h, 1, max_attempts=3)
+    failed_at = h.now
+    h.report("w", wid, h.assigned("w")[-1], "WorkerFailedRun", kind="transient")   # backoff: 1 s
+    assert h.coord.timers.when("retry", (1, 0)) == failed_at + 1.0
+    assert h.coord.next_deadline() == failed_at + 1.0
+    h.tick(0.999)
+    assert len(h.assigned("w")) == 1
+    h.tick(0.001)                                 # at its deadline
+    assert len(h.assigned("w")) == 2
+    assert h.coord.timers.when("retry", (1, 0)) is None
+
+
+def test_contact_writes_fall_on_shared_slots_and_write_last_contact_only(tmp_path):
+    """Heartbeats of a fleet within one slot are written in one tick, each as its last_contact only."""
+    h = Harness(f"sqlite:///{tmp_path / 'r.sqlite'}", cfg=RunqConfig(heartbeat_interval=10, lease=30, grace=60))
+    ids = [h.worker(f"w{i}") for i in range(3)]
+    h.tick(10.2)
+    for i, wid in enumerate(ids):
+        h.now += 0.2
+        h.send(f"w{i}", "WorkerHeartbeat", worker_id=wid, seq=0, runs=[])
+    dues = {h.coord.timers.when("contact", wid) for wid in ids}
+    assert len(dues) == 1 and dues.pop() == math.ceil(h.now)
+    assert not h.store.pending()
+    h.coord.tick(math.ceil(h.now))
+    assert {k: set(row) for k, (row, _) in h.store._dirty["workers"].items()} == {
+        wid: {"id", "last_contact"} for wid in ids}
+    h.store.commit()
+    rows = {r["id"]: r for r in h.store.worker_rows()}
+    assert [rows[wid]["last_contact"] for wid in ids] == [h.coord.workers[wid].last_contact for wid in ids]
+    assert all(rows[wid]["state"] == "idle" for wid in ids)   # the rest of the row is untouched
+
+
+class _Clocked:
+    """A coordinator with nothing but timers: counts its ticks."""
+    def __init__(self):
+        self.due, self.ticks = math.inf, []
+
+    def next_deadline(self):
+        return self.due
+
+    def tick(self, now):
+        self.ticks.append(now)
+        self.due = math.inf
+        return []
+
+
+class _NoStore:
+    def pending(self):
+        return False
+
+    def commit(self):
+        pass
+
+
+def test_the_server_ticks_at_the_coordinators_deadline_and_never_on_a_sweep():
+    from runq.server import Server
+    now = [5000.0]
+    coord = _Clocked()
+    server = Server(coord, _NoStore(), [("127.0.0.1", 0)], clock=lambda: now[0])
+    try:
+        for _ in range(5):                        # nothing due: no tick, however long it waits
+            now[0] += 3.0
+            server.step(0.0)
+        assert coord.ticks == []
+        coord.due = now[0] + 1.0
+        server.step(0.0)
+        assert coord.ticks == []                  # not yet
+        now[0] += 1.0
+        server.step(0.0)
+        assert coord.ticks == [now[0]]            # at its deadline, once
+        now[0] += 10.0
+        server.step(0.0)
+        assert len(coord.ticks) == 1
+    finally:
+        server.close()
