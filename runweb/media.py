@@ -89,7 +89,10 @@ def head_of(envelope: dict, media_type: str) -> bytes:
     if head is None:   # about 20x the cost of the JSON, even with libyaml
         if len(_YAML_HEADS) >= _YAML_HEADS_MAX:
             _YAML_HEADS.clear()
-        head = _YAML_HEADS[text] = dump_yaml(envelope).encode("utf-8")
+        head = dump_yaml(envelope)
+        if head.endswith("\n...\n"):   # a |+ block last: the document end marker would end the reply there
+            head = head[:-len("...\n")]
+        head = _YAML_HEADS[text] = head.encode("utf-8")
     return head
 
 
