@@ -77,22 +77,32 @@ _dump_json = functools.partial(json.dumps, ensure_ascii=False)   # what Falcon's
 
 _YAML_HEADS: dict[str, bytes] = {}   # JSON of a header -> its YAML: an ended batch's header repeats
 _YAML_HEADS_MAX = 256
+# bytes the kept headers may hold (JSON key + YAML), per process: a header carries its batch's
+# param (up to runq.api.MAX_PARAM_BYTES), and a running batch's header is new on every request
+_YAML_HEADS_BYTES = 4 * 1024 * 1024
+_yaml_heads_size = 0
 
 
 def head_of(envelope: dict, media_type: str) -> bytes:
     """The start of a reply whose other keys `rest_of` encodes: head_of(a) + rest_of(b) is the
     encoding of {**a, **b} (a top-level mapping splits at any key, in YAML's block style too)."""
+    global _yaml_heads_size
     text = _dump_json(envelope)
     if media_type != YAML:
         return text[:-1].encode("utf-8")
     head = _YAML_HEADS.get(text)
     if head is None:   # about 20x the cost of the JSON, even with libyaml
-        if len(_YAML_HEADS) >= _YAML_HEADS_MAX:
-            _YAML_HEADS.clear()
         head = dump_yaml(envelope)
         if head.endswith("\n...\n"):   # a |+ block last: the document end marker would end the reply there
             head = head[:-len("...\n")]
-        head = _YAML_HEADS[text] = head.encode("utf-8")
+        head = head.encode("utf-8")
+        size = 4 * len(text) + len(head)   # a str may take up to 4 bytes a character
+        if size <= _YAML_HEADS_BYTES // 16:
+            if len(_YAML_HEADS) >= _YAML_HEADS_MAX or _yaml_heads_size + size > _YAML_HEADS_BYTES:
+                _YAML_HEADS.clear()
+                _yaml_heads_size = 0
+            _YAML_HEADS[text] = head
+            _yaml_heads_size += size
     return head
 
 
