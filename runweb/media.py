@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 
 import falcon
 import yaml
@@ -81,6 +82,7 @@ _YAML_HEADS_MAX = 256
 # param (up to runq.api.MAX_PARAM_BYTES), and a running batch's header is new on every request
 _YAML_HEADS_BYTES = 4 * 1024 * 1024
 _yaml_heads_size = 0
+_yaml_heads_lock = threading.Lock()   # gthread: the size must follow the dict
 
 
 def head_of(envelope: dict, media_type: str) -> bytes:
@@ -98,11 +100,13 @@ def head_of(envelope: dict, media_type: str) -> bytes:
         head = head.encode("utf-8")
         size = 4 * len(text) + len(head)   # a str may take up to 4 bytes a character
         if size <= _YAML_HEADS_BYTES // 16:
-            if len(_YAML_HEADS) >= _YAML_HEADS_MAX or _yaml_heads_size + size > _YAML_HEADS_BYTES:
-                _YAML_HEADS.clear()
-                _yaml_heads_size = 0
-            _YAML_HEADS[text] = head
-            _yaml_heads_size += size
+            with _yaml_heads_lock:
+                if len(_YAML_HEADS) >= _YAML_HEADS_MAX or _yaml_heads_size + size > _YAML_HEADS_BYTES:
+                    _YAML_HEADS.clear()
+                    _yaml_heads_size = 0
+                if text not in _YAML_HEADS:
+                    _YAML_HEADS[text] = head
+                    _yaml_heads_size += size
     return head
 
 
