@@ -329,6 +329,7 @@ class Coordinator:
             state.bounds.check(msg)
         except auth.AuthError as exc:
             raise RunqError(f"{msg['type']}: {exc}", exc.code) from None
+        claimed = protocol.run_key(msg)   # ProtocolError for a half claim: before anything changes
         worker, why = self._proven(state, msg) if msg["type"] == "WorkerReconnect" else (None, "")
         sent_key = None
         new = worker is None
@@ -360,7 +361,6 @@ class Coordinator:
         worker.prefetch = prefetch
         for key in list(worker.held):   # what it held unstarted went with the old session
             self.revoke(worker, key, "worker reconnected", now, abort=False)
-        claimed = protocol.run_key(msg)
         keep = False
         if claimed is not None and not new:
             run = self.runs.get(claimed[:2])
