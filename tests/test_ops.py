@@ -115,6 +115,9 @@ def test_start_applies_changed_settings_to_a_running_program(ops):
     other = free_port()
     out = ok(ops.fab("runq.start", env_extra={"RUNQ_PORT": str(other)}))
     assert "changed" in out, out
+    # supervisor calls runq RUNNING after startsecs (1 s); binding its port can take longer on a
+    # loaded machine (imports, recovery), so the new port is awaited like the old one's closing
+    wait_until(lambda: not _refused(other), 10, what="runq to answer on its new port")
     assert ping(other)["status"] == "ok"
     wait_until(lambda: _refused(ops.runq_port), 10, what="the old port to close")
 
