@@ -7,7 +7,8 @@ synchronous=NORMAL that commit then fsyncs the database file, a 2-6 ms stall of 
 few hundred commits (P5's p99).  With the thread, the writer's own automatic checkpoint is only a
 backstop (``BACKSTOP_PAGES``), bounding the WAL if the thread falls behind or dies.  The thread
 holds no state of runq's and writes no row: crash-only semantics are untouched (SQLite
-recovers the WAL on open).
+recovers the WAL on open).  While nothing is committed (an idle fleet) and the last checkpoint
+was complete, it wakes without touching the database.
 """
 from __future__ import annotations
 
@@ -22,9 +23,13 @@ BACKSTOP_PAGES = 10000   # the writer checkpoints itself past this many WAL page
 
 
 class Checkpointer:
-    def __init__(self, path: str, every: float = EVERY):
-        self.path, self.every = path, every
+    def __init__(self, path: str, every: float = EVERY, commits=None):
+        """`commits`: a counter of the writer's commits (a callable); unchanged since a complete
+        checkpoint means nothing to copy.  None: checkpoint every `every` seconds regardless."""
+        self.path, self.every, self.commits = path, every, commits
         self.done = 0            # checkpoints run (tests wait for it)
+        self.wakes = 0           # periods passed
+        self.covered = None      # the commit count a complete checkpoint has copied
         self.last: tuple | None = None   # (busy, WAL pages, pages checkpointed) of the latest
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="runq-checkpoint", daemon=True)
@@ -36,7 +41,7 @@ class Checkpointer:
         if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
             return None
         store.defer_checkpoints(BACKSTOP_PAGES)
-        cp = cls(url.database, every)
+        cp = cls(url.database, every, commits=lambda: store.commits)
         cp._thread.start()
         return cp
 
@@ -49,9 +54,15 @@ class Checkpointer:
             return
         try:
             while not self._stop.wait(self.every):
+                self.wakes += 1
+                count = self.commits() if self.commits is not None else None   # read before: it may only grow
+                if count is not None and count == self.covered:
+                    continue   # no commit since a complete checkpoint: nothing to copy
                 try:
                     self.last = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     self.done += 1
+                    if self.last[0] == 0 and self.last[1] == self.last[2]:
+                        self.covered = count
                 except sqlite3.Error as exc:   # busy or I/O: the next one tries again
                     log.debug("checkpoint failed: %s", exc)
         finally:

@@ -23,8 +23,9 @@ def test_commits_leave_checkpoints_to_the_thread(tmp_path):
         for i in range(1, 51):
             store.add_batch(_batch(i))
             store.commit()
-        wait_until(lambda: cp.last is not None and cp.last[1] > 0 and cp.last[1] == cp.last[2], 10,
-                   what="the thread checkpointed every WAL page")
+        wait_until(lambda: cp.covered == store.commits == 50, 10,
+                   what="a complete checkpoint begun after the last commit")
+        assert cp.last[1] > 0 and cp.last[1] == cp.last[2]
         cp.close()
         # what the thread copied is in the database file itself, without the WAL
         (tmp_path / "copy.sqlite").write_bytes(path.read_bytes())
@@ -37,3 +38,22 @@ def test_commits_leave_checkpoints_to_the_thread(tmp_path):
 
 def test_no_thread_for_a_database_that_is_not_an_sqlite_file():
     assert Checkpointer.start_for(Store("sqlite://")) is None
+
+
+def test_no_checkpoint_while_nothing_is_committed(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 's.sqlite'}")
+    cp = Checkpointer.start_for(store, every=0.005)
+    try:
+        store.add_batch(_batch(1))
+        store.commit()
+        wait_until(lambda: cp.covered == store.commits, 10, what="the commit checkpointed")
+        idle, wakes = cp.done, cp.wakes
+        wait_until(lambda: cp.wakes >= wakes + 20, 10, what="twenty idle periods")
+        assert cp.done == idle          # an idle writer: the thread wakes, the database is not touched
+        store.add_batch(_batch(2))
+        store.commit()
+        wait_until(lambda: cp.done > idle and cp.covered == store.commits, 10,
+                   what="a checkpoint after the next commit")
+    finally:
+        cp.close()
+        store.close()
