@@ -648,7 +648,6 @@ class Coordinator:
         for wid in [w.id for w in self.workers.values()
                     if w.conn is None and w.run is None and not w.held and w.last_contact < cutoff]:
             del self.workers[wid]
-            self.facts.broken.pop(wid, None)
         if n_batches:
             self.metrics.load_ended(self.store.ended_batch_totals())
             self.files.purge(lambda batch_id: self.store.batch_row(batch_id) is not None)
@@ -693,7 +692,6 @@ class Coordinator:
         log.warning("worker %d (%s) cannot run engine %s: no more runs for it until it restarts (%s)",
                     worker.id, worker.host, worker.engine, why)
         worker.broken = why
-        self.facts.broken[worker.id] = why
         self.matcher.remove_idle(worker.id)
         self.note_presence(worker)
         self.store.save_worker(worker.row())

@@ -178,5 +178,5 @@ class Worker:
             "speed": self.speed, "priority": self.priority, "state": self.state,
             "batch_id": run[0], "batch_index": run[1], "started": self.started,
             "last_contact": self.last_contact, "draining": int(self.draining),
-            "key": self.key, "assign_seq": self.assign_seq,
+            "key": self.key, "assign_seq": self.assign_seq, "broken": self.broken,
         }

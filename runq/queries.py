@@ -91,15 +91,10 @@ class Facts:
     def __init__(self, presence=None):
         self._presence = presence
         self.keys: frozenset = frozenset()   # the copy, when there is no index to read
-        self.broken: dict = {}               # worker id -> why it gets no runs (kept by the coordinator)
 
-    def snapshot(self) -> tuple:
-        """What a copy needs: the present keys (the index leaves out draining and broken
-        workers) and the reasons of broken workers (shown in worker views)."""
-        return self.present_keys(), tuple(sorted(self.broken.items()))
-
-    def broken_reason(self, worker_id: int) -> str | None:
-        return self.broken.get(worker_id)
+    def snapshot(self) -> frozenset:
+        """What a copy needs: the present keys (the index leaves out draining and broken workers)."""
+        return self.present_keys()
 
     def present_keys(self) -> frozenset:
         """The (engine, group, user) keys with a present worker: what a copy needs."""
@@ -378,7 +373,7 @@ class Queries:
 
     def _worker_view(self, row: dict) -> dict:
         view = views.worker(row, row["state"] not in (states.DISCONNECTED, states.GONE), row["state"])
-        view["broken"] = self.facts.broken_reason(row["id"])   # why it gets no runs (state "broken")
+        view["broken"] = row.get("broken")   # why it gets no runs (state "broken"), committed with the state
         return view
 
     def worker_list(self, msg, now):

@@ -142,7 +142,7 @@ class ReaderProcess:
         self.numbers = 0
         self.outbuf = bytearray()
         self.inbuf = bytearray()
-        self.sent_keys = None                  # the facts (presence keys, broken workers) the child has
+        self.sent_keys = None                  # the facts (presence keys) the child has
         # the URL travels over the socket, not the command line (a password would show in ps)
         self._write({"url": url.render_as_string(hide_password=False) if hasattr(url, "render_as_string")
                      else str(url), "log_level": log_level,
@@ -171,7 +171,7 @@ class ReaderProcess:
         keys = self.facts.snapshot()
         if keys != self.sent_keys:
             self.sent_keys = keys
-            self._write({"served": sorted(keys[0]), "broken": [list(kv) for kv in keys[1]]})
+            self._write({"served": sorted(keys)})
         self.numbers += 1
         self.pending[self.numbers] = conn
         self._write({"read": self.numbers, "msg": msg, "now": time.time()})
@@ -230,7 +230,6 @@ def serve_child(sock: socket.socket) -> int:
                 queries = Queries(Store.open_reader(item["url"]), facts, item.get("files_dir"))
             elif "served" in item:
                 facts.keys = frozenset(tuple(k) for k in item["served"])
-                facts.broken = {k: v for k, v in item.get("broken", ())}
             else:
                 reply = answer(queries, item["msg"], item["now"])
                 sock.sendall(_REPLY_HEAD.pack(item["read"], len(reply)) + reply)

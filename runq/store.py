@@ -48,6 +48,7 @@ COLUMNS = {
         "cost": "f", "speed": "f", "priority": "f", "state": "s", "batch_id": "i", "batch_index": "i",
         "started": "f", "last_contact": "f", "draining": "i",
         "key": "s", "assign_seq": "i",   # proof of identity (hex); seq of its latest RunqAssignRun
+        "broken": "s",   # why it cannot run its engine (state broken), committed with that state; else NULL
     },
     "meta": {"name": "s", "value": "s"},   # this database's facts: its instance uuid
 }

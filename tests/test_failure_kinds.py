@@ -62,6 +62,10 @@ def test_a_broken_worker_gets_no_more_runs_and_says_why_until_it_restarts(h):
     worker = h.request("WorkerStatus", worker_id=w1)["worker"]
     assert (worker["state"], worker["connected"]) == ("broken", True)
     assert "not found" in worker["broken"]
+    # the reason is committed with the state: a reader (runq's reader process) that knows nothing
+    # of the loop's memory shows both together
+    stored = h.coord.store.reader().worker_rows(worker_id=w1)[0]
+    assert stored["state"] == "broken" and "not found" in stored["broken"]
     start(h, 3)
     h.tick(5)
     assert len(h.assigned("w1")) == 1                    # nothing new for it
