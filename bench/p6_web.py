@@ -81,12 +81,7 @@ def measure(cls: str, workers: int, args) -> dict:
     with Stack() as s:
         s.env.update(env_extra)
         s.start_runq()
-        s.start_workers(4, kind="driver")
-        s.wait_connected(4)
-        bid = s.request("StartBatch", name="p6", engine="dummy", n_runs=1000, param={})["batch_id"]
-        wait_until(lambda: s.request("BatchStatus", batch_id=bid, offset=0, limit=0)["batch"]["state"] != "active",
-                   120, "the 1,000-run batch done")
-        s.stop_workers()
+        bid = s.ended_batch(1000)
         s.start_runweb(workers=workers)
         trivial, tport = start_trivial(s, s.env, workers)
         page = f"http://127.0.0.1:{s.web_port}/batch/{bid}?limit=1000"

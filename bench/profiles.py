@@ -24,7 +24,6 @@ import time
 
 import common  # noqa: F401
 import report
-from common import wait_until
 from report import median
 from stack import Options, Stack
 
@@ -160,12 +159,7 @@ def page(args):
     from p6_web import wrk
     with Stack() as s:
         s.start_runq()
-        s.start_workers(4, kind="driver")
-        s.wait_connected(4)
-        bid = s.request("StartBatch", name="page", engine="dummy", n_runs=1000, param={})["batch_id"]
-        wait_until(lambda: s.request("BatchStatus", batch_id=bid, offset=0, limit=0)["batch"]["state"] != "active",
-                   120, "batch done")
-        s.stop_workers()
+        bid = s.ended_batch(1000)
         s.start_runweb()
         sock, web = [], []
         for _ in range(20):

@@ -223,6 +223,16 @@ class Stack:
         self.workers += procs
         return procs
 
+    def ended_batch(self, n_runs: int, drivers: int = 4) -> int:
+        """A batch of n_runs run to its end by `drivers` minimal workers (stopped after): its id."""
+        self.start_workers(drivers, kind="driver")
+        self.wait_connected(drivers)
+        bid = self.request("StartBatch", name="ended", engine="dummy", n_runs=n_runs, param={})["batch_id"]
+        wait_until(lambda: self.request("BatchStatus", batch_id=bid, offset=0, limit=0)["batch"]["state"]
+                   != "active", 120, f"the {n_runs:,}-run batch done")
+        self.stop_workers()
+        return bid
+
     def wait_connected(self, n: int, timeout: float = 120):
         def enough():
             workers = self.request("WorkerList", offset=0, limit=10_000)["workers"]

@@ -92,10 +92,6 @@ class Facts:
         self._presence = presence
         self.keys: frozenset = frozenset()   # the copy, when there is no index to read
 
-    def snapshot(self) -> frozenset:
-        """What a copy needs: the present keys (the index leaves out draining and broken workers)."""
-        return self.present_keys()
-
     def present_keys(self) -> frozenset:
         """The (engine, group, user) keys with a present worker: what a copy needs."""
         return self._presence.present_keys() if self._presence is not None else self.keys

@@ -168,7 +168,7 @@ class ReaderProcess:
             del self.outbuf[:sent]
 
     def submit(self, conn, msg: dict) -> None:
-        keys = self.facts.snapshot()
+        keys = self.facts.present_keys()
         if keys != self.sent_keys:
             self.sent_keys = keys
             self._write({"served": sorted(keys)})

@@ -1,4 +1,4 @@
-"""Review: a WorkerReconnect claiming a run with batch_id alone (batch_index and attempt are
+"""A WorkerReconnect claiming a run with batch_id alone (batch_index and attempt are
 optional, but all or none: protocol.run_key) is refused before it changes anything."""
 import pytest
 

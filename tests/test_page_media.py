@@ -1,4 +1,4 @@
-"""Review of the page cache (issue 10): a page split into header and rest must still be one
+"""runweb/media.py for the page cache (issue 10): a page split into header and rest must still be one
 valid document equal to the uncached reply."""
 import pytest
 import yaml
