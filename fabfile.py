@@ -23,7 +23,7 @@ from ops import paths as ops_paths, ssh as ops_ssh  # noqa: E402
 from ops.control import OpsError  # noqa: E402
 from ops.fleet import Control  # noqa: E402
 from ops.render import RUNQ, RUNWEB  # noqa: E402
-from runq.config import ConfigError  # noqa: E402
+from simx.config import ConfigError  # noqa: E402
 
 
 def _control() -> Control:
@@ -90,8 +90,8 @@ def runq_status(c):
 @task(name="secrets")
 def runq_secrets(c, force=False):
     """Create the worker and client secret files (mode 0600; --force replaces existing ones)."""
-    from runq import auth
-    from runq import config as simx_config
+    from simx import auth
+    from simx import config as simx_config
     try:
         cfg = simx_config.load(env=os.environ)
         lines = auth.create_secret_files(cfg.runq, lambda p: simx_config.resolve_var_path(p, cfg.root, cfg.var),

@@ -28,7 +28,7 @@ import tempfile
 import time
 
 from common import PY, ROOT, free_port, stop_all, runq_client  # noqa: E402  (bench/ is on sys.path when run)
-from runq.client import RunqUnavailable  # noqa: E402
+from simx.client import RunqUnavailable  # noqa: E402
 
 
 class Chaos:

@@ -12,14 +12,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 PY = sys.executable
 
-from runq.client import RunqUnavailable  # noqa: E402
+from simx.client import RunqUnavailable  # noqa: E402
 
 
 def runq_client(port: int, timeout: float = 30.0):
     """A RunqClient for the bench's runq on loopback, holding the client secret conf names
     (runq.client_secret_file / SIMX_CLIENT_SECRET_FILE), as runweb and fab do."""
-    from runq import config
-    from runq.client import RunqClient
+    from simx import config
+    from simx.client import RunqClient
     secret = RunqClient.from_config(config.load()).secret
     return RunqClient("127.0.0.1", port, timeout=timeout, secret=secret)
 

@@ -10,8 +10,8 @@ import socket
 import sys
 
 sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
-from runq import auth, config, protocol  # noqa: E402
-from runq.client import Link, RunqUnavailable, handshake  # noqa: E402
+from simx import auth, config, protocol  # noqa: E402
+from simx.client import Link, RunqUnavailable, handshake  # noqa: E402
 
 
 def main(port: int) -> int:

@@ -16,7 +16,7 @@ import sys
 import time
 
 sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
-from runq import auth, protocol  # noqa: E402
+from simx import auth, protocol  # noqa: E402
 
 REPORTS = ("WorkerFinishedRun", "WorkerFailedRun", "WorkerAbortedRun", "WorkerStoppedRun")
 

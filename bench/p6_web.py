@@ -49,7 +49,7 @@ def wrk(url: str, seconds: float, conns: int, headers=()) -> dict:
 def start_trivial(s: Stack, env: dict, workers: int) -> tuple[subprocess.Popen, int]:
     """bench/trivial_app.py under runweb's own gunicorn argv (only the application swapped)."""
     port = free_port()
-    code = ("import json, sys; from runq import config; import runweb.__main__ as m; "
+    code = ("import json, sys; from simx import config; import runweb.__main__ as m; "
             f"a = m.parse_args(['--port', '{port}', '--bind', '127.0.0.1', '--workers', '{workers}']); "
             "print(json.dumps(m.gunicorn_argv(a, config.load())))")
     argv = json.loads(subprocess.run([PY, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,

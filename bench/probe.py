@@ -12,7 +12,7 @@ import sys
 import time
 
 sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
-from runq import auth, config, protocol  # noqa: E402
+from simx import auth, config, protocol  # noqa: E402
 
 
 def main(port: int) -> None:

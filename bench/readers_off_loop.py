@@ -27,7 +27,7 @@ from common import PY, ROOT, free_port, runq_client, stop_all, wait_until  # noq
 
 
 def serve(mode: str, port: int, url: str) -> int:
-    from runq.config import BatchDefaults, RunqConfig
+    from simx.config import BatchDefaults, RunqConfig
     from runq.coordinator import Coordinator
     from runq.queries import Queries
     from runq.reader import ReaderProcess, ReaderThread

@@ -44,7 +44,7 @@ class Options:
 
 def tls_available() -> bool:
     """Whether this runq has the runq.tls.* keys (another stream adds them)."""
-    from runq import config
+    from simx import config
     try:
         return hasattr(config.load().runq, "tls")
     except Exception:  # noqa: BLE001  a conf this bench cannot read says no
@@ -102,7 +102,7 @@ class Stack:
 
     # ---- set-up
     def _secrets(self):
-        from runq import auth
+        from simx import auth
         for role in ("worker", "client"):
             path = Path(self.tmp) / "secrets" / f"{role}.secret"
             auth.write_secret(path)
@@ -127,8 +127,8 @@ class Stack:
     def client(self):
         """A RunqClient as the benches use it (client secret and CA from the environment, as conf says)."""
         if self._client is None:
-            from runq import config
-            from runq.client import RunqClient
+            from simx import config
+            from simx.client import RunqClient
             saved = {k: os.environ.get(k) for k in SIMX_ENV}
             os.environ.update({k: v for k, v in self.env.items() if k in SIMX_ENV})
             try:

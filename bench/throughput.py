@@ -18,7 +18,7 @@ import tempfile
 import time
 
 from common import PY, ROOT, free_port, stop_all, wait_until, runq_client  # noqa: E402  (bench/ is on sys.path when run)
-from runq.client import RunqClient  # noqa: E402
+from simx.client import RunqClient  # noqa: E402
 import report  # noqa: E402
 
 

@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from runq import config as simx_config
+from simx import config as simx_config
 
 from . import hosts
 from .control import OpsError

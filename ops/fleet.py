@@ -19,7 +19,7 @@ import threading
 import invoke.exceptions
 import paramiko
 
-from runq import config as simx_config
+from simx import config as simx_config
 
 from . import hosts, paths as ops_paths, secrets as ops_secrets, settings
 from .control import OpsError

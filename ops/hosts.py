@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 
-from runq.config import ConfigError, read_mapping
+from simx.config import ConfigError, read_mapping
 
 from . import paths
 

@@ -14,7 +14,7 @@ import json
 import shlex
 from pathlib import Path
 
-from runq.config import Config
+from simx.config import Config
 
 from . import secrets as ops_secrets, ssh as ops_ssh, wheelhouse
 from .control import OpsError

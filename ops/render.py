@@ -17,7 +17,7 @@ import string
 import sys
 from pathlib import Path
 
-from runq.config import ENV, Config, ConfigError
+from simx.config import ENV, Config, ConfigError
 
 from . import paths as ops_paths
 from .hosts import Instance, Pool

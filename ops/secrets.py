@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from runq.config import Config
+from simx.config import Config
 
 from .control import OpsError
 from .render import CLIENT_SECRET, TLS_CA, WORKER_SECRET
@@ -61,8 +61,8 @@ def read_secret(path: Path) -> bytes:
 
 def runq_client(config: Config, env, timeout: float = 10.0):
     """A RunqClient for fab's queries, with the client secret and TLS (the CA) when configured."""
-    from runq import tls as runq_tls
-    from runq.client import RunqClient
+    from simx import tls as runq_tls
+    from simx.client import RunqClient
     path = file_of(config, env, CLIENT_SECRET)
     secret = read_secret(path) if path else None
     ca = file_of(config, env, TLS_CA)
@@ -74,7 +74,7 @@ def runq_client(config: Config, env, timeout: float = 10.0):
 
 def connected_workers(config: Config, env) -> set[tuple[str, int]] | None:
     """(host, pid) of every worker runq lists as connected; None when runq does not answer."""
-    from runq.client import RunqUnavailable
+    from simx.client import RunqUnavailable
     client = runq_client(config, env)
     out, offset = set(), 0
     try:

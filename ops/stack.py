@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from runq import config as simx_config
+from simx import config as simx_config
 
 from . import settings
 from .agent import Agent

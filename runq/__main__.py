@@ -12,9 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from . import auth, engines
-from . import config as configuration
-from . import tls
+from simx import auth, catalog as engines
+from simx import config as configuration
+from simx import tls
 from .coordinator import Coordinator
 from .checkpoint import Checkpointer
 from .reader import ReaderProcess

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 
-from . import protocol, states, submit, views
+from . import states, submit, views
+from simx import protocol
 from .errors import BadRequest, Conflict, Forbidden, NotFound
 from .queries import (DEFAULT_PAGE, MAX_PAGE, MAX_RESULT_BYTES, PAGE_BYTES, READS, RESULT_STATES,  # noqa: F401
                       RESULTS_BUDGET, Queries, hints, json_size, may_see, run_param, who)

@@ -20,10 +20,11 @@ import heapq
 import logging
 import math
 
-from . import auth, protocol, states
+from . import states
+from simx import auth, protocol
 from .api import Api
 from .queries import MAX_RESULT_BYTES, Facts, Queries, json_size
-from .config import BatchDefaults, RunqConfig, SchedConfig
+from simx.config import BatchDefaults, RunqConfig, SchedConfig
 from .errors import RunqError
 from .fairshare import FairShare
 from .files import Files, UploadRefused

@@ -7,7 +7,8 @@ from __future__ import annotations
 import dataclasses
 import heapq
 
-from . import states, sweep
+from . import states
+from simx import sweep
 
 
 @dataclasses.dataclass(slots=True, eq=False)

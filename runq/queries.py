@@ -17,7 +17,8 @@ from __future__ import annotations
 import base64
 import json
 
-from . import protocol, states, sweep, views
+from . import states, views
+from simx import protocol, sweep
 from .errors import BadRequest, Forbidden, NotFound
 from .files import Files, UploadRefused
 

@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 
-from . import protocol
+from simx import protocol
 from .errors import RunqError
 
 log = logging.getLogger("runq.reader")

@@ -29,8 +29,8 @@ import socket
 import ssl
 import time
 
-from . import protocol
-from .config import Limits
+from simx import protocol
+from simx.config import Limits
 
 log = logging.getLogger("runq.server")
 

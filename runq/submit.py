@@ -14,7 +14,7 @@ submit (400), never three failures later.  O(number of sweep values), never O(ru
 """
 from __future__ import annotations
 
-from . import engines, sweep
+from simx import catalog as engines, sweep
 from .errors import BadRequest
 
 MAX_RUNS = 100_000_000

@@ -13,8 +13,8 @@ import argparse
 import os
 import sys
 
-from runq import config as simx_config
-from runq import tls as runq_tls
+from simx import config as simx_config
+from simx import tls as runq_tls
 
 from . import request_metrics
 

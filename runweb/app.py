@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import falcon
 
-from runq import config as simx_config
-from runq.client import RunqClient, RunqUnavailable
-from runq.protocol import ProtocolError
+from simx import config as simx_config
+from simx.client import RunqClient, RunqUnavailable
+from simx.protocol import ProtocolError
 
 from . import auth, dashboard, media, metrics, openapi, origin, request_metrics, resources
 from .page_cache import PageCache

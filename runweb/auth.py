@@ -32,7 +32,7 @@ from typing import Iterable
 
 import yaml
 
-from runq.config import ConfigError
+from simx.config import ConfigError
 
 from .errors import NotAuthenticated, TooManyLogins
 

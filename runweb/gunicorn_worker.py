@@ -22,7 +22,7 @@ from gunicorn import util
 from gunicorn.http.errors import NoMoreData
 from gunicorn.workers import gthread
 
-from runq import config as simx_config
+from simx import config as simx_config
 
 from .media import dump_yaml
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from runq.protocol import ProtocolError
+from simx.protocol import ProtocolError
 
 from . import request_metrics
 from .resources import ask_plain

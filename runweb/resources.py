@@ -13,8 +13,8 @@ import urllib.parse
 
 import falcon
 
-from runq.client import RunqUnavailable
-from runq.protocol import ProtocolError
+from simx.client import RunqUnavailable
+from simx.protocol import ProtocolError
 
 from . import batch_request, media, results
 from .page_cache import PageCache

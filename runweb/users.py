@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from runq import config as simx_config
+from simx import config as simx_config
 
 from .auth import hash_password, read_users
 from .media import dump_yaml

@@ -1,6 +1,7 @@
-"""simx, the command line: submit batches to runweb, list and watch them, read results.
+"""simx's shared library: what every program may import (runq, runweb, worker, ops, the CLI).
 
-It talks to runweb over HTTP (JSON) only, never to runq, and holds no runq secret.
-Modules, one noun each: ``config`` (where runweb is and who I am), ``http`` (the client),
-``commands`` (one function per command), ``render`` (tables and progress), ``cli`` (argv).
+``protocol`` (messages and framing), ``client`` (the blocking runq client), ``auth``
+(secrets and the handshake's proofs), ``tls``, ``config`` (settings), ``catalog`` (the
+operator's engines file), ``paramschema`` and ``sweep``.  The command line is ``simx.cli``.
+What runs only inside the runq process lives in ``runq/``.
 """

@@ -34,7 +34,7 @@ def stack(tmp_path):
     client (RunqClient), env (the processes' environment), workers (list of Proc).
     Everything started here is stopped when the test ends, pass or fail.
     """
-    from runq.client import RunqClient
+    from simx.client import RunqClient
 
     started: list[procs.Proc] = []
     try:

@@ -163,7 +163,7 @@ def _wait_ready(proc: Proc, ready, timeout: float, what: str) -> Proc:
 def make_secrets(tmp: Path) -> dict:
     """A worker and a client secret file under `tmp` (mode 0600): the env naming them, to pass to
     base_env(**...).  Processes started with it authenticate; `client(port, env)` does too."""
-    from runq import auth
+    from simx import auth
     out = {}
     for role in ("worker", "client"):
         path = Path(tmp) / "secrets" / f"{role}.secret"
@@ -175,14 +175,14 @@ def make_secrets(tmp: Path) -> dict:
 
 def secret_of(env: dict | None, role: str = "client") -> bytes | None:
     """The secret a process started with `env` would use for `role` (None without one)."""
-    from runq import auth
+    from simx import auth
     path = (env or {}).get(f"SIMX_{role.upper()}_SECRET_FILE")
     return auth.load_secret(path) if path else None
 
 
 def client(port: int, env: dict | None = None, timeout: float = 5.0, host: str = "127.0.0.1", tls=None):
     """A RunqClient holding the client secret `env` names, if any (and TLS with a client context)."""
-    from runq.client import RunqClient
+    from simx.client import RunqClient
     return RunqClient(host, port, timeout=timeout, secret=secret_of(env), tls=tls)
 
 

@@ -10,8 +10,8 @@ import pytest
 
 import procs
 from procs import PYTHON, base_env, free_port, make_secrets, secret_of, start_runq, start_worker, wait_until
-from runq import protocol
-from runq.client import Link, RunqClient, RunqRefused, handshake
+from simx import protocol
+from simx.client import Link, RunqClient, RunqRefused, handshake
 
 TRAITS = dict(host="attacker", pid=1, group="", user="", engine="dummy", cost=1.0, speed=1.0, priority=0.0)
 FAST = ("--retry-delay-max", "0.3")
@@ -123,7 +123,7 @@ def test_runweb_reaches_a_secured_runq_with_the_client_secret(secured):
 def test_runaway_traits_are_refused_and_bounds_are_pinned_per_secret(tmp_path, secured):
     runaway = start_worker(secured.tmp, secured.port, env=secured.env, name="runaway", cost=-1e308)
     lab_secret = tmp_path / "lab.secret"
-    from runq import auth
+    from simx import auth
     auth.write_secret(lab_secret)
     port = free_port()
     conf = tmp_path / "simx.yaml"

@@ -14,8 +14,8 @@ import time
 import pytest
 
 from procs import eventually, start_runq, start_worker, wait_until
-from runq import protocol
-from runq.client import Link, RunqClient, handshake
+from simx import protocol
+from simx.client import Link, RunqClient, handshake
 
 MiB = 1024 * 1024
 READY = dict(host="h", pid=1, group="", user="", engine="dummy", cost=1.0, speed=1.0, priority=0.0)

@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from runq import auth, config, protocol
-from runq.client import Link, RunqRefused, handshake
+from simx import auth, config, protocol
+from simx.client import Link, RunqRefused, handshake
 
 SECRET = b"a1" * 32
 OTHER = b"b2" * 32

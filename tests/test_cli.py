@@ -18,8 +18,9 @@ import yaml
 
 import procs
 from procs import PYTHON, ROOT, wait_until
-from simx import cli, commands, config
-from simx.http import SimxError
+from simx import cli
+from simx.cli import commands, config
+from simx.cli.http import SimxError
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 FAST = {"step_count": 5, "step_delay": 0.15}

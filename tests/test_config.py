@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from runq import config
+from simx import config
 
 
 def test_defaults_from_the_shipped_file():

@@ -2,8 +2,8 @@
 The store is real (SQLite in tmp_path), as it is in production."""
 import pytest
 
-from runq import auth, protocol
-from runq.config import BatchDefaults, RunqConfig
+from simx import auth, protocol
+from simx.config import BatchDefaults, RunqConfig
 from runq.coordinator import Coordinator
 from runq.store import Store
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from runq import auth, protocol
-from runq.config import BatchDefaults
+from simx import auth, protocol
+from simx.config import BatchDefaults
 from runq.coordinator import Coordinator
 from runq.store import Store
 from test_coordinator import CFG, Harness, start

@@ -2,7 +2,7 @@
 optional, but all or none: protocol.run_key) is refused before it changes anything."""
 import pytest
 
-from runq import protocol
+from simx import protocol
 from test_coordinator import Harness
 
 

@@ -238,7 +238,7 @@ def roles_site(tmp_path):
     """runweb's real app (in a thread, on a free loopback port) in front of the stub above."""
     from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-    from runq import config
+    from simx import config
     from runweb.app import create_app
 
     class Quiet(WSGIRequestHandler):

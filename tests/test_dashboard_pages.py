@@ -6,7 +6,7 @@ import falcon.testing
 import pytest
 import yaml
 
-from runq import config, protocol
+from simx import config, protocol
 from runweb.app import create_app
 
 CHROME_ACCEPT = ("text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"

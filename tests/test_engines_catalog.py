@@ -10,8 +10,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runq import engines, paramschema
-from runq.engines import ParamError, SchemaError, UnknownEngine
+from simx import catalog as engines, paramschema
+from simx.catalog import ParamError, SchemaError, UnknownEngine
 
 ROOT = Path(__file__).resolve().parent.parent
 

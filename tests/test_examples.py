@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runq import engines as catalog_mod
-from runq import protocol, sweep
+from simx import catalog as catalog_mod
+from simx import protocol, sweep
 from worker.engines import failure_kind
 from worker.engines.named import engine_for
 from worker.job import Job

@@ -2,8 +2,8 @@
 driven without sockets (tests/test_coordinator.py's harness: real SQLite store, time as an argument)."""
 import pytest
 
-from runq import protocol
-from runq.config import BatchDefaults, SchedConfig
+from simx import protocol
+from simx.config import BatchDefaults, SchedConfig
 from runq.coordinator import Coordinator
 from runq.store import Store
 from worker.engines.base import Fatal, ProgramUnavailable

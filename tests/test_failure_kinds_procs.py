@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 import procs
-from runq.client import RunqClient
+from simx.client import RunqClient
 
 ENGINE = {"kind": "command", "params": {"x": {"type": "int", "default": 1}}}
 BROKEN = {"engines": {"probe": dict(ENGINE, argv=["/nonexistent/simx-probe", "--x={param.x}"])}}

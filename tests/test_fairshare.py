@@ -158,7 +158,7 @@ def test_backoff_delay(base, cap, failures, delay):
 def test_sched_settings(tmp_path, sched, error):
     import yaml
 
-    from runq.config import ConfigError, load
+    from simx.config import ConfigError, load
     conf = tmp_path / "simx.yaml"
     conf.write_text(yaml.safe_dump({"sched": sched}))
     if error is None:

@@ -7,7 +7,7 @@
 import pytest
 
 import procs
-from runq.client import RunqClient
+from simx.client import RunqClient
 from test_failure_kinds_procs import start_runq_with_conf
 
 WORKERS = 4

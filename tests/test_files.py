@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-from runq import engines, protocol
-from runq.config import BatchDefaults, RunqConfig
+from simx import catalog as engines, protocol
+from simx.config import BatchDefaults, RunqConfig
 from runq.coordinator import Coordinator
 from runq.files import Files, UploadRefused
 from test_coordinator import CFG, Harness

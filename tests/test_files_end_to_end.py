@@ -15,7 +15,7 @@ import yaml
 
 import procs
 from procs import ROOT, http, wait_until
-from runq import sweep
+from simx import sweep
 from test_cli import cli_env, simx
 
 sys.path.append(str(ROOT))

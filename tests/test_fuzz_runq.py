@@ -26,9 +26,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from procs import start_runq, start_worker, wait_until
-from runq import protocol
-from runq.client import Link, RunqClient, RunqUnavailable, handshake
-from runq.config import Limits
+from simx import protocol
+from simx.client import Link, RunqClient, RunqUnavailable, handshake
+from simx.config import Limits
 
 EXAMPLES, FRAMES_PER_EXAMPLE = 1010, 10     # > 10,000 frames
 ANSWER_TIMEOUT = 5.0

@@ -6,7 +6,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import procs
-from runq import protocol
+from simx import protocol
 from runq.metrics import Histogram
 from runweb.metrics import render
 from test_coordinator import Harness

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from procs import ROOT, base_env, free_port, http, ping, wait_until, workers_connected, Proc
-from runq.client import RunqUnavailable
+from simx.client import RunqUnavailable
 from ops.control import Supervisor, alive, read_pid
 from ops.paths import Paths
 

@@ -12,8 +12,8 @@ from supervisor.options import ServerOptions
 
 from procs import ROOT
 from ops import hosts
-from runq import config as simx_config
-from runq.config import ConfigError
+from simx import config as simx_config
+from simx.config import ConfigError
 from ops.paths import MAX_SOCKET_PATH, Paths
 from ops.render import render
 

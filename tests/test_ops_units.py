@@ -13,8 +13,8 @@ from ops.fleet import Control
 from ops.remote import pick_python
 from ops.render import Target, programs, remote_target, render
 from ops.ssh import fingerprint
-from runq import config as simx_config
-from runq.config import ConfigError
+from simx import config as simx_config
+from simx.config import ConfigError
 
 
 def _fleet(tmp_path, text: str):

@@ -1,7 +1,7 @@
 """A batch's change counter (issue 10): every commit that writes a batch's row or one of its
 runs adds 1 to the batch's `version`; reads never commit and never change it; databases from
 before the column get 0."""
-from runq import protocol
+from simx import protocol
 from runq.store import Store
 from test_coordinator import Harness
 

@@ -2,7 +2,7 @@
 assignments; a held run is `assigned` until WorkerStartedRun, revocable, and its time limit
 starts when it starts.  Old workers (no prefetch field) are unchanged.  Fake workers drive a
 real coordinator and store."""
-from runq.config import RunqConfig
+from simx.config import RunqConfig
 from test_coordinator import Harness, start
 
 CFG = RunqConfig(heartbeat_interval=10, lease=30, grace=60)

@@ -4,8 +4,8 @@ import struct
 
 import pytest
 
-from runq import protocol
-from runq.protocol import FrameReader, ProtocolError
+from simx import protocol
+from simx.protocol import FrameReader, ProtocolError
 
 
 def test_frame_length_counts_bytes_not_characters():

@@ -12,7 +12,7 @@ import pytest
 
 import procs
 from procs import http, wait_until
-from runq.client import RunqClient, RunqUnavailable
+from simx.client import RunqClient, RunqUnavailable
 
 FAST = dict(RUNQ_HEARTBEAT="0.5", RUNQ_LEASE="3", RUNQ_GRACE="10")
 

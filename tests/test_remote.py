@@ -28,7 +28,7 @@ from ops.control import Supervisor
 from ops.paths import Paths
 from ops.secrets import runq_client
 from procs import ROOT, base_env, free_port, http, wait_until
-from runq import config as simx_config
+from simx import config as simx_config
 from sshhosts import SshHost, keygen
 
 FAB = [sys.executable, "-m", "fabric"]

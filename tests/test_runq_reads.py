@@ -5,9 +5,9 @@ import time
 
 import pytest
 
-from runq import protocol
-from runq.client import Link, handshake
-from runq.config import BatchDefaults, RunqConfig
+from simx import protocol
+from simx.client import Link, handshake
+from simx.config import BatchDefaults, RunqConfig
 from runq.coordinator import Coordinator
 from runq.queries import Queries
 from runq.reader import ReaderThread

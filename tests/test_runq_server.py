@@ -3,8 +3,8 @@ import socket
 import struct
 
 from procs import start_runq, wait_until
-from runq import protocol
-from runq.client import Link, RunqClient, handshake
+from simx import protocol
+from simx.client import Link, RunqClient, handshake
 
 
 def raw(port):

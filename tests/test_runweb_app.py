@@ -6,8 +6,8 @@ import falcon.testing
 import pytest
 import yaml
 
-from runq import config, protocol
-from runq.client import RunqUnavailable
+from simx import config, protocol
+from simx.client import RunqUnavailable
 from runweb import auth
 from runweb.app import ROUTES, create_app
 

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from runq import protocol
+from simx import protocol
 from runweb import batch_request
 from runweb.batch_request import parse
 from runweb.errors import InvalidRequest

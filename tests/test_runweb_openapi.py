@@ -13,7 +13,7 @@ from hypothesis.errors import Unsatisfiable
 from openapi_spec_validator import validate
 
 import procs
-from runq import config
+from simx import config
 from runweb import openapi
 from runweb.app import ROUTES, create_app
 

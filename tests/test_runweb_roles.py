@@ -187,7 +187,7 @@ def test_password_guessing_gets_429_even_for_the_right_password(web):
 
 def test_behind_a_proxy_loopback_is_not_trusted(tmp_path):
     import falcon.testing
-    from runq import config
+    from simx import config
     from runweb.app import create_app
     from test_runweb_app import StubRunq
     users_file = tmp_path / "users.yaml"

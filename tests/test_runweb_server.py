@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from procs import eventually, free_port
-from runq import config
+from simx import config
 from runweb.__main__ import gunicorn_argv, parse_args
 
 ROOT = Path(__file__).resolve().parent.parent

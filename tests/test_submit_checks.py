@@ -4,8 +4,8 @@ coordinator is driven without sockets, with the shipped conf/engines.yaml as its
 import pytest
 
 from procs import ROOT
-from runq import engines
-from runq.config import BatchDefaults
+from simx import catalog as engines
+from simx.config import BatchDefaults
 from runq.coordinator import Coordinator
 from test_coordinator import Harness
 

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runq import sweep
-from runq.sweep import SweepError
+from simx import sweep
+from simx.sweep import SweepError
 
 
 @pytest.mark.parametrize("spec, n", [

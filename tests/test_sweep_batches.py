@@ -4,7 +4,7 @@ import sqlite3
 
 import pytest
 
-from runq import protocol
+from simx import protocol
 from runq.store import Store
 from test_coordinator import Harness, start
 

@@ -2,7 +2,7 @@
 fire when due, and a tick costs O(due), not O(fleet).  The coordinator is driven with `now`."""
 import math
 
-from runq.config import RunqConfig
+from simx.config import RunqConfig
 from runq.timers import Timers
 from test_coordinator import Harness, start
 

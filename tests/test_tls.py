@@ -8,8 +8,8 @@ import subprocess
 import pytest
 
 from procs import PYTHON, Proc, base_env, free_port, start_runq, start_worker, wait_until
-from runq import protocol, tls
-from runq.client import Link, RunqClient, RunqUnavailable, handshake
+from simx import protocol, tls
+from simx.client import Link, RunqClient, RunqUnavailable, handshake
 from testca import CA
 
 QUICK = {"step_count": 2, "step_delay": 0.01}

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from runq import protocol
+from simx import protocol
 from worker.backoff import Backoff
 from worker.engines import Aborted, Engine
 from worker.job import MAX_DATA_BYTES, EngineThread, Job, jsonable, run_name

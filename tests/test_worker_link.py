@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from procs import eventually
-from runq import auth, protocol
+from simx import auth, protocol
 from worker.backoff import Backoff
 from worker.engines import Engine
 from worker.engines.dummy import DummyEngine

@@ -14,8 +14,8 @@ import pytest
 
 from procs import eventually
 
-from runq import engines as catalog_mod
-from runq import protocol
+from simx import catalog as catalog_mod
+from simx import protocol
 from worker.engines import Aborted, Fatal, ProgramUnavailable, RunContext, UnknownEngine, failure_kind
 from worker.engines.base import Engine, ParamRejected, WorkerFault
 from worker.engines.command import CommandEngine

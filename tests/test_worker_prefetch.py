@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from procs import eventually
-from runq import protocol
+from simx import protocol
 from test_worker_link import LONG, RunningWorker, ack, assign, handshake, run_of  # noqa: F401
 from test_worker_link import runq, start_worker  # noqa: F401  (fixtures)
 

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from runq import auth, protocol
+from simx import auth, protocol
 from worker.engines import Aborted, Engine
 from worker.session import Session, Traits
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runq import auth, protocol
+from simx import auth, protocol
 from test_worker_session import TRAITS, Gate, types
 from worker.session import Session
 

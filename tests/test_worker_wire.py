@@ -8,8 +8,8 @@ import struct
 
 import pytest
 
-from runq import protocol
-from runq.protocol import ProtocolError
+from simx import protocol
+from simx.protocol import ProtocolError
 from worker import wire
 from worker.poller import EVENT_READ, EVENT_WRITE, Poller
 

@@ -25,10 +25,10 @@ import socket
 import sys
 import threading
 
-from runq import auth, protocol
-from runq import config as runq_config
-from runq import engines as engine_catalog
-from runq import tls as runq_tls
+from simx import auth, protocol
+from simx import config as runq_config
+from simx import catalog as engine_catalog
+from simx import tls as runq_tls
 
 from .backoff import Backoff
 from .engines.base import UnknownEngine, engine_name

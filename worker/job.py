@@ -18,7 +18,7 @@ import queue
 import threading
 import traceback
 
-from runq import protocol
+from simx import protocol
 
 from .engines.base import Aborted, Engine, RunContext, failure_kind
 

@@ -12,7 +12,7 @@ import selectors
 import socket
 import ssl
 
-from runq import protocol
+from simx import protocol
 
 from .wire import Inbox
 

@@ -20,7 +20,7 @@ import socket
 import ssl
 import time
 
-from runq import protocol
+from simx import protocol
 
 from .backoff import Backoff
 from .engines.base import Engine

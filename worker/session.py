@@ -22,8 +22,8 @@ import dataclasses
 import logging
 import math
 
-from runq import auth, protocol
-from runq.client import RunqRefused, check_challenge
+from simx import auth, protocol
+from simx.client import RunqRefused, check_challenge
 
 from .engines.base import Engine
 from .job import EngineThread, Job, run_name

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 
-from runq import protocol
+from simx import protocol
 from runq.files import CHUNK, UploadRefused, check_name
 
 from .engines import outputs

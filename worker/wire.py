@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 
-from runq import protocol
+from simx import protocol
 
 _scan = protocol._DECODER.scan_once  # the one decoder's scanner: the same hooks (finite numbers only)
 _HEADER = protocol.HEADER

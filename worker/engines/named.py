@@ -17,8 +17,8 @@ import os
 import sys
 from pathlib import Path
 
-from runq import engines as catalog_mod
-from runq.engines import Catalog, EngineDef, ParamError
+from simx import catalog as catalog_mod
+from simx.catalog import Catalog, EngineDef, ParamError
 
 from . import outputs
 from .base import Engine, Fatal, ParamRejected, ProgramUnavailable, UnknownEngine, get_engine
