@@ -19,41 +19,13 @@ import uuid
 import dataset
 import sqlalchemy as sa
 
+from simx import records
+
 log = logging.getLogger("runq.store")
 
-# The columns of each table, declared once.  Types: i=integer, f=float, s=text, j=JSON text.
-COLUMNS = {
-    "batches": {
-        "id": "i", "name": "s", "group": "s", "user": "s", "engine": "s", "n_runs": "i", "param": "j",
-        "max_attempts": "i", "max_requeues": "i", "time_limit": "f", "idempotency_key": "s",
-        "state": "s", "next_index": "i", "n_waiting": "i", "n_running": "i", "n_finished": "i",
-        "n_failed": "i", "n_cancelled": "i", "start_time": "f", "end_time": "f", "priority": "i",
-        "owner": "s",  # the runweb user who submitted it; rows from before owners: their `user`
-        "sweep": "j",   # {sweep, zip} of runq/sweep.py, or NULL (no sweep; rows of older versions)
-        # +1 by every commit that writes the batch's row or one of its runs: while it stays, a
-        # page of its runs is the same (runq/queries.py reads only the page's workers again)
-        "version": "i",
-    },
-    "runs": {
-        "batch_id": "i", "batch_index": "i", "state": "s", "attempt": "i", "failures": "i",
-        "requeues": "i", "worker_id": "i", "host": "s", "progress": "f", "message": "s",
-        "result": "j", "error": "s", "traceback": "s", "started": "f", "ended": "f",
-    },
-    "attempts": {
-        "batch_id": "i", "batch_index": "i", "attempt": "i", "worker_id": "i", "host": "s",
-        "started": "f", "ended": "f", "outcome": "s", "message": "s",
-    },
-    "workers": {
-        "id": "i", "host": "s", "ipaddr": "s", "pid": "i", "group": "s", "user": "s", "engine": "s",
-        "cost": "f", "speed": "f", "priority": "f", "state": "s", "batch_id": "i", "batch_index": "i",
-        "started": "f", "last_contact": "f", "draining": "i",
-        "key": "s", "assign_seq": "i",   # proof of identity (hex); seq of its latest RunqAssignRun
-        "broken": "s",   # why it cannot run its engine (state broken), committed with that state; else NULL
-    },
-    "meta": {"name": "s", "value": "s"},   # this database's facts: its instance uuid
-}
-# Columns added after the first release: the value rows written before them get.
-BACKFILL = {("batches", "priority"): 0, ("batches", "version"): 0}
+# The columns of each table and the values older rows get: declared once, in simx/records.py.
+COLUMNS = records.COLUMNS
+BACKFILL = records.BACKFILL
 INDEXES = [
     ("runs", ["batch_id", "batch_index"], "runs_key", True),
     ("attempts", ["batch_id", "batch_index", "attempt"], "attempts_key", False),
