@@ -28,7 +28,7 @@ from common import PY, ROOT, free_port, runq_client, stop_all, wait_until  # noq
 
 def serve(mode: str, port: int, url: str) -> int:
     from simx.config import BatchDefaults, RunqConfig
-    from runq.coordinator import Coordinator
+    from runq.core.coordinator import Coordinator
     from runq.queries import Queries
     from runq.reader import ReaderProcess, ReaderThread
     from runq.server import Server

@@ -15,11 +15,12 @@ from pathlib import Path
 from simx import auth, catalog as engines
 from simx import config as configuration
 from simx import tls
-from .coordinator import Coordinator
+from . import startup
 from .checkpoint import Checkpointer
+from .queries import Facts
 from .reader import ReaderProcess
 from .server import Server
-from .store import Store
+from .store import SqlStore
 
 log = logging.getLogger("runq")
 
@@ -99,13 +100,13 @@ def main(argv=None) -> int:
     cfg.var.mkdir(mode=0o700, parents=True, exist_ok=True)
     url = configuration.resolve_db_url(cfg.runq.db_url, cfg.root, cfg.var)
     protect_files(url, cfg.var)
-    store = Store(url, cfg.runq.synchronous)
-    coordinator = Coordinator(store, cfg.runq, cfg.batch, now=time.time(), secrets=secrets, sched=cfg.sched,
-                              catalog=catalog, files_dir=files_dir)
+    store = SqlStore(url, cfg.runq.synchronous)
+    coordinator = startup.coordinator(store, cfg.runq, cfg.batch, now=time.time(), secrets=secrets, sched=cfg.sched,
+                                      catalog=catalog, files_dir=files_dir)
     try:
         server = Server(coordinator, store, [(h, cfg.runq.port) for h in cfg.runq.listen],
                         limits=cfg.runq.limits, tls=tls_context, heartbeat_interval=cfg.runq.heartbeat_interval,
-                        reader=ReaderProcess(store.engine.url, coordinator.facts, cfg.runq.log_level,
+                        reader=ReaderProcess(store.engine.url, Facts(coordinator.presence), cfg.runq.log_level,
                                              files_dir=files_dir))
     except OSError as exc:
         print(f"runq: cannot listen on port {cfg.runq.port}: {exc}", file=sys.stderr)

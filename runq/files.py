@@ -18,28 +18,21 @@ import os
 import shutil
 from pathlib import Path
 
-CHUNK = 1024 * 1024                      # largest chunk a worker may send, decoded [1 MiB]
+from simx import limits
+from .core.errors import UploadRefused
+
+CHUNK = limits.FILE_CHUNK                # largest chunk a worker may send, decoded [1 MiB]
 MAX_CHUNK_TEXT = 4 * ((CHUNK + 2) // 3)  # the same, base64
 MAX_RUN_BYTES = 100 * 1024 * 1024        # per run [100 MiB], conf runq.files_max_run
 MAX_FILES = 10_000
-MAX_NAME_BYTES = 255
 READ_CHUNK = 512 * 1024                  # bytes per RunFile reply (base64 grows it by a third)
 
 
-class UploadRefused(Exception):
-    """A chunk or a manifest runq will not take; the message says why (it ends the attempt)."""
-
-
 def check_name(name) -> str:
-    """A file name as it may travel and be stored: one path component, no NUL, not . or .."""
-    if not isinstance(name, str) or not name:
-        raise UploadRefused("file name must be a non-empty string")
-    if "/" in name or "\\" in name or "\0" in name or name in (".", ".."):
-        raise UploadRefused(f"file name {name[:80]!r}: no path separators, NUL, '.' or '..'")
-    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
-        raise UploadRefused(f"file name {name[:80]!r}...: longer than {MAX_NAME_BYTES} bytes")
-    if any(ord(c) < 32 or c == "\x7f" for c in name):
-        raise UploadRefused(f"file name {name[:80]!r}: control characters")
+    """A file name as it may travel and be stored (simx/limits.py file_name_problem)."""
+    problem = limits.file_name_problem(name)
+    if problem is not None:
+        raise UploadRefused(problem)
     return name
 
 
@@ -166,8 +159,16 @@ class Files:
             f.seek(offset)
             return f.read(size)
 
+    def purge_batches(self, batch_ids) -> None:
+        """Remove the files of batches the store purged (retention)."""
+        if self.root is None:
+            return
+        for batch_id in batch_ids:
+            shutil.rmtree(self.root / str(int(batch_id)), ignore_errors=True)
+
     def purge(self, exists) -> int:
-        """Remove the directories of batches for which ``exists(batch_id)`` is false; how many."""
+        """Remove the directories of batches for which ``exists(batch_id)`` is false; how many
+        (at start-up: files left by a purge that did not finish)."""
         if self.root is None or not self.root.is_dir():
             return 0
         gone = 0

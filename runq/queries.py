@@ -17,15 +17,19 @@ from __future__ import annotations
 import base64
 import json
 
-from . import states, views
-from simx import protocol, sweep
-from .errors import BadRequest, Forbidden, NotFound
-from .files import Files, UploadRefused
+from simx import limits, protocol
+from simx.limits import json_size
+from . import views
+from .core import states
+from .core.access import hints, may_see, run_param, who  # noqa: F401  (who: the reader's callers)
+from .core.commands import READS
+from .core.errors import BadRequest, Conflict, Forbidden, NotFound, UploadRefused
+from .files import Files
 
 DEFAULT_PAGE, MAX_PAGE = 1000, 10_000
 RESULT_STATES = (states.FINISHED, states.FAILED)   # runs that ended with a verdict
 RESULTS_BUDGET = protocol.MAX_FRAME // 4           # bytes of results per BatchResults reply, about
-MAX_RESULT_BYTES = 1024 * 1024   # a run's stored result as JSON (coordinator refuses larger ones)
+MAX_RESULT_BYTES = limits.MAX_RESULT_BYTES
 PAGE_BYTES = 1024 * 1024         # a listing page ends early (next_offset) past this much JSON
 
 # the batch view's fields that change while its runs do not (bounded in size: numbers, times, state)
@@ -33,51 +37,6 @@ VOLATILE = frozenset({"state", "n_complete", "n_waiting", "n_running", "n_finish
                       "end_time", "execution_time", "elapsed", "served", "can_cancel"})
 HEADER_SLACK = 1024
 SEEN_PAGES = 4096   # pages whose digest a reader remembers (about 200 bytes each)
-
-READS = frozenset({"BatchList", "UserStatus", "BatchStatus", "RunStatus", "WorkerList", "WorkerStatus",
-                   "BatchResults", "RunFile"})
-
-
-def json_size(value) -> int:
-    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
-
-
-def who(msg) -> tuple[str | None, bool]:
-    """(actor, admin) of a request; no actor = a holder of the client secret = admin."""
-    actor = msg.get("actor")
-    return actor, bool(msg.get("admin", actor is None))
-
-
-def may_see(row: dict, msg: dict) -> bool:
-    actor, admin = who(msg)
-    return admin or row.get("owner") == actor
-
-
-def run_param(batch_row: dict, index: int) -> dict:
-    """The param run ``index`` of a stored batch gets: the batch's, with its sweep values set."""
-    spec = batch_row.get("sweep")
-    return sweep.param_for(batch_row["param"], spec, index) if spec else batch_row["param"]
-
-
-def hints(reply: dict, msg: dict) -> dict:
-    """What the asker may do, on each view of the reply, so a dashboard shows only the buttons
-    that would work: batches and runs `can_cancel` (their owner or an admin, until they end),
-    workers `can_drain` (admins, while connected).  runq still checks each change itself."""
-    actor, admin = who(msg)
-    batch = reply.get("batch")
-    for b in [batch, *(reply.get("batches") or ())]:
-        if isinstance(b, dict) and "state" in b:
-            b["can_cancel"] = (admin or b.get("owner") == actor) and b["state"] == states.ACTIVE
-    # a run is shown only to who may see its batch (its owner or an admin): without the
-    # batch in the reply (RunStatus), that is enough to cancel it
-    mine = admin or not isinstance(batch, dict) or batch.get("owner") == actor
-    for r in [reply.get("run"), *(reply.get("runs") or ())]:
-        if isinstance(r, dict) and "state" in r:
-            r["can_cancel"] = mine and r["state"] not in states.TERMINAL
-    for w in [reply.get("worker"), *(reply.get("workers") or ())]:
-        if isinstance(w, dict) and "connected" in w:
-            w["can_drain"] = admin and bool(w["connected"])
-    return reply
 
 
 class Facts:
@@ -114,7 +73,11 @@ class Queries:
             "BatchList": self.batch_list, "UserStatus": self.user_status, "BatchStatus": self.batch_status,
             "RunStatus": self.run_status, "WorkerList": self.worker_list, "WorkerStatus": self.worker_status,
             "BatchResults": self.batch_results, "RunFile": self.run_file,
+            # commands the core found nothing in memory to change for (runq/core/commands.py)
+            "StartBatch": self.known_key, "CancelBatch": self.ended_batch, "CancelRun": self.ended_run,
+            "DrainWorker": self.unknown_worker,
         }
+        assert READS <= set(self.handlers)
 
     def _batch_row(self, batch_id: int, msg: dict | None = None) -> dict:
         """The stored batch; NotFound also when the asker (msg) may not see it."""
@@ -383,3 +346,31 @@ class Queries:
         if not rows:
             raise NotFound(f"no worker {msg['worker_id']}")
         return protocol.reply(worker=self._worker_view(rows[0]))
+
+    # ---- commands that change nothing (answered from committed rows)
+    def known_key(self, msg, now):
+        """StartBatch with the idempotency key of a batch that has ended: that batch."""
+        row = self.store.batch_by_key(msg["idempotency_key"])
+        if row is None:   # purged meanwhile: the asker may submit again
+            raise Conflict("field 'idempotency_key': this key named a batch that was purged; choose another")
+        if not may_see(row, msg):
+            raise Conflict("field 'idempotency_key': another user's batch has this key; choose another")
+        return protocol.reply(message="batch exists (same idempotency key)", batch_id=row["id"], created=False,
+                              batch=self._batch_view(row, now))
+
+    def ended_batch(self, msg, now):
+        row = self._batch_row(msg["batch_id"], msg)
+        return protocol.reply(message=f"batch {row['id']} had already ended ({row['state']}); nothing was cancelled",
+                              batch=self._batch_view(row, now))
+
+    def ended_run(self, msg, now):
+        row = self._batch_row(msg["batch_id"], msg)
+        index = msg["batch_index"]
+        view = self._run_view(row, index)   # 404 for an index out of range
+        return protocol.reply(message=f"run {index} of batch {row['id']} had already ended ({view['state']}); "
+                                      "nothing was cancelled", run=view, batch=self._batch_view(row, now))
+
+    def unknown_worker(self, msg, now):
+        if not self.store.worker_rows(worker_id=msg["worker_id"]):
+            raise NotFound(f"no worker {msg['worker_id']}")
+        raise Conflict(f"worker {msg['worker_id']} is gone")

@@ -2,7 +2,7 @@
 
 The server hands a read (BatchList, BatchStatus, RunStatus, ...; ``queries.READS``)
 to ``submit(conn, msg)`` after the turn's commit, so a client sees its own earlier
-changes; the reader answers it through its own read connection (``Store``
+changes; the reader answers it through its own read connection (``ReadStore``
 read-only: never a commit, never a write), encodes the reply (the costly part
 of a big page) and hands the bytes back through ``done()``, after waking the
 loop through ``wake_r`` (a socket the server watches).  While one of its reads
@@ -39,7 +39,7 @@ import threading
 import time
 
 from simx import protocol
-from .errors import RunqError
+from .core.errors import RunqError
 
 log = logging.getLogger("runq.reader")
 
@@ -213,7 +213,7 @@ class ReaderProcess:
 def serve_child(sock: socket.socket) -> int:
     """The reader process: frames in (url first, then served-key sets and reads), replies out."""
     from .queries import Facts, Queries
-    from .store import Store
+    from .store import ReadStore
     frames = protocol.FrameReader(protocol.MAX_FRAME)
     queries = None
     facts = Facts()
@@ -227,7 +227,7 @@ def serve_child(sock: socket.socket) -> int:
             if "url" in item:
                 logging.basicConfig(level=item["log_level"].upper(), stream=sys.stderr,
                                     format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-                queries = Queries(Store.open_reader(item["url"]), facts, item.get("files_dir"))
+                queries = Queries(ReadStore.open(item["url"]), facts, item.get("files_dir"))
             elif "served" in item:
                 facts.keys = frozenset(tuple(k) for k in item["served"])
             else:

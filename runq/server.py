@@ -1,9 +1,12 @@
 """runq's only socket code: a single-threaded ``selectors`` loop.
 
 It moves bytes and knows the framing, nothing of what messages mean.  Each
-loop turn: read what is ready and hand each whole message to the coordinator,
-run its timers, **commit the store once**, then send what the coordinator
-wants sent (encoded as it is produced, held back until the commit).
+loop turn: read what is ready and hand each whole message to the core, run its
+timers, **commit the store once**, then send what the core wants sent (encoded
+as it is produced, held back until the commit) and hand the reads it returned
+to the reader.  What the core marks as not depending on the commit (handshakes,
+errors, Ping) goes straight to the connection's output, ahead of the commit
+when nothing held back precedes it on that connection.
 
 A bad frame, a ``ProtocolError`` or a peer that breaks a limit closes that
 connection only.  Any other exception escapes ``serve()``: runq ends without
@@ -67,7 +70,7 @@ class LogQuota:
 
 
 class Connection:
-    __slots__ = ("sock", "peer", "reader", "outbuf", "staged", "closing", "is_worker", "events", "role",
+    __slots__ = ("sock", "peer", "reader", "outbuf", "staged", "closing", "events", "role",
                  "handshaking", "opened", "last_input", "frame_started", "scheduled", "paused", "closed",
                  "reading")
 
@@ -77,7 +80,6 @@ class Connection:
         self.outbuf = bytearray()     # encoded, committed: being sent
         self.staged = bytearray()     # encoded this turn: sent after the commit
         self.closing = False
-        self.is_worker = False
         self.events = selectors.EVENT_READ
         self.role: str | None = None
         self.handshaking = handshaking
@@ -97,8 +99,8 @@ class Server:
                  limits: Limits = Limits(), tls: ssl.SSLContext | None = None, heartbeat_interval: float = 0.0,
                  reader=None):
         self.coord, self.store, self.clock = coordinator, store, clock
-        # Client reads go to the reader (runq/reader.py) after the turn's commit; without one the
-        # coordinator answers them inline.
+        # Reads the core returns go to the reader (runq/reader.py) after the turn's commit
+        # (without one they are refused: a server for tests of other things).
         self.reader = reader
         self.reads: list = []               # (conn, msg) taken this turn, handed over after the commit
         self.limits, self.tls = limits, tls
@@ -119,7 +121,7 @@ class Server:
         self.last_tick = 0.0
         # The coordinator's timers fire at their deadline: the loop wakes for the next one and
         # calls tick() then (a coordinator without next_deadline() is ticked every TICK_EVERY).
-        self.next_timer = getattr(coordinator, "next_deadline", lambda: self.last_tick + TICK_EVERY)
+        self.next_timer = coordinator.next_deadline
         self.deadlines: list = []           # (time, seq, conn): lazily invalidated
         self.seq = itertools.count()
         self.unauth: dict[str, int] = {}    # peer address -> connections without a role
@@ -199,7 +201,7 @@ class Server:
         pending, started = self.store.pending(), time.perf_counter()
         self.store.commit()
         if pending:
-            self.coord.metrics.committed(time.perf_counter() - started)
+            self.coord.committed(time.perf_counter() - started, self.store.take_purged())
         reads, self.reads = self.reads, []
         for conn, msg in reads:   # after the commit: a client's read sees its earlier changes
             if not conn.closed:
@@ -348,23 +350,13 @@ class Server:
                 if body is None:
                     break
                 took = True
-                msg = protocol.decode_message(body)
-                if msg["type"] in protocol.FROM_WORKER:
-                    conn.is_worker = True
-                if self.reader is not None and conn.role == "client" and msg["type"] in self.reader.kinds:
-                    conn.reading = True   # its next frames wait for this reply: replies stay in order
-                    self.reads.append((conn, msg))
-                    self._watch(conn)
-                    break
-                self._queue(self.coord.handle(conn, msg, self.clock()))
+                self._queue(self.coord.handle(conn, protocol.decode_message(body), self.clock()))
                 self._learn_role(conn)
                 if len(conn.outbuf) + len(conn.staged) > self.limits.max_output:
                     self._pause(conn)   # it reads its replies slower than it asks: wait for it
         except protocol.ProtocolError as exc:
             self.peer_log(logging.WARNING, "%r sent a bad frame: %s; closing it", conn, exc)
-            error = (protocol.message("RunqError", message=str(exc)) if conn.is_worker or conn.role == "worker"
-                     else protocol.reply("error", 400, str(exc)))
-            self._queue([(conn, error), (conn, None)])
+            self._queue(self.coord.bad_frame(conn, str(exc)))
             reader.buf.clear()
         finally:
             self.input_total += len(reader.buf) - before
@@ -447,9 +439,11 @@ class Server:
 
     # ---- writing
 
-    def _queue(self, outgoing: list) -> None:
-        """Encode what the core wants sent now; it leaves after the commit."""
-        for conn, msg in outgoing:
+    def _queue(self, out) -> None:
+        """Encode what the core wants sent: after this turn's commit, or at once where it depends
+        on no commit and nothing held back precedes it; reads wait for the commit too."""
+        free = out.free
+        for i, (conn, msg) in enumerate(out):
             if conn.closed:
                 continue
             self.touched[conn] = None
@@ -457,14 +451,24 @@ class Server:
                 conn.closing = True
             elif not conn.closing:
                 try:
-                    conn.staged += protocol.encode(msg)
+                    data = protocol.encode(msg)
                 except protocol.ProtocolError as exc:  # our own message too large
-                    log.error("not sending %s to %r: %s", msg.get("type"), conn, exc)
-                    if msg.get("type") != "Reply":
-                        continue
-                    conn.staged += protocol.encode(protocol.reply(
-                        "error", 413, f"the reply would exceed {protocol.MAX_FRAME} bytes; ask for less "
-                                      "(a smaller limit)"))
+                    self._queue(self.coord.unsendable(conn, msg, str(exc)))
+                    continue
+                if i in free and not conn.staged:
+                    conn.outbuf += data
+                else:
+                    conn.staged += data
+        for conn, msg in out.reads:
+            if conn.closed:
+                continue
+            if self.reader is None:
+                conn.staged += protocol.encode(protocol.reply("error", 503, "this runq answers no reads"))
+                self.touched[conn] = None
+                continue
+            conn.reading = True   # its next frames wait for this reply: replies stay in order
+            self.reads.append((conn, msg))
+            self._watch(conn)
 
     def _flush(self, conn: Connection) -> None:
         if conn.closed:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from . import states
+from .core import states
 
 MAX_TEXT = 64 * 1024  # characters of a run's message or error shown (the full error stays in the database)
 

@@ -12,7 +12,7 @@ import unicodedata
 
 import yaml
 
-from runq.api import MAX_PARAM_BYTES, json_size
+from simx.limits import MAX_PARAM_BYTES, json_size
 
 from . import yaml_loader
 from .errors import InvalidRequest

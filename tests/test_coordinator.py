@@ -4,7 +4,7 @@ import pytest
 
 from simx import auth, protocol
 from simx.config import BatchDefaults, RunqConfig
-from runq.coordinator import Coordinator
+from runq.core.coordinator import Coordinator
 from runq.store import Store
 
 CFG = RunqConfig(heartbeat_interval=10, lease=30, grace=60)

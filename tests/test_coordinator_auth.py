@@ -6,7 +6,7 @@ import pytest
 
 from simx import auth, protocol
 from simx.config import BatchDefaults
-from runq.coordinator import Coordinator
+from runq.core.coordinator import Coordinator
 from runq.store import Store
 from test_coordinator import CFG, Harness, start
 

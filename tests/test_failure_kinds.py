@@ -4,7 +4,7 @@ import pytest
 
 from simx import protocol
 from simx.config import BatchDefaults, SchedConfig
-from runq.coordinator import Coordinator
+from runq.core.coordinator import Coordinator
 from runq.store import Store
 from worker.engines.base import Fatal, ProgramUnavailable
 from test_coordinator import Harness, start

@@ -4,9 +4,9 @@ import math
 
 import pytest
 
-from runq.fairshare import FIRST_ESTIMATE, FairShare
-from runq.matching import Matcher
-from runq.retry import Backoff
+from runq.core.fairshare import FIRST_ESTIMATE, FairShare
+from runq.core.matching import Matcher
+from runq.core.retry import Backoff
 
 T = ("dummy", "", "")
 

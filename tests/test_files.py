@@ -8,7 +8,7 @@ import pytest
 
 from simx import catalog as engines, protocol
 from simx.config import BatchDefaults, RunqConfig
-from runq.coordinator import Coordinator
+from runq.core.coordinator import Coordinator
 from runq.files import Files, UploadRefused
 from test_coordinator import CFG, Harness
 from test_worker_session import TRAITS, accept, challenge

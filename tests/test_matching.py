@@ -1,7 +1,7 @@
 """Matching rules, without sockets: wildcards, tie-breaking, submission order."""
 import pytest
 
-from runq.matching import Matcher, matches
+from runq.core.matching import Matcher, matches
 
 
 @pytest.mark.parametrize("batch, worker, expected", [

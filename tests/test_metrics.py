@@ -7,7 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import procs
 from simx import protocol
-from runq.metrics import Histogram
+from runq.core.metrics import Histogram
 from runweb.metrics import render
 from test_coordinator import Harness
 

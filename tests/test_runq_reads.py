@@ -8,7 +8,7 @@ import pytest
 from simx import protocol
 from simx.client import Link, handshake
 from simx.config import BatchDefaults, RunqConfig
-from runq.coordinator import Coordinator
+from runq.core.coordinator import Coordinator
 from runq.queries import Queries
 from runq.reader import ReaderThread
 from runq.server import Server

@@ -10,7 +10,7 @@ import pytest
 
 import procs
 from runq.store import Store
-from runq.throttle import Throttle
+from runq.core.throttle import Throttle
 from runweb import auth, users
 from test_coordinator import Harness
 

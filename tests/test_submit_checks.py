@@ -6,7 +6,7 @@ import pytest
 from procs import ROOT
 from simx import catalog as engines
 from simx.config import BatchDefaults
-from runq.coordinator import Coordinator
+from runq.core.coordinator import Coordinator
 from test_coordinator import Harness
 
 CATALOG = engines.load(ROOT / "conf" / "engines.yaml", required=True)

@@ -3,7 +3,7 @@ fire when due, and a tick costs O(due), not O(fleet).  The coordinator is driven
 import math
 
 from simx.config import RunqConfig
-from runq.timers import Timers
+from runq.core.timers import Timers
 from test_coordinator import Harness, start
 
 

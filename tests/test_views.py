@@ -5,7 +5,8 @@ import random
 
 import pytest
 
-from runq import queries, states
+from runq import queries
+from runq.core import states
 from runq.store import Store
 from runweb import results
 from test_coordinator import Harness, start

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 
 from simx import protocol
-from runq.files import CHUNK, UploadRefused, check_name
+from simx.limits import FILE_CHUNK as CHUNK, file_name_problem
 
 from .engines import outputs
 
@@ -25,11 +25,10 @@ class Upload:
         if not isinstance(manifest, list):
             raise UploadError("the engine's result lists no files")
         for entry in manifest:
-            try:
-                check_name(entry["name"])
-            except UploadRefused as exc:
-                raise UploadError(f"{exc} (only files directly in out/ are uploaded; "
-                                  "subdirectories of out/ are not)") from None
+            problem = file_name_problem(entry["name"])
+            if problem is not None:
+                raise UploadError(f"{problem} (only files directly in out/ are uploaded; "
+                                  "subdirectories of out/ are not)")
         self.key, self.workdir, self.chunk = tuple(key), workdir, min(chunk, CHUNK)
         self.entries = [(entry["name"], entry["size"]) for entry in manifest]
         self.sent = 0   # bytes sent so far (logs)

@@ -7,7 +7,6 @@ TERMINAL = frozenset({FINISHED, FAILED, CANCELLED})
 # Prefetch (issue 10): held by a worker that announced `prefetch`, not started yet.  Counted in
 # the batch's n_running (in flight); revocable until the worker says WorkerStartedRun.
 ASSIGNED = "assigned"
-SHOWN_RUN_STATES = RUN_STATES + (ASSIGNED,)   # what a run view may say (and ?state= may ask for)
 
 # (from, to): why the edge exists
 RUN_TRANSITIONS = {
@@ -41,16 +40,33 @@ def check_transition(old: str, new: str) -> None:
 OUTCOME_FINISHED, OUTCOME_FAILED, OUTCOME_TIMEOUT = "finished", "failed", "timeout"
 OUTCOME_LOST, OUTCOME_STOPPED, OUTCOME_ABORTED, OUTCOME_CANCELLED = "lost", "stopped", "aborted", "cancelled"
 OUTCOME_REVOKED = "revoked"   # an assigned (prefetched) run taken back before it started: costs nothing
-COUNTS_AS_FAILURE = frozenset({OUTCOME_FAILED, OUTCOME_TIMEOUT})
 # What a WorkerFailedRun says about its cause (worker/engines/base.py failure_kind); absent = transient
 KIND_RUN, KIND_WORKER, KIND_TRANSIENT = "run", "worker", "transient"
 FAILURE_KINDS = (KIND_RUN, KIND_WORKER, KIND_TRANSIENT)
+
+# How an attempt's end moves its run (runq/core/lifecycle.py end_attempt):
+#   outcome -> (the budget it uses, the state it puts the run in at once)
+# budget "attempt": one of max_attempts (a failure; after the last one the run fails),
+# "requeue": one of max_requeues (lost without a verdict; after the last one it fails),
+# None: free.  A state of None: waiting again while the budget lasts, else failed.
+ATTEMPT_END = {
+    OUTCOME_FINISHED: (None, FINISHED),       # the worker reported the attempt finished
+    OUTCOME_CANCELLED: (None, CANCELLED),     # the run or its batch was cancelled
+    OUTCOME_REVOKED: (None, WAITING),         # held unstarted by a prefetching worker, taken back
+    OUTCOME_FAILED: ("attempt", None),        # the engine failed: retried after a backoff
+    OUTCOME_TIMEOUT: ("attempt", None),       # over the batch's time_limit: retried at once
+    OUTCOME_LOST: ("requeue", None),          # lease lost, disconnected past grace, runq restarted
+    OUTCOME_STOPPED: ("requeue", None),       # the worker process was stopped (TERM)
+    OUTCOME_ABORTED: ("requeue", None),       # the worker aborted it on its own
+}
+# A failure's kind overrides its budget: "fatal" fails the run at once (an engine's Fatal, a
+# permanent exit status); None requeues it free (the worker cannot run the engine: its fault).
+KIND_BUDGET = {KIND_RUN: "fatal", KIND_WORKER: None, KIND_TRANSIENT: "attempt"}
 
 # Batch states.  A batch ends in one of three, chosen in this order: cancelled (someone cancelled
 # it), failed (at least one run failed), done (every run finished or was cancelled alone).
 # Databases written before `failed` existed hold `done` for those; the store migrates them.
 ACTIVE, DONE, BATCH_FAILED, BATCH_CANCELLED = "active", "done", "failed", "cancelled"
-BATCH_ENDED = frozenset({DONE, BATCH_FAILED, BATCH_CANCELLED})
 
 
 def batch_end_state(state: str, n_failed: int) -> str:
@@ -66,3 +82,24 @@ IDLE, BUSY, DRAINING, DISCONNECTED, GONE = "idle", "busy", "draining", "disconne
 BROKEN = "broken"
 # busy with a run runq has taken back (abort sent), until the worker says it stopped
 ABORTING = "aborting"
+
+# A connected worker's state from what it holds and has been told; the first row that matches
+# wins.  (holds: a run it computes or runs it holds unstarted; aborting: a run taken back that
+# it has not let go of yet.)  None in a column: either way.
+WORKER_STATES = (
+    # holds  aborting draining broken
+    ((True,  None,  True,  None), DRAINING),   # finishes what it computes, takes nothing new
+    ((True,  None,  False, None), BUSY),
+    ((False, True,  True,  None), DRAINING),
+    ((False, True,  False, None), ABORTING),   # until it says it stopped the run taken back
+    ((False, False, True,  None), DRAINING),
+    ((False, False, False, True), BROKEN),     # cannot run its engine: no runs until it restarts
+    ((False, False, False, False), IDLE),      # ready for a run
+)
+
+
+def worker_state(holds: bool, aborting: bool, draining: bool, broken: bool) -> str:
+    for pattern, state in WORKER_STATES:
+        if all(p is None or p == v for p, v in zip(pattern, (holds, aborting, draining, broken))):
+            return state
+    raise AssertionError("WORKER_STATES covers every case")

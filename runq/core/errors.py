@@ -22,9 +22,9 @@ class Conflict(RunqError):
     code = 409
 
 
-class Unauthorized(RunqError):
-    code = 401
-
-
 class Forbidden(RunqError):
     code = 403
+
+
+class UploadRefused(Exception):
+    """A chunk or a manifest runq will not take; the message says why (it ends the attempt)."""

@@ -7,14 +7,13 @@ from __future__ import annotations
 import dataclasses
 import heapq
 
+from simx import records, sweep
 from . import states
-from simx import sweep
 
 
 @dataclasses.dataclass(slots=True, eq=False)
 class Batch:
     id: int
-    name: str
     group: str
     user: str
     engine: str
@@ -40,6 +39,9 @@ class Batch:
     skip_ahead: set = dataclasses.field(default_factory=set)       # never-dispatched indices cancelled alone
     active: set = dataclasses.field(default_factory=set)           # batch_index of runs held in memory
     n_delayed: int = 0             # waiting runs in retry backoff (not in `requeued` until due)
+    # the batch's other submit fields (simx/records.py BATCH, role submit: name, ...), which
+    # runq stores and shows but does not act on: a field declared there needs no edit here
+    info: dict = dataclasses.field(default_factory=dict)
 
     @property
     def traits(self) -> tuple[str, str, str]:
@@ -96,13 +98,18 @@ class Batch:
     def row(self) -> dict:
         """The whole row, as written at submit: what never changes, then the counters."""
         return {
-            "name": self.name, "group": self.group, "user": self.user,
+            **self.info, "group": self.group, "user": self.user,
             "engine": self.engine, "n_runs": self.n_runs, "param": self.param,
             "max_attempts": self.max_attempts, "max_requeues": self.max_requeues,
             "time_limit": self.time_limit, "idempotency_key": self.idempotency_key,
             "start_time": self.start_time, "priority": self.priority, "owner": self.owner, "sweep": self.sweep,
             **self.counters(),
         }
+
+
+# the submit fields of simx.records.BATCH that live in Batch.info
+BATCH_FIELDS = frozenset(f.name for f in dataclasses.fields(Batch))
+INFO_FIELDS = tuple(n for n in records.BATCH.names("submit") if n not in BATCH_FIELDS)
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -170,6 +177,12 @@ class Worker:
     @property
     def traits(self) -> tuple[str, str, str]:
         return self.engine, self.group, self.user
+
+    def state_row(self) -> dict:
+        """The columns that change with its state (what reads show of it, what recovery needs)."""
+        run = self.run or (None, None)
+        return {"id": self.id, "state": self.state, "batch_id": run[0], "batch_index": run[1],
+                "draining": int(self.draining), "broken": self.broken, "assign_seq": self.assign_seq}
 
     def row(self) -> dict:
         run = self.run or (None, None)
