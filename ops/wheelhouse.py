@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .control import OpsError
 
-PACKAGES = ("ops", "runq", "runweb", "worker")  # the code a host runs
+PACKAGES = ("ops", "runq", "runweb", "simx", "worker")  # the code a host runs
 CONF_FILES = ("conf/simx.yaml", "conf/engines.yaml")  # shipped when present; never hosts.yaml or secrets
 
 
