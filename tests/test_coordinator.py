@@ -1,27 +1,39 @@
-"""The coordinator driven without sockets: messages in at time `now`, messages out.
-The store is real (SQLite in tmp_path), as it is in production."""
+"""The coordinator driven without sockets, a database or files: messages in at time `now`,
+an Output back.  The scenarios run on the in-memory store (runq/store/memory.py); the SQL
+backends are proved once by tests/test_store_contract.py."""
 import pytest
 
 from simx import auth, protocol
 from simx.config import BatchDefaults, RunqConfig
-from runq.core.coordinator import Coordinator
-from runq.store import Store
+from runq import startup
+from runq.core.errors import RunqError
+from runq.queries import Facts, Queries
+from runq.store import MemoryStore, SqlStore
 
 CFG = RunqConfig(heartbeat_interval=10, lease=30, grace=60)
+MEMORY = None   # Harness(MEMORY): the in-memory store
 
 
 class Harness:
-    def __init__(self, url, now=1000.0, cfg=CFG):
-        self.url, self.now, self.cfg = url, now, cfg
-        self.store = Store(url)
-        self.coord = Coordinator(self.store, cfg, BatchDefaults(), now=now)
+    """A coordinator over a store (memory, or SQL for a URL), its reads answered inline as the
+    reader would, after each turn's commit."""
+
+    def __init__(self, url=MEMORY, now=1000.0, cfg=CFG, files_dir=None, **kwargs):
+        self.url, self.now, self.cfg, self.files_dir, self.kwargs = url, now, cfg, files_dir, kwargs
+        self.store = MemoryStore() if url is None else SqlStore(url)
+        self._build()
         self.sent = []
         self.keys = {}        # worker id -> key runq gave it
         self.opened = {}      # conn -> runq's RunqChallenge
 
+    def _build(self):
+        self.coord = startup.coordinator(self.store, self.cfg, self.kwargs.get("batch_defaults", BatchDefaults()),
+                                         now=self.now, files_dir=self.files_dir,
+                                         **{k: v for k, v in self.kwargs.items() if k != "batch_defaults"})
+
     def open(self, conn, role="worker", secret=None):
         """Connect and authenticate `conn` (Hello, RunqChallenge, Auth); runq's challenge."""
-        self.coord.connected(conn, "127.0.0.1", self.now)
+        self._run(self.coord.connected(conn, "127.0.0.1", self.now))
         nonce = auth.new_nonce()
         out = self.send(conn, "Hello", version=protocol.VERSION, role=role, nonce=nonce)
         challenge = out[0][1]
@@ -38,9 +50,23 @@ class Harness:
         return self.send(conn, "WorkerHeartbeat", worker_id=wid, seq=seq, runs=runs)
 
     def _run(self, out):
+        """Commit, as the shell does after a turn; then the reads, answered from committed rows."""
+        pending = self.store.pending()
         self.store.commit()
+        if pending:
+            self.coord.committed(0.0, self.store.take_purged())
+        out = list(out) + [(conn, self.read(msg)) for conn, msg in out.reads]
         self.sent += out
         return out
+
+    def read(self, msg):
+        if getattr(self, "_queries_of", None) is not self.coord:   # a test may build its own coordinator
+            self._queries_of = self.coord
+            self.queries = Queries(self.store.reader(), Facts(self.coord.presence), self.files_dir)
+        try:
+            return self.queries.handle(msg, self.now)
+        except RunqError as exc:
+            return protocol.reply("error", exc.code, str(exc))
 
     def request(self, mtype, **fields):
         if "client" not in self.opened:
@@ -95,24 +121,22 @@ class Harness:
         return self.request("BatchStatus", batch_id=batch_id)
 
     def restart(self):
-        """runq dies (everything committed so far survives) and starts again on the same file."""
+        """runq dies (everything committed so far survives, the rest is lost) and starts again."""
         self.store.commit()
-        self.store.db.close()
-        self.store = Store(self.url)
-        self.coord = Coordinator(self.store, self.cfg, BatchDefaults(), now=self.now)
+        if isinstance(self.store, SqlStore):
+            self.store.db.close()
+            self.store = SqlStore(self.url)
+        self._build()
         self.opened.clear()
 
+    def close(self):
+        if isinstance(self.store, SqlStore):
+            self.store.db.close()
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def h(request, tmp_path):
-    """The same scenarios on SQLite (the default) and PostgreSQL (any SQLAlchemy URL)."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'runq.sqlite'}"
-    else:
-        url = request.getfixturevalue("postgres").new_database()
-    harness = Harness(url)
-    yield harness
-    harness.store.db.close()
+
+@pytest.fixture
+def h():
+    return Harness(MEMORY)
 
 
 def start(h, n_runs=3, **fields):
@@ -138,7 +162,7 @@ def test_runs_spread_over_idle_workers_and_batch_finishes(h):
 
 def test_submit_of_a_million_runs_writes_one_row_and_lists_every_run(h):
     start(h, 1_000_000)
-    assert h.store.run_rows(1, 0, 1_000_000) == []
+    assert h.store.reader().run_rows(1, 0, 1_000_000) == []
     status = h.request("BatchStatus", batch_id=1, offset=999_998, limit=10)
     assert [r["batch_index"] for r in status["runs"]] == [999_998, 999_999]
     assert status["runs"][0]["state"] == "waiting" and status["next_offset"] is None
@@ -350,7 +374,7 @@ def test_second_hello_on_one_connection_is_refused(h):
 
 
 def test_retention_purges_old_finished_batches_and_long_gone_workers(tmp_path):
-    h = Harness(f"sqlite:///{tmp_path / 'r.sqlite'}", cfg=RunqConfig(lease=30, grace=60, retention_days=1))
+    h = Harness(MEMORY, cfg=RunqConfig(lease=30, grace=60, retention_days=1))
     wid = h.worker("w")
     start(h, 1)
     h.report("w", wid, h.assigned("w")[-1])

@@ -6,18 +6,18 @@ import pytest
 
 from simx import auth, protocol
 from simx.config import BatchDefaults
-from runq.core.coordinator import Coordinator
-from runq.store import Store
-from test_coordinator import CFG, Harness, start
+from runq import startup
+from runq.store import SqlStore
+from test_coordinator import MEMORY, CFG, Harness, start
 
 WSECRET, CSECRET = b"1f" * 32, b"2e" * 32
 
 
 @pytest.fixture
 def h(tmp_path):
-    harness = Harness(f"sqlite:///{tmp_path / 'runq.sqlite'}")
+    harness = Harness(MEMORY)
     yield harness
-    harness.store.db.close()
+    harness.close()
 
 
 def traits(**over):
@@ -47,9 +47,9 @@ def test_each_role_sends_only_its_own_messages(h):
 
 
 def test_with_secrets_the_wrong_role_secret_is_refused(tmp_path):
-    store = Store(f"sqlite:///{tmp_path / 's.sqlite'}")
+    store = SqlStore(f"sqlite:///{tmp_path / 's.sqlite'}")
     secrets = auth.Secrets(workers=(auth.WorkerSecret("default", WSECRET),), client=CSECRET)
-    coord = Coordinator(store, CFG, BatchDefaults(), now=1000.0, secrets=secrets)
+    coord = startup.coordinator(store, CFG, BatchDefaults(), now=1000.0, secrets=secrets)
     for role, secret, ok in [("client", WSECRET, False), ("client", None, False), ("worker", CSECRET, False),
                              ("client", CSECRET, True), ("worker", WSECRET, True)]:
         conn = f"{role}-{secret}"
@@ -109,14 +109,14 @@ def test_a_row_without_a_key_registers_as_new(h):
 
 
 def test_a_new_database_is_a_new_instance(tmp_path):
-    first = Harness(f"sqlite:///{tmp_path / 'a.sqlite'}")
+    first = Harness(MEMORY)
     instance = first.open("c", "client")["instance"]
     first.restart()
     assert first.open("c", "client")["instance"] == instance
-    second = Harness(f"sqlite:///{tmp_path / 'b.sqlite'}")
+    second = Harness(MEMORY)
     assert second.open("c", "client")["instance"] != instance
-    first.store.db.close()
-    second.store.db.close()
+    first.close()
+    second.close()
 
 
 def test_runaway_traits_are_refused(h):
@@ -166,4 +166,4 @@ def test_a_database_from_before_protocol_v2_is_migrated(tmp_path):
         assert h.reconnect("w", 4, proof="0" * 64)["worker_id"] == 5
         assert h.store.instance() == h.coord.instance
     finally:
-        h.store.db.close()
+        h.close()

@@ -3,11 +3,11 @@ optional, but all or none: protocol.run_key) is refused before it changes anythi
 import pytest
 
 from simx import protocol
-from test_coordinator import Harness
+from test_coordinator import MEMORY, Harness
 
 
 def test_a_half_claim_is_refused_before_the_worker_is_registered(tmp_path):
-    h = Harness(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    h = Harness(MEMORY)
     wid = h.worker("w1")
     workers, last = dict(h.coord.workers), h.coord.last_worker_id
     h.open("w2")
@@ -18,4 +18,4 @@ def test_a_half_claim_is_refused_before_the_worker_is_registered(tmp_path):
     # nothing half done: no worker registered for the connection, no id spent, nothing to commit
     assert h.coord.last_worker_id == last and h.coord.workers.keys() == workers.keys()
     assert "w2" not in h.coord.conns and not h.coord.out and not h.store.pending()
-    h.store.db.close()
+    h.close()

@@ -4,17 +4,17 @@ import pytest
 
 from simx import protocol
 from simx.config import BatchDefaults, SchedConfig
-from runq.core.coordinator import Coordinator
-from runq.store import Store
+from runq import startup
+from runq.store import SqlStore
 from worker.engines.base import Fatal, ProgramUnavailable
-from test_coordinator import Harness, start
+from test_coordinator import MEMORY, Harness, start
 
 
 @pytest.fixture
 def h(tmp_path):
-    harness = Harness(f"sqlite:///{tmp_path / 'runq.sqlite'}")
+    harness = Harness(MEMORY)
     yield harness
-    harness.store.db.close()
+    harness.close()
 
 
 def run_of(h, batch_id=1, index=0):
@@ -144,8 +144,8 @@ def test_a_later_small_batch_of_another_owner_goes_first(h):
 
 
 def test_shares_set_the_dispatch_ratio(tmp_path):
-    h = Harness(f"sqlite:///{tmp_path / 'runq.sqlite'}")
-    h.coord = Coordinator(h.store, h.cfg, BatchDefaults(), now=h.now, sched=SchedConfig(shares=(("a", 3.0),)))
+    h = Harness(MEMORY)
+    h.coord = startup.coordinator(h.store, h.cfg, BatchDefaults(), now=h.now, sched=SchedConfig(shares=(("a", 3.0),)))
     wid = h.worker("w")
     start(h, 1000, user="a")
     start(h, 1000, user="b")
@@ -175,19 +175,19 @@ def test_priority_out_of_bounds_is_refused_naming_the_field(h, priority):
 
 def test_old_database_rows_get_priority_zero(tmp_path):
     url = f"sqlite:///{tmp_path / 'old.sqlite'}"
-    store = Store(url)
+    store = SqlStore(url)
     store.add_batch({"id": 1, "name": "", "group": "", "user": "", "engine": "dummy", "n_runs": 1, "param": {},
                      "max_attempts": 1, "max_requeues": 1, "state": "active", "n_waiting": 1, "start_time": 0.0})
     store.commit()
     with store.engine.begin() as conn:    # the table as an older runq left it: no priority column
         conn.exec_driver_sql("ALTER TABLE batches DROP COLUMN priority")
     store.db.close()
-    store = Store(url)                    # migration: the column is added, old rows get 0
-    assert store.batch_row(1)["priority"] == 0
+    store = SqlStore(url)                    # migration: the column is added, old rows get 0
+    assert store.reader().batch_row(1)["priority"] == 0
     store.db.close()
     h = Harness(url)                      # and runq recovers the batch
     assert h.coord.batches[1].priority == 0
-    h.store.db.close()
+    h.close()
 
 
 @pytest.mark.parametrize("exc, kind", [

@@ -8,9 +8,9 @@ import pytest
 
 from simx import catalog as engines, protocol
 from simx.config import BatchDefaults, RunqConfig
-from runq.core.coordinator import Coordinator
+from runq import startup
 from runq.files import Files, UploadRefused
-from test_coordinator import CFG, Harness
+from test_coordinator import MEMORY, CFG, Harness
 from test_worker_session import TRAITS, accept, challenge
 from worker.engines.outputs import WorkDir
 from worker.session import Session
@@ -22,16 +22,16 @@ CATALOG = engines.parse({"engines": {"maker": {"kind": "command", "argv": ["/bin
 
 @pytest.fixture
 def h(tmp_path):
-    harness = Harness(f"sqlite:///{tmp_path / 'runq.sqlite'}", cfg=RunqConfig(**{
+    harness = Harness(MEMORY, cfg=RunqConfig(**{
         **{f: getattr(CFG, f) for f in ("heartbeat_interval", "lease", "grace")}, "files_max_run": 3000}))
     harness.coord = coordinator(harness, tmp_path)
     harness.files_dir = tmp_path / "files"
     yield harness
-    harness.store.db.close()
+    harness.close()
 
 
 def coordinator(h, tmp_path):
-    return Coordinator(h.store, h.cfg, BatchDefaults(max_attempts=2), now=h.now, catalog=CATALOG,
+    return startup.coordinator(h.store, h.cfg, BatchDefaults(max_attempts=2), now=h.now, catalog=CATALOG,
                        files_dir=tmp_path / "files")
 
 
@@ -170,7 +170,7 @@ def test_after_a_runq_restart_the_manifest_is_checked_against_the_disk(h, tmp_pa
 
 
 def test_retention_purges_a_batch_with_its_files(tmp_path):
-    harness = Harness(f"sqlite:///{tmp_path / 'runq.sqlite'}", cfg=RunqConfig(retention_days=1))
+    harness = Harness(MEMORY, cfg=RunqConfig(retention_days=1))
     harness.coord = coordinator(harness, tmp_path)
     try:
         bid, wid, assign = one_run(harness)
@@ -181,7 +181,7 @@ def test_retention_purges_a_batch_with_its_files(tmp_path):
         assert harness.request("BatchStatus", batch_id=bid)["code"] == 404
         assert not (tmp_path / "files" / str(bid)).exists()
     finally:
-        harness.store.db.close()
+        harness.close()
 
 
 def test_files_are_purged_with_their_batch(tmp_path):

@@ -3,13 +3,13 @@ assignments; a held run is `assigned` until WorkerStartedRun, revocable, and its
 starts when it starts.  Old workers (no prefetch field) are unchanged.  Fake workers drive a
 real coordinator and store."""
 from simx.config import RunqConfig
-from test_coordinator import Harness, start
+from test_coordinator import MEMORY, Harness, start
 
 CFG = RunqConfig(heartbeat_interval=10, lease=30, grace=60)
 
 
 def harness(tmp_path):
-    return Harness(f"sqlite:///{tmp_path / 'r.sqlite'}", cfg=CFG)
+    return Harness(MEMORY, cfg=CFG)
 
 
 def prefetcher(h, conn, n, **traits):

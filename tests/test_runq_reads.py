@@ -8,25 +8,25 @@ import pytest
 from simx import protocol
 from simx.client import Link, handshake
 from simx.config import BatchDefaults, RunqConfig
-from runq.core.coordinator import Coordinator
-from runq.queries import Queries
+from runq import startup
+from runq.queries import Facts, Queries
 from runq.reader import ReaderThread
 from runq.server import Server
-from runq.store import Store
+from runq.store import SqlStore
 from procs import wait_until
-from test_coordinator import Harness, start
+from test_coordinator import MEMORY, Harness, start
 
 
 def test_a_read_between_two_writes_does_not_commit(tmp_path):
-    h = Harness(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    h = Harness(MEMORY)
     h.open("client", "client")
     before = h.store.commits
     h.coord.handle("client", protocol.message("StartBatch", name="a", engine="dummy", n_runs=2, param={}), h.now)
     assert h.store.pending()
-    out = h.coord.handle("client", protocol.message("BatchList"), h.now)   # answered inline here
-    assert out[-1][1]["status"] == "ok"
+    out = h.coord.handle("client", protocol.message("BatchList"), h.now)   # the reader's, after the commit
+    assert not out and [m["type"] for _, m in out.reads] == ["BatchList"]
     assert h.store.commits == before and h.store.pending(), "a read committed the turn's writes"
-    assert out[-1][1]["batches"] == [], "a read saw writes not yet committed"
+    assert h.read(out.reads[0][1])["batches"] == [], "a read saw writes not yet committed"
     h.coord.handle("client", protocol.message("StartBatch", name="b", engine="dummy", n_runs=2, param={}), h.now)
     h.store.commit()
     assert h.store.commits == before + 1, "one commit for the turn, whatever reads came between its writes"
@@ -34,9 +34,9 @@ def test_a_read_between_two_writes_does_not_commit(tmp_path):
 
 
 def test_the_read_store_cannot_write(tmp_path):
-    store = Store(f"sqlite:///{tmp_path / 'r.sqlite'}")
-    with pytest.raises(Exception, match="read-only"):
-        store.reader().save_worker({"id": 1, "state": "idle"})
+    store = SqlStore(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    with pytest.raises(AttributeError):   # it has no writes at all
+        store.reader().update_worker({"id": 1, "state": "idle"})
 
 
 class Stoppable:
@@ -55,10 +55,10 @@ class Stoppable:
 @pytest.fixture
 def live(tmp_path):
     """runq's server, coordinator and reader in this process, looping on a thread, on a real port."""
-    store = Store(f"sqlite:///{tmp_path / 'runq.sqlite'}")
-    coord = Coordinator(store, RunqConfig(heartbeat_interval=10, lease=30, grace=60), BatchDefaults(),
+    store = SqlStore(f"sqlite:///{tmp_path / 'runq.sqlite'}")
+    coord = startup.coordinator(store, RunqConfig(heartbeat_interval=10, lease=30, grace=60), BatchDefaults(),
                         now=time.time())   # the server ticks on the real clock
-    queries = Stoppable(Queries(store.reader(), coord.facts))
+    queries = Stoppable(Queries(store.reader(), Facts(coord.presence)))
     server = Server(coord, store, [("127.0.0.1", 0)], reader=ReaderThread(queries))
     stop = threading.Event()
     errors = []

@@ -9,10 +9,10 @@ import sqlite3
 import pytest
 
 import procs
-from runq.store import Store
+from runq.store import SqlStore
 from runq.core.throttle import Throttle
 from runweb import auth, users
-from test_coordinator import Harness
+from test_coordinator import MEMORY, Harness
 
 REQUEST = {"name": "t", "engine": "dummy", "n_runs": 2, "param": {"step_count": 0}}
 
@@ -21,7 +21,7 @@ REQUEST = {"name": "t", "engine": "dummy", "n_runs": 2, "param": {"step_count": 
 
 @pytest.fixture
 def h(tmp_path):
-    return Harness(f"sqlite:///{tmp_path / 'runq.sqlite'}")
+    return Harness(MEMORY)
 
 
 def test_a_batch_is_owned_by_its_submitter_and_hidden_from_other_users(h):
@@ -98,14 +98,14 @@ def test_throttle_forgets_old_failures_and_bounds_its_memory():
 
 def test_batches_stored_before_owners_are_owned_by_their_user(tmp_path):
     path = tmp_path / "old.sqlite"
-    Store(f"sqlite:///{path}").close()
+    SqlStore(f"sqlite:///{path}").close()
     with sqlite3.connect(path) as db:  # a database of the previous release: no owner column
         db.execute("DROP INDEX batches_owner")
         db.execute("ALTER TABLE batches DROP COLUMN owner")
         db.execute("INSERT INTO batches (id, name, \"group\", user, engine, n_runs, param, state) "
                    "VALUES (1, 'b', '', 'topl', 'dummy', 1, '{}', 'done')")
-    store = Store(f"sqlite:///{path}")
-    assert store.batch_row(1)["owner"] == "topl"
+    store = SqlStore(f"sqlite:///{path}")
+    assert store.reader().batch_row(1)["owner"] == "topl"
     store.close()
 
 

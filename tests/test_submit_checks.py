@@ -6,8 +6,8 @@ import pytest
 from procs import ROOT
 from simx import catalog as engines
 from simx.config import BatchDefaults
-from runq.core.coordinator import Coordinator
-from test_coordinator import Harness
+from runq import startup
+from test_coordinator import MEMORY, Harness
 
 CATALOG = engines.load(ROOT / "conf" / "engines.yaml", required=True)
 AURORA = {"duration": 100.0, "scenario": 123}
@@ -15,11 +15,11 @@ AURORA = {"duration": 100.0, "scenario": 123}
 
 @pytest.fixture
 def h(tmp_path):
-    harness = Harness(f"sqlite:///{tmp_path / 'runq.sqlite'}")
-    harness.coord = Coordinator(harness.store, harness.cfg, BatchDefaults(), now=harness.now, catalog=CATALOG,
+    harness = Harness(MEMORY)
+    harness.coord = startup.coordinator(harness.store, harness.cfg, BatchDefaults(), now=harness.now, catalog=CATALOG,
                                 files_dir=tmp_path / "files")
     yield harness
-    harness.store.db.close()
+    harness.close()
 
 
 def submit(h, **fields):
@@ -93,10 +93,10 @@ def test_declared_engines_with_fitting_params_and_unchecked_kinds_are_accepted(h
 
 
 def test_without_a_catalog_runq_checks_only_shapes(tmp_path):
-    harness = Harness(f"sqlite:///{tmp_path / 'runq.sqlite'}")   # Coordinator(catalog=None): unit tests, tools
+    harness = Harness(MEMORY)   # startup.coordinator(catalog=None): unit tests, tools
     try:
         assert submit(harness, engine="anything", n_runs=2, param={"x": 1})["status"] == "ok"
         reply = submit(harness, engine="anything", param={}, sweep={"x": [1, 2]}, n_runs=3)
         assert reply["code"] == 400 and "n_runs" in reply["message"]
     finally:
-        harness.store.db.close()
+        harness.close()

@@ -5,8 +5,8 @@ import sqlite3
 import pytest
 
 from simx import protocol
-from runq.store import Store
-from test_coordinator import Harness, start
+from runq.store import SqlStore
+from test_coordinator import MEMORY, Harness, start
 
 SPEC = {"sweep": {"mode": ["a", "b"], "deep.gain": [1, 2, 3]}, "zip": {"seed": [7, 8], "tag": ["x", "y"]}}
 BASE = {"step_count": 0, "deep": {"keep": True}, "seed": 0}
@@ -22,9 +22,9 @@ def expected(i):
 
 @pytest.fixture
 def h(tmp_path):
-    harness = Harness(f"sqlite:///{tmp_path / 'runq.sqlite'}")
+    harness = Harness(MEMORY)
     yield harness
-    harness.store.db.close()
+    harness.close()
 
 
 def test_a_sweep_makes_its_runs_and_each_run_gets_its_values_at_dispatch(h):
@@ -33,7 +33,7 @@ def test_a_sweep_makes_its_runs_and_each_run_gets_its_values_at_dispatch(h):
     batch = reply["batch"]
     assert batch["n_runs"] == 12 and batch["param"] == BASE and batch["sweep"] == SPEC
     # O(1) submit: one batch row, no run rows
-    assert h.store.run_rows(batch["id"], 0, 12) == []
+    assert h.store.reader().run_rows(batch["id"], 0, 12) == []
     h.worker("w")
     params = []
     for _ in range(12):
@@ -80,7 +80,7 @@ def test_the_sweep_survives_a_restart_and_requeued_runs_get_the_same_values(h):
 def test_a_database_from_before_sweeps_keeps_working(tmp_path):
     """Old rows have no `sweep` column: it is added, NULL, and means no sweep."""
     path = tmp_path / "old.sqlite"
-    Store(f"sqlite:///{path}").close()
+    SqlStore(f"sqlite:///{path}").close()
     with sqlite3.connect(path) as db:    # the batches table as older versions made it
         db.execute("ALTER TABLE batches DROP COLUMN sweep")
         db.execute("INSERT INTO batches (id, name, \"group\", user, engine, n_runs, param, max_attempts, "
@@ -97,4 +97,4 @@ def test_a_database_from_before_sweeps_keeps_working(tmp_path):
         assert h.assigned("w")[-1]["param"] == {"step_count": 0}
         assert protocol.check(h.assigned("w")[-1])
     finally:
-        h.store.db.close()
+        h.close()

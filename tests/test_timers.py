@@ -2,9 +2,11 @@
 fire when due, and a tick costs O(due), not O(fleet).  The coordinator is driven with `now`."""
 import math
 
+from runq.core.output import Output
+
 from simx.config import RunqConfig
 from runq.core.timers import Timers
-from test_coordinator import Harness, start
+from test_coordinator import MEMORY, Harness, start
 
 
 def test_timers_fire_in_deadline_order_once_and_stale_ones_never():
@@ -33,7 +35,7 @@ def test_a_handler_may_arm_a_timer_due_in_the_same_pass():
 
 
 def test_lease_fires_by_deadline_and_each_word_from_the_worker_pushes_it_back(tmp_path):
-    h = Harness(f"sqlite:///{tmp_path / 'r.sqlite'}", cfg=RunqConfig(heartbeat_interval=10, lease=30, grace=60))
+    h = Harness(MEMORY, cfg=RunqConfig(heartbeat_interval=10, lease=30, grace=60))
     wid = h.worker("w")
     start(h, 2)
     assign = h.assigned("w")[-1]
@@ -48,7 +50,7 @@ def test_lease_fires_by_deadline_and_each_word_from_the_worker_pushes_it_back(tm
 
 
 def test_time_limit_and_grace_fire_by_deadline(tmp_path):
-    h = Harness(f"sqlite:///{tmp_path / 'r.sqlite'}", cfg=RunqConfig(heartbeat_interval=10, lease=30, grace=60))
+    h = Harness(MEMORY, cfg=RunqConfig(heartbeat_interval=10, lease=30, grace=60))
     w1 = h.worker("w1")
     start(h, 1, time_limit=25)
     a1 = h.assigned("w1")[-1]
@@ -71,7 +73,7 @@ def test_time_limit_and_grace_fire_by_deadline(tmp_path):
 def test_a_quiet_fleet_of_10000_costs_a_tick_only_what_is_due(tmp_path):
     """10,000 idle connected workers: ticks pop nothing until contact writes fall due, and then
     exactly one entry per worker that spoke (work counted, not time)."""
-    h = Harness(f"sqlite:///{tmp_path / 'r.sqlite'}", cfg=RunqConfig(heartbeat_interval=10, lease=30, grace=60))
+    h = Harness(MEMORY, cfg=RunqConfig(heartbeat_interval=10, lease=30, grace=60))
     n = 10_000
     for i in range(n):
         h.worker(f"w{i}")
@@ -97,7 +99,7 @@ def test_a_quiet_fleet_of_10000_costs_a_tick_only_what_is_due(tmp_path):
 def test_a_retry_backoff_is_a_timer_in_the_one_deadline_heap(tmp_path):
     """A transient failure's backoff is a ("retry", run) deadline among the others: the
     coordinator's next deadline is the run's retry time, and it fires then, not before."""
-    h = Harness(f"sqlite:///{tmp_path / 'r.sqlite'}", cfg=RunqConfig(heartbeat_interval=10, lease=30, grace=60))
+    h = Harness(MEMORY, cfg=RunqConfig(heartbeat_interval=10, lease=30, grace=60))
     wid = h.worker("w")
     start(h, 1, max_attempts=3)
     failed_at = h.now
@@ -113,7 +115,7 @@ def test_a_retry_backoff_is_a_timer_in_the_one_deadline_heap(tmp_path):
 
 def test_contact_writes_fall_on_shared_slots_and_write_last_contact_only(tmp_path):
     """Heartbeats of a fleet within one slot are written in one tick, each as its last_contact only."""
-    h = Harness(f"sqlite:///{tmp_path / 'r.sqlite'}", cfg=RunqConfig(heartbeat_interval=10, lease=30, grace=60))
+    h = Harness(MEMORY, cfg=RunqConfig(heartbeat_interval=10, lease=30, grace=60))
     ids = [h.worker(f"w{i}") for i in range(3)]
     h.tick(10.2)
     for i, wid in enumerate(ids):
@@ -126,7 +128,7 @@ def test_contact_writes_fall_on_shared_slots_and_write_last_contact_only(tmp_pat
     assert {k: set(row) for k, (row, _) in h.store._dirty["workers"].items()} == {
         wid: {"id", "last_contact"} for wid in ids}
     h.store.commit()
-    rows = {r["id"]: r for r in h.store.worker_rows()}
+    rows = {r["id"]: r for r in h.store.reader().worker_rows()}
     assert [rows[wid]["last_contact"] for wid in ids] == [h.coord.workers[wid].last_contact for wid in ids]
     assert all(rows[wid]["state"] == "idle" for wid in ids)   # the rest of the row is untouched
 
@@ -142,7 +144,10 @@ class _Clocked:
     def tick(self, now):
         self.ticks.append(now)
         self.due = math.inf
-        return []
+        return Output()
+
+    def committed(self, seconds, purged):
+        pass
 
 
 class _NoStore:
@@ -151,6 +156,9 @@ class _NoStore:
 
     def commit(self):
         pass
+
+    def take_purged(self):
+        return []
 
 
 def test_the_server_ticks_at_the_coordinators_deadline_and_never_on_a_sweep():

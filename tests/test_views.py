@@ -7,16 +7,16 @@ import pytest
 
 from runq import queries
 from runq.core import states
-from runq.store import Store
+from runq.store import SqlStore
 from runweb import results
-from test_coordinator import Harness, start
+from test_coordinator import MEMORY, Harness, start
 
 
 @pytest.fixture
 def h(tmp_path):
-    harness = Harness(f"sqlite:///{tmp_path / 'runq.sqlite'}")
+    harness = Harness(MEMORY)
     yield harness
-    harness.store.db.close()
+    harness.close()
 
 
 def all_runs(h, batch_id):
@@ -182,7 +182,7 @@ def test_batch_ends_failed_when_a_run_failed_and_cancelled_above_all(h):
 
 def test_old_done_rows_with_failed_runs_read_as_failed(tmp_path):
     url = f"sqlite:///{tmp_path / 'old.sqlite'}"
-    store = Store(url)
+    store = SqlStore(url)
     base = dict(name="", group="", user="", engine="dummy", n_runs=1, param={}, max_attempts=1, max_requeues=1,
                 time_limit=None, idempotency_key=None, next_index=1, n_waiting=0, n_running=0,
                 n_cancelled=0, start_time=1.0, end_time=2.0)
@@ -190,8 +190,8 @@ def test_old_done_rows_with_failed_runs_read_as_failed(tmp_path):
     store.add_batch(dict(base, id=2, state="done", n_finished=1, n_failed=0))
     store.add_batch(dict(base, id=3, idempotency_key="k", state="cancelled", n_finished=0, n_failed=1))
     store.close()
-    store = Store(url)
-    assert [store.batch_row(i)["state"] for i in (1, 2, 3)] == ["failed", "done", "cancelled"]
+    store = SqlStore(url)
+    assert [store.reader().batch_row(i)["state"] for i in (1, 2, 3)] == ["failed", "done", "cancelled"]
     store.close()
 
 

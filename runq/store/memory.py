@@ -8,6 +8,7 @@ SQLite and PostgreSQL, so it cannot drift from SQL.
 from __future__ import annotations
 
 import itertools
+import uuid
 
 from . import schema
 from .writes import Writes
@@ -16,8 +17,8 @@ ACTIVE_RUN_STATES = ("waiting", "running", "assigned", "cancelled")
 
 
 class MemoryStore(Writes):
-    def __init__(self, instance: str = "memory-instance"):
-        self._instance = instance
+    def __init__(self, instance: str | None = None):
+        self._instance = instance or str(uuid.uuid4())   # a new store is a new database
         self.batches: dict[int, dict] = {}
         self.runs: dict[tuple[int, int], dict] = {}
         self.attempts: list[dict] = []
