@@ -1,4 +1,4 @@
-"""Where runq answers reads: on its loop, on a reader thread, or in a reader process (issue 10, P8).
+"""Where runq answers reads: on a reader thread or in a reader process (issue 10, P8).
 
 Dispatch rate of N zero-step runs through W minimal workers (bench/driver.py), without
 readers and with R clients each fetching a 1,000-run page of that batch every 0.5 s,
@@ -7,7 +7,6 @@ for each design; the ratio with/without readers is what matters.
     .venv/bin/python bench/readers_off_loop.py [--runs 20000] [--workers 8] [--readers 16] [--repeat 2]
 
 `serve MODE PORT URL` is the runq it starts: the real coordinator and server with
-  loop     reads answered by the coordinator, on the loop (as before issue 10)
   thread   runq/reader.py ReaderThread: a thread of runq's process
   process  runq/reader.py ReaderProcess (what runq ships): a child process with its own
            read connection
@@ -28,15 +27,16 @@ from common import PY, ROOT, free_port, runq_client, stop_all, wait_until  # noq
 
 def serve(mode: str, port: int, url: str) -> int:
     from simx.config import BatchDefaults, RunqConfig
-    from runq.core.coordinator import Coordinator
-    from runq.queries import Queries
+    from runq import startup
+    from runq.queries import Facts, Queries
     from runq.reader import ReaderProcess, ReaderThread
     from runq.server import Server
-    from runq.store import Store
-    store = Store(url)
-    coord = Coordinator(store, RunqConfig(), BatchDefaults(), now=time.time())
-    reader = {"loop": lambda: None, "thread": lambda: ReaderThread(Queries(store.reader(), coord.facts)),
-              "process": lambda: ReaderProcess(store.engine.url, coord.facts)}[mode]()
+    from runq.store import SqlStore
+    store = SqlStore(url)
+    coord = startup.coordinator(store, RunqConfig(), BatchDefaults(), now=time.time())
+    facts = Facts(coord.presence)
+    reader = {"thread": lambda: ReaderThread(Queries(store.reader(), facts)),
+              "process": lambda: ReaderProcess(store.engine.url, facts)}[mode]()
     server = Server(coord, store, [("127.0.0.1", port)], reader=reader)
     import signal
     signal.signal(signal.SIGTERM, lambda *a: setattr(server, "stopping", True))
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--readers", type=int, default=16)
     p.add_argument("--repeat", type=int, default=2)
-    p.add_argument("--only", default="loop,thread,process")
+    p.add_argument("--only", default="thread,process")
     args = p.parse_args(argv)
     print(f"{args.runs} zero-step runs, {args.workers} driver workers, {args.readers} readers of a 1,000-run "
           f"page every 0.5 s; median of {args.repeat}")

@@ -70,14 +70,14 @@ def test_bad_nested_values_name_the_key(tmp_path, text, key):
 
 
 def test_sqlite_synchronous_is_a_setting_and_off_is_refused(tmp_path):
-    from runq.store import Store
+    from runq.store import SqlStore
     assert config.load(env={}).runq.synchronous == "NORMAL"
     assert config.load(env={"SIMX_DB_SYNCHRONOUS": "full"}).runq.synchronous == "FULL"
     with pytest.raises(config.ConfigError, match=r"runq.synchronous: must be one of NORMAL, FULL, EXTRA.*OFF could"):
         config.load(env={"SIMX_DB_SYNCHRONOUS": "off"})
     levels = {}
     for level in ("NORMAL", "FULL", "EXTRA"):
-        store = Store(f"sqlite:///{tmp_path}/{level}.sqlite", level)
+        store = SqlStore(f"sqlite:///{tmp_path}/{level}.sqlite", level)
         with store.engine.connect() as conn:
             levels[level] = conn.exec_driver_sql("PRAGMA synchronous").scalar()
         store.close()

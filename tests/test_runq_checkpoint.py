@@ -4,7 +4,7 @@ import sqlite3
 
 from procs import wait_until
 from runq.checkpoint import BACKSTOP_PAGES, Checkpointer
-from runq.store import Store
+from runq.store import SqlStore
 
 
 def _batch(i):
@@ -15,7 +15,7 @@ def _batch(i):
 
 def test_commits_leave_checkpoints_to_the_thread(tmp_path):
     path = tmp_path / "s.sqlite"
-    store = Store(f"sqlite:///{path}")
+    store = SqlStore(f"sqlite:///{path}")
     cp = Checkpointer.start_for(store, every=0.01)
     try:
         with store.engine.connect() as conn:   # the writer's connections checkpoint only past the backstop
@@ -37,11 +37,11 @@ def test_commits_leave_checkpoints_to_the_thread(tmp_path):
 
 
 def test_no_thread_for_a_database_that_is_not_an_sqlite_file():
-    assert Checkpointer.start_for(Store("sqlite://")) is None
+    assert Checkpointer.start_for(SqlStore("sqlite://")) is None
 
 
 def test_no_checkpoint_while_nothing_is_committed(tmp_path):
-    store = Store(f"sqlite:///{tmp_path / 's.sqlite'}")
+    store = SqlStore(f"sqlite:///{tmp_path / 's.sqlite'}")
     cp = Checkpointer.start_for(store, every=0.005)
     try:
         store.add_batch(_batch(1))

@@ -1,9 +1,11 @@
 """runq as a real process on loopback: bad peers are cut off, everyone else is served."""
+import math
 import socket
 import struct
 
 from procs import start_runq, wait_until
 from simx import protocol
+from runq.core.output import Output
 from simx.client import Link, RunqClient, handshake
 
 
@@ -164,19 +166,24 @@ class BuggyCoordinator:
         self.store = store
 
     def connected(self, conn, peer, now):
-        return []
+        return Output()
 
     def role_of(self, conn):
         return None
 
     def handle(self, conn, msg, now):
         if msg["type"] == "Ping":
-            return [(conn, protocol.reply())]
+            out = Output()
+            out.send(conn, protocol.reply())
+            return out
         self.store.buffered += 1
         raise KeyError("a bug in the core")
 
     def disconnected(self, conn, now):
-        return []
+        return Output()
+
+    def next_deadline(self):
+        return math.inf
 
     def tick(self, now):
         return []

@@ -51,7 +51,10 @@ class ReadStore:
             result = conn.execute(stmt, params)
             keys = list(result.keys())
             rows = [dict(zip(keys, r)) for r in result]
+        surrogate = name in ("runs", "attempts")   # their `id` is the database's, not a record field
         for row in rows:
+            if surrogate:
+                row.pop("id", None)
             for col in schema.JSON_COLUMNS[name]:
                 row[col] = schema.jload(row[col])
         return rows
@@ -218,6 +221,7 @@ class ReadStore:
         for i in range(0, len(batch_ids), 500):
             stmt = r.select().where(r.c.batch_id.in_(batch_ids[i:i + 500]))
             stmt = stmt.where(r.c.state.in_(("waiting", "running", "assigned", "cancelled")))
+            stmt = stmt.order_by(r.c.batch_id, r.c.batch_index)
             out += self._rows(stmt, "runs")
         return out
 
