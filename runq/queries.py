@@ -15,7 +15,6 @@ it did not exist).  No ``actor`` means a holder of the client secret: admin.
 from __future__ import annotations
 
 import base64
-import json
 
 from simx import limits, protocol
 from simx.limits import json_size

@@ -13,18 +13,13 @@ connection only.  Any other exception escapes ``serve()``: runq ends without
 committing the half turn (crash-only; supervisor restarts it from the last
 commit).
 
-Limits (conf ``runq.limits``): output waiting per connection (reading its
-requests pauses above it), input buffered over all connections, frame size by
-role, time to finish a frame and to say who one is, worker idle time, and
-unauthenticated connections per address.  Deadlines sit in a heap, so a turn
-never sweeps every connection.  TLS (conf ``runq.tls``) runs in the same loop
-with a non-blocking handshake, counted in the time to say who one is.
+Limits (conf ``runq.limits``): output waiting per connection, input buffered over
+all connections, frame size by role, the clocks of runq/connection.py, and
+unauthenticated connections per address (runq/acceptor.py).  TLS runs in the loop.
 """
 from __future__ import annotations
 
 import errno
-import heapq
-import itertools
 import logging
 import math
 import selectors
@@ -34,64 +29,15 @@ import time
 
 from simx import protocol
 from simx.config import Limits
+from .acceptor import Acceptor
+from .connection import Connection, Deadlines, LogQuota
 
 log = logging.getLogger("runq.server")
 
-TICK_EVERY = 0.5          # longest wait in select (stopping is noticed within it); also the beat of
-                          # tick() for a coordinator without next_deadline()
+TICK_EVERY = 0.5          # longest wait in select (stopping is noticed within it)
 RECV_SIZE = 256 * 1024
 MIN_RECV = 4096           # what a read takes once the input budget is spent
-ACCEPT_PAUSE = 0.75       # seconds without accepting after EMFILE/ENFILE
-ACCEPT_LOG_EVERY = 60.0   # an episode of failing accepts logs once, however often it recurs within this
-OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
-
-
-class LogQuota:
-    """Lines about misbehaving peers: at most `burst` per `period` seconds, the rest counted and
-    reported once, so a flood of bad peers cannot flood the log (or the disk)."""
-
-    def __init__(self, clock, burst: int = 20, period: float = 1.0):
-        self.clock, self.burst, self.period = clock, burst, period
-        self.start, self.used, self.held = -math.inf, 0, 0
-
-    def log(self, level: int, fmt: str, *args) -> None:
-        now = self.clock()
-        if now - self.start >= self.period:
-            if self.held:
-                log.warning("%d more lines about peers held back in the last %.0f s", self.held,
-                            now - self.start)
-            self.start, self.used, self.held = now, 0, 0
-        if self.used < self.burst:
-            self.used += 1
-            log.log(level, fmt, *args)
-        else:
-            self.held += 1
-
-
-class Connection:
-    __slots__ = ("sock", "peer", "reader", "outbuf", "staged", "closing", "events", "role",
-                 "handshaking", "opened", "last_input", "frame_started", "scheduled", "paused", "closed",
-                 "reading")
-
-    def __init__(self, sock: socket.socket, peer: str, max_frame: int, now: float, handshaking: bool):
-        self.sock, self.peer = sock, peer
-        self.reader = protocol.FrameReader(max_frame)
-        self.outbuf = bytearray()     # encoded, committed: being sent
-        self.staged = bytearray()     # encoded this turn: sent after the commit
-        self.closing = False
-        self.events = selectors.EVENT_READ
-        self.role: str | None = None
-        self.handshaking = handshaking
-        self.opened = self.last_input = now
-        self.frame_started: float | None = None
-        self.scheduled = math.inf     # the time of this connection's entry in the deadline heap
-        self.paused = False           # not reading: too much output waiting, or the input budget is spent
-        self.closed = False
-        self.reading = False          # one of its reads is with the reader: take no frame until answered
-
-    def __repr__(self):
-        return f"<conn {self.peer} fd={self.sock.fileno()}>"
 
 
 class Server:
@@ -107,34 +53,17 @@ class Server:
         self.idle_timeout = (limits.worker_idle_factor * heartbeat_interval
                              if limits.worker_idle_factor > 0 and heartbeat_interval > 0 else math.inf)
         self.sel = selectors.DefaultSelector()
-        self.listeners = []
-        for host, port in addresses:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(1024)
-            sock.setblocking(False)
-            self.sel.register(sock, selectors.EVENT_READ, None)
-            self.listeners.append(sock)
+        self.acceptor = Acceptor(self.sel, addresses, clock)
         self.stopping = False
-        self.last_tick = 0.0
-        # The coordinator's timers fire at their deadline: the loop wakes for the next one and
-        # calls tick() then (a coordinator without next_deadline() is ticked every TICK_EVERY).
+        # The coordinator's timers fire at their deadline: the loop wakes for the next one.
         self.next_timer = coordinator.next_deadline
-        self.deadlines: list = []           # (time, seq, conn): lazily invalidated
-        self.seq = itertools.count()
-        self.unauth: dict[str, int] = {}    # peer address -> connections without a role
+        self.deadlines = Deadlines(limits, self.idle_timeout)
         self.input_total = 0                # bytes of half-received frames, all connections
         self.starved: set[Connection] = set()   # paused for the input budget
         # Past the budget one connection holding a half frame may still finish it, so the
         # others always get their turn (no deadlock when every frame in flight is large).
         self.privileged: Connection | None = None
         self.ready: list[Connection] = []   # resumed: may hold input no selector event will announce
-        self.accept_resume_at: float | None = None   # while accept() is paused for lack of descriptors
-        self.accept_failing = False                      # from the first EMFILE until an accept succeeds
-        self.accept_logged_at = -math.inf                # when the last episode was logged
-        self.accept_recovery_due = False                 # log the recovery of the logged episode
         self.touched: dict[Connection, None] = {}
         self.peer_log = LogQuota(clock).log
         if reader is not None:
@@ -142,7 +71,7 @@ class Server:
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
-        return [s.getsockname()[:2] for s in self.listeners]
+        return self.acceptor.addresses
 
     def serve(self) -> None:
         """Loop until ``stopping``; an unexpected exception propagates with the turn uncommitted."""
@@ -159,19 +88,18 @@ class Server:
             self.reader.close()
         for key in list(self.sel.get_map().values()):
             key.fileobj.close()
-        for sock in self.listeners:
-            sock.close()
+        self.acceptor.close()
         self.sel.close()
 
     def step(self, timeout: float) -> None:
         """One loop turn."""
         now = self.clock()
-        soonest = min(self.next_timer(), self.deadlines[0][0] if self.deadlines else math.inf,
-                      self.accept_resume_at or math.inf)
+        soonest = min(self.next_timer(), self.deadlines.soonest(),
+                      self.acceptor.resume_at or math.inf)
         timeout = max(0.0, min(timeout, soonest - now))
         for key, mask in self.sel.select(timeout):
             if key.data is None:
-                self._accept(key.fileobj)
+                self.acceptor.accept(key.fileobj, self._admit)
                 continue
             if key.data is self.reader:
                 self._answered()
@@ -192,10 +120,9 @@ class Server:
                 self._input(conn)
         now = self.clock()
         self._expire(now)
-        if self.accept_resume_at is not None and now >= self.accept_resume_at:
-            self._resume_accepting()
+        if self.acceptor.resume_at is not None and now >= self.acceptor.resume_at:
+            self.acceptor.resume()
         if now >= self.next_timer():
-            self.last_tick = now
             self._queue(self.coord.tick(now))
         # Commit before send: nothing goes out about state that is not durable.
         pending, started = self.store.pending(), time.perf_counter()
@@ -221,49 +148,8 @@ class Server:
                 self.privileged = max(self.starved, key=lambda c: len(c.reader.buf))
                 self._unpause(self.privileged)
 
-    # ---- accepting
-
-    def _accept(self, listener: socket.socket) -> None:
-        for _ in range(64):
-            try:
-                sock, addr = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in OUT_OF_DESCRIPTORS:
-                    self._pause_accepting(exc)
-                else:  # ECONNABORTED and friends: that one peer only
-                    log.debug("accept failed: %s", exc)
-                return
-            if self.accept_failing:
-                self.accept_failing = False
-                if self.accept_recovery_due:
-                    self.accept_recovery_due = False
-                    log.warning("accepting connections again")
-            self._admit(sock, addr[0])
-
-    def _pause_accepting(self, exc: OSError) -> None:
-        """Out of descriptors: stop listening for a moment instead of spinning on a failing accept()."""
-        now = self.clock()
-        if not self.accept_failing and now - self.accept_logged_at >= ACCEPT_LOG_EVERY:
-            self.accept_logged_at, self.accept_recovery_due = now, True   # one log line per episode
-            log.error("cannot accept connections: %s; pausing accept() until descriptors are free "
-                      "(raise the open-files limit or find who holds the connections)", exc)
-        self.accept_failing = True
-        for sock in self.listeners:
-            if sock in self.sel.get_map():
-                self.sel.unregister(sock)
-        self.accept_resume_at = now + ACCEPT_PAUSE
-
-    def _resume_accepting(self) -> None:
-        for sock in self.listeners:
-            self.sel.register(sock, selectors.EVENT_READ, None)
-        self.accept_resume_at = None
-
     def _admit(self, sock: socket.socket, peer: str) -> None:
-        if self.unauth.get(peer, 0) >= self.limits.max_unauth_per_addr:
-            log.debug("refusing %s: %d connections from it have not said who they are", peer,
-                      self.unauth[peer])
+        if not self.acceptor.admits(peer, self.limits.max_unauth_per_addr):
             sock.close()
             return
         sock.setblocking(False)
@@ -277,7 +163,7 @@ class Server:
             return
         now = self.clock()
         conn = Connection(sock, peer, self.limits.max_client_frame, now, handshaking=self.tls is not None)
-        self.unauth[peer] = self.unauth.get(peer, 0) + 1
+        self.acceptor.count_unauth(peer, +1)
         self.sel.register(sock, selectors.EVENT_READ, conn)
         self._schedule(conn)
         if conn.handshaking:
@@ -286,24 +172,15 @@ class Server:
             self._queue(self.coord.connected(conn, peer, now))
 
     def _handshake(self, conn: Connection) -> None:
-        try:
-            conn.sock.do_handshake()
-        except ssl.SSLWantReadError:
-            self._set_events(conn, selectors.EVENT_READ)
-            return
-        except ssl.SSLWantWriteError:
-            self._set_events(conn, selectors.EVENT_WRITE)
-            return
-        except (ssl.SSLError, OSError) as exc:
-            self.peer_log(logging.INFO, "%r TLS handshake failed: %s", conn, exc)
+        waits, error = conn.handshake()
+        if error is not None:
+            self.peer_log(logging.INFO, "%r TLS handshake failed: %s", conn, error)
             self._finish_close(conn)
             return
-        conn.handshaking = False
-        self._set_events(conn, selectors.EVENT_READ)
-        self._queue(self.coord.connected(conn, conn.peer, self.clock()))
-        self.ready.append(conn)  # application data may have come with the handshake
-
-    # ---- reading
+        self._set_events(conn, waits or selectors.EVENT_READ)
+        if waits is None:
+            self._queue(self.coord.connected(conn, conn.peer, self.clock()))
+            self.ready.append(conn)  # application data may have come with the handshake
 
     def _input(self, conn: Connection) -> None:
         """Handle the frames already buffered, then read once (TLS: records up to RECV_SIZE, and
@@ -384,60 +261,20 @@ class Server:
         if role == conn.role:
             return
         if conn.role is None:
-            self._count_unauth(conn.peer, -1)
+            self.acceptor.count_unauth(conn.peer, -1)
         elif role is None:
-            self._count_unauth(conn.peer, +1)
+            self.acceptor.count_unauth(conn.peer, +1)
         conn.role = role
         conn.reader.max_frame = (self.limits.max_worker_frame if role == "worker"
                                  else self.limits.max_client_frame)
 
-    def _count_unauth(self, peer: str, delta: int) -> None:
-        n = self.unauth.get(peer, 0) + delta
-        if n > 0:
-            self.unauth[peer] = n
-        else:
-            self.unauth.pop(peer, None)
-
-    # ---- timers
-
-    def _deadline(self, conn: Connection) -> tuple[float, str]:
-        if (conn.role == "worker" and conn.frame_started is None and not conn.paused  # the common case:
-                and not conn.reading):                                                # an idle worker
-            return conn.last_input + self.idle_timeout, "worker silent too long"
-        times = [(math.inf, "")]
-        if conn.role is None:
-            times.append((conn.opened + self.limits.auth_timeout, "did not say who it is in time"))
-        if (conn.paused or conn.reading) and conn.role is not None:
-            return min(times)   # not reading is runq's choice: no frame or idle deadline meanwhile
-        if conn.frame_started is not None:
-            # A stranger or client finishes a frame in frame_timeout; a worker's frame (a result
-            # over a slow link) only has to keep moving.
-            begun = conn.last_input if conn.role == "worker" else conn.frame_started
-            times.append((begun + self.limits.frame_timeout, "did not finish a frame in time"))
-        if conn.role == "worker":
-            times.append((conn.last_input + self.idle_timeout, "worker silent too long"))
-        return min(times)
-
     def _schedule(self, conn: Connection) -> None:
-        when = self._deadline(conn)[0]
-        if when < conn.scheduled:
-            conn.scheduled = when
-            heapq.heappush(self.deadlines, (when, next(self.seq), conn))
+        self.deadlines.schedule(conn)
 
     def _expire(self, now: float) -> None:
-        while self.deadlines and self.deadlines[0][0] <= now:
-            when, _, conn = heapq.heappop(self.deadlines)
-            if conn.closed or when != conn.scheduled:
-                continue   # stale entry: the connection has gone or was rescheduled sooner
-            conn.scheduled = math.inf
-            due, reason = self._deadline(conn)
-            if due <= now:
-                self.peer_log(logging.INFO, "%r %s; closing it", conn, reason)
-                self._finish_close(conn)
-            else:
-                self._schedule(conn)
-
-    # ---- writing
+        for conn, reason in self.deadlines.expired(now):
+            self.peer_log(logging.INFO, "%r %s; closing it", conn, reason)
+            self._finish_close(conn)
 
     def _queue(self, out) -> None:
         """Encode what the core wants sent: after this turn's commit, or at once where it depends
@@ -500,10 +337,7 @@ class Server:
             conn.reading = False
             conn.staged += data
             self.touched[conn] = None
-            now = self.clock()   # its wait was runq's doing: its clocks restart
-            conn.last_input = now
-            if conn.frame_started is not None:
-                conn.frame_started = now
+            conn.restart_clocks(self.clock())   # its wait was runq's doing
             self._watch(conn)
             self._schedule(conn)
             if not conn.paused:
@@ -516,10 +350,7 @@ class Server:
     def _unpause(self, conn: Connection) -> None:
         self.starved.discard(conn)
         conn.paused = False
-        now = self.clock()   # its silence while paused was runq's doing: its clocks restart
-        conn.last_input = now
-        if conn.frame_started is not None:
-            conn.frame_started = now
+        conn.restart_clocks(self.clock())   # its silence while paused was runq's doing
         self._watch(conn)
         self._schedule(conn)
         self.ready.append(conn)
@@ -558,7 +389,7 @@ class Server:
         if conn is self.privileged:
             self.privileged = None
         if conn.role is None:
-            self._count_unauth(conn.peer, -1)
+            self.acceptor.count_unauth(conn.peer, -1)
         # The coordinator's reaction (a worker now disconnected) is buffered like any
         # other change; nothing needs sending for it.
         self._queue(self.coord.disconnected(conn, self.clock()))

@@ -265,7 +265,7 @@ def test_frame_caps_follow_the_role_even_within_one_read(tmp_path):
 def test_peer_log_lines_are_rationed():
     import logging
 
-    from runq.server import LogQuota
+    from runq.connection import LogQuota
     now = [0.0]
     records = []
     handler = logging.Handler()
