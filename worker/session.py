@@ -27,6 +27,8 @@ from simx.client import RunqRefused, check_challenge
 
 from .engines.base import Engine
 from .job import EngineThread, Job, run_name
+from .summary import OUTCOMES as OUTCOME
+from .summary import SUMMARY_INTERVAL, Summary
 from .upload import Upload, UploadError
 
 log = logging.getLogger("worker")
@@ -35,9 +37,6 @@ MAX_PREFETCH = 64  # runs a worker may hold at once (runq: coordinator.MAX_HELD_
 UPDATE_INTERVAL = 0.2  # seconds: at most ~5 WorkerUpdate per second per run
 STOP_TIMEOUT = 5.0  # seconds a stopping worker waits for the ack of its WorkerStoppedRun
 DRAIN_LINGER = 0.5  # seconds an idle draining worker stays to refuse an assignment already in flight
-# How logs name each terminal report.
-OUTCOME = {"WorkerFinishedRun": "finished", "WorkerFailedRun": "failed", "WorkerAbortedRun": "aborted",
-           "WorkerStoppedRun": "stopped"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +68,8 @@ def run_fields(key) -> dict:
 class Session:
     def __init__(self, traits: Traits, engine: Engine, send, wake, secret: bytes | None = None, *,
                  update_interval: float = UPDATE_INTERVAL, stop_timeout: float = STOP_TIMEOUT,
-                 drain_linger: float = DRAIN_LINGER, prefetch: int = 1):
+                 drain_linger: float = DRAIN_LINGER, prefetch: int = 1,
+                 summary_interval: float = SUMMARY_INTERVAL):
         if not isinstance(prefetch, int) or not 1 <= prefetch <= MAX_PREFETCH:
             raise ValueError(f"prefetch must be an integer from 1 to {MAX_PREFETCH}, not {prefetch!r}")
         self.traits, self.engine, self.send, self.wake, self.secret = traits, engine, send, wake, secret
@@ -77,6 +77,8 @@ class Session:
         self.runner = EngineThread()
         self.update_interval, self.stop_timeout, self.drain_linger = update_interval, stop_timeout, drain_linger
         self.log = _WorkerLog(log, {"session": self})
+        self.summary = Summary(traits.engine, summary_interval)  # the INFO line about the runs ended
+        self.now = -math.inf  # the time of the last advance()
         self.worker_id: int | None = None  # from the first RunqAcceptWorker on
         self.key: str | None = None  # proves this worker's identity on reconnect (never sent)
         self.instance: str | None = None  # the runq database this worker is registered with
@@ -217,7 +219,7 @@ class Session:
             elif msg["keep_run"]:
                 self.next_update = -math.inf  # progress made while away goes out at once
             elif self.upload is not None:
-                self._abandon_upload("runq did not keep the run after a reconnect")
+                self._abandon_upload("runq did not keep the run after a reconnect", now)
             else:
                 self.log.info("runq did not keep run %s; aborting it", run_name(job.key))
                 job.request_abort("runq did not keep the run after a reconnect")
@@ -258,7 +260,7 @@ class Session:
     def _step(self, now: float) -> None:
         """Report the computed run's outcome, and start the next held run while none computes."""
         while True:
-            self._collect_outcome()
+            self._collect_outcome(now)
             if not self.held or self.computing() is not None or self.stopping or self.draining:
                 return
             key = next(iter(self.held))
@@ -266,11 +268,12 @@ class Session:
 
     def _start(self, msg: dict, now: float) -> None:
         job = self.job = self.last_job = Job(msg, self.engine, self.worker_id, self.wake)
+        job.started = now
         self.next_update = -math.inf
-        # Two lines per run at INFO (this and the outcome) cost more CPU than the rest of a
-        # zero-step run: fleets of very short runs log at WARNING (docs/ARCHITECTURE.md).
-        if log.isEnabledFor(logging.INFO):
-            self.log.info("assigned run %s", run_name(job.key))
+        # Per-run lines are at DEBUG, formatted only when written: two lines per run at INFO cost
+        # as much CPU as a zero-step run.  The operator's INFO view is the summary (summary.py).
+        if log.isEnabledFor(logging.DEBUG):
+            self.log.debug("assigned run %s", run_name(job.key))
         if self.prefetch > 1 and self.online:
             self.send({"type": "WorkerStartedRun", "worker_id": self.worker_id, "batch_id": job.key[0],
                        "batch_index": job.key[1], "attempt": job.key[2]})
@@ -282,9 +285,7 @@ class Session:
         if report is None:
             self.log.warning("ack for run %s, which has no report waiting; ignored", run_name(key))
             return
-        # a finished run's ack at DEBUG: a third line per run is not worth its CPU
-        level = (logging.WARNING if not msg["accepted"] else
-                 logging.DEBUG if report[0] == "WorkerFinishedRun" else logging.INFO)
+        level = logging.DEBUG if msg["accepted"] else logging.WARNING   # the run's outcome had its line
         if log.isEnabledFor(level):
             note = f": {msg['message']}" if msg.get("message") else ""
             self.log.log(level, "%s report of run %s acked (accepted %s%s)",
@@ -295,7 +296,8 @@ class Session:
     def _abort(self, msg: dict, now: float) -> None:
         key = protocol.run_key(msg)
         if self.held.pop(key, None) is not None:   # runq takes back a prefetched run: never started
-            self.log.info("runq took back run %s before it started (%s)", run_name(key), msg["reason"])
+            if log.isEnabledFor(logging.DEBUG):   # routine with prefetch: runq gives it to an idle worker
+                self.log.debug("runq took back run %s before it started (%s)", run_name(key), msg["reason"])
             self._report(key, "WorkerAbortedRun", {"message": protocol.clean_text(msg["reason"])})
             return
         job = self.job
@@ -305,7 +307,7 @@ class Session:
             return
         self.log.info("aborting run %s: %s", run_name(key), msg["reason"])
         if self.upload is not None:
-            self._abandon_upload(msg["reason"])
+            self._abandon_upload(msg["reason"], now)
             return
         job.request_abort(msg["reason"])
 
@@ -324,9 +326,12 @@ class Session:
     def advance(self, now: float) -> None:
         """Report an outcome the engine produced (starting the next held run), and send progress and
         heartbeats that are due."""
+        self.now = now
         job = self.job
         if self.held or (job is not None and job.report is None):   # else _step has nothing to do
             self._step(now)
+        if now >= self.summary.due:
+            self.log_summary(now)
         if self.online:
             self._send_progress(now)
             if now >= self.next_heartbeat:
@@ -338,12 +343,12 @@ class Session:
             return min(self.due(now))
         job = self.job
         if job is not None and job.report is None and job.has_progress():
-            return min(self.stop_deadline, self.next_heartbeat, self.next_update)
-        return min(self.stop_deadline, self.next_heartbeat)
+            return min(self.stop_deadline, self.next_heartbeat, self.next_update, self.summary.due)
+        return min(self.stop_deadline, self.next_heartbeat, self.summary.due)
 
     def due(self, now: float) -> list[float]:
         """Times at which advance() or check_exit() will act without being woken."""
-        times = [self.stop_deadline]
+        times = [self.stop_deadline, self.summary.due]
         if self.online:
             times.append(self.next_heartbeat)
             job = self.job
@@ -354,7 +359,7 @@ class Session:
                 times.append(linger_end)  # once past, only the output draining (a socket event) is awaited
         return times
 
-    def _collect_outcome(self) -> None:
+    def _collect_outcome(self, now: float) -> None:
         job = self.job
         if job is None or job.report is not None or self.upload is not None:
             return
@@ -367,12 +372,27 @@ class Session:
         if mtype == "WorkerFinishedRun" and self.upload_report is not None:
             mtype, fields = self.upload_report   # the upload could not start: a failure
             self.upload_report = None
+        self._ended(job, mtype, fields, now)
+
+    def _ended(self, job: Job, mtype: str, fields: dict, now: float) -> None:
+        """The started run ``job`` ended with report ``mtype``: its line, the summary's count, the report."""
         job.report = mtype
-        if log.isEnabledFor(logging.INFO):   # formatted only when written (see _start)
+        self.summary.record(mtype, now - job.started, now)
+        # finished at DEBUG (see _start), failed at WARNING; aborted at INFO like the abort asked
+        # (the engine heeded it); stopped at DEBUG: "stopping: giving run ... back" said it
+        level = (logging.WARNING if mtype == "WorkerFailedRun" else
+                 logging.INFO if mtype == "WorkerAbortedRun" else logging.DEBUG)
+        if log.isEnabledFor(level):
             detail = (fields.get("message") or "").strip()
             detail = f": {detail.splitlines()[0][:200]}" if detail else ""
-            self.log.info("run %s %s%s", run_name(job.key), OUTCOME[mtype], detail)
+            self.log.log(level, "run %s %s%s", run_name(job.key), OUTCOME[mtype], detail)
         self._report(job.key, mtype, fields)
+
+    def log_summary(self, now: float) -> None:
+        """Write the summary of the runs ended since the last one, if any (also at exit)."""
+        line = self.summary.take(now)
+        if line is not None:
+            self.log.info("%s", line)
 
     # -- messages to runq ------------------------------------------------------------
 
@@ -425,31 +445,30 @@ class Session:
             self.upload_report = ("WorkerFailedRun", {"message": f"output files: {exc}"})
             return False
         self.upload_report = ("WorkerFinishedRun", fields)
-        self.log.info("run %s finished; sending its %d files", run_name(job.key), len(self.upload.entries))
+        self.log.debug("run %s finished; sending its %d files", run_name(job.key), len(self.upload.entries))
         return True
 
-    def send_upload(self) -> bool:
+    def send_upload(self, now: float | None = None) -> bool:
         """Send the next chunk of the files being uploaded (the loop calls this while its link has
-        room); after the last, the run's finished report.  False when nothing more is to be sent."""
+        room); after the last, the run's finished report.  False when nothing more is to be sent.
+        ``now`` defaults to the time of the last advance()."""
         upload, job = self.upload, self.job
         if upload is None or job is None or not self.online:
             return False
+        now = self.now if now is None else now
         try:
             msg = upload.next_message(self.worker_id)
         except UploadError as exc:
-            self.log.error("run %s: %s", run_name(job.key), exc)
             self._drop_upload()
-            job.report = "WorkerFailedRun"
-            self._report(job.key, "WorkerFailedRun", {"message": f"output files: {exc}"})
+            self._ended(job, "WorkerFailedRun", {"message": f"output files: {exc}"}, now)
             return False
         if msg is not None:
             self.send(msg)
             return True
         mtype, fields = self.upload_report
-        self.log.info("run %s: %d bytes of files sent", run_name(job.key), upload.sent)
+        self.log.debug("run %s: %d bytes of files sent", run_name(job.key), upload.sent)
         self._drop_upload()
-        job.report = mtype
-        self._report(job.key, mtype, fields)
+        self._ended(job, mtype, fields, now)
         return False
 
     def _drop_upload(self) -> None:
@@ -457,18 +476,17 @@ class Session:
             self.upload.close()
         self.upload = self.upload_report = None
 
-    def _abandon_upload(self, reason: str) -> None:
+    def _abandon_upload(self, reason: str, now: float) -> None:
         """runq took the run back while its files were on their way: report it aborted."""
         job = self.job
         self._drop_upload()
-        job.report = "WorkerAbortedRun"
-        self._report(job.key, "WorkerAbortedRun", {"message": reason})
+        self._ended(job, "WorkerAbortedRun", {"message": reason}, now)
 
     # -- stop and drain --------------------------------------------------------------
 
     def stop(self, now: float) -> None:
         """Give the run and the held ones back to runq (WorkerStoppedRun) and wait a little for the acks."""
-        self._collect_outcome()  # a run that just finished keeps its result
+        self._collect_outcome(now)  # a run that just finished keeps its result
         self.stopping = True
         self._hand_back_held("stopping")
         self.stop_deadline = now + self.stop_timeout
@@ -477,8 +495,7 @@ class Session:
             self.log.info("stopping: giving run %s back to runq", run_name(job.key))
             self._drop_upload()
             job.request_abort("worker stopping")
-            job.report = "WorkerStoppedRun"
-            self._report(job.key, "WorkerStoppedRun", {})
+            self._ended(job, "WorkerStoppedRun", {}, now)
         else:
             self.log.info("stopping")
 
