@@ -78,7 +78,6 @@ class Session:
         self.update_interval, self.stop_timeout, self.drain_linger = update_interval, stop_timeout, drain_linger
         self.log = _WorkerLog(log, {"session": self})
         self.summary = Summary(traits.engine, summary_interval)  # the INFO line about the runs ended
-        self.now = -math.inf  # the time of the last advance()
         self.worker_id: int | None = None  # from the first RunqAcceptWorker on
         self.key: str | None = None  # proves this worker's identity on reconnect (never sent)
         self.instance: str | None = None  # the runq database this worker is registered with
@@ -326,7 +325,6 @@ class Session:
     def advance(self, now: float) -> None:
         """Report an outcome the engine produced (starting the next held run), and send progress and
         heartbeats that are due."""
-        self.now = now
         job = self.job
         if self.held or (job is not None and job.report is None):   # else _step has nothing to do
             self._step(now)
@@ -377,11 +375,16 @@ class Session:
     def _ended(self, job: Job, mtype: str, fields: dict, now: float) -> None:
         """The started run ``job`` ended with report ``mtype``: its line, the summary's count, the report."""
         job.report = mtype
-        self.summary.record(mtype, now - job.started, now)
+        summary = self.summary
+        counts = summary.counts
+        if not counts:
+            summary.start(now)
+        counts[mtype] = counts.get(mtype, 0) + 1   # Summary.record, inlined: once per run
+        summary.seconds += now - job.started
         # finished at DEBUG (see _start), failed at WARNING; aborted at INFO like the abort asked
         # (the engine heeded it); stopped at DEBUG: "stopping: giving run ... back" said it
-        level = (logging.WARNING if mtype == "WorkerFailedRun" else
-                 logging.INFO if mtype == "WorkerAbortedRun" else logging.DEBUG)
+        level = (logging.DEBUG if mtype == "WorkerFinishedRun" else logging.WARNING if mtype == "WorkerFailedRun"
+                 else logging.INFO if mtype == "WorkerAbortedRun" else logging.DEBUG)
         if log.isEnabledFor(level):
             detail = (fields.get("message") or "").strip()
             detail = f": {detail.splitlines()[0][:200]}" if detail else ""
@@ -451,11 +454,11 @@ class Session:
     def send_upload(self, now: float | None = None) -> bool:
         """Send the next chunk of the files being uploaded (the loop calls this while its link has
         room); after the last, the run's finished report.  False when nothing more is to be sent.
-        ``now`` defaults to the time of the last advance()."""
+        Without ``now``, the run's time (for the summary) ends at its start."""
         upload, job = self.upload, self.job
         if upload is None or job is None or not self.online:
             return False
-        now = self.now if now is None else now
+        now = job.started if now is None else now
         try:
             msg = upload.next_message(self.worker_id)
         except UploadError as exc:

@@ -29,12 +29,16 @@ class Summary:
         self.since = self.due = math.inf
 
     def record(self, report: str, seconds: float, now: float) -> None:
-        """A run ended with ``report`` (a terminal report type) after ``seconds``."""
+        """A run ended with ``report`` (a terminal report type) after ``seconds`` (Session inlines this)."""
         counts = self.counts
         if not counts:
-            self.since, self.due = now, now + self.interval
+            self.start(now)
         counts[report] = counts.get(report, 0) + 1
         self.seconds += seconds
+
+    def start(self, now: float) -> None:
+        """The first run of a period ended at ``now``: the line is due ``interval`` later."""
+        self.since, self.due = now, now + self.interval
 
     def take(self, now: float) -> str | None:
         """The line for the runs counted so far (None if none), and a fresh count."""
