@@ -125,3 +125,10 @@ def test_duration_reads_as_an_operator_would(seconds, text):
 def test_summary_interval_must_be_positive(interval):
     with pytest.raises(ValueError):
         Summary("e", interval)
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf"])
+def test_summary_interval_flag_refuses_junk(value, capsys):
+    from worker.__main__ import main
+    assert main(["--engine", "dummy", f"--summary-interval={value}"]) == 2
+    assert "--summary-interval must be a positive number of seconds" in capsys.readouterr().err
