@@ -7,7 +7,11 @@ CPU per run is the user+system time of runq and of the workers (from /proc) over
 over n_runs; runweb's is shown apart.  Median of --repeat rounds on one stack, after a warm-up.
 
     .venv/bin/python bench/p1_throughput.py [--runs 10000] [--big 100000] [--workers 16] [--repeat 3]
-        [--sync NORMAL,FULL] [--prefetch 4] [--secure]
+        [--sync NORMAL,FULL] [--log-levels defaults,WARNING] [--prefetch 4] [--secure]
+P1 is judged at the defaults, as a user runs simx: runq, runweb and the workers at the log level
+conf/simx.yaml gives (INFO).  --log-levels adds round sets at other levels (SIMX_LOG_LEVEL for
+every process; WARNING by default, the level every other figure here is measured at), shown beside it.
+The FULL, prefetch and secure round sets stay at WARNING.
 --prefetch N adds a round set with workers started with --prefetch N (reported, not judged: the
 target is for the default, one run at a time).  --secure adds a round set with worker and client
 secrets (and TLS when this runq has runq.tls.*).  --big 0 skips the 100,000-run round.
@@ -24,6 +28,7 @@ from report import Row, fmt, median
 from stack import Options, Stack, tls_available
 
 TARGET = 8000
+DEFAULTS = "defaults"   # a log level: none set, so conf/simx.yaml's (INFO) for every process
 
 
 def one_round(s: Stack, runs: int) -> dict:
@@ -38,8 +43,14 @@ def one_round(s: Stack, runs: int) -> dict:
             "web_us": (cpu1[2] - cpu0[2]) / runs * 1e6}
 
 
-def stack_up(options: Options, workers: int) -> Stack:
+def stack_up(options: Options, workers: int, log_level: str | None = None) -> Stack:
+    """runq, runweb and `workers` workers, warmed up.  `log_level`: SIMX_LOG_LEVEL for every process
+    (None: the Stack's, WARNING; DEFAULTS: none, as a user runs simx)."""
     s = Stack(options)
+    if log_level == DEFAULTS:
+        s.env.pop("SIMX_LOG_LEVEL", None)
+    elif log_level is not None:
+        s.env["SIMX_LOG_LEVEL"] = log_level
     try:
         s.start_runq()
         s.start_runweb()
@@ -52,9 +63,10 @@ def stack_up(options: Options, workers: int) -> Stack:
     return s
 
 
-def measure(options: Options, runs: int, workers: int, repeat: int, big: int = 0, readers=None) -> dict:
-    """Rounds of `runs` on one stack; `readers(stack, bid_holder)` may start dashboard-like load."""
-    s = stack_up(options, workers)
+def measure(options: Options, runs: int, workers: int, repeat: int, big: int = 0,
+            log_level: str | None = None) -> dict:
+    """Rounds of `runs` on one stack (`log_level` as in stack_up)."""
+    s = stack_up(options, workers, log_level)
     try:
         rounds = [one_round(s, runs) for _ in range(repeat)]
         out = {k: median(r[k] for r in rounds) for k in rounds[0]}
@@ -80,11 +92,14 @@ def run(args) -> list[Row]:
           f"(SIMX_DB_SYNCHRONOUS)", flush=True)
     results = {}
     for sync in args.sync.split(","):
-        m = measure(Options(sync=sync), args.runs, args.workers, args.repeat, args.big if sync == "NORMAL" else 0)
+        level = DEFAULTS if sync == "NORMAL" else None
+        m = measure(Options(sync=sync), args.runs, args.workers, args.repeat, args.big if sync == "NORMAL" else 0,
+                    level)
         results[sync] = m
-        print("  " + describe(f"synchronous={sync}", m), flush=True)
+        print("  " + describe(f"synchronous={sync}" + (", log level at the defaults" if level else ""), m),
+              flush=True)
         if sync == "NORMAL":
-            rows.append(Row("P1", f"{args.runs:,} runs, 16 workers, NORMAL (runs/s)", fmt(m["rate"]),
+            rows.append(Row("P1", f"{args.runs:,} runs, 16 workers, NORMAL, defaults (runs/s)", fmt(m["rate"]),
                             f"≥ {TARGET:,}", m["rate"] >= TARGET))
             rows.append(Row("P1", "CPU per run: runq / worker / runweb (µs)",
                             f"{m['runq_us']:.0f} / {m['worker_us']:.0f} / {m['web_us']:.0f}",
@@ -93,7 +108,15 @@ def run(args) -> list[Row]:
                 b = m["big"]
                 print(f"  {args.big:,} runs (one round): {b['rate']:,.0f} runs/s, {b['seconds']:.1f} s; CPU per run "
                       f"runq {b['runq_us']:.0f} µs, worker {b['worker_us']:.0f} µs", flush=True)
-                rows.append(Row("P1", f"{args.big:,} runs, NORMAL (runs/s)", fmt(b["rate"])))
+                rows.append(Row("P1", f"{args.big:,} runs, NORMAL, defaults (runs/s)", fmt(b["rate"])))
+            for other in filter(None, args.log_levels.split(",")):
+                if other == DEFAULTS:
+                    continue
+                o = measure(Options(sync=sync), args.runs, args.workers, args.repeat, 0, other)
+                print("  " + describe(f"synchronous={sync}, SIMX_LOG_LEVEL={other}", o), flush=True)
+                rows.append(Row("P1", f"{args.runs:,} runs, NORMAL, SIMX_LOG_LEVEL={other} (runs/s; CPU µs "
+                                      "runq/worker/runweb)",
+                                f"{fmt(o['rate'])} ({o['runq_us']:.0f}/{o['worker_us']:.0f}/{o['web_us']:.0f})"))
         else:
             rows.append(Row("P1", f"{args.runs:,} runs, {sync} (runs/s)", fmt(m["rate"])))
     if args.prefetch > 1:
@@ -110,7 +133,7 @@ def run(args) -> list[Row]:
               flush=True)
         rows.append(Row("P1", f"{args.runs:,} runs, {opts.label()} (runs/s)", fmt(m["rate"])))
     normal = results.get("NORMAL") or next(iter(results.values()))
-    print_headline = (f"P1 {normal['rate']:,.0f} runs/s through the API with {args.workers} real workers "
+    print_headline = (f"P1 {normal['rate']:,.0f} runs/s through the API with {args.workers} real workers at the defaults "
                       f"(target ≥ {TARGET:,}: {'met' if normal['rate'] >= TARGET else 'NOT met'}); CPU/run "
                       f"runq {normal['runq_us']:.0f} µs + worker {normal['worker_us']:.0f} µs")
     report.print_rows(rows, print_headline)
@@ -124,6 +147,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=16)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--sync", default="NORMAL,FULL")
+    p.add_argument("--log-levels", default=f"{DEFAULTS},WARNING",
+                   help="NORMAL is judged at the defaults; also measured at these levels (comma-separated)")
     p.add_argument("--prefetch", type=int, default=4, help="also with workers' --prefetch N (1: not)")
     p.add_argument("--secure", action="store_true", help="also with secrets (and TLS when available)")
     p.add_argument("--rows", help="append the target rows to this file (JSON lines; the suite uses it)")

@@ -7,6 +7,8 @@ the date, the machine (cores, memory, load) and versions.  About 10 minutes on 2
     .venv/bin/python bench/suite.py [--quick] [--only p1,p2,...] [--no-secure] [--no-profile]
 --quick shrinks every workload (a smoke run of the suite, about 3 minutes).
 P1 and P5 also run with worker and client secrets and TLS (as the issue asks); --no-secure skips that.
+P1 is judged at the defaults (no SIMX_LOG_LEVEL: conf's INFO, as a user runs simx), with P1 at
+WARNING beside it; every other figure is measured at WARNING.
 """
 from __future__ import annotations
 

@@ -206,17 +206,21 @@ def test_database_reset_while_workers_run(tmp_path):
     port = free_port()
     env = base_env(tmp_path, port, **make_secrets(tmp_path))
     runq = start_runq(tmp_path, port=port, env=env)
-    workers = [start_worker(tmp_path, port, env=env, name=f"w{i}", args=FAST) for i in range(2)]
+    summary = ("--summary-interval", "0.2")   # the INFO line counting the runs ended, soon after they end
+    workers = [start_worker(tmp_path, port, env=env, name=f"w{i}", args=FAST + summary) for i in range(2)]
     client = RunqClient(port=port, secret=secret_of(env))
     try:
         client.request("StartBatch", name="old", engine="dummy", n_runs=2, param={"step_count": 10,
                                                                                     "step_delay": 0.1})
-        wait_until(lambda: client.request("BatchStatus", batch_id=1)["batch"]["n_running"] == 2, 20,
-                   what="both workers running a run of the old database")
+        running = wait_until(lambda: (s := client.request("BatchStatus", batch_id=1))["batch"]["n_running"] == 2
+                             and s, 20, what="both workers running a run of the old database")
+        pids = {w["id"]: w["pid"] for w in procs.workers_connected(port, env)}
+        holder = pids[next(r["worker_id"] for r in running["runs"] if r["batch_index"] == 0)]
         client.close()
         assert runq.stop() == 0
-        wait_until(lambda: all("#1 finished" in w.log() for w in workers), 20, what="the old runs to end")
-        workers.sort(key=lambda w: "assigned run 1/0#1" not in w.log())   # the holder of 1/0#1 first
+        wait_until(lambda: all("engine dummy: 1 finished" in w.log() for w in workers), 20,
+                   what="the old runs to end")
+        workers.sort(key=lambda w: w.pid != holder)   # the holder of 1/0#1 first
         for w in workers:
             w.signal(signal.SIGSTOP)
         for path in tmp_path.glob("runq.sqlite*"):

@@ -3,7 +3,7 @@
     python -m worker --engine NAME [--engines FILE] [--allow-any-command]
                      [--group G] [--user U] [--cost C] [--speed S] [--priority P]
                      [--host H] [--port N] [--secret-file FILE] [--tls-ca FILE] [--retry-delay-max SECONDS]
-                     [--prefetch N]
+                     [--prefetch N] [--summary-interval SECONDS]
                      [--config FILE] [--log-level LEVEL]
 
 NAME is an engine declared in conf/engines.yaml (SIMX_ENGINES or --engines names another file),
@@ -35,6 +35,7 @@ from .engines.base import UnknownEngine, engine_name
 from .engines.named import engine_for
 from .loop import WorkerLoop
 from .session import MAX_PREFETCH, Traits
+from .summary import SUMMARY_INTERVAL
 
 log = logging.getLogger("worker")
 
@@ -75,6 +76,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prefetch", type=int, default=1, metavar="N",
                    help="hold up to N runs at once, starting the next as soon as one ends (default 1; "
                         "above 1 needs a runq that knows prefetch)")
+    p.add_argument("--summary-interval", type=float, default=SUMMARY_INTERVAL, metavar="SECONDS",
+                   help="while runs end, an INFO line counting them every SECONDS (default "
+                        f"{SUMMARY_INTERVAL:.0f}; each run's own lines are at DEBUG)")
     p.add_argument("--config", "--conf", default=None, help="configuration file (default conf/simx.yaml)")
     p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default SIMX_LOG_LEVEL or conf)")
     return p.parse_args(argv)
@@ -87,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     if not 1 <= args.prefetch <= MAX_PREFETCH:
         print(f"worker: --prefetch must be from 1 to {MAX_PREFETCH}, not {args.prefetch}", file=sys.stderr)
+        return 2
+    if not 0 < args.summary_interval < math.inf:
+        print(f"worker: --summary-interval must be a positive number of seconds, not {args.summary_interval}",
+              file=sys.stderr)
         return 2
     if args.token is not None:
         print("worker: --token is gone: workers now prove a secret without sending it; use --secret-file FILE "
@@ -118,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                         priority=args.priority)
         loop = WorkerLoop(traits, engine, (conf.runq.host, conf.runq.port), secret,
                           backoff=Backoff(cap=conf.worker.retry_delay_max), tls=tls, server_name=server_name,
-                          prefetch=args.prefetch)
+                          prefetch=args.prefetch, summary_interval=args.summary_interval)
     except (UnknownEngine, engine_catalog.UnknownEngine, engine_catalog.SchemaError, protocol.ProtocolError) as exc:
         log.error("%s", exc)
         return 2

@@ -67,7 +67,7 @@ class Job:
     """An assigned run: starts the engine in a thread and holds what the loop reports."""
 
     __slots__ = ("key", "param", "context", "engine", "wake", "abort", "abort_reason", "report", "_lock",
-                 "_progress", "_outcome", "_waiter", "thread")
+                 "_progress", "_outcome", "_waiter", "thread", "started")
     # One lock for every job: what it guards is a few assignments, and a lock per run cost
     # its making and freeing on the loop thread (the engine threads never hold it long).
     _shared_lock = threading.Lock()
@@ -89,6 +89,7 @@ class Job:
         self._outcome: tuple[str, dict] | None = None
         self._waiter: threading.Event | None = None  # made only if someone waits (exit, tests)
         self.thread: threading.Thread | None = None  # the thread computing it (None: inline or not started)
+        self.started = 0.0  # the loop's time when it started the run (set by the session)
 
     def start(self, runner: "EngineThread | None" = None) -> None:
         """Compute inline if the engine says the run is trivial, else on ``runner`` (a thread of its own

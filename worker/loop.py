@@ -38,7 +38,8 @@ CONNECT_TIMEOUT = 10.0  # seconds from connect() to RunqAcceptWorker; a silent r
 class WorkerLoop:
     """Runs one worker until it is stopped, drained or refused: ``WorkerLoop(...).run()``.
 
-    ``session_options`` (update_interval, stop_timeout, drain_linger, prefetch) go to ``Session``.
+    ``session_options`` (update_interval, stop_timeout, drain_linger, prefetch, summary_interval) go to
+    ``Session``.
     """
 
     def __init__(self, traits: Traits, engine: Engine, address: tuple[str, int], secret: bytes | None = None, *,
@@ -108,7 +109,7 @@ class WorkerLoop:
             session.drain(now, "SIGUSR1")
         session.advance(now)
         if session.upload is not None:
-            self._pump_upload()
+            self._pump_upload(now)
         link = self.link
         if link is None and now >= self.retry_at and not session.stopping:
             self._connect(now)
@@ -210,11 +211,11 @@ class WorkerLoop:
             return
         link.out += protocol.encode(msg)   # Link.queue, inlined: once or twice per run
 
-    def _pump_upload(self) -> None:
+    def _pump_upload(self, now: float) -> None:
         """Send output file chunks while fewer than UPLOAD_BUFFER bytes wait to be written: the
         socket's pace, never a whole file in memory."""
         while (self.link is not None and not self.link.connecting and len(self.link.out) < UPLOAD_BUFFER
-               and self.session.send_upload()):
+               and self.session.send_upload(now)):
             pass
 
     def _flush(self) -> None:
@@ -249,6 +250,7 @@ class WorkerLoop:
     def close(self) -> None:
         """Release sockets; give an engine still running a moment to clean up (kill its children)."""
         session = self.session
+        session.log_summary(self.clock())   # the runs ended since the last summary line
         job = session.last_job
         if job is not None and not job.done():
             job.request_abort("worker exiting")

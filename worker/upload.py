@@ -14,6 +14,7 @@ from simx import protocol
 from simx.limits import FILE_CHUNK as CHUNK, file_name_problem
 
 from .engines import outputs
+from .job import Job, run_name
 
 
 class UploadError(Exception):
@@ -66,3 +67,60 @@ class Upload:
 
     def close(self) -> None:
         self.workdir.remove()
+
+
+class Uploading:
+    """Session's part in output files: an ``Upload`` when an engine with files finishes a run, its
+    chunks while the link has room, then the run's report.  Mixed into ``Session``, whose state it
+    uses (job, upload, upload_report, online, worker_id) and whose ``send``, ``_ended``."""
+
+    def _start_upload(self, job: Job, fields: dict) -> bool:
+        """Begin sending a finished run's files (engines with files: true); False when it has none."""
+        take = getattr(self.engine, "take_outputs", None)
+        workdir = take(job.key) if take is not None else None
+        if workdir is None:
+            return False
+        data = fields.get("data")
+        try:
+            self.upload = Upload(job.key, workdir, data.get("files") if isinstance(data, dict) else None)
+        except UploadError as exc:
+            workdir.remove()
+            self.upload_report = ("WorkerFailedRun", {"message": f"output files: {exc}"})
+            return False
+        self.upload_report = ("WorkerFinishedRun", fields)
+        self.log.debug("run %s finished; sending its %d files", run_name(job.key), len(self.upload.entries))
+        return True
+
+    def send_upload(self, now: float | None = None) -> bool:
+        """Send the next chunk of the files being uploaded (the loop calls this while its link has
+        room); after the last, the run's finished report.  False when nothing more is to be sent.
+        Without ``now``, the run's time (for the summary) ends at its start."""
+        upload, job = self.upload, self.job
+        if upload is None or job is None or not self.online:
+            return False
+        now = job.started if now is None else now
+        try:
+            msg = upload.next_message(self.worker_id)
+        except UploadError as exc:
+            self._drop_upload()
+            self._ended(job, "WorkerFailedRun", {"message": f"output files: {exc}"}, now)
+            return False
+        if msg is not None:
+            self.send(msg)
+            return True
+        mtype, fields = self.upload_report
+        self.log.debug("run %s: %d bytes of files sent", run_name(job.key), upload.sent)
+        self._drop_upload()
+        self._ended(job, mtype, fields, now)
+        return False
+
+    def _drop_upload(self) -> None:
+        if self.upload is not None:
+            self.upload.close()
+        self.upload = self.upload_report = None
+
+    def _abandon_upload(self, reason: str, now: float) -> None:
+        """runq took the run back while its files were on their way: report it aborted."""
+        job = self.job
+        self._drop_upload()
+        self._ended(job, "WorkerAbortedRun", {"message": reason}, now)
