@@ -122,3 +122,28 @@ def test_a_batch_from_submit_to_done_with_a_worker_death_and_a_reconnect_on_memo
     assert (row["state"], row["n_finished"], row["n_waiting"], row["n_running"]) == ("done", 4, 0, 0)
     assert [a["outcome"] for a in w.store.attempt_rows(1, a1["batch_index"])] == ["lost", "finished"]
     assert not any(m is not None and m["type"] == "RunqError" for _, m in w.out)
+
+
+def test_runq_logs_no_line_per_run_at_info_and_a_summary_each_period(caplog):
+    import logging
+    w = World()
+    w.open("client", "client")
+    w.say("client", "StartBatch", name="b", group="", user="", engine="dummy", n_runs=3, param={})
+    accepted = w.hello("w1")
+    caplog.set_level(logging.INFO, logger="runq")
+    caplog.clear()
+    for _ in range(3):
+        w.finish("w1", accepted["worker_id"], w.assignments("w1")[-1])
+    w.now += 30
+    w.out += w.coord.tick(w.now)
+    per_run = [r for r in caplog.records if r.levelno >= logging.INFO and "run" in r.getMessage()
+               and "batch 1 done" not in r.getMessage()]
+    assert per_run == [], [r.getMessage() for r in per_run]
+    w.now += 31                                     # the period (60 s) is over
+    w.out += w.coord.tick(w.now)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("runs ended")]
+    assert lines == ["runs ended in the last 61s, engine dummy: 3 finished, 0 failed; 0 requeued; "
+                     "0 batches active, 1 workers connected"]
+    w.now += 60
+    w.out += w.coord.tick(w.now)                    # nothing ended since: no line
+    assert len([r for r in caplog.records if r.getMessage().startswith("runs ended")]) == 1

@@ -77,7 +77,7 @@ class Lifecycle:
             run.progress, run.message = 0.0, None
         self.c.metrics.attempt_ended(outcome, new)
         if outcome != states.OUTCOME_REVOKED:   # a held run taken back is no activity
-            self.c.deadlines.summary.ended(batch.engine, new)
+            self.c.deadlines.summary.ended(batch.engine, new, now)
         self.move_run(run, new, now)
 
     def move_run(self, run: Run, new: str, now: float) -> None:
