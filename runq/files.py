@@ -43,14 +43,112 @@ class _Incoming:
     complete: bool = False
 
 
-class Files:
-    def __init__(self, root: Path | None, max_run_bytes: int = MAX_RUN_BYTES):
-        self.root = Path(root) if root is not None else None
-        self.max_run_bytes = max_run_bytes
-        self.incoming: dict[tuple[int, int, int], dict[str, _Incoming]] = {}
+class DiskStorage:
+    """Where the files are: ``<root>/<batch_id>/<batch_index>/<attempt>/<name>``."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
 
     def _dir(self, key) -> Path:
         return self.root / str(key[0]) / str(key[1]) / str(key[2])
+
+    def put(self, key, name: str, offset: int, data: bytes, sync: bool) -> None:
+        path = self._dir(key) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "r+b" if offset else "wb") as f:
+            f.seek(offset)
+            f.write(data)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+
+    def stat(self, key, name: str) -> tuple[int | None, str | None]:
+        path = self._dir(key) / name
+        if not path.is_file():
+            return None, None
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while piece := f.read(CHUNK):
+                digest.update(piece)
+        return path.stat().st_size, digest.hexdigest()
+
+    def get(self, key, name: str, offset: int, size: int) -> bytes:
+        with open(self._dir(key) / name, "rb") as f:
+            f.seek(offset)
+            return f.read(size)
+
+    def remove(self, key, name: str | None = None) -> None:
+        if name is None:
+            shutil.rmtree(self._dir(key), ignore_errors=True)
+        else:
+            (self._dir(key) / name).unlink(missing_ok=True)
+
+    def keep_only(self, key) -> None:
+        """Remove the files of the run's other attempts."""
+        parent = self._dir(key).parent
+        for other in parent.iterdir() if parent.is_dir() else ():
+            if other.name != str(key[2]):
+                shutil.rmtree(other, ignore_errors=True)
+
+    def batch_ids(self) -> list[int]:
+        return [int(c.name) for c in self.root.iterdir() if c.name.isdigit()] if self.root.is_dir() else []
+
+    def remove_batch(self, batch_id: int) -> None:
+        shutil.rmtree(self.root / str(batch_id), ignore_errors=True)
+
+
+class MemoryStorage:
+    """The same in memory (tests of the core): (batch, index, attempt) -> name -> bytes."""
+
+    def __init__(self):
+        self.files: dict[tuple, dict[str, bytearray]] = {}
+
+    def put(self, key, name: str, offset: int, data: bytes, sync: bool) -> None:
+        f = self.files.setdefault(tuple(key), {}).setdefault(name, bytearray())
+        if offset == 0:
+            f.clear()
+        f[offset:offset + len(data)] = data
+
+    def stat(self, key, name: str) -> tuple[int | None, str | None]:
+        f = self.files.get(tuple(key), {}).get(name)
+        return (None, None) if f is None else (len(f), hashlib.sha256(f).hexdigest())
+
+    def get(self, key, name: str, offset: int, size: int) -> bytes:
+        f = self.files.get(tuple(key), {}).get(name)
+        if f is None:
+            raise FileNotFoundError(name)
+        return bytes(f[offset:offset + size])
+
+    def remove(self, key, name: str | None = None) -> None:
+        if name is None:
+            self.files.pop(tuple(key), None)
+        else:
+            self.files.get(tuple(key), {}).pop(name, None)
+
+    def keep_only(self, key) -> None:
+        for other in [k for k in self.files if k[:2] == tuple(key[:2]) and k != tuple(key)]:
+            del self.files[other]
+
+    def batch_ids(self) -> list[int]:
+        return sorted({k[0] for k in self.files})
+
+    def remove_batch(self, batch_id: int) -> None:
+        for k in [k for k in self.files if k[0] == batch_id]:
+            del self.files[k]
+
+
+class Files:
+    """Uploads checked against their manifest, over a storage (``DiskStorage`` under `root`, or
+    ``MemoryStorage`` with root ``"memory"``)."""
+
+    def __init__(self, root, max_run_bytes: int = MAX_RUN_BYTES):
+        if root == "memory":
+            self.root, self.storage = "memory", MemoryStorage()
+        else:
+            self.root = Path(root) if root is not None else None
+            self.storage = DiskStorage(self.root) if self.root is not None else None
+        self.max_run_bytes = max_run_bytes
+        self.incoming: dict[tuple[int, int, int], dict[str, _Incoming]] = {}
 
     # ---- upload
     def write(self, key: tuple[int, int, int], msg: dict) -> None:
@@ -82,15 +180,8 @@ class Files:
         if total > self.max_run_bytes:
             raise UploadRefused(f"the run's files pass the limit of {self.max_run_bytes} bytes per run "
                                 "(conf runq.files_max_run)")
-        path = self._dir(key) / name
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "r+b" if offset else "wb") as f:
-                f.seek(offset)
-                f.write(data)
-                if msg["last"]:
-                    f.flush()
-                    os.fsync(f.fileno())   # durable before the finished report can be acked
+            self.storage.put(key, name, offset, data, sync=bool(msg["last"]))   # durable before the ack
         except OSError as exc:
             why = "runq's files directory is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else \
                 "runq cannot write the file"
@@ -126,54 +217,40 @@ class Files:
         except UploadRefused:
             self.discard(key)
             raise
-        extra = [n for n in files if n not in listed]
-        for name in extra:
-            (self._dir(key) / name).unlink(missing_ok=True)
+        for name in [n for n in files if n not in listed]:
+            self.storage.remove(key, name)
         if key[2] > 1:   # earlier attempts' leftovers of this run
-            for other in self._dir(key).parent.iterdir() if self._dir(key).parent.is_dir() else ():
-                if other.name != str(key[2]):
-                    shutil.rmtree(other, ignore_errors=True)
+            self.storage.keep_only(key)
 
     def _on_disk(self, key, name: str) -> tuple[int | None, str | None]:
-        path = self._dir(key) / name if self.root is not None else None
-        if path is None or not path.is_file():
-            return None, None
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while piece := f.read(CHUNK):
-                digest.update(piece)
-        return path.stat().st_size, digest.hexdigest()
+        return self.storage.stat(key, name) if self.root is not None else (None, None)
 
     def discard(self, key: tuple[int, int, int]) -> None:
         """Forget an attempt's upload and remove its files (it failed, or was refused)."""
         self.incoming.pop(key, None)
         if self.root is not None:
-            shutil.rmtree(self._dir(key), ignore_errors=True)
+            self.storage.remove(key)
 
     # ---- serving and retention
     def read(self, key: tuple[int, int, int], name: str, offset: int, size: int = READ_CHUNK) -> bytes:
         """Up to ``size`` bytes of a stored file from ``offset`` (FileNotFoundError if absent)."""
         if self.root is None:
             raise FileNotFoundError(name)
-        with open(self._dir(key) / check_name(name), "rb") as f:
-            f.seek(offset)
-            return f.read(size)
+        return self.storage.get(key, check_name(name), offset, size)
 
     def purge_batches(self, batch_ids) -> None:
         """Remove the files of batches the store purged (retention)."""
         if self.root is None:
             return
         for batch_id in batch_ids:
-            shutil.rmtree(self.root / str(int(batch_id)), ignore_errors=True)
+            self.storage.remove_batch(int(batch_id))
 
     def purge(self, exists) -> int:
         """Remove the directories of batches for which ``exists(batch_id)`` is false; how many
         (at start-up: files left by a purge that did not finish)."""
-        if self.root is None or not self.root.is_dir():
+        if self.root is None:
             return 0
-        gone = 0
-        for child in self.root.iterdir():
-            if child.name.isdigit() and not exists(int(child.name)):
-                shutil.rmtree(child, ignore_errors=True)
-                gone += 1
-        return gone
+        gone = [b for b in self.storage.batch_ids() if not exists(b)]
+        for batch_id in gone:
+            self.storage.remove_batch(batch_id)
+        return len(gone)

@@ -63,9 +63,9 @@ class Facts:
 
 
 class Queries:
-    def __init__(self, store, facts: Facts, files_dir=None):
+    def __init__(self, store, facts: Facts, files_dir=None, files: Files | None = None):
         self.store, self.facts = store, facts
-        self.files = Files(files_dir)   # read-only here: pieces of runs' output files
+        self.files = files if files is not None else Files(files_dir)   # read here: pieces of output files
         self._addresses: dict = {}
         self._seen: dict = {}   # (batch id, offset, hi) -> (version, digest, worker ids) of the page last read
         self.handlers = {

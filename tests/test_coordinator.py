@@ -19,6 +19,8 @@ class Harness:
     reader would, after each turn's commit."""
 
     def __init__(self, url=MEMORY, now=1000.0, cfg=CFG, files_dir=None, **kwargs):
+        # no database and no filesystem unless the test asks for them: files in memory too
+        files_dir = "memory" if files_dir is None and url is None else files_dir
         self.url, self.now, self.cfg, self.files_dir, self.kwargs = url, now, cfg, files_dir, kwargs
         self.store = MemoryStore() if url is None else SqlStore(url)
         self._build()
@@ -62,7 +64,7 @@ class Harness:
     def read(self, msg):
         if getattr(self, "_queries_of", None) is not self.coord:   # a test may build its own coordinator
             self._queries_of = self.coord
-            self.queries = Queries(self.store.reader(), Facts(self.coord.presence), self.files_dir)
+            self.queries = Queries(self.store.reader(), Facts(self.coord.presence), files=self.coord.files)
         try:
             return self.queries.handle(msg, self.now)
         except RunqError as exc:
