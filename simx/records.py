@@ -72,6 +72,7 @@ RUN = Record("runs", (
     F("state", "s"), F("attempt", "i"), F("failures", "i"), F("requeues", "i"),
     F("worker_id", "i"), F("host", "s"), F("progress", "f"), F("message", "s"),
     F("result", "j"), F("error", "s"), F("traceback", "s"), F("started", "f"), F("ended", "f"),
+    F("retry_at", "f", doc="waiting out a retry backoff until then (NULL: dispatchable)"),
 ))
 ATTEMPT = Record("attempts", (
     F("batch_id", "i", "key"), F("batch_index", "i", "key"), F("attempt", "i", "key"),

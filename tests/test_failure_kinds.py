@@ -216,11 +216,18 @@ def test_a_burst_of_free_workers_is_shared_between_owners(h):
     assert users.count("a") == 5 and users.count("b") == 5
 
 
-def test_a_run_in_backoff_is_dispatchable_at_once_after_a_restart(h):
+def test_a_run_in_backoff_waits_out_its_deadline_across_a_restart(h):
     wid = h.worker("w")
     start(h, 1, max_attempts=3)
-    h.report("w", wid, h.assigned("w")[-1], "WorkerFailedRun", message="flaky")
+    failed_at = h.now
+    h.report("w", wid, h.assigned("w")[-1], "WorkerFailedRun", message="flaky")   # backoff: 1 s
     assert h.batch()["batch"]["n_waiting"] == 1
-    h.restart()                                     # backoff deadlines live in memory only
+    h.now += 0.5
+    h.restart()                                     # the run's retry_at is stored with it
     h.worker("w2")
+    assert h.assigned("w2") == [], "dispatched before its backoff was over"
+    assert h.coord.next_deadline() == failed_at + 1.0
+    h.tick(0.499)
+    assert h.assigned("w2") == []
+    h.tick(0.001)
     assert h.assigned("w2")[-1]["attempt"] == 2

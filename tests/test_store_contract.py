@@ -30,7 +30,7 @@ def batch(id, **fields):
 def run(b, i, **fields):
     row = dict(batch_id=b, batch_index=i, state="running", attempt=1, failures=0, requeues=0, worker_id=7,
                host="h", progress=0.0, message=None, result=None, error=None, traceback=None, started=110.0,
-               ended=None)
+               ended=None, retry_at=None)
     row.update(fields)
     return row
 

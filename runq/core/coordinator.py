@@ -94,6 +94,8 @@ class Coordinator:
         for run in self.runs.values():
             if run.state == "running":
                 self.deadlines.arm_limit(run, self.batches[run.batch_id])
+            elif run.retry_at is not None:   # a backoff survives the restart: it waits it out
+                self.timers.set("retry", run.key, run.retry_at)
         for batch in list(self.batches.values()):
             life.finish_batch_if_done(batch, now)
             if batch.id in self.batches:

@@ -129,7 +129,7 @@ class Run:
     traceback: str | None = None
     started: float | None = None
     ended: float | None = None
-    retry_at: float | None = None   # in memory: waiting out a retry backoff until then
+    retry_at: float | None = None   # waiting out a retry backoff until then (stored: a restart keeps it)
 
     @property
     def key(self) -> tuple[int, int]:
@@ -142,6 +142,7 @@ class Run:
             "worker_id": self.worker_id, "host": self.host, "progress": self.progress,
             "message": self.message, "result": self.result, "error": self.error,
             "traceback": self.traceback, "started": self.started, "ended": self.ended,
+            "retry_at": self.retry_at,
         }
 
 

@@ -24,7 +24,7 @@ from .model import INFO_FIELDS, Batch, Run, Worker
 
 _BATCH_FIELDS = [f for f in Batch.__dataclass_fields__
                  if f not in ("requeued", "skip_ahead", "active", "n_delayed", "info")]
-_RUN_FIELDS = [f for f in Run.__dataclass_fields__ if f != "retry_at"]
+_RUN_FIELDS = list(Run.__dataclass_fields__)
 
 
 @dataclasses.dataclass
@@ -61,10 +61,12 @@ def recover(now: float, instance: str, max_ids: tuple[int, int], batch_rows, run
             if row["batch_index"] >= batch.next_index:
                 batch.skip_ahead.add(row["batch_index"])
             continue
-        run = Run(**{f: row[f] for f in _RUN_FIELDS})
+        run = Run(**{f: row.get(f) for f in _RUN_FIELDS})
         runs[run.key] = run
         batch.active.add(run.batch_index)
-        if run.state == states.WAITING:
+        if run.state == states.WAITING and run.retry_at is not None:
+            batch.n_delayed += 1   # still backing off: the coordinator arms its retry timer
+        elif run.state == states.WAITING:
             heapq.heappush(batch.requeued, run.batch_index)
     for row in worker_rows:
         if row["state"] == states.GONE and row["batch_id"] is None:
