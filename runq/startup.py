@@ -8,19 +8,22 @@ This is the only time the store is read on runq's loop thread.
 """
 from __future__ import annotations
 
+from simx.config import SchedConfig
 from .core.coordinator import Coordinator
+from .core.fairshare import FairShare
 from .core.recovery import Start, recover
 from .core.reports import MAX_RECENT
 from .files import Files
 
 
-def read_start(store, now: float) -> Start:
+def read_start(store, now: float, half_life: float = SchedConfig().half_life) -> Start:
     instance = store.instance()
     reads = store.startup_reader()
     batches = reads.batch_rows(states=("active",))
     runs = reads.active_run_rows([b["id"] for b in batches])
+    since, width = FairShare(half_life).history_window(now)
     return recover(now, instance, reads.max_ids(), batches, runs, reads.worker_rows(), reads.batch_keys(),
-                   reads.recent_attempts(MAX_RECENT), reads.ended_batch_totals())
+                   reads.recent_attempts(MAX_RECENT), reads.ended_batch_totals(), reads.usage_history(since, width))
 
 
 def coordinator(store, config=None, batch_defaults=None, now: float = 0.0, files_dir=None, files=None,
@@ -30,7 +33,8 @@ def coordinator(store, config=None, batch_defaults=None, now: float = 0.0, files
     config = config if config is not None else RunqConfig()
     if files is None:
         files = Files(files_dir, config.files_max_run)
-    coord = Coordinator(store, read_start(store, now), config,
+    sched = kwargs.get("sched") or SchedConfig()
+    coord = Coordinator(store, read_start(store, now, sched.half_life), config,
                         batch_defaults if batch_defaults is not None else BatchDefaults(), now=now, files=files,
                         **kwargs)
     store.commit()

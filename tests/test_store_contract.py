@@ -168,3 +168,17 @@ def test_purge_with_the_commit_removes_ended_batches_and_gone_workers(store):
 def test_the_instance_is_made_once_and_kept(store):
     first = store.instance()
     assert first and store.instance() == first
+
+
+def test_usage_history_sums_worker_seconds_per_owner_and_slot(store):
+    store.add_batch(batch(1, owner="ann"))
+    store.add_batch(batch(2, owner="", user="bob"))   # rows from before owners: their user
+    for i, (b, started, ended) in enumerate([(1, 0.0, 100.0), (1, 50.0, 130.0), (2, 10.0, 40.0), (1, 300.0, 410.0),
+                                             (2, 5.0, 6.0)]):
+        store.end_attempt(dict(batch_id=b, batch_index=i, attempt=1, worker_id=7, host="h", started=started,
+                               ended=ended, outcome="finished", message=None))
+    store.end_attempt(dict(batch_id=1, batch_index=9, attempt=1, worker_id=7, host="h", started=None,
+                           ended=120.0, outcome="revoked", message=None))   # never started: no usage
+    store.commit()
+    got = sorted(reads(store).usage_history(since=20.0, width=100.0))
+    assert got == [("ann", 100.0, 180.0, 2), ("ann", 400.0, 110.0, 1), ("bob", 0.0, 30.0, 1)]

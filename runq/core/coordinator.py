@@ -58,6 +58,7 @@ class Coordinator:
         self.recent = RecentReports(start.recent)    # outcomes of recent attempts: re-sent reports
         self.last_batch_id, self.last_worker_id = start.last_batch_id, start.last_worker_id
         self.fairshare = FairShare(sched.half_life, sched.shares, now)
+        self.fairshare.restore(start.usage)   # usage as it decayed to now: a restart changes no share
         self.matcher = Matcher(self.fairshare.rank)
         self.presence = Presence()                   # connected, non-draining, unbroken workers by traits
         self.backoff = Backoff(sched.backoff_base, sched.backoff_max)
@@ -93,7 +94,10 @@ class Coordinator:
                 self.timers.set("grace", worker.id, now + self.config.grace)
         for run in self.runs.values():
             if run.state == "running":
-                self.deadlines.arm_limit(run, self.batches[run.batch_id])
+                batch = self.batches[run.batch_id]
+                self.deadlines.arm_limit(run, batch)
+                if run.started is not None:   # its usage so far counts, as it did before
+                    self.fairshare.started(run.key, batch.sharer, run.started)
             elif run.retry_at is not None:   # a backoff survives the restart: it waits it out
                 self.timers.set("retry", run.key, run.retry_at)
         for batch in list(self.batches.values()):

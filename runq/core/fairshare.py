@@ -24,6 +24,8 @@ import math
 RENORM = 30.0            # e^30 ~ 1e13: renormalize long before floats lose anything
 ESTIMATE_WEIGHT = 0.2    # weight of the latest run in an owner's moving mean run time
 FIRST_ESTIMATE = 1.0     # seconds charged per dispatch before any run of anyone has ended
+HISTORY_HALF_LIVES = 20  # usage restored at start-up from attempts this many half-lives back (2^-20 left)
+HISTORY_SLOTS_PER_HALF_LIFE = 128
 
 
 class FairShare:
@@ -86,6 +88,27 @@ class FairShare:
             self._estimate[owner] = old + ESTIMATE_WEIGHT * (took - old)
             self._mean += ESTIMATE_WEIGHT * (took - self._mean)
         return owner
+
+    def restore(self, history) -> None:
+        """Usage as it had decayed to now, from stored attempts: (owner, slot start, worker-seconds,
+        attempts) per slot of ended attempts (runq/startup.py reads them), charged at the
+        middle of their slot; an owner's estimate is the mean run time of its latest slot."""
+        latest: dict[str, tuple[float, float, int]] = {}
+        width = self.history_window(0.0)[1]
+        for owner, start, seconds, n in history:
+            self.charge(owner, seconds, start + width / 2)
+            if n and (owner not in latest or start > latest[owner][0]):
+                latest[owner] = (start, seconds, n)
+        for owner, (_, seconds, n) in latest.items():
+            self._estimate[owner] = seconds / n
+        if latest:
+            self._mean = sum(s / n for _, s, n in latest.values()) / len(latest)
+
+    def history_window(self, now: float) -> tuple[float, float]:
+        """(since, slot width) of the stored attempts restore() wants: HISTORY_HALF_LIVES back,
+        HISTORY_SLOTS_PER_HALF_LIFE slots a half-life (a slot's decay varies by under 0.6 %)."""
+        half_life = math.log(2) / self.rate
+        return now - HISTORY_HALF_LIVES * half_life, half_life / HISTORY_SLOTS_PER_HALF_LIFE
 
     # ---- keeping numbers small
     def due(self, now: float) -> bool:

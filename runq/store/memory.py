@@ -183,6 +183,19 @@ class MemoryStore(Writes):
         return {b["idempotency_key"]: (i, b["owner"] or "") for i, b in self.batches.items()
                 if b["idempotency_key"] is not None}
 
+    def usage_history(self, since: float, width: float) -> list[tuple[str, float, float, int]]:
+        slots: dict = {}
+        for a in self.attempts:
+            if a["ended"] is None or a["ended"] < since or a["started"] is None:
+                continue
+            b = self.batches.get(a["batch_id"])
+            if b is None:
+                continue
+            key = (b["owner"] or b["user"] or "", int(a["ended"] // width) * width)
+            sec, n = slots.get(key, (0.0, 0))
+            slots[key] = (sec + a["ended"] - a["started"], n + 1)
+        return [(o, k, sec, n) for (o, k), (sec, n) in slots.items()]
+
     def recent_attempts(self, limit: int) -> list[dict]:
         return [{k: a[k] for k in ("batch_id", "batch_index", "attempt", "worker_id", "outcome")}
                 for a in self.attempts[-limit:]]

@@ -262,6 +262,20 @@ class ReadStore:
         with self.engine.connect() as conn:
             return {k: (i, o or "") for k, i, o in conn.execute(stmt)}
 
+    def usage_history(self, since: float, width: float) -> list[tuple[str, float, float, int]]:
+        """Worker-seconds of attempts that ended since `since`, per batch owner (else user) and
+        slot of `width` seconds: (owner, slot start, seconds, attempts), for fair share."""
+        a, b = self.tables["attempts"], self.tables["batches"]
+        ratio = a.c.ended / width
+        slot = sa.cast(ratio, sa.Integer) if self.engine.dialect.name == "sqlite" else sa.func.floor(ratio)
+        owner = sa.func.coalesce(sa.func.nullif(b.c.owner, ""), b.c.user)
+        stmt = (sa.select(owner, slot, sa.func.sum(a.c.ended - a.c.started), sa.func.count())
+                .select_from(a.join(b, b.c.id == a.c.batch_id))
+                .where(sa.and_(a.c.ended >= since, a.c.started.is_not(None)))
+                .group_by(owner, slot))
+        with self.engine.connect() as conn:
+            return [(o or "", int(k) * width, float(sec or 0.0), int(n)) for o, k, sec, n in conn.execute(stmt)]
+
     def recent_attempts(self, limit: int) -> list[dict]:
         """The latest `limit` attempts (batch_id, batch_index, attempt, worker_id, outcome), oldest first."""
         a = self.tables["attempts"]
