@@ -171,6 +171,11 @@ def request_fields(mtype: str) -> dict[str, Kind]:
     return {f: k for f, k in MESSAGES[mtype].fields.items() if f not in WHO}
 
 
+def json_size(value) -> int:
+    """Bytes of ``value`` as compact UTF-8 JSON (what a bound like limits.MAX_PARAM_BYTES counts)."""
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+
+
 def clean_text(text: str) -> str:
     """Text from an engine or a program made fit for a STR field: NUL and lone surrogates replaced."""
     if "\0" in text:

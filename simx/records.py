@@ -28,7 +28,8 @@ MISSING = object()
 # -- the values of state fields
 RUN_STATES = ("waiting", "running", "finished", "failed", "cancelled")   # each has a batch counter n_<state>
 ASSIGNED = "assigned"   # a prefetched run its worker holds, not started yet (counted in n_running)
-BATCH_STATES = ("active", "done", "failed", "cancelled")   # runq/states.py batch_end_state picks the last three
+BATCH_STATES = ("active", "done", "failed", "cancelled")
+BATCH_ENDED = BATCH_STATES[1:]   # runq/states.py batch_end_state picks one of them
 FAILURE_KINDS = ("run", "worker", "transient")   # WorkerFailedRun.kind: whose fault (absent = transient)
 
 
@@ -40,6 +41,7 @@ class Field:
     backfill: object = MISSING     # value for rows written before the column existed
     doc: str = ""
     ask: Kind | Opt | None = None  # its kind in the message that creates the record (None: not asked)
+    shown: bool = True             # False: stored, never in a view (keys, proofs, bookkeeping)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +55,10 @@ class Record:
     def asked(self) -> dict[str, Kind | Opt]:
         """The fields the creating message carries, in order: name -> kind (``opt(kind)`` if optional)."""
         return {f.name: f.ask for f in self.fields if f.ask is not None}
+
+    def shown(self, *roles: str) -> tuple[Field, ...]:
+        """The fields views show (of these roles), in order."""
+        return tuple(f for f in self.fields if f.shown and (not roles or f.role in roles))
 
     def columns(self) -> dict[str, str]:
         return {f.name: f.type for f in self.fields}
@@ -77,7 +83,7 @@ BATCH = Record("batches", (
     F("max_attempts", "i", "submit", ask=opt(OPT_ATTEMPT)),
     F("max_requeues", "i", "submit", ask=opt(OPT_COUNT)),
     F("time_limit", "f", "submit", ask=opt(OPT_SECONDS)),
-    F("idempotency_key", "s", "submit", ask=opt(OPT_STR)),
+    F("idempotency_key", "s", "submit", ask=opt(OPT_STR), shown=False),
     F("start_time", "f", "submit"),
     F("priority", "i", "submit", backfill=0, doc="higher first among one owner's batches", ask=opt(OPT_INT)),
     F("owner", "s", "submit", doc="the runweb user who submitted it; rows from before owners: their user"),
@@ -85,12 +91,12 @@ BATCH = Record("batches", (
     F("sweep", "j", "submit", doc="{sweep, zip} (simx/sweep.py), or NULL: every run has the batch's param",
       ask=opt(OPT_MAP)),
     F("state", "s"),
-    F("next_index", "i", doc="runs at or past this index were never dispatched"),
+    F("next_index", "i", doc="runs at or past this index were never dispatched", shown=False),
     F("n_waiting", "i"), F("n_running", "i"), F("n_finished", "i"), F("n_failed", "i"), F("n_cancelled", "i"),
     F("end_time", "f"),
     # +1 by every commit that writes the batch's row or one of its runs: while it stays, a page
     # of its runs is the same (the reader reads only the page's workers again)
-    F("version", "i", backfill=0),
+    F("version", "i", backfill=0, shown=False),
 ))
 RUN = Record("runs", (
     F("batch_id", "i", "key"), F("batch_index", "i", "key"),
@@ -110,8 +116,8 @@ WORKER = Record("workers", (
     F("cost", "f", "submit", ask=TRAIT), F("speed", "f", "submit", ask=TRAIT), F("priority", "f", "submit", ask=TRAIT),
     F("state", "s"), F("batch_id", "i"), F("batch_index", "i"), F("started", "f", "submit"),
     F("last_contact", "f"), F("draining", "i"),
-    F("key", "s", doc="proof of identity on reconnect (hex)"),
-    F("assign_seq", "i", doc="seq of its latest RunqAssignRun"),
+    F("key", "s", doc="proof of identity on reconnect (hex)", shown=False),
+    F("assign_seq", "i", doc="seq of its latest RunqAssignRun", shown=False),
     F("broken", "s", doc="why it cannot run its engine (state broken), committed with that state; else NULL"),
 ))
 META = Record("meta", (F("name", "s", "key"), F("value", "s")))

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import base64
 
-from simx import protocol
-from runq.files import CHUNK, UploadRefused, check_name
+from simx import limits, protocol
+from runq.files import UploadRefused, check_name
 
 from .engines import outputs
 
@@ -21,7 +21,7 @@ class UploadError(Exception):
 
 
 class Upload:
-    def __init__(self, key: tuple[int, int, int], workdir: outputs.WorkDir, manifest, chunk: int = CHUNK):
+    def __init__(self, key: tuple[int, int, int], workdir: outputs.WorkDir, manifest, chunk: int = limits.FILE_CHUNK):
         if not isinstance(manifest, list):
             raise UploadError("the engine's result lists no files")
         for entry in manifest:
@@ -30,7 +30,7 @@ class Upload:
             except UploadRefused as exc:
                 raise UploadError(f"{exc} (only files directly in out/ are uploaded; "
                                   "subdirectories of out/ are not)") from None
-        self.key, self.workdir, self.chunk = tuple(key), workdir, min(chunk, CHUNK)
+        self.key, self.workdir, self.chunk = tuple(key), workdir, min(chunk, limits.FILE_CHUNK)
         self.entries = [(entry["name"], entry["size"]) for entry in manifest]
         self.sent = 0   # bytes sent so far (logs)
         self.restart()
