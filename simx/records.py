@@ -27,6 +27,7 @@ MISSING = object()
 
 # -- the values of state fields
 RUN_STATES = ("waiting", "running", "finished", "failed", "cancelled")   # each has a batch counter n_<state>
+RUN_ENDED = RUN_STATES[2:]   # a run in one of these never runs again
 ASSIGNED = "assigned"   # a prefetched run its worker holds, not started yet (counted in n_running)
 BATCH_STATES = ("active", "done", "failed", "cancelled")
 BATCH_ENDED = BATCH_STATES[1:]   # runq/states.py batch_end_state picks one of them
