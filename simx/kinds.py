@@ -47,8 +47,8 @@ class Kind:
             test = f"(type({v}) is float or type({v}) is int) and {lo!r} <= {v} <= {hi!r}"
         elif types in ((list,), (dict,)):
             test = f"type({v}) is {types[0].__name__} and _plain({v})"
-        elif dict in types:   # ANY
-            test = f"_plain({v})"
+        elif dict in types:   # ANY: an engine's result, most often a short ASCII string or a flat mapping
+            test = f"((type({v}) is str and {v}.isascii()) or _plain({v}))"
         else:
             return "False"
         return f"({v} is None or {test})" if self.nullable else f"({test})"
@@ -92,29 +92,44 @@ def opt(kind: Kind) -> Opt:
 
 def _plain(value, depth: int = 0) -> bool:
     """True if ``nested_problem`` accepts ``value`` at a glance: ASCII keys and strings, 64-bit
-    integers, finite floats, booleans, null, in containers at most four deep."""
+    integers, finite floats, booleans, null, in containers at most four deep.  Scalars inside a
+    container are checked in the loop (a param is most often a flat mapping of them)."""
     kind = type(value)
+    if kind is dict:
+        for key in value:
+            if type(key) is not str or not key.isascii():
+                return False
+        items = value.values()
+    elif kind is list:
+        items = value
+    else:
+        return _plain_scalar(value, kind)
+    if depth >= 4:
+        return False
+    for sub in items:
+        kind = type(sub)
+        if kind is str:
+            if not sub.isascii():
+                return False
+        elif kind is int:
+            if not -INT64 <= sub < INT64:
+                return False
+        elif kind is float:
+            if sub - sub != 0.0:   # inf - inf and NaN - NaN are NaN
+                return False
+        elif sub is not None and kind is not bool and not _plain(sub, depth + 1):
+            return False
+    return True
+
+
+def _plain_scalar(value, kind) -> bool:
     if kind is str:
         return value.isascii()
     if kind is int:
         return -INT64 <= value < INT64
     if kind is float:
-        return value - value == 0.0   # finite (inf - inf and NaN - NaN are NaN)
-    if value is None or kind is bool:
-        return True
-    if depth >= 4:
-        return False
-    if kind is dict:
-        for key, sub in value.items():
-            if type(key) is not str or not key.isascii() or not _plain(sub, depth + 1):
-                return False
-        return True
-    if kind is list:
-        for sub in value:
-            if not _plain(sub, depth + 1):
-                return False
-        return True
-    return False
+        return value - value == 0.0
+    return value is None or kind is bool
 
 
 # What Kind.expr's source may name.
