@@ -19,6 +19,10 @@ BATCH_ASKED = tuple(f.name for f in records.BATCH.shown("submit")
                     if f.ask is not None and f.name not in ("priority", "sweep"))   # defaulted, shown last
 
 
+# A worker's view starts with its traits (records.WORKER's asked fields): a new trait shows without an edit here.
+WORKER_TRAITS = tuple(records.WORKER.asked())
+
+
 def clip(text: str | None, limit: int = MAX_TEXT) -> str | None:
     if text is None or len(text) <= limit:
         return text
@@ -79,9 +83,8 @@ def attempt(row: dict) -> dict:
 
 def worker(row: dict, connected: bool, state: str) -> dict:
     return {
-        "id": row["id"], "host": row["host"], "ipaddr": row["ipaddr"], "pid": row["pid"],
-        "group": row["group"], "user": row["user"], "engine": row["engine"], "cost": row["cost"],
-        "speed": row["speed"], "priority": row["priority"], "state": state, "connected": connected,
+        "id": row["id"], **{name: row[name] for name in WORKER_TRAITS}, "ipaddr": row["ipaddr"],
+        "state": state, "connected": connected,
         "batch_id": row["batch_id"], "batch_index": row["batch_index"],
         "started": iso(row["started"]), "last_contact": iso(row["last_contact"]),
     }

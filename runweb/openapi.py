@@ -62,6 +62,10 @@ def derive(doc: dict) -> dict:
         if f.ask is not None and f.name not in view:
             view[f.name] = {"type": COLUMN_TYPES[f.type], "nullable": True, **({"description": f.doc} if f.doc else {})}
             schemas["Batch"]["required"].append(f.name)   # a view always has it (null when not stored)
+    workers = schemas["Worker"]["properties"]
+    for f in records.WORKER.shown("submit"):
+        if f.ask is not None and f.name not in workers:
+            workers[f.name] = {"type": COLUMN_TYPES[f.type], "nullable": True, **({"description": f.doc} if f.doc else {})}
     return doc
 
 

@@ -66,3 +66,9 @@ def test_worker_traits_are_the_worker_records_asked_fields():
     for name in ("WorkerReady", "WorkerReconnect"):
         assert set(protocol.WORKER_TRAITS) <= set(protocol.SCHEMA[name])
     assert MAX_PREFETCH == limits.MAX_PREFETCH == protocol.PREFETCH.hi - 1
+
+
+def test_the_worker_view_and_schema_show_every_trait():
+    row = {f.name: None for f in records.WORKER.fields}
+    view = views.worker(row, True, "idle")
+    assert set(protocol.WORKER_TRAITS) <= set(view) <= set(SCHEMAS["Worker"]["properties"])
