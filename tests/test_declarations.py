@@ -72,3 +72,13 @@ def test_the_worker_view_and_schema_show_every_trait():
     row = {f.name: None for f in records.WORKER.fields}
     view = views.worker(row, True, "idle")
     assert set(protocol.WORKER_TRAITS) <= set(view) <= set(SCHEMAS["Worker"]["properties"])
+
+
+def test_the_run_and_attempt_views_are_what_the_schema_names():
+    run_row = {f.name: None for f in records.RUN.fields}
+    for view in (views.run(run_row), views.implicit_run({"id": 1, "state": "active"}, 0)):
+        assert set(SCHEMAS["Run"]["required"]) <= set(view) <= set(SCHEMAS["Run"]["properties"])
+    stored = {f.name for f in records.RUN.fields if f.shown} - {"failures", "requeues", "traceback"}   # kept, not shown
+    assert stored <= set(views.run(run_row))
+    attempt = views.attempt({f.name: None for f in records.ATTEMPT.fields})
+    assert set(SCHEMAS["Attempt"]["required"]) <= set(attempt) <= set(SCHEMAS["Attempt"]["properties"])
