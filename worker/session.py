@@ -44,8 +44,8 @@ OUTCOME = {"WorkerFinishedRun": "finished", "WorkerFailedRun": "failed", "Worker
 # record's asked ones (simx/records.py WORKER, as protocol.WORKER_TRAITS): declared there once.
 Traits = dataclasses.make_dataclass(
     "Traits", [(name, int if kind.types == (int,) else str if kind.types == (str,) else float)
-               for name, kind in protocol.WORKER_TRAITS.items()], frozen=True,
-    namespace={"__module__": __name__})
+               for name, kind in protocol.SCHEMA["WorkerReady"].items() if name in protocol.WORKER_TRAITS],
+    frozen=True, namespace={"__module__": __name__})
 
 
 class _WorkerLog(logging.LoggerAdapter):
