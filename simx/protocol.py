@@ -15,6 +15,10 @@ are declared with their records (simx/records.py ``ask``) and taken from there.
 Messages are plain dicts on both ends (cheap on runq's hot path).  ``message(type,
 **fields)`` builds one and checks it (about a microsecond for the per-run messages),
 ``decode_message()`` parses and checks one.
+
+A new message is one ``M(...)`` line in ``DECLARATIONS`` (its sender puts it in
+``FROM_WORKER`` or ``CLIENT_REQUESTS``, its kinds give the checks and the worker's quick
+path); then the sender calls ``message()`` and the receiver handles it.
 """
 from __future__ import annotations
 
