@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from simx import config as simx_config
+from simx import config as simx_config, records
 
 from . import hosts
 from .control import OpsError
@@ -24,7 +24,7 @@ from .render import RUNQ, RUNWEB, SETTINGS_ENV
 from .stack import Stack
 
 EXAMPLE = Path("runweb") / "example" / "batch-req.yaml"
-TERMINAL = ("finished", "failed", "cancelled")
+TERMINAL = records.RUN_ENDED
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
 
 

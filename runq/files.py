@@ -23,8 +23,8 @@ from .core.errors import UploadRefused
 
 CHUNK = limits.FILE_CHUNK                # largest chunk a worker may send, decoded [1 MiB]
 MAX_CHUNK_TEXT = 4 * ((CHUNK + 2) // 3)  # the same, base64
-MAX_RUN_BYTES = 100 * 1024 * 1024        # per run [100 MiB], conf runq.files_max_run
-MAX_FILES = 10_000
+MAX_RUN_BYTES = limits.MAX_RUN_FILES_BYTES  # per run [100 MiB], conf runq.files_max_run
+MAX_FILES = limits.MAX_RUN_FILES
 READ_CHUNK = 512 * 1024                  # bytes per RunFile reply (base64 grows it by a third)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 
 from simx import limits, protocol
-from simx.limits import json_size
+from simx.protocol import json_size
 from . import views
 from .core import states
 from .core.access import hints, may_see, run_param, who  # noqa: F401  (who: the reader's callers)
@@ -25,11 +25,11 @@ from .core.commands import READS
 from .core.errors import BadRequest, Conflict, Forbidden, NotFound, UploadRefused
 from .files import Files
 
-DEFAULT_PAGE, MAX_PAGE = 1000, 10_000
+DEFAULT_PAGE, MAX_PAGE = limits.DEFAULT_PAGE, limits.MAX_PAGE
 RESULT_STATES = (states.FINISHED, states.FAILED)   # runs that ended with a verdict
 RESULTS_BUDGET = protocol.MAX_FRAME // 4           # bytes of results per BatchResults reply, about
 MAX_RESULT_BYTES = limits.MAX_RESULT_BYTES
-PAGE_BYTES = 1024 * 1024         # a listing page ends early (next_offset) past this much JSON
+PAGE_BYTES = limits.PAGE_BYTES   # a listing page ends early (next_offset) past this much JSON
 
 # the batch view's fields that change while its runs do not (bounded in size: numbers, times, state)
 VOLATILE = frozenset({"state", "n_complete", "n_waiting", "n_running", "n_finished", "n_failed", "n_cancelled",

@@ -7,9 +7,20 @@ from __future__ import annotations
 
 import datetime as dt
 
+from simx import limits, records
+
 from .core import states
 
-MAX_TEXT = 64 * 1024  # characters of a run's message or error shown (the full error stays in the database)
+MAX_TEXT = limits.MAX_TEXT  # characters of a run's message or error shown (the full error stays in the database)
+
+# A batch's view: the shown fields asked at submit (records.BATCH), as stored, then what runq adds
+# (owner, state, counters, times).  A new asked field shows without an edit here.
+BATCH_ASKED = tuple(f.name for f in records.BATCH.shown("submit")
+                    if f.ask is not None and f.name not in ("priority", "sweep"))   # defaulted, shown last
+
+
+# A worker's view starts with its traits (records.WORKER's asked fields): a new trait shows without an edit here.
+WORKER_TRAITS = tuple(records.WORKER.asked())
 
 
 def clip(text: str | None, limit: int = MAX_TEXT) -> str | None:
@@ -28,18 +39,16 @@ def batch(row: dict, now: float, served: bool | None = None) -> dict:
     """`served`: whether a connected worker matches the batch (None: not known here)."""
     end = row.get("end_time")
     return {
-        "id": row["id"], "name": row["name"], "group": row["group"], "user": row["user"],
-        "owner": row.get("owner", row["user"]),
-        "engine": row["engine"], "n_runs": row["n_runs"], "param": row["param"], "state": row["state"],
+        "id": row["id"], **{name: row.get(name) for name in BATCH_ASKED},
+        "owner": row.get("owner", row["user"]), "state": row["state"],
         "priority": row.get("priority") or 0,
         "n_complete": row["n_finished"], "n_waiting": row["n_waiting"], "n_running": row["n_running"],
         "n_finished": row["n_finished"], "n_failed": row["n_failed"], "n_cancelled": row["n_cancelled"],
-        "max_attempts": row["max_attempts"], "max_requeues": row["max_requeues"],
-        "time_limit": row["time_limit"], "start_time": iso(row["start_time"]), "end_time": iso(end),
+        "start_time": iso(row["start_time"]), "end_time": iso(end),
         "execution_time": None if end is None else round(end - row["start_time"], 3),
         "elapsed": round((end if end is not None else now) - row["start_time"], 3),
         "served": served,
-        "sweep": row.get("sweep"),   # {sweep, zip} when the runs' params vary (runq/sweep.py), else null
+        "sweep": row.get("sweep"),   # {sweep, zip} when the runs' params vary (simx/sweep.py), else null
     }
 
 
@@ -74,9 +83,8 @@ def attempt(row: dict) -> dict:
 
 def worker(row: dict, connected: bool, state: str) -> dict:
     return {
-        "id": row["id"], "host": row["host"], "ipaddr": row["ipaddr"], "pid": row["pid"],
-        "group": row["group"], "user": row["user"], "engine": row["engine"], "cost": row["cost"],
-        "speed": row["speed"], "priority": row["priority"], "state": state, "connected": connected,
+        "id": row["id"], **{name: row[name] for name in WORKER_TRAITS}, "ipaddr": row["ipaddr"],
+        "state": state, "connected": connected,
         "batch_id": row["batch_id"], "batch_index": row["batch_index"],
         "started": iso(row["started"]), "last_contact": iso(row["last_contact"]),
     }

@@ -3,6 +3,10 @@
 Pure (no HTTP, no runq), so every rule is a row of a table-driven test.  Any
 problem raises InvalidRequest with a message naming the field.  Only fields
 the request gives are passed on; runq fills in the defaults (conf batch:).
+
+The fields are StartBatch's (declared once, with the batch record: simx/records.py).
+Each gets a converter chosen by its kind (``BY_KIND``) unless it needs its own
+(``BY_FIELD``), so a new batch field of a known kind needs no edit here.
 """
 from __future__ import annotations
 
@@ -12,18 +16,15 @@ import unicodedata
 
 import yaml
 
-from simx.limits import MAX_PARAM_BYTES, json_size
+from simx import kinds, limits, protocol
+from simx.limits import (MAX_COUNT, MAX_DEPTH, MAX_KEY_CHARS, MAX_NAME_CHARS, MAX_PARAM_BYTES, MAX_PRIORITY,
+                         MAX_RUNS)
+from simx.protocol import json_size
 
 from . import yaml_loader
 from .errors import InvalidRequest
 from .yaml_loader import NotDecimal
 
-MAX_RUNS = 100_000_000
-MAX_PRIORITY = 1_000_000        # as runq/api.py
-MAX_COUNT = 2**31 - 1           # max_attempts, max_requeues: anything larger is a typo
-MAX_KEY_CHARS = 200             # idempotency key
-MAX_DEPTH = 64                  # nesting of param
-MAX_NAME_CHARS = 1000          # name, group, user, engine
 BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 EXAMPLE = "runweb/example/batch-req.yaml"
 
@@ -78,12 +79,15 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def plain_text(label: str, value: str, limit: int = MAX_NAME_CHARS) -> str:
+def plain_text(label: str, value: str, limit: int = MAX_NAME_CHARS, lines: bool = False) -> str:
     """A name as people read it: no NUL or other control characters, no bidi overrides (they make
-    a name look like another), no lone surrogates (not text at all); at most `limit` characters."""
+    a name look like another), no lone surrogates (not text at all); at most `limit` characters.
+    ``lines``: free text, which may hold line breaks and tabs."""
     if len(value) > limit:
         raise InvalidRequest(f"{label} is longer than {limit} characters")
     for ch in value:
+        if lines and ch in "\n\t":
+            continue
         if ch in BIDI_CONTROLS or unicodedata.category(ch) in ("Cc", "Cs"):
             what = ("a lone surrogate" if unicodedata.category(ch) == "Cs" else
                     "a bidirectional-text control" if ch in BIDI_CONTROLS else "a control character")
@@ -99,6 +103,15 @@ def _text(label: str, value) -> str:
     if _is_int(value):
         return str(value)
     raise InvalidRequest(f"{label} must be a string, not {describe(value)}")
+
+
+def _free_text(label: str, value) -> str:
+    """A description: free text over lines, bounded by its kind (limits.MAX_DESCRIPTION_CHARS)."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{label} must be a string, not {describe(value)}")
+    return plain_text(label, str(value), limits.MAX_DESCRIPTION_CHARS, lines=True)
 
 
 def _engine(label: str, value) -> str:
@@ -207,16 +220,20 @@ def _sweep_table(label: str, value) -> dict | None:
     return value
 
 
-# field -> converter, in StartBatch order.  A test checks these are protocol.SCHEMA["StartBatch"].
-FIELDS = {
-    "name": _text, "group": _text, "user": _text, "engine": _engine,
-    "n_runs": _int_in(1, MAX_RUNS), "param": _param,
-    "max_attempts": _int_in(1, MAX_COUNT), "max_requeues": _int_in(0, MAX_COUNT),
-    "time_limit": _time_limit, "idempotency_key": _key,
-    "priority": _int_in(-MAX_PRIORITY, MAX_PRIORITY),   # higher first among one owner's batches
-    "sweep": _sweep_table, "zip": _sweep_table,
+# The converter of a field of each kind (StartBatch's kinds: simx/kinds.py) ...
+BY_KIND = {
+    kinds.STR: _text, kinds.OPT_STR: _text, kinds.TEXT: _free_text, kinds.OPT_TEXT: _free_text,
+    kinds.MAP: _param, kinds.OPT_MAP: _sweep_table, kinds.OPT_SECONDS: _time_limit,
 }
-REQUIRED = ("engine",)   # and n_runs, unless a sweep or zip gives it
+# ... and of the fields that need their own (tighter bounds than their kind's).
+BY_FIELD = {
+    "engine": _engine, "n_runs": _int_in(1, MAX_RUNS),
+    "max_attempts": _int_in(1, MAX_COUNT), "max_requeues": _int_in(0, MAX_COUNT), "idempotency_key": _key,
+    "priority": _int_in(-MAX_PRIORITY, MAX_PRIORITY),   # higher first among one owner's batches
+}
+# field -> converter, in StartBatch order: every field StartBatch declares for its asker.
+FIELDS = {field: BY_FIELD.get(field) or BY_KIND[kind] for field, kind in protocol.request_fields("StartBatch").items()}
+REQUIRED = tuple(f for f in FIELDS if f not in protocol.OPTIONAL["StartBatch"])   # and n_runs, unless a sweep or zip gives it
 DEFAULT_WHEN_NULL = frozenset({"max_attempts", "max_requeues", "idempotency_key", "priority"})  # null: leave it to runq
 
 

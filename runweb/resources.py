@@ -13,6 +13,7 @@ import urllib.parse
 
 import falcon
 
+from simx import limits, records
 from simx.client import RunqUnavailable
 from simx.protocol import ProtocolError
 
@@ -20,12 +21,12 @@ from . import batch_request, media, results
 from .page_cache import PageCache
 from .errors import BodyTooLarge, InvalidRequest, RequestTimeout, RunqRefused
 
-DEFAULT_LIMIT, MAX_LIMIT = 1000, 10000
-RUN_STATES = ("waiting", "running", "finished", "failed", "cancelled")
+DEFAULT_LIMIT, MAX_LIMIT = limits.DEFAULT_PAGE, limits.MAX_PAGE
+RUN_STATES = records.RUN_STATES
 JSON_LINES, CSV = "application/x-ndjson; charset=utf-8", "text/csv; charset=utf-8"
 FORM_HINT = ("; the body has no line breaks, as `curl -d @FILE` sends it (it strips them): "
              "send the file with `curl --data-binary @FILE`")
-MAX_ID = 2**63 - 1  # what a database integer column holds
+MAX_ID = limits.MAX_ID  # what a database integer column holds
 
 
 def ask(client, req: falcon.Request, mtype: str, **fields) -> dict:

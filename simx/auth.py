@@ -26,13 +26,14 @@ import secrets as _random
 import stat
 from pathlib import Path
 
+from . import limits
 from .protocol import VERSION
 
 ROLES = ("worker", "client")
 NONCE_BYTES = 32
 SECRET_MIN_HEX = 32
 SECRET_HEX = 64            # what make_secret() writes
-TRAIT_LIMIT = 1e6          # cost, speed and priority are finite within [-1e6, 1e6]
+TRAIT_LIMIT = limits.MAX_TRAIT   # cost, speed and priority are finite within [-1e6, 1e6]
 NUMERIC_TRAITS = ("cost", "speed", "priority")
 
 

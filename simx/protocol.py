@@ -2,12 +2,23 @@
 
 A frame is a 4-byte big-endian byte count followed by that many bytes of UTF-8
 JSON: one object with a ``type`` field naming the message.  Nothing is ever
-deserialized into language objects beyond JSON's own types; each message type
-declares its fields once (``SCHEMA``) and is validated when decoded, so a bad
-field raises ``ProtocolError`` naming it.
+deserialized into language objects beyond JSON's own types.
 
-Messages are plain dicts on both ends (cheap on runq's hot path); ``message()``
-builds one and checks it, ``decode_message()`` parses and checks one.
+Each message is declared once (``MESSAGES``): who sends it, its fields with their
+kinds (simx/kinds.py), which may be absent (``opt``).  From the declarations come
+``check`` (a bad field raises ``ProtocolError`` naming it), one compiled quick check
+per message (``Message.quick``: the common case in one expression, used by ``check``,
+``message`` and the worker's wire), and the tables older code reads (``SCHEMA``,
+``OPTIONAL``, ``FROM_WORKER``, ``CLIENT_REQUESTS``).  A batch's and a worker's fields
+are declared with their records (simx/records.py ``ask``) and taken from there.
+
+Messages are plain dicts on both ends (cheap on runq's hot path).  ``message(type,
+**fields)`` builds one and checks it (about a microsecond for the per-run messages),
+``decode_message()`` parses and checks one.
+
+A new message is one ``M(...)`` line in ``DECLARATIONS`` (its sender puts it in
+``FROM_WORKER`` or ``CLIENT_REQUESTS``, its kinds give the checks and the worker's quick
+path); then the sender calls ``message()`` and the receiver handles it.
 """
 from __future__ import annotations
 
@@ -17,11 +28,25 @@ import json.encoder
 import math
 import struct
 
+from . import kinds, limits, records
+from .kinds import (ANY, ATTEMPT, BOOL, CODE, COUNT, ID, INDEX, INT, LIST, MAP, N_RUNS, NUM,  # noqa: F401
+                    OPT_ATTEMPT, OPT_CODE, OPT_COUNT, OPT_ID, OPT_INDEX, OPT_INT, OPT_MAP, OPT_NUM, OPT_SECONDS,
+                    OPT_STR, OPT_TEXT, PID, PREFETCH, SECONDS, STR, TEXT, TRAIT, Kind, Opt, nested_problem, opt,
+                    string_problem)
+
 MAX_FRAME = 10 * 1024 * 1024  # bytes, as the original
 HEADER = struct.Struct(">I")
-MAX_DEPTH = 64              # nesting of arrays/objects inside param and data
+MAX_DEPTH = limits.MAX_DEPTH   # nesting of arrays/objects inside param and data
 REPLY_DEPTH = MAX_DEPTH + 4  # a reply wraps stored values (runs[i].result, batch.param) a few levels down
-INT64 = 2 ** 63             # SQLite's integers are signed 64-bit
+INT64 = limits.INT64         # SQLite's integers are signed 64-bit
+VERSION = 2
+_lone_surrogate = kinds.lone_surrogate
+
+# Who sends a message: a worker, runq, a client (runweb, fab, benches), or either peer of runq.
+WORKER, RUNQ, CLIENT, EITHER = "worker", "runq", "client", "either"
+# Who asks (web stream): every client request may carry the runweb user it acts for and whether
+# that user is an admin.  Absent = a holder of the client secret (fab, benches): admin.
+WHO = {"actor": opt(OPT_STR), "admin": opt(BOOL)}
 
 
 class ProtocolError(Exception):
@@ -29,237 +54,130 @@ class ProtocolError(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
-class Kind:
-    """What a field may hold: JSON type(s), bounds, whether null is allowed.
-
-    Declared once below and named, so a bound lives in one place.  ``lo <= x < hi``
-    for integers, ``lo <= x <= hi`` for numbers (always finite).
-    """
+class Message:
+    """One message type: its sender, its fields (name -> Kind, or ``opt(Kind)`` when it may be
+    absent), whether it may carry fields beyond these (``open``: replies carry data; the
+    opening messages may grow fields older peers ignore), and whether it is a client request
+    acting for someone (``WHO`` fields added)."""
     name: str
-    types: tuple
-    lo: float | None = None
-    hi: float | None = None
-    nullable: bool = False
+    sender: str
+    declared: dict
+    open: bool = False
+    request: bool = False
 
     def __post_init__(self):
-        # The common case checked in one expression (a plain int in range, an ASCII string
-        # without NUL, a bool); anything else goes through problem().  Only ever accepts what
-        # problem() accepts.
-        fast = None
-        if self.types == (int,) and self.lo is not None:
-            lo, hi = self.lo, self.hi
-            fast = lambda v: type(v) is int and lo <= v < hi  # noqa: E731
-        elif self.types == (str,):
-            fast = lambda v: type(v) is str and v.isascii() and "\0" not in v  # noqa: E731
-        elif self.types == (bool,):
-            fast = lambda v: type(v) is bool  # noqa: E731
-        elif self.types == (int, float) and self.lo is not None:   # inclusive; NaN and inf fail it
-            lo, hi = self.lo, self.hi
-            fast = lambda v: (type(v) is float or type(v) is int) and lo <= v <= hi  # noqa: E731
-        elif self.types in ((list,), (dict,)):   # empty (an idle worker's heartbeat lists no runs)
-            container = self.types[0]
-            fast = lambda v: type(v) is container and not v  # noqa: E731
-        elif self.nullable and dict in self.types:   # ANY: null or an ASCII string (NUL is allowed inside)
-            fast = lambda v: v is None or (type(v) is str and v.isascii())  # noqa: E731
-        object.__setattr__(self, "fits", fast or (lambda v: False))
-
-    def problem(self, value) -> str | None:
-        """Why ``value`` does not fit (a phrase following the field's name), or None."""
-        if value is None:
-            return None if self.nullable else "must not be null"
-        # bool is an int in Python; never accept it as a number
-        if not isinstance(value, self.types) or (isinstance(value, bool) and bool not in self.types):
-            return f"has the wrong type (expected {self.name})"
-        if dict in self.types or list in self.types:
-            return nested_problem(value)
-        if isinstance(value, str):
-            return string_problem(value)
-        if isinstance(value, float) and not math.isfinite(value):
-            return "must be a finite number"
-        if self.lo is not None and not isinstance(value, bool):
-            if float in self.types:   # a number: inclusive range
-                if not self.lo <= value <= self.hi:
-                    return f"must be from {self.lo:g} to {self.hi:g}"
-            elif not self.lo <= value < self.hi:
-                return f"must be an integer from {self.lo} to {self.hi - 1}"
-        return None
-
-    def null(self) -> "Kind":
-        return dataclasses.replace(self, nullable=True)
+        declared = dict(self.declared, **WHO) if self.request else dict(self.declared)
+        fields = {f: k.kind if isinstance(k, Opt) else k for f, k in declared.items()}
+        optional = frozenset(f for f, k in declared.items() if isinstance(k, Opt))
+        object.__setattr__(self, "fields", fields)
+        object.__setattr__(self, "optional", optional)
+        object.__setattr__(self, "quick", _compile_quick(self.name, fields, optional))
 
 
-# Field kinds, each declared once.
-STR = Kind("a string", (str,))
-ID = Kind("an id", (int,), 0, INT64)                      # database keys: batches, workers
-COUNT = Kind("a count", (int,), 0, INT64)                 # offsets, limits, max_requeues
-INDEX = Kind("a run index", (int,), 0, INT64)             # batch_index < n_runs (checked against the batch)
-ATTEMPT = Kind("an attempt number", (int,), 0, 2 ** 31)
-N_RUNS = Kind("a number of runs", (int,), 0, 2 ** 31)     # api narrows to MAX_RUNS
-PID = Kind("a process id", (int,), 0, 2 ** 31)
-CODE = Kind("a status code", (int,), 0, 1000)
-NUM = Kind("a finite number", (int, float), -1e300, 1e300)
-TRAIT = Kind("a finite number", (int, float), -1e6, 1e6)  # cost, speed, priority (contract: protocol v2)
-SECONDS = Kind("a number of seconds", (int, float), 0, 1e12)
-BOOL = Kind("true or false", (bool,))
-MAP = Kind("an object", (dict,))
-ANY = Kind("a JSON value", (str, int, float, bool, dict, list), nullable=True)
-OPT_STR, OPT_ID, OPT_INDEX, OPT_ATTEMPT, OPT_COUNT = STR.null(), ID.null(), INDEX.null(), ATTEMPT.null(), COUNT.null()
-OPT_CODE, OPT_SECONDS, OPT_MAP = CODE.null(), SECONDS.null(), MAP.null()
-# Generic kinds for fields with no tighter natural bound (and for SCHEMA entries other streams add).
-INT = Kind("an integer", (int,), -INT64, INT64)
-LIST = Kind("an array", (list,))
-OPT_INT, OPT_NUM = INT.null(), NUM.null()
-PREFETCH = Kind("a number of runs to hold", (int,), 1, 65)   # worker --prefetch N (runq holds at most 64)
+def _compile_quick(name: str, fields: dict, optional: frozenset):
+    """``quick(msg) -> bool``: True only if ``check`` accepts ``msg`` (of type ``name``), in one
+    expression per field; False means "ask check", never "refused"."""
+    required = [f for f in fields if f not in optional]
+    lines = ["def quick(m):"]
+    if required:
+        lines += ["    try:", *(f"        v{i} = m[{f!r}]" for i, f in enumerate(required)),
+                  "    except KeyError:", "        return False",
+                  "    if not (" + " and ".join(fields[f].expr(f"v{i}") for i, f in enumerate(required)) + "):",
+                  "        return False"]
+    lines.append(f"    n = {len(required) + 1}")
+    for f in optional:
+        lines += [f"    if {f!r} in m:", "        n += 1", f"        o = m[{f!r}]",
+                  f"        if not {fields[f].expr('o')}:", "            return False"]
+    lines.append("    return len(m) == n")
+    namespace = dict(kinds.NAMES)
+    exec(compile("\n".join(lines), f"<quick {name}>", "exec"), namespace)
+    return namespace["quick"]
 
-# name -> {field: kind}.  A field listed in OPTIONAL may be absent.
+
+M = Message
 _RUN = {"batch_id": ID, "batch_index": INDEX, "attempt": ATTEMPT}
-_OPT_RUN = {"batch_id": OPT_ID, "batch_index": OPT_INDEX, "attempt": OPT_ATTEMPT}
-_WORKER_TRAITS = {
-    "host": STR, "pid": PID, "group": STR, "user": STR, "engine": STR,
-    "cost": TRAIT, "speed": TRAIT, "priority": TRAIT,
-}
-SCHEMA: dict[str, dict[str, object]] = {
-    # connection opening, both roles (runq/auth.py)
-    "Hello": dict(version=INT, role=STR, nonce=STR, key_id=OPT_STR),
-    "RunqChallenge": dict(version=INT, instance=STR, nonce=STR, proof=OPT_STR),
-    "Auth": dict(proof=OPT_STR),
+_OPT_RUN = {"batch_id": opt(OPT_ID), "batch_index": opt(OPT_INDEX), "attempt": opt(OPT_ATTEMPT)}
+# cost, speed, priority, host, ...: declared with the worker record
+WORKER_TRAITS = records.WORKER.asked()
+_PAGE = {"offset": opt(COUNT), "limit": opt(COUNT)}
+DECLARATIONS = (
+    # connection opening, both roles (simx/auth.py)
+    M("Hello", EITHER, dict(version=INT, role=STR, nonce=STR, key_id=opt(OPT_STR)), open=True),
+    M("RunqChallenge", RUNQ, dict(version=INT, instance=STR, nonce=STR, proof=OPT_STR), open=True),
+    M("Auth", EITHER, dict(proof=OPT_STR)),
     # worker -> runq
     # prefetch (optional, default 1): how many runs runq may assign the worker at once
-    "WorkerReady": dict(_WORKER_TRAITS, prefetch=PREFETCH),
-    "WorkerReconnect": dict(_WORKER_TRAITS, worker_id=ID, proof=OPT_STR, **_OPT_RUN, prefetch=PREFETCH),
+    M("WorkerReady", WORKER, dict(WORKER_TRAITS, prefetch=opt(PREFETCH))),
+    M("WorkerReconnect", WORKER, dict(WORKER_TRAITS, worker_id=ID, proof=opt(OPT_STR), **_OPT_RUN,
+                                      prefetch=opt(PREFETCH))),
     # a prefetching worker starts computing a run it held (its time limit starts now)
-    "WorkerStartedRun": dict(worker_id=ID, **_RUN),
+    M("WorkerStartedRun", WORKER, dict(worker_id=ID, **_RUN)),
     # seq: highest RunqAssignRun.seq received; runs: [[batch_id, batch_index, attempt], ...] it computes
-    "WorkerHeartbeat": dict(worker_id=ID, seq=COUNT, runs=LIST),
-    "WorkerUpdate": dict(worker_id=ID, **_RUN, progress=NUM, message=OPT_STR),
-    "WorkerFinishedRun": dict(worker_id=ID, **_RUN, data=ANY),
-    # kind: run | worker | transient (runq/states.py FAILURE_KINDS); absent = transient
-    "WorkerFailedRun": dict(worker_id=ID, **_RUN, message=STR, traceback=OPT_STR, kind=OPT_STR),
-    "WorkerAbortedRun": dict(worker_id=ID, **_RUN, message=OPT_STR),
-    "WorkerStoppedRun": dict(worker_id=ID, **_RUN),
-    "WorkerDraining": dict(worker_id=ID),
+    M("WorkerHeartbeat", WORKER, dict(worker_id=ID, seq=COUNT, runs=LIST)),
+    M("WorkerUpdate", WORKER, dict(worker_id=ID, **_RUN, progress=NUM, message=opt(OPT_STR))),
+    M("WorkerFinishedRun", WORKER, dict(worker_id=ID, **_RUN, data=ANY)),
+    # kind: one of records.FAILURE_KINDS; absent = transient
+    M("WorkerFailedRun", WORKER, dict(worker_id=ID, **_RUN, message=STR, traceback=opt(OPT_STR),
+                                      kind=opt(OPT_STR))),
+    M("WorkerAbortedRun", WORKER, dict(worker_id=ID, **_RUN, message=opt(OPT_STR))),
+    M("WorkerStoppedRun", WORKER, dict(worker_id=ID, **_RUN)),
+    M("WorkerDraining", WORKER, dict(worker_id=ID)),
     # one piece of a finished run's output file, sent before its WorkerFinishedRun (runq/files.py)
-    "WorkerFileChunk": dict(worker_id=ID, **_RUN, name=STR, offset=COUNT, data=STR, last=BOOL),
+    M("WorkerFileChunk", WORKER, dict(worker_id=ID, **_RUN, name=STR, offset=COUNT, data=STR, last=BOOL)),
     # runq -> worker
     # key: only at a registration without a worker secret (with one, both ends derive it)
-    "RunqAcceptWorker": dict(worker_id=ID, heartbeat_interval=SECONDS, keep_run=BOOL, key=OPT_STR),
-    "RunqAssignRun": dict(**_RUN, seq=COUNT, engine=STR, param=MAP, time_limit=OPT_SECONDS),
-    "RunqAck": dict(**_RUN, accepted=BOOL, message=OPT_STR),
-    "RunqAbortRun": dict(**_RUN, reason=STR),
-    "RunqGetStatus": {},
-    "RunqDrain": {},
-    "RunqError": dict(message=STR, code=OPT_CODE),  # code: HTTP-like; 401 = bad secret, 426 = version
+    M("RunqAcceptWorker", RUNQ, dict(worker_id=ID, heartbeat_interval=SECONDS, keep_run=BOOL, key=opt(OPT_STR))),
+    M("RunqAssignRun", RUNQ, dict(**_RUN, seq=COUNT, engine=STR, param=MAP, time_limit=opt(OPT_SECONDS))),
+    M("RunqAck", RUNQ, dict(**_RUN, accepted=BOOL, message=opt(OPT_STR))),
+    M("RunqAbortRun", RUNQ, dict(**_RUN, reason=STR)),
+    M("RunqDrain", RUNQ, {}),
+    M("RunqError", RUNQ, dict(message=STR, code=opt(OPT_CODE))),  # code: HTTP-like; 401 = bad secret, 426 = version
     # runweb (or any client) -> runq; each gets one Reply
-    "Ping": {},
-    "StartBatch": dict(
-        name=STR, group=STR, user=STR, engine=STR, n_runs=N_RUNS, param=MAP,
-        max_attempts=OPT_ATTEMPT, max_requeues=OPT_COUNT, time_limit=OPT_SECONDS, idempotency_key=OPT_STR,
-        priority=OPT_INT,   # higher first among one owner's batches; absent/null = 0
-        sweep=OPT_MAP, zip=OPT_MAP,   # runq/sweep.py: n_runs is derived (given as well, it must equal)
-    ),
-    "BatchList": dict(user=OPT_STR, offset=COUNT, limit=COUNT),
+    M("Ping", CLIENT, {}),
+    # the batch record's asked fields (records.BATCH), then zip: runq/sweep.py; n_runs is derived
+    # from sweep and zip (given as well, it must equal); priority: higher first among one owner's batches
+    M("StartBatch", CLIENT, dict(records.BATCH.asked(), zip=opt(OPT_MAP)), request=True),
+    M("BatchList", CLIENT, dict(user=opt(OPT_STR), **_PAGE), request=True),
     # if_page: the `page` tag of the page the asker holds ("" for none); given, the Reply carries
     # the batch's `version` and the page's `page` tag (when runq makes one: pages without `state`
     # on SQLite) and, while that tag is the asker's, `not_modified: true` and the batch without runs
-    "BatchStatus": dict(batch_id=ID, offset=COUNT, limit=COUNT, state=OPT_STR, if_page=OPT_STR),
-    "BatchResults": dict(batch_id=ID, start=COUNT, limit=COUNT, state=OPT_STR),
-    "RunStatus": dict(batch_id=ID, batch_index=INDEX),
-    "RunFile": dict(batch_id=ID, batch_index=INDEX, name=STR, offset=COUNT),   # a piece of an output file
-    "UserStatus": dict(user=STR, offset=COUNT, limit=COUNT),
-    "WorkerList": dict(offset=COUNT, limit=COUNT),
-    "WorkerStatus": dict(worker_id=ID),
-    "CancelBatch": dict(batch_id=ID),
-    "CancelRun": dict(batch_id=ID, batch_index=INDEX),
-    "DrainWorker": dict(worker_id=ID),
-    "Metrics": {},   # runq's counters and gauges for GET /metrics (runq/metrics.py)
+    M("BatchStatus", CLIENT, dict(batch_id=ID, **_PAGE, state=opt(OPT_STR), if_page=opt(OPT_STR)), request=True),
+    M("BatchResults", CLIENT, dict(batch_id=ID, start=opt(COUNT), limit=opt(COUNT), state=opt(OPT_STR)),
+      request=True),
+    M("RunStatus", CLIENT, dict(batch_id=ID, batch_index=INDEX), request=True),
+    M("RunFile", CLIENT, dict(batch_id=ID, batch_index=INDEX, name=STR, offset=opt(COUNT)),   # a piece of a file
+      request=True),
+    M("UserStatus", CLIENT, dict(user=STR, **_PAGE), request=True),
+    M("WorkerList", CLIENT, dict(_PAGE), request=True),
+    M("WorkerStatus", CLIENT, dict(worker_id=ID), request=True),
+    M("CancelBatch", CLIENT, dict(batch_id=ID), request=True),
+    M("CancelRun", CLIENT, dict(batch_id=ID, batch_index=INDEX), request=True),
+    M("DrainWorker", CLIENT, dict(worker_id=ID), request=True),
+    M("Metrics", CLIENT, {}),   # runq's counters and gauges for GET /metrics (runq/metrics.py)
     # a failed login runweb reports (failed: true) or asks about; the Reply says retry_after (s or null)
-    "LoginThrottle": dict(address=STR, user=STR, failed=BOOL),
+    M("LoginThrottle", CLIENT, dict(address=STR, user=STR, failed=BOOL)),
     # runq -> client: {status: ok|error, code, message, ...data}
-    "Reply": dict(status=STR, code=CODE, message=STR),
-}
-OPTIONAL: dict[str, frozenset[str]] = {
-    "Hello": frozenset({"key_id"}),
-    "WorkerReady": frozenset({"prefetch"}),
-    "WorkerReconnect": frozenset({"proof", "batch_id", "batch_index", "attempt", "prefetch"}),
-    "RunqAcceptWorker": frozenset({"key"}),
-    "WorkerUpdate": frozenset({"message"}),
-    "WorkerFailedRun": frozenset({"traceback", "kind"}),
-    "WorkerAbortedRun": frozenset({"message"}),
-    "RunqAck": frozenset({"message"}),
-    "RunqError": frozenset({"code"}),
-    "RunqAssignRun": frozenset({"time_limit"}),
-    "StartBatch": frozenset({
-        "name", "group", "user", "param", "max_attempts", "max_requeues", "time_limit", "idempotency_key",
-        "priority", "n_runs", "sweep", "zip",
-    }),
-    "RunFile": frozenset({"offset"}),
-    "BatchList": frozenset({"user", "offset", "limit"}),
-    "UserStatus": frozenset({"offset", "limit"}),
-    "WorkerList": frozenset({"offset", "limit"}),
-    "BatchStatus": frozenset({"offset", "limit", "state", "if_page"}),
-    "BatchResults": frozenset({"start", "limit", "state"}),
-}
-# Who asks (web stream): every client request may carry the runweb user it acts for and whether
-# that user is an admin.  Absent = a holder of the client secret (fab, benches): admin.
-CLIENT_REQUESTS = ("StartBatch", "BatchList", "BatchStatus", "RunStatus", "UserStatus", "WorkerList",
-                   "WorkerStatus", "CancelBatch", "CancelRun", "DrainWorker", "BatchResults", "RunFile")
-for _name in CLIENT_REQUESTS:
-    SCHEMA[_name].update(actor=OPT_STR, admin=BOOL)
-    OPTIONAL[_name] = OPTIONAL.get(_name, frozenset()) | {"actor", "admin"}
-# Messages a worker sends (everything else a client may send is a request).
-FROM_WORKER = frozenset({
-    "WorkerReady", "WorkerReconnect", "WorkerHeartbeat", "WorkerUpdate", "WorkerStartedRun", "WorkerFinishedRun",
-    "WorkerFailedRun", "WorkerAbortedRun", "WorkerStoppedRun", "WorkerDraining", "WorkerFileChunk",
-})
-# Replies carry arbitrary data beside the envelope; the opening messages may grow optional
-# fields in later versions, which older peers ignore.
-OPEN_TYPES = frozenset({"Reply", "Hello", "RunqChallenge"})
-VERSION = 2
+    M("Reply", RUNQ, dict(status=STR, code=CODE, message=STR), open=True),
+)
+MESSAGES: dict[str, Message] = {m.name: m for m in DECLARATIONS}
+
+# The tables derived from the declarations (read by runq, tests and older code).
+SCHEMA: dict[str, dict[str, Kind]] = {m.name: m.fields for m in DECLARATIONS}
+OPTIONAL: dict[str, frozenset[str]] = {m.name: m.optional for m in DECLARATIONS if m.optional}
+FROM_WORKER = frozenset(m.name for m in DECLARATIONS if m.sender == WORKER)
+CLIENT_REQUESTS = tuple(m.name for m in DECLARATIONS if m.request)
+OPEN_TYPES = frozenset(m.name for m in DECLARATIONS if m.open)
+_QUICK = {m.name: m.quick for m in DECLARATIONS if not m.open}   # an open one most often carries more
 
 
-def string_problem(text: str) -> str | None:
-    """Strings are valid Unicode (no lone surrogate: a JSON "\\ud800" decodes to one) without NUL."""
-    if "\0" in text:
-        return "must not contain NUL characters"
-    if not text.isascii() and _lone_surrogate(text):
-        return "must be valid Unicode (it holds a lone surrogate)"
-    return None
+def request_fields(mtype: str) -> dict[str, Kind]:
+    """The fields a client request carries for its asker, without the WHO fields: name -> kind."""
+    return {f: k for f, k in MESSAGES[mtype].fields.items() if f not in WHO}
 
 
-def nested_problem(value, max_depth: int = MAX_DEPTH) -> str | None:
-    """Inside param, data and replies: depth bounded, numbers finite and 64-bit, strings and keys valid Unicode.
-
-    NUL is allowed here (engine output may hold it; JSON and SQLite carry it).  Iterative, so a deep
-    value cannot exhaust the stack.
-    """
-    stack = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            if depth >= max_depth:
-                return f"nests deeper than {max_depth} levels"
-            for key, sub in item.items():
-                if not isinstance(key, str):
-                    return "has a key that is not a string"
-                if not key.isascii() and _lone_surrogate(key):
-                    return "holds a lone surrogate"
-                stack.append((sub, depth + 1))
-        elif isinstance(item, (list, tuple)):   # a tuple: only ever on the sending side, encoded as a list
-            if depth >= max_depth:
-                return f"nests deeper than {max_depth} levels"
-            stack.extend((sub, depth + 1) for sub in item)
-        elif isinstance(item, str):
-            if not item.isascii() and _lone_surrogate(item):
-                return "holds a lone surrogate"
-        elif isinstance(item, float):
-            if not math.isfinite(item):
-                return "holds a number that is not finite"
-        elif isinstance(item, int) and not isinstance(item, bool):
-            if not -INT64 <= item < INT64:
-                return "holds an integer beyond 64 bits"
-        elif item is not None and not isinstance(item, bool):
-            return f"holds a {type(item).__name__}"
-    return None
+def json_size(value) -> int:
+    """Bytes of ``value`` as compact UTF-8 JSON (what a bound like limits.MAX_PARAM_BYTES counts)."""
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
 
 
 def clean_text(text: str) -> str:
@@ -271,21 +189,19 @@ def clean_text(text: str) -> str:
     return text
 
 
-def _lone_surrogate(text: str) -> bool:
-    if text.isascii():
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
 def check(msg: dict) -> dict:
     """Validate a message dict in place; return it.  Raise ProtocolError naming the bad field."""
     if not isinstance(msg, dict):
         raise ProtocolError("message is not a JSON object")
     mtype = msg.get("type")
+    quick = _QUICK.get(mtype) if isinstance(mtype, str) else None
+    if quick is not None and quick(msg):
+        return msg
+    return _check_slowly(msg, mtype)
+
+
+def _check_slowly(msg: dict, mtype) -> dict:
+    """The whole check, naming the first problem found."""
     schema = SCHEMA.get(mtype) if isinstance(mtype, str) else None
     if schema is None:
         shown = mtype if not isinstance(mtype, str) or len(mtype) < 64 else mtype[:64] + "..."
@@ -299,7 +215,7 @@ def check(msg: dict) -> dict:
             raise ProtocolError(f"{mtype}: missing field {field!r}")
         present += 1
         value = msg[field]
-        if kind.fits(value):
+        if kind.fits(value):   # replies (open: never quick) go this way
             continue
         problem = kind.problem(value)
         if problem is not None:
@@ -317,8 +233,16 @@ def check(msg: dict) -> dict:
 
 
 def message(mtype: str, **fields) -> dict:
-    """Build and validate one message."""
-    return check({"type": mtype, **fields})
+    """Build one message of the declared type and check it (``ProtocolError`` names a bad field).
+
+    The one way to build a message, also on the hot path: the quick check is a compiled
+    expression (about 1 µs for RunqAck or RunqAssignRun), and only a message it doubts goes
+    through the whole check."""
+    msg = {"type": mtype, **fields}
+    quick = _QUICK.get(mtype)
+    if quick is not None and "type" not in fields and quick(msg):
+        return msg
+    return _check_slowly(msg, msg.get("type"))
 
 
 def reply(status: str = "ok", code: int = 200, message: str = "ok", **data) -> dict:

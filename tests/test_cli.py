@@ -164,6 +164,25 @@ def test_cancel_and_drain(stack, tmp_path):
     assert batch["state"] == "cancelled" and batch["n_cancelled"] == 6
 
 
+def test_a_description_goes_through_runweb_and_shows(stack, tmp_path):
+    env = cli_env(stack, tmp_path)
+    path = tmp_path / "described.yaml"
+    path.write_text(yaml.safe_dump({"engine": "dummy", "n_runs": 1, "description": "seeds 1-10\nsecond line"}))
+    code, out, err = simx(env, "submit", str(path), "--set", "priority=5")
+    assert (code, err) == (0, "") and "param" not in out, out
+    batch = stack.client.request("BatchStatus", batch_id=1, limit=0)["batch"]
+    assert batch["priority"] == 5 and batch["param"] == {}   # a field, not param.priority (the old bug)
+    assert batch["description"] == "seeds 1-10\nsecond line"
+    code, out, _ = simx(env, "show", "1")
+    assert code == 0 and "\n  seeds 1-10\n  second line" in out, out
+
+
+def test_the_summary_shows_a_description_line_by_line():
+    b = {"id": 3, "name": "n", "state": "active", "n_runs": 1, "engine": "dummy", "description": "one\n[two]"}
+    assert commands.render.batch_summary(b)[2:] == ["  one", "  \\[two]"]
+    assert len(commands.render.batch_summary(dict(b, description=None))) == 2
+
+
 def test_errors_are_one_line_with_the_http_status(stack, tmp_path):
     env = cli_env(stack, tmp_path)
     code, out, err = simx(env, "show", "99")
@@ -325,6 +344,11 @@ def test_settings_come_from_flags_then_environment_then_a_private_file(tmp_path)
     (["a.c=on", "n_runs=5"], {"engine": "d", "param": {"a": {"b": 1, "c": True}}, "n_runs": 5}),
     (["name=", "new.deep.key='07'"], {"engine": "d", "param": {"a": {"b": 1}, "new": {"deep": {"key": "07"}}},
                                       "name": ""}),
+
+    # every field of a batch request is one, never a param key (priority used to become param.priority)
+    (["priority=5", "sweep.seed=[1, 2]", "zip.a=[3]", "description=two words"],
+     {"engine": "d", "param": {"a": {"b": 1}}, "priority": 5, "sweep": {"seed": [1, 2]}, "zip": {"a": [3]},
+      "description": "two words"}),
 ])
 def test_set_overrides_nested_keys_with_yaml_values(sets, want):
     doc = {"engine": "d", "param": {"a": {"b": 1}}}

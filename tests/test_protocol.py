@@ -155,3 +155,73 @@ def test_nothing_unencodable_goes_on_the_wire():
         protocol.encode(protocol.reply(data="\ud800"))
     with pytest.raises(ProtocolError, match="cannot encode"):
         protocol.encode(protocol.reply(data=float("nan")))
+
+
+# -- the declarations: one per message; the quick checks compiled from them never accept what the whole check refuses
+
+def sample(kind: protocol.Kind):
+    """A valid value of a kind."""
+    if kind.types == (int,):
+        return kind.lo
+    if kind.types == (str,):
+        return "x"
+    if kind.types == (bool,):
+        return True
+    if kind.types == (int, float):
+        return 0.5 if kind.lo <= 0.5 <= kind.hi else kind.lo
+    if kind.types == (list,):
+        return [[1, 2, 3]]
+    return {"a": 1, "b": [1.5, "s", None]}
+
+
+def valid(name: str) -> dict:
+    return {"type": name, **{f: sample(k) for f, k in protocol.MESSAGES[name].fields.items()}}
+
+
+ODD = [None, True, 0, -1, 2 ** 31, 2 ** 63, -2 ** 63 - 1, 1.5, 1e12 + 1, 1e300, float("inf"), "", "é", "\ud800",
+       "a\0", "x" * 10_001, [], [[1]], {}, {"a": {"b": {"c": {"d": {"e": 1}}}}}, {"\ud800": 1}, {"k": 2 ** 64},
+       {"k": float("nan")}, (1, 2), {1: 2}]
+
+
+def whole(msg) -> bool:
+    try:
+        protocol._check_slowly(dict(msg), msg.get("type"))
+        return True
+    except ProtocolError:
+        return False
+
+
+@pytest.mark.parametrize("name", sorted(protocol.MESSAGES))
+def test_each_quick_check_accepts_only_what_the_whole_check_accepts(name):
+    quick, base = protocol.MESSAGES[name].quick, valid(name)
+    assert whole(base) and quick(base)
+    for field in [*base, "extra"]:
+        if field == "type":
+            continue
+        for value in ODD:
+            msg = dict(base, **{field: value})
+            assert not quick(msg) or whole(msg), (field, value)
+        dropped = {k: v for k, v in base.items() if k != field}
+        assert not quick(dropped) or whole(dropped), field
+
+
+def test_message_builds_through_the_declaration_and_names_the_bad_field():
+    ack = protocol.message("RunqAck", batch_id=1, batch_index=2, attempt=1, accepted=True)
+    assert ack == {"type": "RunqAck", "batch_id": 1, "batch_index": 2, "attempt": 1, "accepted": True}
+    with pytest.raises(ProtocolError, match="RunqAck: field 'attempt' must be an integer"):
+        protocol.message("RunqAck", batch_id=1, batch_index=2, attempt=-1, accepted=True)
+    with pytest.raises(ProtocolError, match="RunqAck: missing field 'accepted'"):
+        protocol.message("RunqAck", batch_id=1, batch_index=2, attempt=1)
+    with pytest.raises(ProtocolError, match="unknown field 'extra'"):
+        protocol.message("RunqAck", batch_id=1, batch_index=2, attempt=1, accepted=True, extra=1)
+    with pytest.raises(ProtocolError, match="unknown message type 'RunqGetStatus'"):
+        protocol.message("RunqGetStatus")   # declared once and never sent: gone
+
+
+def test_the_tables_derive_from_the_declarations():
+    assert protocol.FROM_WORKER == {n for n in protocol.MESSAGES if n.startswith("Worker")} - {"WorkerList", "WorkerStatus"}
+    assert all({"actor", "admin"} <= protocol.OPTIONAL[n] for n in protocol.CLIENT_REQUESTS)
+    assert protocol.SCHEMA["RunqAck"] == {"batch_id": protocol.ID, "batch_index": protocol.INDEX,
+                                          "attempt": protocol.ATTEMPT, "accepted": protocol.BOOL,
+                                          "message": protocol.OPT_STR}
+    assert list(protocol.WORKER_TRAITS) == ["host", "pid", "group", "user", "engine", "cost", "speed", "priority"]

@@ -178,3 +178,24 @@ def test_bad_idempotency_header(field, header, message):
 
 def test_byte_order_mark_is_ignored():
     assert parse("\ufeff".encode() + BASE.encode()) == {"engine": "dummy", "n_runs": 3}
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ("description: a sweep over seeds\n", {"description": "a sweep over seeds"}),
+    ("description: |\n  two lines\n  \twith a tab\n", {"description": "two lines\n\twith a tab\n"}),
+    ("description: null\n", {"description": ""}),
+])
+def test_a_description_is_free_text_over_lines(extra, expected):
+    fields = parse((BASE + extra).encode())
+    assert {k: v for k, v in fields.items() if k == "description"} == expected
+    protocol.message("StartBatch", **fields)
+
+
+@pytest.mark.parametrize("extra, complaint", [
+    ("description: 5\n", "field 'description' must be a string"),
+    ('description: "a\\x1bb"\n', "field 'description' contains a control character"),
+    ("description: " + "x" * 10_001 + "\n", "field 'description' is longer than 10000 characters"),
+])
+def test_a_bad_description_is_refused_naming_it(extra, complaint):
+    with pytest.raises(InvalidRequest, match=complaint):
+        parse((BASE + extra).encode())

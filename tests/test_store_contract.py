@@ -19,7 +19,7 @@ def store(request, tmp_path):
 
 
 def batch(id, **fields):
-    row = dict(id=id, name=f"b{id}", group="", user="ann", owner="ann", engine="dummy", n_runs=5,
+    row = dict(id=id, name=f"b{id}", description="", group="", user="ann", owner="ann", engine="dummy", n_runs=5,
                param={"x": [1, 2.5, "é"], "nested": {"a": None}}, max_attempts=3, max_requeues=2, time_limit=None,
                idempotency_key=None, start_time=100.0, priority=0, sweep=None, state="active", next_index=0,
                n_waiting=5, n_running=0, n_finished=0, n_failed=0, n_cancelled=0, end_time=None)

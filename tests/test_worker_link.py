@@ -211,12 +211,11 @@ def test_first_contact_proves_the_secret_then_sends_ready_with_traits(runq, star
     peer.expect("WorkerHeartbeat", skip=())  # and again, every heartbeat_interval
 
 
-def test_get_status_is_answered_with_a_heartbeat_naming_the_run(runq, start_worker):
+def test_heartbeats_name_the_run_computed(runq, start_worker):
     start_worker(runq.address)
-    peer, _ = handshake(runq, heartbeat_interval=60)
+    peer, _ = handshake(runq, heartbeat_interval=0.05)
     key = assign(peer, **LONG)
     peer.expect("WorkerUpdate")
-    peer.send("RunqGetStatus")
     peer.expect("WorkerHeartbeat", skip=("WorkerUpdate",), worker_id=7, runs=[list(key)], seq=1)
 
 
@@ -224,9 +223,10 @@ def test_invalid_message_from_runq_is_skipped_without_dropping_the_link(runq, st
     worker = start_worker(runq.address)
     peer, _ = handshake(runq, heartbeat_interval=60)
     peer.sock.sendall(protocol.encode({"type": "RunqFromTheFuture", "x": 1}))
-    peer.sock.sendall(protocol.encode({"type": "RunqGetStatus", "extra": True}))
-    peer.send("RunqGetStatus")
-    peer.expect("WorkerHeartbeat", skip=(), worker_id=7)
+    peer.sock.sendall(protocol.encode({"type": "RunqGetStatus"}))   # no more: runq never sent it
+    peer.sock.sendall(protocol.encode({"type": "RunqDrain", "extra": True}))
+    key = assign(peer, step_count=0)
+    peer.expect("WorkerFinishedRun", skip=(), worker_id=7, **run_of(key))
     assert len(runq.peers) == 1 and worker.loop.backoff.failures == 0
 
 
@@ -262,15 +262,15 @@ def test_report_is_kept_until_acked_and_resent_after_reconnect(runq, start_worke
     peer.expect("WorkerFinishedRun", **run_of(key))
     peer.close()  # runq goes away before acking
 
-    peer, hello = handshake(runq, worker_id=9, keep_run=True)  # runq lost its database: a new id
+    peer, hello = handshake(runq, worker_id=9, keep_run=True,  # runq lost its database: a new id
+                            heartbeat_interval=0.05)
     assert hello["type"] == "WorkerReconnect"
     assert hello["worker_id"] == 7 and protocol.run_key(hello) == key  # still holds the run
     resent = peer.expect("WorkerFinishedRun", worker_id=9, **run_of(key))
     assert resent["data"].endswith("0 steps")
     ack(peer, key)
     assert eventually(lambda: worker.loop.session.job is None and not worker.loop.session.pending)
-    peer.send("RunqGetStatus")
-    idle = peer.expect("WorkerHeartbeat", worker_id=9)
+    idle = peer.expect("WorkerHeartbeat", worker_id=9)   # sent after the report: the run is not listed
     assert idle["runs"] == []
     key2 = assign(peer, batch_index=1, step_count=0)  # idle again: takes the next run
     peer.expect("WorkerFinishedRun", **run_of(key2))
@@ -294,8 +294,9 @@ def test_second_assignment_while_busy_is_ignored(runq, start_worker):
     first = assign(peer, batch_index=0, step_count=3, step_delay=0.05)
     second = assign(peer, batch_index=1, step_count=0)
     peer.expect("WorkerFinishedRun", **run_of(first))
-    peer.send("RunqGetStatus")
-    peer.expect("WorkerHeartbeat")
+    ack(peer, first)
+    third = assign(peer, batch_index=2, step_count=0)
+    peer.expect("WorkerFinishedRun", **run_of(third))
     assert all(protocol.run_key(m) != second for m in peer.seen)
 
 
@@ -352,13 +353,12 @@ def test_reconnect_without_keep_run_aborts_the_run(runq, start_worker):
     key = assign(peer, **LONG)
     peer.expect("WorkerUpdate")
     peer.close()
-    peer, hello = handshake(runq, keep_run=False)
+    peer, hello = handshake(runq, keep_run=False, heartbeat_interval=0.05)
     assert hello["type"] == "WorkerReconnect" and protocol.run_key(hello) == key
     peer.send("RunqAbortRun", **run_of(key), reason="lease lost")  # runq sends this too
     peer.expect("WorkerAbortedRun", timeout=2, **run_of(key))
     ack(peer, key, accepted=False)
-    peer.send("RunqGetStatus")
-    assert peer.expect("WorkerHeartbeat")["runs"] == []
+    assert peer.expect("WorkerHeartbeat")["runs"] == []   # sent after the report
 
 
 def test_runq_refusing_the_secret_exits_with_status_2(runq, start_worker):
@@ -464,10 +464,12 @@ def cpu_while_silent(peer: Peer, seconds: float) -> float:
 
 
 def test_idle_worker_does_not_spin(runq, start_worker):
-    start_worker(runq.address)
+    worker = start_worker(runq.address)
     peer, _ = handshake(runq, heartbeat_interval=60)
-    peer.send("RunqGetStatus")
-    peer.expect("WorkerHeartbeat")
+    key = assign(peer, step_count=0)
+    peer.expect("WorkerFinishedRun", **run_of(key))
+    ack(peer, key)
+    assert eventually(lambda: worker.loop.session.job is None)   # idle
     assert cpu_while_silent(peer, 0.5) < 0.1
 
 

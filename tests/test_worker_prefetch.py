@@ -9,16 +9,26 @@ from pathlib import Path
 
 from procs import eventually
 from simx import protocol
-from test_worker_link import LONG, RunningWorker, ack, assign, handshake, run_of  # noqa: F401
+import test_worker_link
+from test_worker_link import LONG, RunningWorker, ack, assign, run_of  # noqa: F401
 from test_worker_link import runq, start_worker  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHORT = {"step_count": 4, "step_delay": 0.05}  # long enough to assign others behind it
 
 
+def handshake(runq, **options):
+    """test_worker_link's, with heartbeats often: each test reads the next one as the worker's status."""
+    return test_worker_link.handshake(runq, heartbeat_interval=0.05, **options)
+
+
 def heartbeat(peer) -> list:
-    peer.send("RunqGetStatus")
-    return [tuple(r) for r in peer.expect("WorkerHeartbeat", skip=("WorkerUpdate", "WorkerStartedRun"))["runs"]]
+    """The runs the next heartbeat lists that was sent after every assignment reached the worker
+    (its seq is the last one's), and after whatever the test read before."""
+    while True:
+        beat = peer.expect("WorkerHeartbeat", skip=("WorkerUpdate", "WorkerStartedRun"))
+        if beat["seq"] == getattr(peer, "seq", 0):
+            return [tuple(r) for r in beat["runs"]]
 
 
 def started(peer) -> list:
@@ -63,10 +73,7 @@ def test_assignments_beyond_prefetch_are_ignored(runq, start_worker):
     worker = start_worker(runq.address, prefetch=2)
     peer, _ = handshake(runq)
     keys = [assign(peer, batch_index=i, **LONG) for i in range(3)]
-    assert heartbeat(peer) == keys[:2]
-    peer.send("RunqGetStatus")
-    beat = peer.expect("WorkerHeartbeat", skip=("WorkerUpdate", "WorkerStartedRun"))
-    assert beat["seq"] == 3   # runq learns it saw the third and takes it back
+    assert heartbeat(peer) == keys[:2]   # with seq 3: runq learns it saw the third and takes it back
     assert list(worker.loop.session.held) == [keys[1]]
 
 
@@ -77,7 +84,8 @@ def test_runq_takes_back_a_held_run(runq, start_worker):
     held = assign(peer, batch_index=1, step_count=0)
     assert heartbeat(peer) == [running, held]
     peer.send("RunqAbortRun", **run_of(held), reason="another worker can start it sooner")
-    aborted = peer.expect("WorkerAbortedRun", skip=("WorkerUpdate", "WorkerStartedRun"), **run_of(held))
+    aborted = peer.expect("WorkerAbortedRun", skip=("WorkerUpdate", "WorkerStartedRun", "WorkerHeartbeat"),
+                          **run_of(held))
     assert "sooner" in aborted["message"]
     ack(peer, held)
     assert heartbeat(peer) == [running]

@@ -100,8 +100,8 @@ def test_heartbeats_carry_the_highest_seq_and_the_runs_computed(engine):
     session.handle(protocol.message("RunqAssignRun", batch_id=4, batch_index=3, attempt=1, seq=8, engine="dummy",
                                     param={}, time_limit=None), 0.0)   # refused: it holds one already
     sent.clear()
-    session.handle(protocol.message("RunqGetStatus"), 1.0)
-    assert sent[-1]["seq"] == 8 and sent[-1]["runs"] == [[4, 2, 1]]
+    session.advance(1e9)   # past the heartbeat interval
+    assert sent[-1]["type"] == "WorkerHeartbeat" and sent[-1]["seq"] == 8 and sent[-1]["runs"] == [[4, 2, 1]]
 
 
 def test_messages_before_the_challenge_are_ignored_but_errors_are_heard(engine):

@@ -35,9 +35,23 @@ def body_of(msg, ascii=True) -> bytes:
     return json.dumps(msg, ensure_ascii=ascii, allow_nan=True).encode("utf-8", "surrogatepass")
 
 
+def whole_check(body: bytes):
+    """protocol's verdict by its whole check alone, without the quick checks both paths share."""
+    saved, protocol._QUICK = protocol._QUICK, {}
+    try:
+        return protocol.decode_message(body)
+    finally:
+        protocol._QUICK = saved
+
+
 def same_verdicts(msg) -> None:
     for body in (body_of(msg), body_of(msg, ascii=False)):
-        assert verdict(wire.decode, body) == verdict(protocol.decode_message, body), body
+        assert verdict(wire.decode, body) == verdict(whole_check, body), body
+
+
+def test_the_quick_checks_are_protocols_own():
+    assert wire.QUICK["RunqAck"] is protocol.MESSAGES["RunqAck"].quick
+    assert set(wire.QUICK) == {m.name for m in protocol.DECLARATIONS if m.sender in ("runq", "either")}
 
 
 def test_the_two_per_run_messages_take_the_quick_path():
@@ -82,7 +96,7 @@ def test_random_mutations_get_protocols_verdict():
     b'{"type":"RunqAck","batch_id":1,"batch_index":1,"attempt":1,"accepted":true,"batch_id":-1}',
 ], ids=range(16))
 def test_odd_frames_get_protocols_verdict(body):
-    assert verdict(wire.decode, body) == verdict(protocol.decode_message, body)
+    assert verdict(wire.decode, body) == verdict(whole_check, body) == verdict(protocol.decode_message, body)
 
 
 def frame(msg) -> bytes:

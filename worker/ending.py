@@ -4,6 +4,8 @@ the moment it may exit.  Mixed into ``Session``, whose state it uses; no I/O (th
 """
 from __future__ import annotations
 
+from simx import protocol
+
 from .job import run_name
 
 
@@ -61,4 +63,4 @@ class Ending:
 
     def _send_draining(self, now: float) -> None:
         self.drain_sent_at = now
-        self.send({"type": "WorkerDraining", "worker_id": self.worker_id})
+        self.send(protocol.message("WorkerDraining", worker_id=self.worker_id))

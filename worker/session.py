@@ -16,9 +16,9 @@ waiting for runq.  Starting a run is told with WorkerStartedRun (its time limit
 starts then); heartbeats list every run computed or held.  With prefetch 1 the
 worker says nothing of it, so a runq that predates prefetch understands it.
 
-Messages the worker builds itself are plain dicts, not re-validated: their
-fields come from validated input (runq's messages, traits checked at start-up)
-or are made fit where they are made (``job.jsonable``, ``protocol.clean_text``).
+Every message the worker sends is built by ``protocol.message`` from its declaration
+(checked; about a microsecond on the per-run path); text and data are made fit where
+they are made (``job.jsonable``, ``protocol.clean_text``).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import dataclasses
 import logging
 import math
 
-from simx import protocol
+from simx import limits, protocol
 
 from .ending import Ending
 from .engines.base import Engine
@@ -38,24 +38,18 @@ from .upload import Upload, Uploading
 
 log = logging.getLogger("worker")
 
-MAX_PREFETCH = 64  # runs a worker may hold at once (runq: coordinator.MAX_HELD_RUNS)
+MAX_PREFETCH = limits.MAX_PREFETCH  # runs a worker may hold at once
 UPDATE_INTERVAL = 0.2  # seconds: at most ~5 WorkerUpdate per second per run
 STOP_TIMEOUT = 5.0  # seconds a stopping worker waits for the ack of its WorkerStoppedRun
 DRAIN_LINGER = 0.5  # seconds an idle draining worker stays to refuse an assignment already in flight
 
 
-@dataclasses.dataclass(frozen=True)
-class Traits:
-    """What a worker tells runq about itself; runq matches runs on these."""
-
-    host: str
-    pid: int
-    group: str
-    user: str
-    engine: str
-    cost: float
-    speed: float
-    priority: float
+# What a worker tells runq about itself; runq matches runs on these.  Its fields are the worker
+# record's asked ones (simx/records.py WORKER, as protocol.WORKER_TRAITS): declared there once.
+Traits = dataclasses.make_dataclass(
+    "Traits", [(name, int if kind.types == (int,) else str if kind.types == (str,) else float)
+               for name, kind in protocol.SCHEMA["WorkerReady"].items() if name in protocol.WORKER_TRAITS],
+    frozen=True, namespace={"__module__": __name__})
 
 
 class _WorkerLog(logging.LoggerAdapter):
@@ -141,9 +135,6 @@ class Session(Handshake, Uploading, Ending):
             self._acked(msg)
         elif mtype == "RunqAbortRun":
             self._abort(msg, now)
-        elif mtype == "RunqGetStatus":
-            if self.online:
-                self._send_heartbeat(now)
         elif mtype == "RunqDrain":
             self.drain(now, "runq asked")
         else:
@@ -194,8 +185,8 @@ class Session(Handshake, Uploading, Ending):
         if log.isEnabledFor(logging.DEBUG):
             self.log.debug("assigned run %s", run_name(job.key))
         if self.prefetch > 1 and self.online:
-            self.send({"type": "WorkerStartedRun", "worker_id": self.worker_id, "batch_id": job.key[0],
-                       "batch_index": job.key[1], "attempt": job.key[2]})
+            self.send(protocol.message("WorkerStartedRun", worker_id=self.worker_id, batch_id=job.key[0],
+                                       batch_index=job.key[1], attempt=job.key[2]))
         job.start(self.runner)
 
     def _acked(self, msg: dict) -> None:
@@ -318,8 +309,8 @@ class Session(Handshake, Uploading, Ending):
     def _send_report(self, key) -> None:
         mtype, fields = self.pending[key]
         # worker_id is filled in at each send: runq may have given a new one on reconnect.
-        self.send({"type": mtype, "worker_id": self.worker_id, "batch_id": key[0], "batch_index": key[1],
-                   "attempt": key[2], **fields})
+        self.send(protocol.message(mtype, worker_id=self.worker_id, batch_id=key[0], batch_index=key[1],
+                                   attempt=key[2], **fields))
 
     def _send_heartbeat(self, now: float) -> None:
         # Name a run only while computing or holding it: once its report is sent, runq knows the outcome.
@@ -327,7 +318,7 @@ class Session(Handshake, Uploading, Ending):
         runs = [list(job.key)] if job is not None else []
         runs.extend(list(key) for key in self.held)
         self.next_heartbeat = now + self.heartbeat_interval
-        self.send({"type": "WorkerHeartbeat", "worker_id": self.worker_id, "seq": self.seq, "runs": runs})
+        self.send(protocol.message("WorkerHeartbeat", worker_id=self.worker_id, seq=self.seq, runs=runs))
 
     def _send_progress(self, now: float) -> None:
         job = self.job
@@ -335,5 +326,5 @@ class Session(Handshake, Uploading, Ending):
             return
         fraction, message = job.take_progress()
         self.next_update = now + self.update_interval
-        self.send({"type": "WorkerUpdate", "worker_id": self.worker_id, "batch_id": job.key[0],
-                   "batch_index": job.key[1], "attempt": job.key[2], "progress": fraction, "message": message})
+        self.send(protocol.message("WorkerUpdate", worker_id=self.worker_id, batch_id=job.key[0],
+                                   batch_index=job.key[1], attempt=job.key[2], progress=fraction, message=message))

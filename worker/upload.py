@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import base64
 
-from simx import protocol
-from simx.limits import FILE_CHUNK as CHUNK, file_name_problem
+from simx import limits, protocol
 
 from .engines import outputs
 from .job import Job, run_name
@@ -22,15 +21,15 @@ class UploadError(Exception):
 
 
 class Upload:
-    def __init__(self, key: tuple[int, int, int], workdir: outputs.WorkDir, manifest, chunk: int = CHUNK):
+    def __init__(self, key: tuple[int, int, int], workdir: outputs.WorkDir, manifest, chunk: int = limits.FILE_CHUNK):
         if not isinstance(manifest, list):
             raise UploadError("the engine's result lists no files")
         for entry in manifest:
-            problem = file_name_problem(entry["name"])
+            problem = limits.file_name_problem(entry["name"])
             if problem is not None:
                 raise UploadError(f"{problem} (only files directly in out/ are uploaded; "
                                   "subdirectories of out/ are not)")
-        self.key, self.workdir, self.chunk = tuple(key), workdir, min(chunk, CHUNK)
+        self.key, self.workdir, self.chunk = tuple(key), workdir, min(chunk, limits.FILE_CHUNK)
         self.entries = [(entry["name"], entry["size"]) for entry in manifest]
         self.sent = 0   # bytes sent so far (logs)
         self.restart()

@@ -9,76 +9,23 @@ messages every run brings (RunqAck, RunqAssignRun):
   frame spans two reads;
 * JSON is parsed by the decoder's scanner itself (``protocol._DECODER``: NaN, Infinity and
   non-finite numbers refused as everywhere), skipping the wrapper's two regex matches;
-* the two per-run messages are checked by ``QUICK``: exact field sets, the bounds of
-  protocol's own ``Kind``s, a param of plain scalars.  Anything else (another type, an
-  optional field, a nested param, leading or trailing whitespace, any doubt)
-  goes through ``protocol.check``, which accepts or names the problem.
+* every message from runq is checked first by ``QUICK``: protocol's own compiled quick check
+  of its declaration (``protocol.Message.quick``: exact field sets, the bounds of its
+  ``Kind``s, a param of plain values).  Anything it doubts (an odd value, leading or
+  trailing whitespace, any doubt) goes through ``protocol.check``, which accepts or names
+  the problem.
 
 tests/test_worker_wire.py holds the two paths to the same verdicts.
 """
 from __future__ import annotations
-
-import math
 
 from simx import protocol
 
 _scan = protocol._DECODER.scan_once  # the one decoder's scanner: the same hooks (finite numbers only)
 _HEADER = protocol.HEADER
 
-
-def _flat_params(param: dict) -> bool:
-    """True if every value is a scalar ``protocol.nested_problem`` accepts without a second look
-    (ASCII keys and strings, 64-bit integers, finite floats, booleans, null)."""
-    for key, value in param.items():
-        if not key.isascii():
-            return False
-        kind = type(value)
-        if kind is int:
-            if not -protocol.INT64 <= value < protocol.INT64:
-                return False
-        elif kind is str:
-            if not value.isascii():
-                return False
-        elif kind is float:
-            if not math.isfinite(value):
-                return False
-        elif value is not None and kind is not bool:
-            return False
-    return True
-
-
-# The bounds of protocol's Kinds (integers: lo <= x < hi; SECONDS: lo <= x <= hi), read from them.
-_ID, _INDEX, _ATTEMPT, _COUNT = ((k.lo, k.hi) for k in (protocol.ID, protocol.INDEX, protocol.ATTEMPT, protocol.COUNT))
-_SECONDS = (protocol.SECONDS.lo, protocol.SECONDS.hi)
-_STR = protocol.STR.fits
-_ACK = frozenset({"type", "batch_id", "batch_index", "attempt", "accepted"})
-_ASSIGN = frozenset({"type", "batch_id", "batch_index", "attempt", "seq", "engine", "param", "time_limit"})
-
-
-def _quick_ack(msg: dict) -> bool:
-    if msg.keys() != _ACK:
-        return False
-    batch_id, index, attempt = msg["batch_id"], msg["batch_index"], msg["attempt"]
-    return (type(batch_id) is int and _ID[0] <= batch_id < _ID[1] and type(index) is int
-            and _INDEX[0] <= index < _INDEX[1] and type(attempt) is int and _ATTEMPT[0] <= attempt < _ATTEMPT[1]
-            and type(msg["accepted"]) is bool)
-
-
-def _quick_assign(msg: dict) -> bool:
-    if msg.keys() != _ASSIGN:
-        return False
-    batch_id, index, attempt = msg["batch_id"], msg["batch_index"], msg["attempt"]
-    seq, limit, param = msg["seq"], msg["time_limit"], msg["param"]
-    return (type(batch_id) is int and _ID[0] <= batch_id < _ID[1] and type(index) is int
-            and _INDEX[0] <= index < _INDEX[1] and type(attempt) is int and _ATTEMPT[0] <= attempt < _ATTEMPT[1]
-            and type(seq) is int and _COUNT[0] <= seq < _COUNT[1] and _STR(msg["engine"])
-            and (limit is None or (type(limit) in (int, float) and _SECONDS[0] <= limit <= _SECONDS[1]
-                                   and math.isfinite(limit)))
-            and type(param) is dict and _flat_params(param))
-
-
-# type -> a test that only ever says True of a message protocol.check accepts
-QUICK = {"RunqAck": _quick_ack, "RunqAssignRun": _quick_assign}
+# type -> a test that only ever says True of a message protocol.check accepts: what runq sends
+QUICK = {m.name: m.quick for m in protocol.DECLARATIONS if m.sender in (protocol.RUNQ, protocol.EITHER)}
 
 
 def decode(body: bytes) -> dict:

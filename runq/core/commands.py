@@ -23,7 +23,7 @@ from .. import views
 from . import states, submit
 from .access import hints, may_see, run_param, who
 from .errors import BadRequest, Conflict, Forbidden, NotFound
-from .model import INFO_FIELDS, Batch, Run
+from .model import INFO_DEFAULTS, INFO_FIELDS, Batch, Run
 from .throttle import Throttle
 
 log = logging.getLogger("runq.coordinator")
@@ -133,7 +133,7 @@ class Commands:
             raise BadRequest("max_requeues must be 0 or more")
         if time_limit is not None and time_limit <= 0:
             raise BadRequest("time_limit must be a positive number of seconds")
-        size = limits.json_size(msg.get("param") or {})
+        size = protocol.json_size(msg.get("param") or {})
         if size > limits.MAX_PARAM_BYTES:
             raise BadRequest(f"field 'param' is {size} bytes as JSON, over the {limits.MAX_PARAM_BYTES}-byte limit")
         priority = msg.get("priority") or 0
@@ -144,7 +144,8 @@ class Commands:
                       n_runs=n_runs, param=msg.get("param") or {}, max_attempts=max_attempts,
                       max_requeues=max_requeues, time_limit=time_limit, idempotency_key=key, priority=priority,
                       sweep=spec, start_time=now, n_waiting=n_runs,
-                      info={f: msg.get(f, "") for f in INFO_FIELDS})   # name, and any declared field
+                      info={f: INFO_DEFAULTS[f] if msg.get(f) is None else msg[f]   # name, description: any
+                            for f in INFO_FIELDS})                                     # declared field
         c.batches[batch.id] = batch
         if key:
             c.keys[key] = (batch.id, owner)

@@ -26,8 +26,8 @@ REPORT_OUTCOME = {
 def held_runs(msg: dict) -> set[tuple[int, int, int]]:
     """The runs a WorkerHeartbeat lists, validated: [[batch_id, batch_index, attempt], ...]."""
     runs = msg["runs"]
-    if len(runs) > limits.MAX_HELD_RUNS:
-        raise RunqError(f"WorkerHeartbeat: runs lists {len(runs)} runs; at most {limits.MAX_HELD_RUNS}", 400)
+    if len(runs) > limits.MAX_PREFETCH:
+        raise RunqError(f"WorkerHeartbeat: runs lists {len(runs)} runs; at most {limits.MAX_PREFETCH}", 400)
     out = set()
     for item in runs:
         if (not isinstance(item, list) or len(item) != 3
@@ -84,9 +84,7 @@ class Conversation:
         except auth.AuthError as exc:
             raise RunqError(f"{msg['type']}: {exc}", exc.code) from None
         claimed = protocol.run_key(msg)   # ProtocolError for a half claim: before anything changes
-        prefetch = msg.get("prefetch", 0)
-        if prefetch > limits.MAX_HELD_RUNS:
-            raise RunqError(f"{msg['type']}: prefetch {prefetch} is over {limits.MAX_HELD_RUNS}", 400)
+        prefetch = msg.get("prefetch", 0)   # the protocol bounds it (1 to limits.MAX_PREFETCH)
         worker, why = self.proven(state, msg) if msg["type"] == "WorkerReconnect" else (None, "")
         address = c.peers.address(conn)
         sent_key = None
@@ -245,7 +243,7 @@ class Conversation:
             files.discard(key)   # the run ended otherwise: its partial upload goes
         data = msg.get("data")
         small = data is None or isinstance(data, (bool, int, float)) or (isinstance(data, str) and len(data) < 1024)
-        size = mtype == "WorkerFinishedRun" and not small and limits.json_size(data)
+        size = mtype == "WorkerFinishedRun" and not small and protocol.json_size(data)
         if size > limits.MAX_RESULT_BYTES:  # never stored: it would break every listing that shows it
             if files is not None:
                 files.discard(key)

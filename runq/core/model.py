@@ -110,6 +110,7 @@ class Batch:
 # the submit fields of simx.records.BATCH that live in Batch.info
 BATCH_FIELDS = frozenset(f.name for f in dataclasses.fields(Batch))
 INFO_FIELDS = tuple(n for n in records.BATCH.names("submit") if n not in BATCH_FIELDS)
+INFO_DEFAULTS = {n: "" if records.BATCH[n].type == "s" else None for n in INFO_FIELDS}   # when not asked
 
 
 @dataclasses.dataclass(slots=True, eq=False)

@@ -20,7 +20,7 @@ import dataclasses
 import heapq
 
 from . import states
-from .model import INFO_FIELDS, Batch, Run, Worker
+from .model import INFO_DEFAULTS, INFO_FIELDS, Batch, Run, Worker
 
 _BATCH_FIELDS = [f for f in Batch.__dataclass_fields__
                  if f not in ("requeued", "skip_ahead", "active", "n_delayed", "info")]
@@ -54,7 +54,7 @@ def recover(now: float, instance: str, max_ids: tuple[int, int], batch_rows, run
     for row in batch_rows:
         # columns a newer runq adds may be missing in rows written before (priority: 0)
         batch = Batch(**{f: row[f] for f in _BATCH_FIELDS if f in row},
-                      info={f: row.get(f) if row.get(f) is not None else "" for f in INFO_FIELDS})
+                      info={f: INFO_DEFAULTS[f] if row.get(f) is None else row[f] for f in INFO_FIELDS})
         batches[batch.id] = batch
     for row in run_rows:
         batch = batches[row["batch_id"]]

@@ -1,12 +1,14 @@
-"""Run, batch and worker states, and the legal run transitions.  States are
-lowercase strings, stored as they are."""
+"""Run, batch and worker states as tables: the legal run edges, how an attempt's end moves
+its run, a worker's state from what it holds.  States are lowercase strings, stored as they
+are; their names are shared vocabulary (simx/records.py)."""
+from simx import records
 
-WAITING, RUNNING, FINISHED, FAILED, CANCELLED = "waiting", "running", "finished", "failed", "cancelled"
-RUN_STATES = (WAITING, RUNNING, FINISHED, FAILED, CANCELLED)   # each has a batch counter n_<state>
-TERMINAL = frozenset({FINISHED, FAILED, CANCELLED})
-# Prefetch (issue 10): held by a worker that announced `prefetch`, not started yet.  Counted in
-# the batch's n_running (in flight); revocable until the worker says WorkerStartedRun.
-ASSIGNED = "assigned"
+WAITING, RUNNING, FINISHED, FAILED, CANCELLED = records.RUN_STATES   # each has a batch counter n_<state>
+RUN_STATES = records.RUN_STATES
+TERMINAL = frozenset(records.RUN_ENDED)
+# Prefetch: held by a worker that announced `prefetch`, not started yet.  Counted in the batch's
+# n_running (in flight); revocable until the worker says WorkerStartedRun.
+ASSIGNED = records.ASSIGNED
 
 # (from, to): why the edge exists
 RUN_TRANSITIONS = {
@@ -41,8 +43,7 @@ OUTCOME_FINISHED, OUTCOME_FAILED, OUTCOME_TIMEOUT = "finished", "failed", "timeo
 OUTCOME_LOST, OUTCOME_STOPPED, OUTCOME_ABORTED, OUTCOME_CANCELLED = "lost", "stopped", "aborted", "cancelled"
 OUTCOME_REVOKED = "revoked"   # an assigned (prefetched) run taken back before it started: costs nothing
 # What a WorkerFailedRun says about its cause (worker/engines/base.py failure_kind); absent = transient
-KIND_RUN, KIND_WORKER, KIND_TRANSIENT = "run", "worker", "transient"
-FAILURE_KINDS = (KIND_RUN, KIND_WORKER, KIND_TRANSIENT)
+KIND_RUN, KIND_WORKER, KIND_TRANSIENT = FAILURE_KINDS = records.FAILURE_KINDS
 
 # How an attempt's end moves its run (runq/core/lifecycle.py end_attempt):
 #   outcome -> (the budget it uses, the state it puts the run in at once)
@@ -66,7 +67,7 @@ KIND_BUDGET = {KIND_RUN: "fatal", KIND_WORKER: None, KIND_TRANSIENT: "attempt"}
 # Batch states.  A batch ends in one of three, chosen in this order: cancelled (someone cancelled
 # it), failed (at least one run failed), done (every run finished or was cancelled alone).
 # Databases written before `failed` existed hold `done` for those; the store migrates them.
-ACTIVE, DONE, BATCH_FAILED, BATCH_CANCELLED = "active", "done", "failed", "cancelled"
+ACTIVE, DONE, BATCH_FAILED, BATCH_CANCELLED = records.BATCH_STATES
 
 
 def batch_end_state(state: str, n_failed: int) -> str:

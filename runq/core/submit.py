@@ -14,10 +14,10 @@ submit (400), never three failures later.  O(number of sweep values), never O(ru
 """
 from __future__ import annotations
 
-from simx import catalog as engines, sweep
+from simx import catalog as engines, limits, sweep
 from .errors import BadRequest
 
-MAX_RUNS = 100_000_000
+MAX_RUNS = limits.MAX_RUNS
 UNCHECKED = "command"   # the raw command engine: the program is in the param; the worker decides
 
 

@@ -181,7 +181,9 @@
     for (const a of document.querySelectorAll("#filter a")) a.classList.toggle("on", a.dataset.state === state);
     const data = await getJSON(apiURL({ state: state }));
     const b = data.batch || {};
-    facts([["name", b.name], ["owner", b.owner], ["user", b.user], ["group", b.group], ["engine", b.engine],
+    facts([["name", b.name],   // a description keeps its lines (no inline styles under the CSP: <br>s)
+      ["description", b.description ? el("span", null, ...String(b.description).split("\n").flatMap((l, i) => i ? [el("br"), l] : [l])) : undefined],
+      ["owner", b.owner], ["user", b.user], ["group", b.group], ["engine", b.engine],
       ["priority", b.priority], ["state", stateBadge(b.state)],
       ["runs", b.n_runs], ["runs/s", rate(b)], ["started", b.start_time], ["elapsed", duration(b.elapsed)],
       ["ended", b.end_time], ["served", b.served === undefined ? undefined : (b.served ? "yes" : "no: no connected worker matches")]]);

@@ -9,10 +9,11 @@ import argparse
 import os
 import sys
 
+from .. import records
 from . import commands, config, render
 from .http import Client, SimxError
 
-RUN_STATES = ("waiting", "running", "finished", "failed", "cancelled")
+RUN_STATES = records.RUN_STATES
 
 
 def _nonneg(text: str) -> int:

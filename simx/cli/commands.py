@@ -8,6 +8,7 @@ import urllib.parse
 
 import yaml
 
+from .. import limits, protocol
 from . import render
 from .http import SimxError
 
@@ -15,9 +16,9 @@ MAX_BARS = 20            # running runs shown as bars by `watch`
 MAX_FAILED_SHOWN = 20    # failed runs listed by `show`
 TRANSIENT = (None, 502, 503, 504)   # no answer, or runq away: `watch` retries these
 WATCH_PATIENCE = 60.0    # seconds `watch` keeps trying through them before it gives up
-# fields of a batch request; `--set KEY=VALUE` with another first key sets param.KEY
-REQUEST_FIELDS = ("name", "engine", "group", "user", "n_runs", "param", "max_attempts", "max_requeues",
-                  "time_limit", "idempotency_key")
+# fields of a batch request (StartBatch's, declared once in simx/records.py); `--set KEY=VALUE`
+# with another first key sets param.KEY
+REQUEST_FIELDS = tuple(protocol.request_fields("StartBatch"))
 
 
 class Context:
@@ -93,7 +94,7 @@ def submit(ctx: Context, args) -> int:
     else:
         verb = "started" if reply.get("created", True) else "exists already (same idempotency key)"
         ctx.out.print(f"batch {reply['batch_id']} {verb}: {b['n_runs']} runs of {render.esc(b['engine'])}")
-        for line in render.batch_summary(b)[2:]:   # the "nobody serves it" hint, if any
+        for line in render.batch_summary(b)[2:]:   # what follows the two lines of facts (hints, the description)
             ctx.out.print(line)
     if args.watch:
         return watch_batch(ctx, reply["batch_id"], args.interval)
@@ -146,7 +147,7 @@ def print_summary(ctx: Context, b: dict, failed: list[dict]) -> None:
 
 
 def runs(ctx: Context, args) -> int:
-    params = {"state": args.state, "limit": min(args.limit or 1000, 1000)}
+    params = {"state": args.state, "limit": min(args.limit or limits.DEFAULT_PAGE, limits.DEFAULT_PAGE)}
     items = list(ctx.client.pages(f"/batch/{args.batch}", "runs", params, most=args.limit))
     if ctx.as_json:
         ctx.json(items)

@@ -10,7 +10,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-ENDED = ("done", "failed", "cancelled")
+from .. import records
+
+ENDED = records.BATCH_ENDED
 STATE_STYLE = {"finished": "green", "done": "green", "failed": "red", "cancelled": "yellow",
                "running": "cyan", "active": "cyan", "waiting": "dim", "idle": "green", "busy": "cyan",
                "draining": "yellow", "disconnected": "dim", "gone": "dim"}
@@ -81,6 +83,8 @@ def batch_summary(b: dict) -> list[str]:
     if b.get("served") is False and b["state"] not in ENDED:
         lines.append(f"  [red]no connected worker serves this batch[/] (engine {esc(b['engine'])}, group "
                      f"{esc(b.get('group') or '-')}, user {esc(b.get('user') or '-')}): its runs wait")
+    if b.get("description"):   # free text, its lines kept
+        lines += ["  " + esc(line) for line in str(b["description"]).splitlines()]
     return lines
 
 

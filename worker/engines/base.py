@@ -27,6 +27,8 @@ import importlib
 import threading
 from typing import Any, Callable, NamedTuple
 
+from simx import records
+
 Progress = Callable[..., None]  # progress(fraction: float, message: str | None = None)
 
 
@@ -34,7 +36,7 @@ class Aborted(Exception):
     """Raised by an engine that stopped because its abort event was set."""
 
 
-FAILURE_KINDS = ("run", "worker", "transient")
+FAILURE_KINDS = records.FAILURE_KINDS
 
 
 class Fatal(Exception):

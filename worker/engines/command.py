@@ -25,12 +25,14 @@ import signal
 import subprocess
 import threading
 
+from simx import limits
+
 from .base import Aborted, Engine, Fatal, ParamRejected
 
 TAIL_CHARS = 2000
 POLL_INTERVAL = 0.1  # seconds between checks of the abort event while the program runs
 READER_JOIN = 2.0  # a grandchild that keeps the pipes open must not hang the run
-MAX_RESULT_BYTES = 1024 * 1024  # a run's stored result [1 MiB]
+MAX_RESULT_BYTES = limits.MAX_RESULT_BYTES  # a run's stored result [1 MiB]
 LINE_CHARS = 2 * 1024 * 1024  # longest stdout line read whole (a ``result`` line must fit)
 
 

@@ -18,9 +18,11 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-CHUNK = 1024 * 1024
-MAX_FILES_BYTES = 100 * 1024 * 1024  # per run [100 MiB]
-MAX_FILES = 10_000
+from simx import limits
+
+CHUNK = limits.FILE_CHUNK
+MAX_FILES_BYTES = limits.MAX_RUN_FILES_BYTES  # per run [100 MiB]
+MAX_FILES = limits.MAX_RUN_FILES
 
 
 class OutputsTooLarge(Exception):
