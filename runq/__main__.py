@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import sqlalchemy
+
 from simx import auth, catalog as engines
 from simx import config as configuration
 from simx import tls
@@ -20,7 +22,8 @@ from .checkpoint import Checkpointer
 from .queries import Facts
 from .reader import ReaderProcess
 from .server import Server
-from .store import SqlStore
+from .committer import LockedTooLong
+from .store import SqlStore, StoreFault
 
 log = logging.getLogger("runq")
 
@@ -63,12 +66,39 @@ def protect_files(url: str, var: Path) -> None:
             log.warning("%s was mode %o (readable by others); changed to %o", path, mode, want)
 
 
+def prepare_database(url: str, fresh: bool) -> str | None:
+    """A SQLite file is made whole or not at all (built beside, then renamed), so a 0-byte
+    file is never runq's own half-made one; an existing empty file is refused unless `fresh`.
+    Returns why runq must not start, or None."""
+    if not url.startswith("sqlite:///") or ":memory:" in url:
+        return None
+    path = Path(url[len("sqlite:///"):])
+    if path.exists() and path.stat().st_size == 0:
+        if not fresh:
+            return (f"{path} is empty (0 bytes: a failed copy, or a truncation on a full disk?); runq will not "
+                    "start a new, empty database over it.  Restore it from a backup, or start afresh with "
+                    "`python -m runq --fresh` (`fab runq.reset`), which replaces it")
+        path.unlink()
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        part = path.with_name(path.name + ".new")
+        for leftover in (part, Path(f"{part}-wal"), Path(f"{part}-shm")):
+            leftover.unlink(missing_ok=True)
+        store = SqlStore(f"sqlite:///{part}")
+        store.instance()
+        store.close()
+        os.replace(part, path)
+    return None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="runq", description="simx coordinator")
     parser.add_argument("--conf", help="configuration file (default conf/simx.yaml)")
     parser.add_argument("--port", type=int, help="port to listen on (default RUNQ_PORT or 8096)")
     parser.add_argument("--listen", help="comma-separated addresses to listen on")
     parser.add_argument("--db-url", help="SQLAlchemy URL of the state database (default SIMX_DB_URL)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start a new database over an empty (0-byte) one instead of refusing to")
     args = parser.parse_args(argv)
     try:
         cfg = configuration.load(args.conf, runq_port=args.port, runq_listen=args.listen, runq_db_url=args.db_url)
@@ -100,14 +130,26 @@ def main(argv=None) -> int:
     cfg.var.mkdir(mode=0o700, parents=True, exist_ok=True)
     url = configuration.resolve_db_url(cfg.runq.db_url, cfg.root, cfg.var)
     protect_files(url, cfg.var)
-    store = SqlStore(url, cfg.runq.synchronous)
+    refused = prepare_database(url, args.fresh)
+    if refused is not None:
+        print(f"runq: {refused}", file=sys.stderr)
+        return 2
+    try:
+        store = SqlStore(url, cfg.runq.synchronous)
+    except sqlalchemy.exc.OperationalError as exc:   # locked by another process, unreadable, gone
+        print(f"runq: cannot open the database {url}: {StoreFault.of(exc).describe()}", file=sys.stderr)
+        return 75
+    except sqlalchemy.exc.DatabaseError as exc:   # not a database, or a corrupt one
+        print(f"runq: {url} is not a usable database ({getattr(exc, 'orig', exc)}); move it aside to start "
+              "a new one, or restore it from a backup", file=sys.stderr)
+        return 2
     coordinator = startup.coordinator(store, cfg.runq, cfg.batch, now=time.time(), secrets=secrets, sched=cfg.sched,
                                       catalog=catalog, files_dir=files_dir)
     try:
         server = Server(coordinator, store, [(h, cfg.runq.port) for h in cfg.runq.listen],
                         limits=cfg.runq.limits, tls=tls_context, heartbeat_interval=cfg.runq.heartbeat_interval,
                         reader=ReaderProcess(store.engine.url, Facts(coordinator.presence), cfg.runq.log_level,
-                                             files_dir=files_dir))
+                                             files_dir=files_dir), lock_limit=getattr(cfg.runq, "lock_limit", 600.0))
     except OSError as exc:
         print(f"runq: cannot listen on port {cfg.runq.port}: {exc}", file=sys.stderr)
         return 1
@@ -126,6 +168,9 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGINT, stop)
     try:
         server.serve()
+    except LockedTooLong as exc:
+        log.error("%s", exc)
+        return 75
     except Exception:  # crash-only: a bug in the core must not commit half a turn
         log.exception("runq: unexpected error; exiting without committing this turn "
                       "(restarting resumes from the last commit)")

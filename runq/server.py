@@ -30,6 +30,7 @@ import time
 from simx import protocol
 from simx.config import Limits
 from .acceptor import Acceptor
+from .committer import Committer
 from .connection import Connection, Deadlines, LogQuota
 
 log = logging.getLogger("runq.server")
@@ -43,8 +44,9 @@ WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLW
 class Server:
     def __init__(self, coordinator, store, addresses: list[tuple[str, int]], clock=time.time,
                  limits: Limits = Limits(), tls: ssl.SSLContext | None = None, heartbeat_interval: float = 0.0,
-                 reader=None):
+                 reader=None, lock_limit: float = 600.0):
         self.coord, self.store, self.clock = coordinator, store, clock
+        self.committer = Committer(store, coordinator, clock, lock_limit)
         # Reads the core returns go to the reader (runq/reader.py) after the turn's commit
         # (without one they are refused: a server for tests of other things).
         self.reader = reader
@@ -79,7 +81,9 @@ class Server:
                  " (TLS)" if self.tls else "")
         while not self.stopping:
             self.step(TICK_EVERY)
-        self.store.commit()
+        if not self.committer.commit() and self.store.pending():
+            log.warning("stopping with this turn's writes uncommitted (the database refuses them): workers "
+                        "send their reports again to the next runq")
         self.close()
 
     def close(self) -> None:
@@ -124,18 +128,18 @@ class Server:
             self.acceptor.resume()
         if now >= self.next_timer():
             self._queue(self.coord.tick(now))
-        # Commit before send: nothing goes out about state that is not durable.
-        pending, started = self.store.pending(), time.perf_counter()
-        self.store.commit()
-        if pending:
-            self.coord.committed(time.perf_counter() - started, self.store.take_purged())
+        # Commit before send: nothing goes out about state that is not durable.  While the
+        # database refuses commits, what depends on them stays staged (the connections stay touched).
+        committed = self.committer.commit()
         reads, self.reads = self.reads, []
         for conn, msg in reads:   # after the commit: a client's read sees its earlier changes
             if not conn.closed:
                 self.reader.submit(conn, msg)
-        touched, self.touched = self.touched, {}
-        for conn in touched:
-            if conn.staged:
+        touched = self.touched
+        if committed:
+            self.touched = {}
+        for conn in list(touched):
+            if committed and conn.staged:
                 conn.outbuf += conn.staged
                 conn.staged.clear()
             self._flush(conn)

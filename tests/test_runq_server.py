@@ -158,6 +158,9 @@ class FakeStore:
         self.committed += self.buffered
         self.buffered = 0
 
+    def take_purged(self):
+        return []
+
 
 class BuggyCoordinator:
     """Answers Ping; any other message buffers a write, then hits a bug (as a KeyError in the core would)."""
@@ -184,6 +187,9 @@ class BuggyCoordinator:
 
     def next_deadline(self):
         return math.inf
+
+    def committed(self, seconds, purged):
+        pass
 
     def tick(self, now):
         return []

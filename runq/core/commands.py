@@ -22,7 +22,7 @@ from simx import limits, protocol
 from .. import views
 from . import states, submit
 from .access import hints, may_see, run_param, who
-from .errors import BadRequest, Conflict, Forbidden, NotFound
+from .errors import BadRequest, Conflict, Forbidden, NotFound, RunqError
 from .model import INFO_DEFAULTS, INFO_FIELDS, Batch, Run
 from .throttle import Throttle
 
@@ -32,12 +32,14 @@ log = logging.getLogger("runq.coordinator")
 READS = frozenset({"BatchList", "UserStatus", "BatchStatus", "RunStatus", "WorkerList", "WorkerStatus",
                    "BatchResults", "RunFile"})
 FREE = frozenset({"Ping", "Metrics", "LoginThrottle"})   # replies that depend on no commit
+CHANGES = frozenset({"StartBatch", "CancelBatch", "CancelRun", "DrainWorker"})   # refused while commits fail
 
 
 class Commands:
     def __init__(self, coord):
         self.c = coord
         self.logins = Throttle()
+        self.fault = None   # why the database refuses commits, while it does (Coordinator.store_fault)
         self.handlers = {
             "Ping": self.ping, "StartBatch": self.start_batch, "CancelBatch": self.cancel_batch,
             "CancelRun": self.cancel_run, "DrainWorker": self.drain_worker, "Metrics": self.metrics,
@@ -52,6 +54,9 @@ class Commands:
         handler = self.handlers.get(mtype)
         if handler is None:
             raise BadRequest(f"{mtype} is not a request runq answers")
+        if self.fault is not None and mtype in CHANGES:
+            raise RunqError(f"runq takes no new work now: its database refuses commits: {self.fault.describe()}; "
+                            "it carries on by itself once it can write again", self.fault.code)
         reply = handler(msg, now)
         if reply is None:   # nothing in memory to change or show: the reader answers
             self.c.out.read(conn, msg)
@@ -65,6 +70,7 @@ class Commands:
             "version": "0.1.0", "started": views.iso(c.started), "batches_active": len(c.batches),
             "workers_connected": len(c.conns), "workers_idle": c.matcher.idle_count(),
             "runs_in_flight": len(c.runs), "engines": c.presence.engines(),
+            "store": "ok" if self.fault is None else f"{self.fault.kind}: {self.fault.describe()}",
         })
 
     def metrics(self, msg, now):

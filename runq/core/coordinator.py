@@ -155,6 +155,11 @@ class Coordinator:
             for key in [k for k, (b, _) in self.keys.items() if b in gone]:
                 del self.keys[key]
 
+    def store_fault(self, fault) -> None:
+        """The database refuses commits (a ``StoreFault``: kind, code, describe()), or takes them
+        again (None).  Meanwhile commands that would change something are refused with the reason."""
+        self.commands.fault = fault
+
     # ---- output
     def send(self, conn, msg: dict | None, free: bool = False) -> None:
         self.out.send(conn, msg, free)

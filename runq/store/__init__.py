@@ -10,6 +10,6 @@
 """
 from .memory import MemoryStore
 from .read import ReadStore
-from .sql import SqlStore
+from .sql import SqlStore, StoreFault
 
-__all__ = ["MemoryStore", "ReadStore", "SqlStore"]
+__all__ = ["MemoryStore", "ReadStore", "SqlStore", "StoreFault"]

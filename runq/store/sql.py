@@ -9,6 +9,7 @@ and the reader's ``ReadStore`` (``reader()``).  Any SQLAlchemy URL; SQLite in WA
 from __future__ import annotations
 
 import logging
+import sqlite3
 import uuid
 
 import dataset
@@ -20,6 +21,35 @@ from .writes import Writes
 
 log = logging.getLogger("runq.store")
 
+# How long a commit waits for a lock another process holds before it gives up for this turn
+# (runq's loop then answers what depends on no commit and tries again: runq/committer.py).
+WRITER_BUSY_MS = 200
+
+
+class StoreFault(Exception):
+    """A commit the database refused for a reason outside runq (a full disk, a lock held by
+    another process, the server gone): nothing of it was written; it may work later."""
+
+    KINDS = {"full": 507, "locked": 503, "unavailable": 503}
+
+    def __init__(self, kind: str, detail: str):
+        super().__init__(detail)
+        self.kind, self.detail, self.code = kind, detail, self.KINDS[kind]
+
+    @classmethod
+    def of(cls, exc: Exception) -> "StoreFault":
+        text = str(getattr(exc, "orig", exc)) or exc.__class__.__name__
+        low = text.lower()
+        if "full" in low or "no space" in low or "disk i/o" in low or "quota" in low:
+            return cls("full", text)
+        if "locked" in low or "busy" in low:
+            return cls("locked", text)
+        return cls("unavailable", text)
+
+    def describe(self) -> str:
+        return {"full": "its disk is full", "locked": "another process holds a lock on it",
+                "unavailable": "it cannot be written"}[self.kind] + f" ({self.detail})"
+
 
 class SqlStore(Writes):
     def __init__(self, url: str, synchronous: str = "NORMAL"):
@@ -29,7 +59,7 @@ class SqlStore(Writes):
             raise ValueError(f"synchronous must be NORMAL, FULL or EXTRA, not {synchronous!r}")
         self.db = dataset.connect(
             url, sqlite_wal_mode=sqlite,
-            on_connect_statements=[f"PRAGMA synchronous={synchronous}", "PRAGMA busy_timeout=10000"]
+            on_connect_statements=[f"PRAGMA synchronous={synchronous}", f"PRAGMA busy_timeout={WRITER_BUSY_MS}"]
             if sqlite else None)
         self.engine = self.db.engine
         self.tables = schema.ensure_tables(self.db)
@@ -103,6 +133,16 @@ class SqlStore(Writes):
             return
         # the batches this commit changes: their rows, or runs of theirs (attempts come with a run)
         changed = set(self._dirty["batches"]) | {b for b, _ in self._dirty["runs"]}
+        purged = []
+        try:
+            self._write(changed, purged)
+        except (sa.exc.OperationalError, sqlite3.OperationalError) as exc:   # the buffer stays: tried again
+            raise StoreFault.of(exc) from exc
+        self._purged += purged
+        self._reset_buffer()
+        self.commits += 1
+
+    def _write(self, changed: set, purged: list) -> None:
         with self.engine.begin() as conn:
             for name, keyname in (("batches", "_id"), ("workers", "_id"), ("runs", None)):
                 inserts, updates = [], {}
@@ -128,9 +168,7 @@ class SqlStore(Writes):
             if changed:   # one executemany over the distinct batches, not one per run
                 self._execute_many(conn, self._bump, [{"_id": b} for b in sorted(changed)])
             if self._purge_before is not None:
-                self._purged += self._purge(conn, self._purge_before)
-        self._reset_buffer()
-        self.commits += 1
+                purged += self._purge(conn, self._purge_before)
 
     def _purge(self, conn, before: float) -> list[int]:
         b, r, a, w = (self.tables[n] for n in ("batches", "runs", "attempts", "workers"))

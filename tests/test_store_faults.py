@@ -1,0 +1,122 @@
+"""Faults of the database are states, not crashes (a real runq process): another process's
+exclusive lock, an empty or corrupt database file."""
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import procs
+from procs import PYTHON, base_env, client, free_port, start_runq, wait_until
+from simx import protocol
+from runq.committer import Committer
+from runq.store import StoreFault
+
+
+def test_another_process_holding_an_exclusive_lock_is_a_state_runq_answers_through(tmp_path):
+    runq = start_runq(tmp_path)
+    try:
+        db = sqlite3.connect(tmp_path / "runq.sqlite", isolation_level=None, timeout=5)
+        db.execute("BEGIN EXCLUSIVE")     # as a sqlite3 shell or a backup tool would
+        held_at = time.monotonic()
+        first = {}
+
+        def submit():   # runq takes it in memory, cannot commit it, so answers it only later
+            c = client(runq.port, timeout=30)
+            try:
+                first["reply"] = c.request("StartBatch", name="during", group="", user="", engine="dummy",
+                                           n_runs=2, param={})
+                first["at"] = time.monotonic()
+            finally:
+                c.close()
+        t = threading.Thread(target=submit)
+        t.start()
+        wait_until(lambda: procs.ping(runq.port)["runq"]["store"].startswith("locked"), 10, what="the lock noticed")
+        c = client(runq.port, timeout=5)
+        try:
+            for _ in range(3):                # Ping is answered quickly all along (it needs no commit)
+                started = time.monotonic()
+                assert c.request("Ping")["status"] == "ok"
+                assert time.monotonic() - started < 2.0
+                time.sleep(0.3)
+            refused = c.request("StartBatch", name="refused", group="", user="", engine="dummy", n_runs=1,
+                                param={})
+            assert (refused["status"], refused["code"]) == ("error", 503), refused
+            assert "another process holds a lock" in refused["message"]
+            assert "reply" not in first, "a batch was acknowledged that was not committed"
+            time.sleep(max(0.0, 11.0 - (time.monotonic() - held_at)))   # longer than the old 10 s that ended runq
+            db.execute("ROLLBACK")
+            db.close()
+            t.join(15)
+            assert first["reply"]["message"] == "batch started", first
+            wait_until(lambda: procs.ping(runq.port)["runq"]["store"] == "ok", 10, what="the store ok again")
+            after = c.request("StartBatch", name="after", group="", user="", engine="dummy", n_runs=1, param={})
+            assert after["message"] == "batch started"
+            names = [b["name"] for b in c.request("BatchList")["batches"]]
+            assert names == ["during", "after"]
+        finally:
+            c.close()
+        assert runq.alive(), "runq ended"
+        log = runq.log()
+        assert "cannot commit: another process holds a lock" in log and "takes commits again" in log
+    finally:
+        runq.stop()
+
+
+class _LockedStore:
+    def __init__(self):
+        self.fails = True
+
+    def pending(self):
+        return True
+
+    def commit(self):
+        if self.fails:
+            raise StoreFault("locked", "database is locked")
+
+    def take_purged(self):
+        return []
+
+
+class _Core:
+    def __init__(self):
+        self.faults = []
+
+    def store_fault(self, fault):
+        self.faults.append(fault)
+
+    def committed(self, seconds, purged):
+        pass
+
+
+def test_a_lock_held_past_the_limit_ends_runq_with_the_reason():
+    import pytest
+    from runq.committer import LockedTooLong
+    now = [0.0]
+    store, core = _LockedStore(), _Core()
+    committer = Committer(store, core, lambda: now[0], lock_limit=5.0, stderr=sys.stderr)
+    assert committer.commit() is False and core.faults[-1].kind == "locked"
+    now[0] = 0.5
+    assert committer.commit() is False           # not retried before RETRY_EVERY
+    now[0] = 4.0
+    assert committer.commit() is False
+    now[0] = 6.0
+    with pytest.raises(LockedTooLong, match="locked by another process for 6 s"):
+        committer.commit()
+    store.fails = False                          # (a lock that went in time: carries on)
+    committer2 = Committer(store, core, lambda: now[0], lock_limit=5.0)
+    assert committer2.commit() is True
+
+
+def test_an_empty_or_corrupt_database_file_is_refused_naming_it(tmp_path):
+    port = free_port()
+    for content, says in ((b"", "is empty"), (b"this is not a database at all" * 100, "is not a usable database")):
+        path = tmp_path / "runq.sqlite"
+        path.write_bytes(content)
+        done = subprocess.run([PYTHON, "-m", "runq"], env=base_env(tmp_path, port), capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert says in done.stderr and str(path) in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+        assert path.read_bytes() == content, "the file was changed"
+    protocol.VERSION  # noqa: B018  (the module imports what the suite shares)
