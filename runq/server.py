@@ -333,13 +333,16 @@ class Server:
         self._watch(conn)
 
     def _answered(self) -> None:
-        """Replies from the reader: staged like the core's (sent after this turn's commit), and
-        the connection reads again (frames it sent meanwhile are taken this turn)."""
+        """Replies from the reader: they show what was committed, so they depend on no commit of
+        this turn (they wait only behind what is held for it); the connection reads again."""
         for conn, data in self.reader.done():
             if conn.closed:
                 continue
             conn.reading = False
-            conn.staged += data
+            if conn.staged:
+                conn.staged += data
+            else:
+                conn.outbuf += data
             self.touched[conn] = None
             conn.restart_clocks(self.clock())   # its wait was runq's doing
             self._watch(conn)

@@ -120,3 +120,58 @@ def test_an_empty_or_corrupt_database_file_is_refused_naming_it(tmp_path):
         assert "Traceback" not in done.stderr
         assert path.read_bytes() == content, "the file was changed"
     protocol.VERSION  # noqa: B018  (the module imports what the suite shares)
+
+
+def test_a_full_disk_under_the_database_is_a_state_and_nothing_acknowledged_is_lost(tmp_path):
+    """The database on a small tmpfs that fills: runq keeps answering Ping and reads, refuses new
+    work with 507 naming the disk, acknowledges nothing it could not commit, and carries on by
+    itself when space is freed."""
+    import os
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], check=True)
+    runq = None
+    try:
+        port = free_port()
+        env = base_env(tmp_path, port, SIMX_DB_URL=f"sqlite:///{disk / 'runq.sqlite'}")
+        runq = start_runq(tmp_path, port=port, env=env)
+        c = client(port, timeout=30)
+        assert c.request("StartBatch", name="before", group="", user="", engine="dummy", n_runs=1,
+                         param={})["message"] == "batch started"
+        filler = disk / "filler"
+        with open(filler, "wb") as f:    # fill the disk
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        replies = {}
+
+        def submit():
+            other = client(port, timeout=30)
+            try:
+                replies["during"] = other.request("StartBatch", name="during", group="", user="", engine="dummy",
+                                                  n_runs=1, param={"pad": "x" * 200_000})
+            finally:
+                other.close()
+        t = threading.Thread(target=submit)
+        t.start()
+        wait_until(lambda: procs.ping(port, env=env)["runq"]["store"].startswith("full"), 15, what="the full disk")
+        started = time.monotonic()
+        assert c.request("Ping")["status"] == "ok" and time.monotonic() - started < 2.0
+        assert [b["name"] for b in c.request("BatchList")["batches"]] == ["before"]   # reads go on
+        refused = c.request("StartBatch", name="refused", group="", user="", engine="dummy", n_runs=1, param={})
+        assert (refused["status"], refused["code"]) == ("error", 507) and "disk is full" in refused["message"]
+        assert "during" not in replies
+        os.unlink(filler)                # space returns: runq carries on by itself
+        t.join(20)
+        assert replies["during"]["message"] == "batch started"
+        wait_until(lambda: procs.ping(port, env=env)["runq"]["store"] == "ok", 10, what="the store ok again")
+        assert [b["name"] for b in c.request("BatchList")["batches"]] == ["before", "during"]
+        c.close()
+        assert runq.alive()
+    finally:
+        if runq is not None:
+            runq.stop()
+        subprocess.run(["umount", "-l", str(disk)], check=False)
