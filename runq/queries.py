@@ -335,16 +335,25 @@ class Queries:
         view["broken"] = row.get("broken")   # why it gets no runs (state "broken"), committed with the state
         return view
 
+    def _hide_others_work(self, rows: list[dict], msg) -> list[dict]:
+        """A plain user sees a worker busy with another user's batch as busy, without its ids."""
+        actor, admin = who(msg)
+        if admin:
+            return rows
+        owners = {b: (self.store.batch_row(b) or {}).get("owner") for b in {r["batch_id"] for r in rows} - {None}}
+        return [r if r["batch_id"] is None or owners.get(r["batch_id"]) == actor
+                else {**r, "batch_id": None, "batch_index": None} for r in rows]
+
     def worker_list(self, msg, now):
         offset, limit = self._page(msg)
-        rows = self.store.worker_rows(offset=offset, limit=limit + 1)
+        rows = self._hide_others_work(self.store.worker_rows(offset=offset, limit=limit + 1), msg)
         return self._paged("workers", rows, offset, limit, self._worker_view)
 
     def worker_status(self, msg, now):
         rows = self.store.worker_rows(worker_id=msg["worker_id"])
         if not rows:
             raise NotFound(f"no worker {msg['worker_id']}")
-        return protocol.reply(worker=self._worker_view(rows[0]))
+        return protocol.reply(worker=self._worker_view(self._hide_others_work(rows, msg)[0]))
 
     # ---- commands that change nothing (answered from committed rows)
     def known_key(self, msg, now):

@@ -47,8 +47,7 @@ class Server:
                  reader=None, lock_limit: float = 600.0):
         self.coord, self.store, self.clock = coordinator, store, clock
         self.committer = Committer(store, coordinator, clock, lock_limit)
-        # Reads the core returns go to the reader (runq/reader.py) after the turn's commit
-        # (without one they are refused: a server for tests of other things).
+        # Reads the core returns go to the reader (runq/reader.py) after the turn's commit.
         self.reader = reader
         self.reads: list = []               # (conn, msg) taken this turn, handed over after the commit
         self.limits, self.tls = limits, tls
@@ -128,8 +127,7 @@ class Server:
             self.acceptor.resume()
         if now >= self.next_timer():
             self._queue(self.coord.tick(now))
-        # Commit before send: nothing goes out about state that is not durable.  While the
-        # database refuses commits, what depends on them stays staged (the connections stay touched).
+        # Commit before send; while commits fail what depends on them stays staged (and touched).
         committed = self.committer.commit()
         reads, self.reads = self.reads, []
         for conn, msg in reads:   # after the commit: a client's read sees its earlier changes

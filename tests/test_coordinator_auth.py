@@ -167,3 +167,16 @@ def test_a_database_from_before_protocol_v2_is_migrated(tmp_path):
         assert h.store.instance() == h.coord.instance
     finally:
         h.close()
+
+
+def test_a_plain_user_sees_other_users_work_on_workers_as_busy_without_ids():
+    h = Harness(MEMORY)
+    w1, w2 = h.worker("w1"), h.worker("w2")
+    h.request("StartBatch", name="a", group="", user="", engine="dummy", n_runs=1, param={}, actor="ann")
+    h.request("StartBatch", name="b", group="", user="", engine="dummy", n_runs=1, param={}, actor="bob")
+    seen = {w["id"]: w for w in h.request("WorkerList", actor="ann", admin=False)["workers"]}
+    assert (seen[w1]["state"], seen[w1]["batch_id"], seen[w1]["batch_index"]) == ("busy", 1, 0)   # ann's own
+    assert (seen[w2]["state"], seen[w2]["batch_id"], seen[w2]["batch_index"]) == ("busy", None, None)
+    assert h.request("WorkerStatus", worker_id=w2, actor="ann", admin=False)["worker"]["batch_id"] is None
+    admin = {w["id"]: w for w in h.request("WorkerList")["workers"]}
+    assert admin[w2]["batch_id"] == 2
