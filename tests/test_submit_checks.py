@@ -62,7 +62,7 @@ REFUSED = [
      ["param.duration", "required"]),
     ({"engine": "aurora", "param": AURORA}, ["n_runs is required"]),
     ({"engine": "aurora", "param": AURORA, "n_runs": 0}, ["n_runs must be an integer from 1"]),
-    ({"engine": "sim:Engine", "param": {"a": 1}, "sweep": {"a.b": [1]}}, ["sweep.a.b", "param.a is not a mapping"]),
+    ({"engine": "command", "param": {"a": 1}, "sweep": {"a.b": [1]}}, ["sweep.a.b", "param.a is not a mapping"]),
 ]
 
 
@@ -80,7 +80,6 @@ ACCEPTED = [
     {"engine": "aurora", "n_runs": 1, "param": {**AURORA, "scenario": "<scenario/>"}},   # inline: checked by the program
     {"engine": "dummy", "n_runs": 2, "param": {"step_count": 1, "anything": [1]}},        # dummy allows extra keys
     {"engine": "command", "n_runs": 1, "param": {"argv": ["true"]}},    # raw engine: the worker decides
-    {"engine": "examples.x:Engine", "n_runs": 1, "param": {"free": 1}},  # module:Class: only its worker knows it
 ]
 
 
@@ -100,3 +99,28 @@ def test_without_a_catalog_runq_checks_only_shapes(tmp_path):
         assert reply["code"] == 400 and "n_runs" in reply["message"]
     finally:
         harness.close()
+
+
+def test_a_module_class_engine_is_taken_only_when_declared_or_allowed(h, tmp_path):
+    """Anyone could otherwise invent engine names: batches no worker serves, a metric series each."""
+    refused = submit(h, engine="examples.x:Engine", n_runs=1, param={"free": 1})
+    assert refused["code"] == 400 and "no engine of conf/engines.yaml has this class" in refused["message"]
+    assert "examples.x:Engine" in refused["message"]
+    declared = next(d for d in CATALOG.engines.values() if d.kind == "python" and d.name != "dummy")
+    reply = submit(h, engine=declared.cls, n_runs=1, param={})   # its class is declared: its schema applies
+    assert "has this class" not in reply.get("message", "") and declared.name in str(reply)
+    from simx.config import RunqConfig
+    import dataclasses
+    cfg = dataclasses.replace(h.cfg, **{"allow_undeclared_engines": True}) \
+        if "allow_undeclared_engines" in {f.name for f in dataclasses.fields(RunqConfig)} else None
+    if cfg is not None:
+        h.coord = startup.coordinator(h.store, cfg, BatchDefaults(), now=h.now, catalog=CATALOG)
+        assert submit(h, engine="examples.x:Engine", n_runs=1, param={"free": 1})["status"] == "ok"
+
+
+def test_only_declared_engine_names_become_metric_labels(h):
+    h.worker("w1", engine="invented.by:Someone")
+    h.worker("w2", engine="dummy")
+    metrics = h.request("Metrics")
+    assert {w["engine"] for w in metrics["workers"]} == {"other", "dummy"}
+    assert "invented.by:Someone" not in str(metrics)

@@ -75,7 +75,15 @@ class Commands:
 
     def metrics(self, msg, now):
         c = self.c
-        return protocol.reply(**c.metrics.snapshot(c.batches.values(), c.workers.values(), now))
+        return protocol.reply(**c.metrics.snapshot(c.batches.values(), c.workers.values(), now, self.engine_label))
+
+    def engine_label(self, engine: str) -> str:
+        """A metric label: a declared engine's name (a declared class gives its engine's), else "other"."""
+        catalog = self.c.catalog
+        if catalog is None or engine in catalog.engines or engine == submit.UNCHECKED:
+            return engine
+        declared = submit.declared_class(catalog, engine) if ":" in engine else None
+        return declared.name if declared is not None else "other"
 
     def login_throttle(self, msg, now):
         """Record a failed login (failed: true) and say how long the address or user must wait
@@ -129,7 +137,7 @@ class Commands:
                 return None   # ended: the reader shows it
             return protocol.reply(message="batch exists (same idempotency key)", batch_id=batch_id,
                                   created=False, batch=self._batch_view(batch, now))
-        n_runs, spec = submit.check(c.catalog, msg)
+        n_runs, spec = submit.check(c.catalog, msg, getattr(c.config, "allow_undeclared_engines", False))
         max_attempts = d.max_attempts if msg.get("max_attempts") is None else msg["max_attempts"]
         max_requeues = d.max_requeues if msg.get("max_requeues") is None else msg["max_requeues"]
         time_limit = msg.get("time_limit", d.time_limit)

@@ -90,8 +90,10 @@ class Metrics:
                 self.ended_runs[state] = self.ended_runs.get(state, 0) + row.get(state, 0)
 
     # ---- the Metrics reply
-    def snapshot(self, batches, workers, now: float) -> dict:
-        """Everything /metrics shows, from the active batches and the workers held in memory."""
+    def snapshot(self, batches, workers, now: float, label=lambda engine: engine) -> dict:
+        """Everything /metrics shows, from the active batches and the workers held in memory.
+        `label(engine)`: the name an engine's series gets (only declared names: a worker may
+        announce any engine, and each name would be a series of its own)."""
         runs = {s: self.ended_runs.get(s, 0) for s in states.RUN_STATES}
         batch_states = dict(self.ended_batches)
         queue: dict[str, int] = {}
@@ -100,12 +102,14 @@ class Metrics:
             for s in states.RUN_STATES:
                 runs[s] += getattr(batch, "n_" + s)
             # every engine asked for or served gets a series, 0 included, so it does not vanish
-            queue[batch.engine] = queue.get(batch.engine, 0) + (batch.n_waiting if batch.has_waiting() else 0)
+            name = label(batch.engine)
+            queue[name] = queue.get(name, 0) + (batch.n_waiting if batch.has_waiting() else 0)
         by_worker: dict[tuple[str, str], int] = {}
         for w in workers:
+            name = label(w.engine)
             if w.conn is not None:
-                queue.setdefault(w.engine, 0)
-            by_worker[(w.engine, w.state)] = by_worker.get((w.engine, w.state), 0) + 1
+                queue.setdefault(name, 0)
+            by_worker[(name, w.state)] = by_worker.get((name, w.state), 0) + 1
         return {
             "uptime": round(now - self.started, 3),
             "runs": runs,
