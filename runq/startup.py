@@ -23,7 +23,8 @@ def read_start(store, now: float, half_life: float = SchedConfig().half_life) ->
     runs = reads.active_run_rows([b["id"] for b in batches])
     since, width = FairShare(half_life).history_window(now)
     return recover(now, instance, reads.max_ids(), batches, runs, reads.worker_rows(), reads.batch_keys(),
-                   reads.recent_attempts(MAX_RECENT), reads.ended_batch_totals(), reads.usage_history(since, width))
+                   reads.recent_attempts(MAX_RECENT), reads.ended_batch_totals(), reads.usage_history(since, width),
+                   reads.login_rows())
 
 
 def coordinator(store, config=None, batch_defaults=None, now: float = 0.0, files_dir=None, files=None,

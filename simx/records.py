@@ -123,7 +123,9 @@ WORKER = Record("workers", (
     F("broken", "s", doc="why it cannot run its engine (state broken), committed with that state; else NULL"),
 ))
 META = Record("meta", (F("name", "s", "key"), F("value", "s")))
+# failed logins per key (runq/core/throttle.py): a restart forgets no count
+LOGIN = Record("logins", (F("key", "s", "key"), F("times", "j", doc="the failures' times in the window")))
 
-RECORDS = (BATCH, RUN, ATTEMPT, WORKER, META)
+RECORDS = (BATCH, RUN, ATTEMPT, WORKER, META, LOGIN)
 COLUMNS = {r.table: r.columns() for r in RECORDS}
 BACKFILL = {(r.table, f.name): f.backfill for r in RECORDS for f in r.fields if f.backfill is not MISSING}

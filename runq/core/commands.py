@@ -88,12 +88,10 @@ class Commands:
     def login_throttle(self, msg, now):
         """Record a failed login (failed: true) and say how long the address or user must wait
         (runweb keeps no state, so runq counts failures for every runweb process)."""
-        keys = ("address " + msg["address"], "user " + msg["user"])
         if msg["failed"]:
-            for key in keys:
-                self.logins.fail(key, now)
-        waits = [w for w in (self.logins.retry_after(k, now) for k in keys) if w is not None]
-        return protocol.reply(retry_after=max(waits) if waits else None)
+            self.logins.fail(msg["address"], msg["user"], now)
+            self.c.deadlines.logins_changed(now)
+        return protocol.reply(retry_after=self.logins.retry_after(msg["address"], msg["user"], now))
 
     # ---- views of what is in memory
     def _batch_view(self, batch: Batch, now: float) -> dict:

@@ -73,6 +73,7 @@ class Coordinator:
         self.deadlines = Deadlines(self)
         self.conversation = Conversation(self)
         self.commands = Commands(self)
+        self.commands.logins.load(start.logins, now)
         self.adopt(start, now)
 
     def adopt(self, start: Start, now: float) -> None:

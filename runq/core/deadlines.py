@@ -22,6 +22,7 @@ CONTACT_WRITE_INTERVAL = 5.0   # seconds between writes of a worker's last_conta
 CONTACT_WRITE_SLOT = 1.0       # contact writes fall due on whole slots: a fleet's are grouped in one commit
 PURGE_EVERY = 3600.0           # seconds between retention purges (runq.retention_days > 0)
 SUMMARY_EVERY = 60.0           # seconds between activity lines in the log (INFO)
+LOGINS_WRITE_EVERY = 1.0       # failed-login counts are written at most this often (a flood is one write a second)
 
 
 def contact_slot(when: float) -> float:
@@ -36,7 +37,7 @@ class Deadlines:
         self.summary = Summary(summary_every)
         self.handlers = {"lease": self.lease_due, "grace": self.grace_due, "limit": self.limit_due,
                          "contact": self.contact_due, "purge": self.purge_due, "retry": self.retry_due,
-                         "summary": self.summary_due}
+                         "summary": self.summary_due, "logins": self.logins_due}
 
     def start(self, now: float) -> None:
         if self.config.retention_days > 0:
@@ -147,6 +148,14 @@ class Deadlines:
         for wid in [w.id for w in workers.values()
                     if w.conn is None and w.run is None and not w.held and w.last_contact < cutoff]:
             del workers[wid]
+
+    def logins_changed(self, now: float) -> None:
+        """Failed-login counts changed: written within LOGINS_WRITE_EVERY, all the changes at once."""
+        if self.timers.when("logins", None) is None:
+            self.timers.set("logins", None, now + LOGINS_WRITE_EVERY)
+
+    def logins_due(self, _key, now: float) -> None:
+        self.c.store.save_logins(self.c.commands.logins.take_changes())
 
     def summary_due(self, _key, now: float) -> None:
         self.timers.set("summary", None, now + self.summary.every)

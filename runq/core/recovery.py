@@ -40,10 +40,11 @@ class Start:
     recent: list = dataclasses.field(default_factory=list)    # the latest attempt rows, oldest first
     ended_totals: dict = dataclasses.field(default_factory=dict)   # store.ended_batch_totals()
     usage: list = dataclasses.field(default_factory=list)     # fair share: (owner, slot, worker-seconds, n)
+    logins: list = dataclasses.field(default_factory=list)    # failed logins: (key, times)
 
 
 def recover(now: float, instance: str, max_ids: tuple[int, int], batch_rows, run_rows, worker_rows,
-            keys=(), recent=(), ended_totals=None, usage=()) -> Start:
+            keys=(), recent=(), ended_totals=None, usage=(), logins=()) -> Start:
     """The model from the stored rows: active batches, their non-terminal (and individually
     cancelled never-dispatched) runs, known workers."""
     last_batch_id, last_worker_id = max_ids
@@ -97,4 +98,4 @@ def recover(now: float, instance: str, max_ids: tuple[int, int], batch_rows, run
         if held is None or held.state != states.RUNNING or held.worker_id != worker.id:
             worker.run = None
     return Start(instance, batches, runs, workers, last_batch_id, last_worker_id, orphans, dict(keys),
-                 list(recent), ended_totals or {}, list(usage))
+                 list(recent), ended_totals or {}, list(usage), list(logins))

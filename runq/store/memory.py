@@ -23,6 +23,7 @@ class MemoryStore(Writes):
         self.runs: dict[tuple[int, int], dict] = {}
         self.attempts: list[dict] = []
         self.workers: dict[int, dict] = {}
+        self.logins: dict[str, str] = {}
         self._attempt_ids = itertools.count(1)
         self._purged: list[int] = []
         self.reads = 0   # read calls (tests count them)
@@ -67,6 +68,11 @@ class MemoryStore(Writes):
         for b in changed:
             if b in self.batches:
                 self.batches[b]["version"] = (self.batches[b]["version"] or 0) + 1
+        for key, times in self._logins.items():
+            if times is None:
+                self.logins.pop(key, None)
+            else:
+                self.logins[key] = schema.jdump(times)
         if self._purge_before is not None:
             self._purged += self._purge(self._purge_before)
         self._reset_buffer()
@@ -195,6 +201,9 @@ class MemoryStore(Writes):
             sec, n = slots.get(key, (0.0, 0))
             slots[key] = (sec + a["ended"] - a["started"], n + 1)
         return [(o, k, sec, n) for (o, k), (sec, n) in slots.items()]
+
+    def login_rows(self) -> list[tuple[str, list]]:
+        return [(k, schema.jload(t)) for k, t in self.logins.items()]
 
     def recent_attempts(self, limit: int) -> list[dict]:
         return [{k: a[k] for k in ("batch_id", "batch_index", "attempt", "worker_id", "outcome")}

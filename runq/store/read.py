@@ -276,6 +276,12 @@ class ReadStore:
         with self.engine.connect() as conn:
             return [(o or "", int(k) * width, float(sec or 0.0), int(n)) for o, k, sec, n in conn.execute(stmt)]
 
+    def login_rows(self) -> list[tuple[str, list]]:
+        """Failed-login counts: (key, failure times)."""
+        t = self.tables["logins"]
+        with self.engine.connect() as conn:
+            return [(k, schema.jload(times)) for k, times in conn.execute(sa.select(t.c.key, t.c.times))]
+
     def recent_attempts(self, limit: int) -> list[dict]:
         """The latest `limit` attempts (batch_id, batch_index, attempt, worker_id, outcome), oldest first."""
         a = self.tables["attempts"]

@@ -22,6 +22,7 @@ INDEXES = [
     ("batches", ["state"], "batches_state", False),
     ("runs", ["batch_id", "state", "batch_index"], "runs_state", False),   # ?state= filters, results
     ("meta", ["name"], "meta_name", True),
+    ("logins", ["key"], "logins_key", True),
 ]
 JSON_COLUMNS = {name: [c for c, t in cols.items() if t == "j"] for name, cols in COLUMNS.items()}
 

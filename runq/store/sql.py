@@ -66,6 +66,7 @@ class SqlStore(Writes):
         schema.migrate(self.engine, self.tables)
         b, r, w = self.tables["batches"], self.tables["runs"], self.tables["workers"]
         self._ins = {n: t.insert() for n, t in self.tables.items() if n != "meta"}
+        self._del_login = self.tables["logins"].delete().where(self.tables["logins"].c.key == sa.bindparam("_k"))
         self._upd = {
             "batches": b.update().where(b.c.id == sa.bindparam("_id")),
             "workers": w.update().where(w.c.id == sa.bindparam("_id")),
@@ -165,6 +166,11 @@ class SqlStore(Writes):
                     self._execute_many(conn, self._upd[name], rows)
             if self._attempts:
                 self._execute_many(conn, self._ins["attempts"], self._attempts)
+            if self._logins:   # replaced whole: a delete and an insert per changed key
+                conn.execute(self._del_login, [{"_k": k} for k in self._logins])
+                rows = [{"key": k, "times": schema.jdump(t)} for k, t in self._logins.items() if t is not None]
+                if rows:
+                    conn.execute(self._ins["logins"], rows)
             if changed:   # one executemany over the distinct batches, not one per run
                 self._execute_many(conn, self._bump, [{"_id": b} for b in sorted(changed)])
             if self._purge_before is not None:

@@ -19,6 +19,7 @@ class Writes:
         self._dirty: dict[str, dict] = {"batches": {}, "runs": {}, "workers": {}}
         self._attempts: list[dict] = []
         self._purge_before: float | None = None
+        self._logins: dict[str, list | None] = {}
 
     def _mark(self, name: str, key, row: dict, new: bool) -> None:
         old = self._dirty[name].get(key)
@@ -72,6 +73,11 @@ class Writes:
     def save_contact(self, worker_id: int, last_contact: float) -> None:
         self._mark("workers", worker_id, {"id": worker_id, "last_contact": last_contact}, False)
 
+    # ---- failed logins
+    def save_logins(self, changes: dict) -> None:
+        """Failed-login counts that changed: key -> failure times (None: the key is gone)."""
+        self._logins.update(changes)
+
     # ---- retention
     def purge(self, before: float) -> None:
         """With the next commit: delete batches that ended before `before` (their runs and
@@ -84,4 +90,4 @@ class Writes:
         return out
 
     def pending(self) -> bool:
-        return bool(self._attempts or any(self._dirty.values()) or self._purge_before is not None)
+        return bool(self._attempts or any(self._dirty.values()) or self._purge_before is not None or self._logins)
