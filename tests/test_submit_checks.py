@@ -124,3 +124,20 @@ def test_only_declared_engine_names_become_metric_labels(h):
     metrics = h.request("Metrics")
     assert {w["engine"] for w in metrics["workers"]} == {"other", "dummy"}
     assert "invented.by:Someone" not in str(metrics)
+
+
+def test_quotas_on_active_batches_and_waiting_runs_answer_429_naming_the_quota():
+    from runq.core.quotas import Quotas
+    h = Harness(MEMORY, quotas=Quotas(active_batches=2, waiting_runs=100, users={"root": {"active_batches": None}}))
+    ok = lambda reply: reply["status"] == "ok"   # noqa: E731
+    assert ok(h.request("StartBatch", engine="dummy", n_runs=60, actor="ann", admin=False))
+    over = h.request("StartBatch", engine="dummy", n_runs=41, actor="ann", admin=False)
+    assert over["code"] == 429 and "quota waiting_runs" in over["message"] and "60 waiting" in over["message"]
+    assert ok(h.request("StartBatch", engine="dummy", n_runs=40, actor="ann", admin=False))
+    third = h.request("StartBatch", engine="dummy", n_runs=1, actor="ann", admin=False)
+    assert third["code"] == 429 and "quota active_batches" in third["message"]
+    assert ok(h.request("StartBatch", engine="dummy", n_runs=1, actor="bob", admin=False))   # per user
+    for _ in range(3):                                                       # a user with its own limit
+        assert ok(h.request("StartBatch", engine="dummy", n_runs=1, actor="root", admin=True))
+    h.request("CancelBatch", batch_id=1, actor="ann", admin=False)
+    assert ok(h.request("StartBatch", engine="dummy", n_runs=1, actor="ann", admin=False))

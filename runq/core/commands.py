@@ -136,6 +136,7 @@ class Commands:
             return protocol.reply(message="batch exists (same idempotency key)", batch_id=batch_id,
                                   created=False, batch=self._batch_view(batch, now))
         n_runs, spec = submit.check(c.catalog, msg, getattr(c.config, "allow_undeclared_engines", False))
+        c.quotas.check_submit(owner, c.batches.values(), n_runs)
         max_attempts = d.max_attempts if msg.get("max_attempts") is None else msg["max_attempts"]
         max_requeues = d.max_requeues if msg.get("max_requeues") is None else msg["max_requeues"]
         time_limit = msg.get("time_limit", d.time_limit)

@@ -31,6 +31,7 @@ from .metrics import Metrics
 from .model import Batch, Run, Worker
 from .output import Output
 from .peers import Peers
+from .quotas import Quotas
 from .recovery import Start
 from .reports import RecentReports
 from .retry import Backoff
@@ -43,9 +44,10 @@ class Coordinator:
     def __init__(self, store, start: Start, config: RunqConfig = RunqConfig(),
                  batch_defaults: BatchDefaults = BatchDefaults(), now: float = 0.0,
                  secrets: auth.Secrets = auth.Secrets(), sched: SchedConfig = SchedConfig(), catalog=None,
-                 files=None):
+                 files=None, quotas: Quotas = Quotas()):
         self.store, self.config, self.batch_defaults = store, config, batch_defaults
         self.catalog = catalog   # simx.catalog.Catalog checked at submit; None: any engine, unchecked
+        self.quotas = quotas     # per-user limits on what is queued
         self.files = files       # runs' output files (runq/files.py Files, or MemoryFiles); None: refused
         self.instance = start.instance
         self.started = now
