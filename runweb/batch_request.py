@@ -182,6 +182,9 @@ def _check_json(value, root: str) -> None:
         if isinstance(item, str):
             _encodable(root, path, item)
             budget -= len(item.encode("utf-8")) + 3
+        elif isinstance(item, int) and not isinstance(item, bool) and not -limits.INT64 <= item < limits.INT64:
+            raise InvalidRequest(f"field '{root}': {path} is {item}, outside the 64-bit integers runq stores "
+                                 f"(-2^63 to 2^63-1); quote it if you mean text")
         elif item is None or isinstance(item, (bool, int)):
             budget -= 6
         elif isinstance(item, float):

@@ -199,3 +199,15 @@ def test_a_description_is_free_text_over_lines(extra, expected):
 def test_a_bad_description_is_refused_naming_it(extra, complaint):
     with pytest.raises(InvalidRequest, match=complaint):
         parse((BASE + extra).encode())
+
+
+@pytest.mark.parametrize("body, where", [
+    (b"engine: dummy\nn_runs: 1\nparam: {big: 1180591620717411303424}\n", "param.big"),
+    (b"engine: dummy\nn_runs: 1\nparam: {deep: [1, {x: -9223372036854775809}]}\n", "param.deep[1].x"),
+    (b"engine: dummy\nparam: {a: 1}\nsweep: {a: [1, 99999999999999999999]}\n", "sweep"),
+])
+def test_an_integer_outside_64_bits_anywhere_is_a_400_naming_it(body, where):
+    """Not a 502 'bad exchange with runq' (runq refuses such a frame): a clear 400 at runweb."""
+    with pytest.raises(batch_request.InvalidRequest, match=r"outside the 64-bit integers") as exc:
+        batch_request.parse(body)
+    assert where in str(exc.value)
