@@ -1,10 +1,8 @@
 """Helpers the bench scripts share: the simx root on sys.path, free ports, polling."""
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -12,7 +10,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 PY = sys.executable
 
+from simx import process  # noqa: E402
 from simx.client import RunqUnavailable  # noqa: E402
+from simx.process import free_port  # noqa: E402,F401  (the benches take it from here)
 
 
 def runq_client(port: int, timeout: float = 30.0):
@@ -22,12 +22,6 @@ def runq_client(port: int, timeout: float = 30.0):
     from simx.client import RunqClient
     secret = RunqClient.from_config(config.load()).secret
     return RunqClient("127.0.0.1", port, timeout=timeout, secret=secret)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stop_all(procs, timeout: float = 15.0) -> None:
@@ -45,13 +39,5 @@ def stop_all(procs, timeout: float = 15.0) -> None:
 
 
 def wait_until(cond, timeout: float, what: str, interval: float = 0.02, retry_on=(OSError, RunqUnavailable)) -> None:
-    """Poll cond() until true; exceptions in retry_on count as 'not yet'."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if cond():
-                return
-        except retry_on:
-            pass
-        time.sleep(interval)
-    raise TimeoutError(what)
+    """Poll cond() until true; exceptions in retry_on count as 'not yet'; TimeoutError after `timeout`."""
+    process.wait_until(cond, timeout, interval, what, retry_on=retry_on, timed_out=TimeoutError)

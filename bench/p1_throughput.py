@@ -25,13 +25,13 @@ import time
 import common  # noqa: F401  (puts the simx root on sys.path)
 import report
 from report import Row, fmt, median
-from stack import Options, Stack, tls_available
+from stack import Options, BenchStack, tls_available
 
 TARGET = 8000
 DEFAULTS = "defaults"   # a log level: none set, so conf/simx.yaml's (INFO) for every process
 
 
-def one_round(s: Stack, runs: int) -> dict:
+def one_round(s: BenchStack, runs: int) -> dict:
     wpids = [w.pid for w in s.workers]
     cpu0 = (report.cpu_seconds(s.runq.pid), report.cpu_of(wpids), report.cpu_of(s.runweb_pids()))
     t0 = time.perf_counter()
@@ -43,10 +43,10 @@ def one_round(s: Stack, runs: int) -> dict:
             "web_us": (cpu1[2] - cpu0[2]) / runs * 1e6}
 
 
-def stack_up(options: Options, workers: int, log_level: str | None = None) -> Stack:
+def stack_up(options: Options, workers: int, log_level: str | None = None) -> BenchStack:
     """runq, runweb and `workers` workers, warmed up.  `log_level`: SIMX_LOG_LEVEL for every process
-    (None: the Stack's, WARNING; DEFAULTS: none, as a user runs simx)."""
-    s = Stack(options)
+    (None: the BenchStack's, WARNING; DEFAULTS: none, as a user runs simx)."""
+    s = BenchStack(options)
     if log_level == DEFAULTS:
         s.env.pop("SIMX_LOG_LEVEL", None)
     elif log_level is not None:

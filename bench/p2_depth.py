@@ -23,13 +23,13 @@ import time
 import common  # noqa: F401
 import report
 from report import Row, median
-from stack import Stack
+from stack import BenchStack
 
 START = 2000
 
 
 def measure(kind: str, args) -> float:
-    with Stack() as s:
+    with BenchStack() as s:
         s.start_runq()
         s.start_workers(args.workers, kind="driver")
         s.wait_connected(args.workers)

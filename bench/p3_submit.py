@@ -14,7 +14,7 @@ import time
 import common  # noqa: F401
 import report
 from report import Row, median
-from stack import Stack
+from stack import BenchStack
 
 SIZES = (1, 1_000, 100_000, 1_000_000)
 
@@ -22,7 +22,7 @@ SIZES = (1, 1_000, 100_000, 1_000_000)
 def run(args) -> list[Row]:
     print(f"P3: submit round trip by n_runs, median of {args.repeat} (no workers connected)", flush=True)
     res = {}
-    with Stack() as s:
+    with BenchStack() as s:
         s.start_runq()
         s.start_runweb()
         s.post_batch(1, name="warm-up")

@@ -22,13 +22,13 @@ import report
 from fleet import Fleet
 from p5_latency import wait_assignment
 from report import Row, median, percentile
-from stack import Stack
+from stack import BenchStack
 
 
 def run(args) -> list[Row]:
     print(f"P4: {args.workers:,} idle protocol-level workers in {args.procs} load-generator processes, "
           f"heartbeat every {args.heartbeat} s", flush=True)
-    with Stack() as s:
+    with BenchStack() as s:
         s.start_runq(env_extra={"RUNQ_HEARTBEAT": str(args.heartbeat), "RUNQ_LEASE": str(args.heartbeat * 3),
                                 "RUNQ_GRACE": str(args.heartbeat * 6)})
         rss0 = report.rss_mb(s.runq.pid)

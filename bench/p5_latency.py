@@ -19,7 +19,7 @@ import common  # noqa: F401
 import report
 from fleet import Fleet
 from report import Row, percentile
-from stack import Options, Stack, tls_available
+from stack import Options, BenchStack, tls_available
 
 
 def wait_assignment(fleet: Fleet, bid: int, t0: int, timeout: float = 10.0) -> int:
@@ -32,7 +32,7 @@ def wait_assignment(fleet: Fleet, bid: int, t0: int, timeout: float = 10.0) -> i
     raise TimeoutError(f"no assignment of batch {bid} within {timeout} s")
 
 
-def sample(s: Stack, fleet: Fleet, via: str, n: int) -> list[float]:
+def sample(s: BenchStack, fleet: Fleet, via: str, n: int) -> list[float]:
     out = []
     for i in range(n + 5):
         t0 = time.monotonic_ns()
@@ -48,7 +48,7 @@ def sample(s: Stack, fleet: Fleet, via: str, n: int) -> list[float]:
 
 
 def measure(options: Options, n: int, workers: int = 16) -> dict:
-    with Stack(options) as s:
+    with BenchStack(options) as s:
         s.start_runq()
         s.start_runweb()
         fleet = Fleet(s, workers, procs=1)

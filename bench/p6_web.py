@@ -29,7 +29,7 @@ import common  # noqa: F401
 import report
 from common import PY, ROOT, free_port, wait_until
 from report import Row, median
-from stack import HTTP, Stack
+from stack import HTTP, BenchStack
 
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
@@ -46,7 +46,7 @@ def wrk(url: str, seconds: float, conns: int, headers=()) -> dict:
             "non2xx": int(errors.group(1)) if errors else 0}
 
 
-def start_trivial(s: Stack, env: dict, workers: int) -> tuple[subprocess.Popen, int]:
+def start_trivial(s: BenchStack, env: dict, workers: int) -> tuple[subprocess.Popen, int]:
     """bench/trivial_app.py under runweb's own gunicorn argv (only the application swapped)."""
     port = free_port()
     code = ("import json, sys; from simx import config; import runweb.__main__ as m; "
@@ -78,7 +78,7 @@ def stop_group(proc: subprocess.Popen):
 
 def measure(cls: str, workers: int, args) -> dict:
     env_extra = {"RUNWEB_WORKER_CLASS": cls}
-    with Stack() as s:
+    with BenchStack() as s:
         s.env.update(env_extra)
         s.start_runq()
         bid = s.ended_batch(1000)

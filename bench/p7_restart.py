@@ -21,11 +21,11 @@ import common  # noqa: F401
 import report
 from fleet import Fleet
 from report import Row, median
-from stack import Stack
+from stack import BenchStack
 
 
 def one(args) -> dict:
-    with Stack() as s:
+    with BenchStack() as s:
         s.start_runq(env_extra={"RUNQ_GRACE": "120", "RUNQ_LEASE": "60"})
         fleet = Fleet(s, args.workers, procs=args.procs, mode="hold")
         try:

@@ -16,13 +16,13 @@ import time
 import common  # noqa: F401
 import report
 from report import Row
-from stack import Stack
+from stack import BenchStack
 
 
 def run(args) -> list[Row]:
     print(f"P9: runq RSS over a {args.runs:,}-run batch through {args.workers} drivers", flush=True)
     samples = []
-    with Stack() as s:
+    with BenchStack() as s:
         s.start_runq()
         s.start_workers(args.workers, kind="driver")
         s.wait_connected(args.workers)

@@ -25,7 +25,7 @@ import time
 import common  # noqa: F401
 import report
 from report import median
-from stack import Options, Stack
+from stack import Options, BenchStack
 
 PYSPY = shutil.which("py-spy", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
@@ -87,7 +87,7 @@ def summarize(path: str, title: str, cpu_share: float, top: int) -> None:
     sys.stdout.flush()
 
 
-def cprofiled_worker(s: Stack) -> tuple[subprocess.Popen, str]:
+def cprofiled_worker(s: BenchStack) -> tuple[subprocess.Popen, str]:
     """One more worker, under cProfile (deterministic, so it sees every call; slower than real)."""
     out = f"{s.tmp}/worker.pstats"
     proc = s.spawn([sys.executable, "-m", "cProfile", "-o", out, "-m", "worker", "--engine", "dummy",
@@ -144,7 +144,7 @@ def dispatch(args):
         s.close()
 
 
-def _runs_of(s: Stack, pid: int, bid: int) -> int:
+def _runs_of(s: BenchStack, pid: int, bid: int) -> int:
     """How many runs of batch bid the worker with this pid finished (read from the database)."""
     import sqlite3
     db = sqlite3.connect(f"file:{s.tmp}/runq.sqlite?mode=ro", uri=True)
@@ -157,7 +157,7 @@ def _runs_of(s: Stack, pid: int, bid: int) -> int:
 
 def page(args):
     from p6_web import wrk
-    with Stack() as s:
+    with BenchStack() as s:
         s.start_runq()
         bid = s.ended_batch(1000)
         s.start_runweb()

@@ -1,6 +1,6 @@
 """A simx stack for one measurement: runq, runweb, workers, drivers, in a temporary directory.
 
-    with Stack(options) as s:
+    with BenchStack(options) as s:
         s.start_runq(); s.start_runweb(); s.start_workers(16)
         bid = s.post_batch(10_000)          # POST /batch/new through runweb
         s.wait_batch_http(bid)              # polls GET /batch/N?runs=none
@@ -79,7 +79,7 @@ class HTTP:
         self.conn.close()
 
 
-class Stack:
+class BenchStack:
     def __init__(self, options: Options | None = None, keep: str | None = None):
         self.options = options or Options()
         self.tmp = keep or tempfile.mkdtemp(prefix="simx-bench-")

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from supervisor.xmlrpc import Faults, SupervisorTransport, getFaultDescription
 
+from simx.process import alive
+
 from .paths import Paths
 from .render import WORKER_PREFIX, stop_order
 
@@ -169,20 +171,6 @@ def read_pid(path: Path) -> int | None:
         return int(path.read_text().strip())
     except (OSError, ValueError):
         return None
-
-
-def alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # /proc/PID/stat is "pid (comm) STATE ..."; comm may hold ")"
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def file_tail(path: Path, size: int = 1500) -> str:

@@ -10,13 +10,13 @@ started unless ``keep``.  Talks to runweb only over HTTP, as a user would.
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from simx import config as simx_config, records
+from simx.process import free_port
 
 from . import hosts
 from .control import OpsError
@@ -26,12 +26,6 @@ from .stack import Stack
 EXAMPLE = Path("runweb") / "example" / "batch-req.yaml"
 TERMINAL = records.RUN_ENDED
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def demo_env(env, var: Path, runq_port: int, runweb_port: int) -> dict:

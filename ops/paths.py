@@ -13,7 +13,10 @@ import tempfile
 from pathlib import Path
 
 MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to 108 bytes
-TEMPLATES = Path(__file__).resolve().parent / "templates"  # package data: installed with the package
+# supervisord's config templates: the top-level supervisor/ folder (no __init__.py, so it shadows
+# nothing).  Rendering happens where fab runs (remote hosts get the rendered file), so they ship
+# with the checkout or the SIMX_ROOT directory, as conf/ does.
+TEMPLATES = Path(__file__).resolve().parent.parent / "supervisor"
 
 
 def root(env=None) -> Path:

@@ -32,10 +32,10 @@ SECRET_ENV = (WORKER_SECRET, CLIENT_SECRET, TLS_CA, "SIMX_TLS_CERT", "SIMX_TLS_K
 # Which program uses which environment variable (besides its effective addresses, set below).
 # Variables config.py learns later are sorted by their section: runq/batch -> runq, runweb -> runweb.
 _SHARED = ("SIMX_LOG_LEVEL",)
-_RUNQ_EXTRA = ("SIMX_WORKER_TOKEN", WORKER_SECRET, CLIENT_SECRET, "SIMX_TLS_CERT", "SIMX_TLS_KEY")
+_RUNQ_EXTRA = (WORKER_SECRET, CLIENT_SECRET, "SIMX_TLS_CERT", "SIMX_TLS_KEY")
 _RUNWEB_EXTRA = ("RUNQ_HOST", "RUNQ_PORT", CLIENT_SECRET, TLS_CA, "RUNQ_TLS_SERVER_NAME",
                  "RUNWEB_TLS_CERT", "RUNWEB_TLS_KEY")
-_WORKER_EXTRA = ("RUNQ_HOST", "RUNQ_PORT", WORKER_SECRET, TLS_CA, "RUNQ_TLS_SERVER_NAME", "SIMX_WORKER_TOKEN",
+_WORKER_EXTRA = ("RUNQ_HOST", "RUNQ_PORT", WORKER_SECRET, TLS_CA, "RUNQ_TLS_SERVER_NAME",
                  "SIMX_ENGINES")
 
 

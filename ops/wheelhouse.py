@@ -94,8 +94,5 @@ def pyproject_of(root: Path) -> Path:
     return path
 
 
-def machine_python() -> str:
-    return f"{sys.version_info[0]}.{sys.version_info[1]}"
-
 
 

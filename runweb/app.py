@@ -15,7 +15,7 @@ from simx.protocol import ProtocolError
 
 from . import auth, dashboard, media, metrics, openapi, origin, request_metrics, resources
 from .page_cache import PageCache
-from .errors import (BodyTooLarge, CrossSite, InvalidRequest, NotAuthenticated, RequestTimeout, RunqRefused,
+from .errors import (BodyTooLarge, CrossSite, InvalidRequest, NotAuthenticated, RequestTimeout, ErrorReply,
                      TooManyLogins)
 
 RUNQ_TIMEOUT = 20.0  # seconds; under gunicorn's 30 s worker timeout, so a stuck runq gives a 503
@@ -76,7 +76,7 @@ def endpoints() -> list[dict]:
 
 def to_http(req, resp, ex: Exception, params) -> None:
     """Error handler: a domain error becomes an HTTPError, which serialize_error renders."""
-    if isinstance(ex, RunqRefused):
+    if isinstance(ex, ErrorReply):
         code = ex.code if isinstance(ex.code, int) and 400 <= ex.code <= 599 else 502
         raise falcon.HTTPError(code, description=str(ex))
     status, prefix, headers = next(v for cls, v in ERRORS.items() if isinstance(ex, cls))
@@ -106,7 +106,7 @@ def create_app(client, config: simx_config.Config) -> falcon.App:
     ])
     media.install(app)
     app.req_options.strip_url_path_trailing_slash = True
-    app.add_error_handler(tuple(ERRORS) + (RunqRefused,), to_http)
+    app.add_error_handler(tuple(ERRORS) + (ErrorReply,), to_http)
     app.set_error_serializer(serialize_error)
     named = {
         "index": resources.Index(endpoints()),

@@ -24,7 +24,7 @@ class NotAuthenticated(Exception):
     """An untrusted client without valid HTTP basic credentials."""
 
 
-class RunqRefused(Exception):
+class ErrorReply(Exception):
     """runq answered with an error Reply; ``code`` is its HTTP-like status."""
 
     def __init__(self, code: int, message: str):

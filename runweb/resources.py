@@ -19,7 +19,7 @@ from simx.protocol import ProtocolError
 
 from . import batch_request, media, results
 from .page_cache import PageCache
-from .errors import BodyTooLarge, InvalidRequest, RequestTimeout, RunqRefused
+from .errors import BodyTooLarge, InvalidRequest, RequestTimeout, ErrorReply
 
 DEFAULT_LIMIT, MAX_LIMIT = limits.DEFAULT_PAGE, limits.MAX_PAGE
 RUN_STATES = records.RUN_STATES
@@ -31,7 +31,7 @@ MAX_ID = limits.MAX_ID  # what a database integer column holds
 
 def ask(client, req: falcon.Request, mtype: str, **fields) -> dict:
     """One request to runq, as the caller (req.context.actor, admin) -> the reply's envelope;
-    an error reply raises RunqRefused."""
+    an error reply raises ErrorReply."""
     return ask_plain(client, mtype, actor=req.context.actor, admin=req.context.admin, **fields)
 
 
@@ -39,7 +39,7 @@ def ask_plain(client, mtype: str, **fields) -> dict:
     """One request to runq as is (Ping: about runq, not about anyone's batches)."""
     reply = client.request(mtype, **fields)
     if reply.get("status") != "ok":
-        raise RunqRefused(reply.get("code", 502), reply.get("message") or f"runq refused {mtype}")
+        raise ErrorReply(reply.get("code", 502), reply.get("message") or f"runq refused {mtype}")
     data = {k: v for k, v in reply.items() if k not in ("type", "code", "status", "message")}
     return {"status": "ok", "message": reply.get("message", "ok"), **data}
 
@@ -129,7 +129,7 @@ class Health:
     def on_get(self, req, resp):
         try:
             resp.media = ask_plain(self.client, "Ping")
-        except (RunqRefused, ProtocolError) as exc:
+        except (ErrorReply, ProtocolError) as exc:
             raise RunqUnavailable(f"runq answered Ping badly: {exc}") from None
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ import urllib.request
 from pathlib import Path
 
 import yaml
+
+from simx.process import free_port, wait_until  # noqa: F401  (the suite takes them from here)
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -33,36 +34,6 @@ SIMX_ENV = ("RUNQ_HOST", "RUNQ_PORT", "RUNQ_LISTEN", "SIMX_DB_URL", "SIMX_DB_SYN
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback never goes via a proxy
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def wait_until(cond, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
-    """Poll `cond()` until it returns a true value (returned); raise AssertionError after `timeout` s.
-
-    An exception from `cond` counts as "not yet" (a server that is not up refuses), except an
-    AssertionError, which fails at once: assert inside `cond` for what must never happen.
-    """
-    deadline = time.monotonic() + timeout
-    last_exc = None
-    while True:
-        try:
-            value = cond()
-            if value:
-                return value
-        except AssertionError:
-            raise
-        except Exception as exc:  # a not-yet-ready server may refuse or reset: keep polling
-            last_exc = exc
-        if time.monotonic() > deadline:
-            detail = f" (last error: {last_exc!r})" if last_exc else ""
-            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}{detail}")
-        time.sleep(interval)
-
-
 def eventually(cond, timeout: float = 5.0, interval: float = 0.01) -> bool:
     """Whether `cond()` becomes true within `timeout` s (for `assert eventually(...)`, and
     `assert not eventually(...)` where something must not happen within a short while)."""
@@ -72,6 +43,25 @@ def eventually(cond, timeout: float = 5.0, interval: float = 0.01) -> bool:
             return True
         time.sleep(interval)
     return bool(cond())
+
+
+def shutdown_supervisord(var: Path, timeout: float = 30) -> None:
+    """Stop a supervisord a test left under `var` (normal shutdown, else KILL its process group)."""
+    from ops.control import Supervisor, read_pid
+    from ops.paths import Paths
+    from simx.process import alive
+    sup = Supervisor(Paths(var))
+    pid = read_pid(sup.paths.pid)
+    if sup.running():
+        try:
+            sup.shutdown(timeout=timeout)
+        except Exception:
+            pass
+    if pid and alive(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def base_env(tmp: Path, runq_port: int, **extra) -> dict:

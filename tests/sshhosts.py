@@ -17,6 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import procs
 from procs import Proc, free_port, wait_until
 
 SSHD = "/usr/sbin/sshd"
@@ -99,20 +100,7 @@ Subsystem sftp internal-sftp
 
     def stop_supervisord(self) -> None:
         """Shut down the simx supervisord `fab` started in this host's dir (KILL its group if it lingers)."""
-        from ops.control import Supervisor, alive, read_pid
-        from ops.paths import Paths
-        sup = Supervisor(Paths(self.dir / "var"))
-        pid = read_pid(sup.paths.pid)
-        if sup.running():
-            try:
-                sup.shutdown(timeout=20)
-            except Exception:
-                pass
-        if pid and alive(pid):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        procs.shutdown_supervisord(self.dir / "var", timeout=20)
 
     def stop(self) -> None:
         self.stop_supervisord()

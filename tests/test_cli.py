@@ -319,14 +319,14 @@ def test_settings_come_from_flags_then_environment_then_a_private_file(tmp_path)
     path.parent.mkdir(parents=True)
     path.write_text("url: https://simx.example:8443/\nuser: ann\npassword: pw\n")
     os.chmod(path, 0o644)
-    with pytest.raises(config.ConfigError, match=r"mode 0644.*chmod 600"):
+    with pytest.raises(config.SettingsError, match=r"mode 0644.*chmod 600"):
         config.load({}, env)
     os.chmod(path, 0o600)
     got = config.load({}, env)
     assert (got.url, got.user, got.password) == ("https://simx.example:8443", "ann", "pw")
     got = config.load({"user": "bob"}, dict(env, SIMX_URL="http://127.0.0.1:1", SIMX_PASSWORD="env"))
     assert (got.url, got.user, got.password) == ("http://127.0.0.1:1", "bob", "env")
-    with pytest.raises(config.ConfigError, match="must start with http"):
+    with pytest.raises(config.SettingsError, match="must start with http"):
         config.load({"url": "ftp://x"}, env)
     os.chmod(path, 0o640)
     code, out, err = simx({"HOME": str(tmp_path)}, "ls")   # the command refuses it too, before any request
@@ -334,7 +334,7 @@ def test_settings_come_from_flags_then_environment_then_a_private_file(tmp_path)
         f"password: run `chmod 600 {path}`\n"
     os.chmod(path, 0o600)
     path.write_text("url: http://x\ncolour: red\n")
-    with pytest.raises(config.ConfigError, match="unknown key 'colour'"):
+    with pytest.raises(config.SettingsError, match="unknown key 'colour'"):
         config.load({}, env)
 
 

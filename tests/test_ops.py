@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
+import procs
 from procs import ROOT, base_env, free_port, http, ping, wait_until, workers_connected, Proc
 from simx.client import RunqUnavailable
-from ops.control import Supervisor, alive, read_pid
+from ops.control import Supervisor, read_pid
+from simx.process import alive
 from ops.paths import Paths
 
 FAB = [sys.executable, "-m", "fabric"]  # the venv's `fab`
@@ -55,18 +57,7 @@ def ops():
 
 def _shutdown(sup: Supervisor, demo_var: Path | None) -> None:
     """Stop a supervisord left by a test (normal shutdown, else KILL its process group)."""
-    sup = Supervisor(Paths(demo_var)) if demo_var else sup
-    pid = read_pid(sup.paths.pid)
-    if sup.running():
-        try:
-            sup.shutdown(timeout=30)
-        except Exception:
-            pass
-    if pid and alive(pid):
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    procs.shutdown_supervisord(demo_var or sup.paths.var)
 
 
 def ok(result) -> str:

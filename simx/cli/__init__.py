@@ -111,7 +111,7 @@ def main(argv=None, env=None, stdin=None, stdout=None, stderr=None) -> int:
         ctx = commands.Context(client, render.console(stdout), stdout, stdin or sys.stdin,
                                getattr(args, "json", False))
         return args.func(ctx, args)
-    except (SimxError, config.ConfigError) as exc:
+    except (SimxError, config.SettingsError) as exc:
         stdout.flush()
         print(f"simx: {exc}", file=stderr)
         return 2

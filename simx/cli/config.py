@@ -18,7 +18,7 @@ KEYS = ("url", "user", "password", "cacert")
 ENV = {"url": "SIMX_URL", "user": "SIMX_USER", "password": "SIMX_PASSWORD", "cacert": "SIMX_CACERT"}
 
 
-class ConfigError(Exception):
+class SettingsError(Exception):
     """A setting that cannot be used; the message names it and how to fix it."""
 
 
@@ -42,23 +42,23 @@ def read_file(path: Path) -> dict:
     except FileNotFoundError:
         return {}
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        raise SettingsError(f"cannot read {path}: {exc.strerror}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"{path} is open to other users (mode {stat.S_IMODE(mode):04o}) and may hold a "
+        raise SettingsError(f"{path} is open to other users (mode {stat.S_IMODE(mode):04o}) and may hold a "
                           f"password: run `chmod 600 {path}`")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
+        raise SettingsError(f"cannot read {path}: {exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} must be a YAML mapping with keys {', '.join(KEYS)}")
+        raise SettingsError(f"{path} must be a YAML mapping with keys {', '.join(KEYS)}")
     for key, value in data.items():
         if key not in KEYS:
-            raise ConfigError(f"{path}: unknown key {key!r}; known keys: {', '.join(KEYS)}")
+            raise SettingsError(f"{path}: unknown key {key!r}; known keys: {', '.join(KEYS)}")
         if value is not None and not isinstance(value, (str, int)):
-            raise ConfigError(f"{path}: {key} must be a string")
+            raise SettingsError(f"{path}: {key} must be a string")
     return {k: str(v) for k, v in data.items() if v is not None}
 
 
@@ -74,7 +74,7 @@ def load(flags: dict, env: dict | None = None) -> Settings:
             values.setdefault(key, value)
     url = values.get("url", DEFAULT_URL).rstrip("/")
     if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"runweb's address must start with http:// or https://, not {url[:60]!r}")
+        raise SettingsError(f"runweb's address must start with http:// or https://, not {url[:60]!r}")
     if values.get("cacert") and not Path(values["cacert"]).is_file():
-        raise ConfigError(f"CA certificate {values['cacert']} does not exist (--cacert, SIMX_CACERT)")
+        raise SettingsError(f"CA certificate {values['cacert']} does not exist (--cacert, SIMX_CACERT)")
     return Settings(url=url, user=values.get("user"), password=values.get("password"), cacert=values.get("cacert"))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from simx import limits
+from simx.process import alive
 
 CHUNK = limits.FILE_CHUNK
 MAX_FILES_BYTES = limits.MAX_RUN_FILES_BYTES  # per run [100 MiB]
@@ -88,19 +89,9 @@ def process_root(root: Path, pid: int | None = None) -> Path:
     if root.is_dir():
         for child in root.iterdir():
             other = child.name[1:]
-            if child.name.startswith("w") and other.isdigit() and int(other) != pid and not _alive(int(other)):
+            if child.name.startswith("w") and other.isdigit() and int(other) != pid and not alive(int(other)):
                 shutil.rmtree(child, ignore_errors=True)
     return root / f"w{pid}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def sha256_of(path: Path) -> str:
