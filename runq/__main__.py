@@ -23,6 +23,7 @@ from .queries import Facts
 from .reader import ReaderProcess
 from .server import Server
 from .committer import LockedTooLong
+from .core.quotas import Quotas
 from .store import SqlStore, StoreFault
 
 log = logging.getLogger("runq")
@@ -143,13 +144,15 @@ def main(argv=None) -> int:
         print(f"runq: {url} is not a usable database ({getattr(exc, 'orig', exc)}); move it aside to start "
               "a new one, or restore it from a backup", file=sys.stderr)
         return 2
+    quotas = Quotas(cfg.quotas.active_batches, cfg.quotas.waiting_runs,
+                    {user: dict(limits) for user, limits in cfg.quotas.users})
     coordinator = startup.coordinator(store, cfg.runq, cfg.batch, now=time.time(), secrets=secrets, sched=cfg.sched,
-                                      catalog=catalog, files_dir=files_dir)
+                                      catalog=catalog, files_dir=files_dir, quotas=quotas)
     try:
         server = Server(coordinator, store, [(h, cfg.runq.port) for h in cfg.runq.listen],
                         limits=cfg.runq.limits, tls=tls_context, heartbeat_interval=cfg.runq.heartbeat_interval,
                         reader=ReaderProcess(store.engine.url, Facts(coordinator.presence), cfg.runq.log_level,
-                                             files_dir=files_dir), lock_limit=getattr(cfg.runq, "lock_limit", 600.0))
+                                             files_dir=files_dir), lock_limit=cfg.runq.lock_limit)
     except OSError as exc:
         print(f"runq: cannot listen on port {cfg.runq.port}: {exc}", file=sys.stderr)
         return 1

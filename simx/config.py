@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from . import datatypes as dt
 from .auth import NUMERIC_TRAITS, Bounds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,6 +19,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 class ConfigError(Exception):
     """A configuration value that cannot be used; the message names the key."""
+
+
+def setting(default, convert):
+    """A field whose value goes through the named converter `convert` (simx/datatypes.py); a
+    field without one gets the converter of its default's type (dt.for_default)."""
+    return dataclasses.field(default=default, metadata={"convert": convert})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,22 +58,26 @@ class RunwebTls:
 @dataclasses.dataclass(frozen=True)
 class RunqConfig:
     host: str = "127.0.0.1"
-    port: int = 8096
+    port: int = setting(8096, dt.port)
     listen: tuple[str, ...] = ("127.0.0.1",)
     db_url: str = "sqlite:///var/data/runq.sqlite"
     # SQLite's PRAGMA synchronous (WAL): NORMAL loses no commit when runq crashes, only (maybe) the
     # last commits when the machine loses power; FULL and EXTRA fsync every commit.  Not for other databases.
     synchronous: str = "NORMAL"
-    heartbeat_interval: float = 10.0
-    lease: float = 30.0
-    grace: float = 60.0
+    heartbeat_interval: float = setting(10.0, dt.positive_number)
+    lease: float = setting(30.0, dt.positive_number)
+    grace: float = setting(60.0, dt.non_negative_number)
     worker_secret_file: str = ""      # see docs/SECURITY.md; "" = none (loopback only)
     client_secret_file: str = ""
     worker_secrets: tuple = ()         # WorkerSecretConf entries: more secrets, each with trait bounds
     retention_days: float = 0.0
-    log_level: str = "INFO"
+    log_level: str = setting("INFO", dt.log_level)
     files_dir: str = "var/files"       # runs' output files (runq/files.py); may be a shared directory
     files_max_run: int = 100 * 1024 * 1024   # bytes of output files per run
+    # runq takes module:Class engines no declared python engine has (runq/core/submit.py)
+    allow_undeclared_engines: bool = False
+    # seconds another process may hold a lock on the database before runq ends (runq/committer.py)
+    lock_limit: float = setting(600.0, dt.positive_number)
     limits: Limits = Limits()
     tls: Tls = Tls()
     tls_server_name: str = ""   # the name peers check in runq's certificate; "" = host
@@ -83,15 +94,15 @@ class WorkerSecretConf:
 
 @dataclasses.dataclass(frozen=True)
 class BatchDefaults:
-    max_attempts: int = 3
+    max_attempts: int = setting(3, dt.positive_int)
     max_requeues: int = 10
-    time_limit: float | None = None
+    time_limit: float | None = setting(None, dt.optional(dt.positive_number))
 
 
 @dataclasses.dataclass(frozen=True)
 class SchedConfig:
     """Scheduling (runq/fairshare.py) and retries (runq/retry.py)."""
-    half_life: float = 3600.0          # seconds for an owner's recorded usage to halve
+    half_life: float = setting(3600.0, dt.positive_number)   # seconds for an owner's usage to halve
     shares: tuple = ()                 # ((owner, share), ...) from the mapping `sched.shares`; others get 1
     backoff_base: float = 1.0          # seconds before the first retry of a transient failure
     backoff_max: float = 60.0          # the delay doubles per failure up to this
@@ -102,17 +113,17 @@ class SchedConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunwebConfig:
-    port: int = 8097
-    run_port: int = 4567
+    port: int = setting(8097, dt.port)
+    run_port: int = setting(4567, dt.port)
     bind: str = "127.0.0.1"
-    workers: int = 2
+    workers: int = setting(2, dt.positive_int)
     trusted: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     users_file: str = "var/runweb-users.yaml"
     max_body: int = 1048576
     # gunicorn: how a few slow sockets are kept from stalling everyone (docs: runweb/__main__.py)
     worker_class: str = "gthread"
-    threads: int = 32
-    timeout: int = 30
+    threads: int = setting(32, dt.positive_int)
+    timeout: int = setting(30, dt.positive_int)
     keepalive: int = 2
     io_timeout: float = 5.0
     # true when a reverse proxy on this host forwards requests: loopback peers are then not trusted
@@ -121,6 +132,14 @@ class RunwebConfig:
     # current on every request; runweb/page_cache.py); 0 keeps none.  RUNWEB_PAGE_CACHE
     page_cache: int = 32 * 1024 * 1024
     tls: RunwebTls = RunwebTls()
+
+
+@dataclasses.dataclass(frozen=True)
+class QuotasConfig:
+    """Per-user limits on what is queued (runq/core/quotas.py); null: unlimited."""
+    active_batches: int | None = setting(None, dt.optional(dt.positive_int))
+    waiting_runs: int | None = setting(None, dt.optional(dt.positive_int))
+    users: tuple = ()   # ((user, {active_batches, waiting_runs}), ...) from the mapping `quotas.users`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +156,7 @@ class Config:
     runweb: RunwebConfig
     worker: WorkerConfig
     sched: SchedConfig = SchedConfig()
+    quotas: QuotasConfig = QuotasConfig()
 
 
 # environment variable -> (section, key)
@@ -168,7 +188,7 @@ ENV = {
     "RUNWEB_TLS_KEY": ("runweb", "tls.key"),
 }
 SECTIONS = {"runq": RunqConfig, "batch": BatchDefaults, "runweb": RunwebConfig, "worker": WorkerConfig,
-            "sched": SchedConfig}
+            "sched": SchedConfig, "quotas": QuotasConfig}
 MAX_SHARE = 1e6
 
 
@@ -199,8 +219,25 @@ def _synchronous(name: str, value) -> str:
     return level
 
 
+def _user_quotas(name: str, value) -> tuple:
+    """`quotas.users`: user -> {active_batches, waiting_runs} (each a positive integer or null)."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise ConfigError(f"configuration {name}: expected a mapping of user to quotas, like {{ann: {{waiting_runs: 1000}}}}")
+    out = []
+    for user, quotas in value.items():
+        if not isinstance(quotas, dict) or set(quotas) - {"active_batches", "waiting_runs"}:
+            raise ConfigError(f"configuration {name}.{user}: expected a mapping with active_batches and/or waiting_runs")
+        try:
+            out.append((str(user), tuple(sorted((k, dt.optional(dt.positive_int)(v)) for k, v in quotas.items()))))
+        except ValueError as exc:
+            raise ConfigError(f"configuration {name}.{user}: {exc}") from None
+    return tuple(sorted(out))
+
+
 # (section, key) -> converter for values that are not plain scalars or lists
-CONVERTERS = {("sched", "shares"): _shares, ("runq", "synchronous"): _synchronous}
+CONVERTERS = {("sched", "shares"): _shares, ("runq", "synchronous"): _synchronous, ("quotas", "users"): _user_quotas}
 
 
 # Keys that are gone, and what replaces them.
@@ -256,8 +293,8 @@ def worker_secrets(value) -> tuple[WorkerSecretConf, ...]:
     return tuple(out)
 
 
-def _convert(section: str, key: str, value, default):
-    """Coerce a value to the type of the default; raise ConfigError naming section.key."""
+def _convert(section: str, key: str, value, field):
+    """The value of section.key through its named converter; ConfigError naming section.key."""
     name = f"{section}.{key}"
     if (section, key) in REMOVED:
         raise ConfigError(f"configuration {name}: {REMOVED[(section, key)]}")
@@ -265,34 +302,14 @@ def _convert(section: str, key: str, value, default):
         return worker_secrets(value)
     if (section, key) in CONVERTERS:
         return CONVERTERS[(section, key)](name, value)
+    default = field.default
     if dataclasses.is_dataclass(default):
         return _build(name, value, type(default))
+    convert = field.metadata.get("convert") or dt.for_default(default)
     try:
-        if isinstance(default, tuple):
-            if isinstance(value, str):
-                value = [v.strip() for v in value.split(",") if v.strip()]
-            if not isinstance(value, (list, tuple)):
-                raise ValueError("expected a list")
-            return tuple(str(v) for v in value)
-        if value is None:
-            if default is None:
-                return None
-            raise ValueError("must not be empty")
-        if isinstance(default, bool):
-            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
-        if isinstance(default, int):
-            out = int(value)
-            if out < 0:
-                raise ValueError("must not be negative")
-            return out
-        if isinstance(default, float) or default is None:
-            out = float(value)
-            if out < 0:
-                raise ValueError("must not be negative")
-            return out
-        return str(value)
+        return convert(value)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"configuration {name}: bad value {value!r} ({exc})") from None
+        raise ConfigError(f"configuration {name}: {exc}") from None
 
 
 def _build(name: str, given, cls):
@@ -300,11 +317,14 @@ def _build(name: str, given, cls):
     given = given or {}
     if not isinstance(given, dict):
         raise ConfigError(f"configuration {name}: expected a mapping")
-    fields = {f.name: f.default for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(given) - set(fields) - {k for s, k in REMOVED if s == name}   # removed keys: their own error
     if unknown:
         raise ConfigError(f"configuration {name}.{sorted(unknown, key=str)[0]}: unknown key")
-    return cls(**{k: _convert(name, k, given[k], fields.get(k)) for k in given})
+    for k in given:
+        if (name, k) in REMOVED:
+            raise ConfigError(f"configuration {name}.{k}: {REMOVED[(name, k)]}")
+    return cls(**{k: _convert(name, k, given[k], fields[k]) for k in given})
 
 
 def read_mapping(path: Path, what: str) -> dict:

@@ -82,3 +82,31 @@ def test_sqlite_synchronous_is_a_setting_and_off_is_refused(tmp_path):
             levels[level] = conn.exec_driver_sql("PRAGMA synchronous").scalar()
         store.close()
     assert levels == {"NORMAL": 1, "FULL": 2, "EXTRA": 3}
+
+
+@pytest.mark.parametrize("text, says", [
+    ("runweb:\n  behind_proxy: ture\n", r"runweb.behind_proxy: expected true or false.*'ture'"),
+    ("runq:\n  port: 70000\n", r"runq.port: a port is 1 to 65535, not 70000"),
+    ("runq:\n  port: 0\n", r"runq.port: a port is 1 to 65535"),
+    ("runweb:\n  port: eighty\n", r"runweb.port: expected an integer, not 'eighty'"),
+    ("runq:\n  heartbeat_interval: 0\n", r"runq.heartbeat_interval: must be more than 0"),
+    ("runq:\n  lease: .nan\n", r"runq.lease: expected a finite number"),
+    ("runq:\n  log_level: LOUD\n", r"runq.log_level: must be one of DEBUG, INFO"),
+    ("runweb:\n  threads: 2.5\n", r"runweb.threads: expected an integer"),
+    ("batch:\n  max_attempts: 0\n", r"batch.max_attempts: must be 1 or more"),
+    ("runq:\n  allow_undeclared_engines: maybe\n", r"runq.allow_undeclared_engines: expected true or false"),
+])
+def test_named_converters_refuse_junk_and_name_the_setting(tmp_path, text, says):
+    conf = tmp_path / "simx.yaml"
+    conf.write_text(text)
+    with pytest.raises(config.ConfigError, match=says):
+        config.load(conf, env={})
+
+
+def test_environment_values_go_through_the_same_converters():
+    with pytest.raises(config.ConfigError, match=r"runweb.behind_proxy: expected true or false.*'ture'"):
+        config.load(env={"RUNWEB_BEHIND_PROXY": "ture"})
+    with pytest.raises(config.ConfigError, match=r"runq.port: a port is 1 to 65535"):
+        config.load(env={"RUNQ_PORT": "99999"})
+    cfg = config.load(env={"RUNWEB_BEHIND_PROXY": "yes", "RUNQ_PORT": "4949", "RUNQ_LISTEN": "127.0.0.1, ::1"})
+    assert cfg.runweb.behind_proxy is True and cfg.runq.port == 4949 and cfg.runq.listen == ("127.0.0.1", "::1")

@@ -109,13 +109,9 @@ def test_a_module_class_engine_is_taken_only_when_declared_or_allowed(h, tmp_pat
     declared = next(d for d in CATALOG.engines.values() if d.kind == "python" and d.name != "dummy")
     reply = submit(h, engine=declared.cls, n_runs=1, param={})   # its class is declared: its schema applies
     assert "has this class" not in reply.get("message", "") and declared.name in str(reply)
-    from simx.config import RunqConfig
     import dataclasses
-    cfg = dataclasses.replace(h.cfg, **{"allow_undeclared_engines": True}) \
-        if "allow_undeclared_engines" in {f.name for f in dataclasses.fields(RunqConfig)} else None
-    if cfg is not None:
-        h.coord = startup.coordinator(h.store, cfg, BatchDefaults(), now=h.now, catalog=CATALOG)
-        assert submit(h, engine="examples.x:Engine", n_runs=1, param={"free": 1})["status"] == "ok"
+    allowing = Harness(MEMORY, cfg=dataclasses.replace(h.cfg, allow_undeclared_engines=True), catalog=CATALOG)
+    assert submit(allowing, engine="examples.x:Engine", n_runs=1, param={"free": 1})["status"] == "ok"
 
 
 def test_only_declared_engine_names_become_metric_labels(h):

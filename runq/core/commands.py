@@ -135,7 +135,7 @@ class Commands:
                 return None   # ended: the reader shows it
             return protocol.reply(message="batch exists (same idempotency key)", batch_id=batch_id,
                                   created=False, batch=self._batch_view(batch, now))
-        n_runs, spec = submit.check(c.catalog, msg, getattr(c.config, "allow_undeclared_engines", False))
+        n_runs, spec = submit.check(c.catalog, msg, c.config.allow_undeclared_engines)
         c.quotas.check_submit(owner, c.batches.values(), n_runs)
         max_attempts = d.max_attempts if msg.get("max_attempts") is None else msg["max_attempts"]
         max_requeues = d.max_requeues if msg.get("max_requeues") is None else msg["max_requeues"]
