@@ -13,9 +13,9 @@ from simx import config as simx_config
 from simx.client import RunqClient, RunqUnavailable
 from simx.protocol import ProtocolError
 
-from . import auth, dashboard, media, metrics, openapi, origin, request_metrics, resources
+from . import auth, dashboard, hosts, media, metrics, openapi, origin, request_metrics, resources
 from .page_cache import PageCache
-from .errors import (BodyTooLarge, CrossSite, InvalidRequest, NotAuthenticated, RequestTimeout, ErrorReply,
+from .errors import (BodyTooLarge, CrossSite, MisdirectedHost, InvalidRequest, NotAuthenticated, RequestTimeout, ErrorReply,
                      TooManyLogins)
 
 RUNQ_TIMEOUT = 20.0  # seconds; under gunicorn's 30 s worker timeout, so a stuck runq gives a 503
@@ -61,6 +61,7 @@ ERRORS = {
     InvalidRequest: (400, "", {}),
     NotAuthenticated: (401, "", {"WWW-Authenticate": 'Basic realm="simx"'}),
     CrossSite: (403, "", {}),
+    MisdirectedHost: (421, "", {}),
     RequestTimeout: (408, "", {}),
     BodyTooLarge: (413, "", {}),
     TooManyLogins: (429, "", {}),
@@ -100,7 +101,8 @@ def serialize_error(req, resp, ex: falcon.HTTPError) -> None:
 def create_app(client, config: simx_config.Config) -> falcon.App:
     users = auth.Users(simx_config.resolve_path(config.runweb.users_file, config.root))
     app = falcon.App(middleware=[
-        request_metrics.Timing(), media.Negotiate(), origin.SameOrigin(),
+        request_metrics.Timing(), media.Negotiate(), hosts.KnownHosts(config.runweb.hosts, config.runweb.bind),
+        origin.SameOrigin(),
         auth.Authenticate(config.runweb.trusted, users, client, config.runweb.behind_proxy),
         dashboard.Pages(),
     ])

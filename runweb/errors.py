@@ -40,5 +40,9 @@ class TooManyLogins(Exception):
         self.retry_after = math.ceil(retry_after)
 
 
+class MisdirectedHost(Exception):
+    """A request for a host name runweb does not serve (runweb/hosts.py)."""
+
+
 class CrossSite(Exception):
     """A state-changing request a browser says comes from another site."""

@@ -116,6 +116,9 @@ class RunwebConfig:
     port: int = setting(8097, dt.port)
     run_port: int = setting(4567, dt.port)
     bind: str = "127.0.0.1"
+    # host names runweb answers besides localhost, 127.0.0.1, ::1, the bound address and this
+    # machine's names (runweb/hosts.py: other Host headers get 421); "*.example.org", "*"
+    hosts: tuple[str, ...] = ()
     workers: int = setting(2, dt.positive_int)
     trusted: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     users_file: str = "var/runweb-users.yaml"

@@ -24,7 +24,7 @@ class StubRunq:
 @pytest.fixture
 def client(tmp_path):
     cfg = config.load(path=tmp_path / "none.yaml", env={}, root=tmp_path)
-    return falcon.testing.TestClient(create_app(StubRunq(), cfg))
+    return falcon.testing.TestClient(create_app(StubRunq(), cfg), headers={"Host": "localhost"})
 
 
 @pytest.mark.parametrize("path", PAGES)

@@ -50,7 +50,7 @@ def cfg(tmp_path):
 
 @pytest.fixture
 def client(runq, cfg):
-    return falcon.testing.TestClient(create_app(runq, cfg))
+    return falcon.testing.TestClient(create_app(runq, cfg), headers={"Host": "localhost"})
 
 
 def body(result):
@@ -359,7 +359,7 @@ def test_x_forwarded_for_is_not_trusted(client, cfg):
 
 def test_trusted_networks_come_from_config(runq, tmp_path):
     cfg = config.load(path=tmp_path / "none.yaml", env={}, root=tmp_path, runweb_trusted=["203.0.113.0/24"])
-    client = falcon.testing.TestClient(create_app(runq, cfg))
+    client = falcon.testing.TestClient(create_app(runq, cfg), headers={"Host": "localhost"})
     assert client.simulate_get("/", remote_addr="203.0.113.7").status_code == 200
     assert client.simulate_get("/", remote_addr="127.0.0.1").status_code == 401
     with pytest.raises(config.ConfigError, match="runweb.trusted"):
@@ -377,3 +377,21 @@ def test_listings_are_paged_and_one_worker_can_be_asked_for(client, runq):
     assert runq.requests == [("BatchList", {"offset": 5, "limit": 2}), ("WorkerList", {"offset": 0, "limit": 1000}),
                              ("WorkerStatus", {"worker_id": 3})]
     assert client.simulate_get("/workers", params={"limit": "0"}).status_code == 400
+
+
+@pytest.mark.parametrize("host, status", [
+    ("evil.example:8097", 421), ("127.0.0.1.evil.example", 421), ("localhost:8097", 200), ("127.0.0.1", 200),
+    ("[::1]:8097", 200), ("LOCALHOST", 200), ("sim.lab.example", 200), ("a.b.lab.example", 200), ("lab.example", 421),
+])
+def test_only_the_host_names_runweb_serves_are_answered(tmp_path, host, status):
+    """DNS rebinding: a page on evil.example resolved to 127.0.0.1 is refused by its Host header,
+    before authentication or loopback trust, on every route."""
+    cfg = config.load(path=tmp_path / "none.yaml", env={}, root=tmp_path, runweb_hosts=["sim.lab.example", "*.b.lab.example"])
+    client = falcon.testing.TestClient(create_app(StubRunq(), cfg))
+    for path in ("/batch", "/worker", "/", "/health"):
+        r = client.simulate_get(path, headers={"Host": host, "Accept": "application/json"})
+        assert r.status_code == status, (path, host, r.status_code)
+        if status == 421:
+            assert r.json["status"] == "error" and "does not serve the host name" in r.json["message"]
+    r = client.simulate_post("/worker/1/drain", headers={"Host": host, "Origin": f"http://{host}"})
+    assert (r.status_code == 421) == (status == 421)
