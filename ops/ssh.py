@@ -89,10 +89,16 @@ def trust(instance: Instance, ssh: Ssh, expected: str | None, ask=input, out=pri
     if expected is not None:
         if expected.strip() != found:
             raise OpsError(f"{entry}: fingerprint {found} is not the expected {expected.strip()}: not trusted")
-    elif ask("Is this the host's key (compare with `ssh-keygen -lf` on the host)? Type yes to trust it: ") \
-            .strip().lower() != "yes":
-        out("not trusted")
-        return False
+    else:
+        try:
+            answer = ask("Is this the host's key (compare with `ssh-keygen -lf` on the host)? Type yes to trust it: ")
+        except EOFError:   # no terminal (a script, CI): nobody can say yes
+            raise OpsError(f"{entry}: no terminal to ask whether {found} is the host's key; compare it with "
+                           f"`ssh-keygen -lf` on the host and run `fab {instance.name}.trust --fingerprint {found}`") \
+                from None
+        if answer.strip().lower() != "yes":
+            out("not trusted")
+            return False
     if entry in keys and key.get_name() in keys[entry]:
         raise OpsError(f"{known} holds another {key.get_name()} key for {entry}: remove that line first "
                        f"(ssh-keygen -R '{entry}' -f {known})")

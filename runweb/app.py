@@ -24,8 +24,8 @@ PAGED = f" (?offset=0&limit={resources.DEFAULT_LIMIT}; next_offset is null on th
 # path, resource, responder suffix, {method: description}.  GET / is built from this table.
 ROUTES = (
     ("/", "index", None, {"GET": "this list of endpoints"}),
-    ("/openapi.yaml", "openapi", None, {"GET": "this API described in OpenAPI 3.1 (YAML)"}),
-    ("/openapi.json", "openapi", "json", {"GET": "this API described in OpenAPI 3.1 (JSON)"}),
+    ("/openapi.yaml", "openapi", None, {"GET": "this API described in OpenAPI 3.0 (YAML)"}),
+    ("/openapi.json", "openapi", "json", {"GET": "this API described in OpenAPI 3.0 (JSON)"}),
     ("/health", "health", None, {"GET": "runq's status, with the engines served and their worker counts; "
                                         "503 when runq does not answer"}),
     ("/batch", "batches", None, {"GET": "all batches" + PAGED}),

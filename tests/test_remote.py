@@ -145,6 +145,8 @@ def test_unknown_host_key_is_refused_until_trusted(site):
 
     out = failed(site.fab("lab.trust", "--fingerprint", "SHA256:" + "A" * 43))
     assert site.lab.fingerprint() in out and "not trusted" in out, out
+    out = failed(site.fab("lab.trust", input=""))  # no terminal (stdin closed): told how, no traceback
+    assert f"--fingerprint {site.lab.fingerprint()}" in out and "EOFError" not in out and "Traceback" not in out, out
     out = failed(site.fab("lab.trust", input="no\n"))  # asked, and not confirmed
     assert site.lab.fingerprint() in out
     assert not (site.tmp / "known_hosts").exists() or "127.0.0.1" not in (site.tmp / "known_hosts").read_text()
