@@ -164,6 +164,7 @@ def _verbs(which: str, what: str, default: str) -> Collection:
         tasks.append(make("drain", f"Drain the workers of {what}: each finishes its run, then exits.",
                           lambda c: _run(which, "drain")))
     if which not in ("all", "server"):
+        local = which == "local"
         def logs(c, process=None, size=2000):
             _run(which, "logs", process=process, size=int(size))
         tasks.append(make("logs", f"Show the end of each process's log on {what} (--process GROUP:NAME, --size).",
@@ -171,16 +172,13 @@ def _verbs(which: str, what: str, default: str) -> Collection:
 
         def trust(c, fingerprint=None):
             ctl = _control()
-            inst = ctl.instance(which)
-            if inst.is_local:
-                print("local needs no ssh")
-                return
             try:
-                _done(0 if ops_ssh.trust(inst, ctl.fleet.ssh, fingerprint) else 1)
+                _done(0 if ops_ssh.trust(ctl.instance(which), ctl.fleet.ssh, fingerprint) else 1)
             except OpsError as exc:
                 raise Exit(f"simx: {exc}", code=1)
-        tasks.append(make("trust", f"Accept {what}'s SSH host key after showing it (--fingerprint SHA256:...).",
-                          trust))
+        if not local:   # this host is reached without ssh
+            tasks.append(make("trust", f"Accept {what}'s SSH host key after showing it (--fingerprint SHA256:...).",
+                              trust))
     return Collection(which, *tasks)
 
 

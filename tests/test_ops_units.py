@@ -160,3 +160,11 @@ def test_a_well_formed_agent_reply_passes():
     reply = {"hostname": "h", "python": "/p", "error": None, "notes": ["n"], "logs": {"a:b": "x"},
              "processes": {"g:n": {"statename": "RUNNING", "pid": 1, "description": "pid 1"}}}
     assert checked(reply) is reply
+
+
+def test_fab_list_offers_no_trust_task_for_this_host():
+    import subprocess
+    from procs import PYTHON, ROOT
+    listed = subprocess.run([PYTHON, "-m", "fabric", "--list"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and "local.status" in listed.stdout
+    assert "local.trust" not in listed.stdout
