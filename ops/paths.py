@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -69,12 +70,34 @@ class Paths:
         path = self.var / "supervisor" / "supervisord.sock"
         if len(str(path)) <= MAX_SOCKET_PATH:
             return path
-        # too long for AF_UNIX: a short name in the temp dir, one per run-time directory
+        # too long for AF_UNIX: a short name in a directory private to this user, one per run-time directory
         digest = hashlib.sha1(str(self.var).encode()).hexdigest()[:12]
-        return Path(tempfile.gettempdir()) / f"simx-supervisord-{digest}.sock"
+        return private_dir() / f"supervisord-{digest}.sock"
 
     def make(self) -> None:
         """Create the run-time directories, private to this user."""
         for d in (self.var, self.conf.parent, self.log_dir):
             d.mkdir(parents=True, exist_ok=True)
             d.chmod(0o700)
+
+
+def private_dir(env=None) -> Path:
+    """A short directory only this user can enter, for sockets whose path var/ makes too long:
+    $XDG_RUNTIME_DIR/simx, else <tmp>/simx-<uid>.  Made 0700; one that exists and belongs to
+    another user, or that others may enter, is refused (someone could squat the socket's name)."""
+    from .control import OpsError   # (control imports this module)
+    env = os.environ if env is None else env
+    runtime = env.get("XDG_RUNTIME_DIR")
+    path = Path(runtime) / "simx" if runtime else Path(tempfile.gettempdir()) / f"simx-{os.getuid()}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        info = os.lstat(path)
+    except OSError as exc:
+        raise OpsError(f"cannot make the private directory {path} for supervisord's socket: {exc}") from None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise OpsError(f"{path} belongs to another user (uid {info.st_uid}) or is not a directory: it may be a "
+                       "trap for supervisord's socket; remove it, or set SIMX_VAR to a shorter path")
+    if info.st_mode & 0o077:
+        raise OpsError(f"{path} is open to other users (mode {stat.S_IMODE(info.st_mode):o}): it must be 0700 "
+                       "(chmod 700 it, or remove it)")
+    return path

@@ -168,3 +168,24 @@ def test_fab_list_offers_no_trust_task_for_this_host():
     listed = subprocess.run([PYTHON, "-m", "fabric", "--list"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0 and "local.status" in listed.stdout
     assert "local.trust" not in listed.stdout
+
+
+def test_a_long_var_puts_the_socket_in_a_private_directory_and_a_squatted_one_is_refused(tmp_path, monkeypatch):
+    import os
+    import pytest
+    from ops.control import OpsError
+    from ops.paths import Paths, private_dir
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    (tmp_path / "run").mkdir()
+    long_var = tmp_path / ("v" * 120)
+    sock = Paths(long_var).sock
+    assert sock.parent == tmp_path / "run" / "simx" and len(str(sock)) < 108
+    assert os.stat(sock.parent).st_mode & 0o777 == 0o700
+    os.chmod(sock.parent, 0o755)               # others may enter: someone could have put a socket there
+    with pytest.raises(OpsError, match="open to other users"):
+        private_dir()
+    os.chmod(sock.parent, 0o700)
+    os.rmdir(sock.parent)
+    os.symlink(tmp_path, sock.parent)          # a link planted in its place
+    with pytest.raises(OpsError, match="not a directory"):
+        private_dir()
