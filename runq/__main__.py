@@ -159,6 +159,11 @@ def main(argv=None) -> int:
     checkpointer = Checkpointer.start_for(store)   # WAL checkpoints off the loop
     log.info("database %s (instance %s); up to %d open files; %d worker secret(s), client secret %s",
              url, coordinator.instance, open_files, len(secrets.workers), "set" if secrets.client else "not set")
+    missing = [role for role, have in (("client", secrets.client), ("worker", secrets.workers)) if not have]
+    if missing:
+        log.warning("runq has no %s secret: any account on this host can connect as a %s (read every batch, "
+                    "cancel, drain, take runs); `fab runq.secrets` makes them (docs/SECURITY.md)",
+                    " or ".join(missing), " or ".join(missing))
     exposed = [h for h in cfg.runq.listen if not is_loopback(h)]
     if exposed and tls_context is None:
         log.warning("listening on %s without TLS: params, results and handshakes cross the network in "

@@ -98,12 +98,15 @@ def serialize_error(req, resp, ex: falcon.HTTPError) -> None:
     resp.media = {"status": "error", "message": message}
 
 
-def create_app(client, config: simx_config.Config) -> falcon.App:
+def create_app(client, config: simx_config.Config, own_user=None) -> falcon.App:
+    """`own_user(address, port)`: whether a loopback client runs as runweb's own Unix user
+    (default: asked of the kernel, runweb/peers.py; tests without sockets pass their own)."""
     users = auth.Users(simx_config.resolve_path(config.runweb.users_file, config.root))
     app = falcon.App(middleware=[
         request_metrics.Timing(), media.Negotiate(), hosts.KnownHosts(config.runweb.hosts, config.runweb.bind),
         origin.SameOrigin(),
-        auth.Authenticate(config.runweb.trusted, users, client, config.runweb.behind_proxy),
+        auth.Authenticate(config.runweb.trusted, users, client, config.runweb.behind_proxy,
+                          **({"own_user": own_user} if own_user is not None else {})),
         dashboard.Pages(),
     ])
     media.install(app)

@@ -34,6 +34,7 @@ import yaml
 
 from simx.config import ConfigError
 
+from . import peers
 from .errors import NotAuthenticated, TooManyLogins
 
 log = logging.getLogger(__name__)
@@ -169,19 +170,21 @@ def basic_credentials(header: str | None) -> tuple[str, str] | None:
 class Authenticate:
     """Middleware: sets ``req.context.actor`` (user name or None) and ``req.context.admin``."""
 
-    def __init__(self, trusted: Iterable[str], users: Users, client, behind_proxy: bool = False):
+    def __init__(self, trusted: Iterable[str], users: Users, client, behind_proxy: bool = False,
+                 own_user=peers.is_own_user):
         try:
             self.networks = [] if behind_proxy else [ipaddress.ip_network(net, strict=False) for net in trusted]
         except ValueError as exc:
             raise ConfigError(f"configuration runweb.trusted: {exc}") from None
         self.users, self.client = users, client
+        self.own_user = own_user   # (address, port) -> whether that local client runs as runweb's user
 
     def process_request(self, req, resp) -> None:
         req.context.actor, req.context.admin = None, False
         credentials = basic_credentials(req.get_header("Authorization"))
         if credentials is None:
-            if is_trusted(req.remote_addr, self.networks):
-                req.context.admin = True  # loopback, no credentials: the operator
+            if is_trusted(req.remote_addr, self.networks) and self.trusted_account(req):
+                req.context.admin = True  # loopback, no credentials, runweb's own account: the operator
                 return
             raise NotAuthenticated("authentication required: use HTTP basic auth (curl -u NAME:PASSWORD)")
         name, password = credentials
@@ -190,6 +193,16 @@ class Authenticate:
             self._throttle(req, name, failed=True)  # counted: past the limit, the next try gets 429
             raise NotAuthenticated("wrong user name or password")
         req.context.actor, req.context.admin = name, self.users.is_admin(name)
+
+    def trusted_account(self, req) -> bool:
+        """A trusted network's client on this host must be runweb's own account (runweb/peers.py):
+        loopback is reachable from every account of the host.  One from elsewhere: its network."""
+        addr = req.remote_addr or ""
+        try:
+            local = ipaddress.ip_address(addr).is_loopback
+        except ValueError:
+            return False
+        return not local or self.own_user(addr, req.env.get("REMOTE_PORT"))
 
     def _throttle(self, req, name: str, failed: bool) -> None:
         """Ask runq whether this address or name must wait (recording a failure first if `failed`)."""

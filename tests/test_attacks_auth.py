@@ -257,3 +257,37 @@ def test_protected_mode_and_the_old_token_are_clear_errors(tmp_path):
         done = subprocess.run([PYTHON, "-m", "runq"], env=base_env(tmp_path, port, **extra), capture_output=True,
                               text=True, timeout=30, cwd=procs.ROOT)
         assert done.returncode == 2 and says in done.stderr, done.stderr
+
+
+def test_another_local_account_is_not_trusted_by_runweb_on_loopback(stack):
+    """Loopback trust is for runweb's own Unix user: `nobody` on the same host (setpriv) gets 401
+    without a password where the operator's own curl is admin (the README's flow)."""
+    url = f"{stack.url}/worker"
+    as_nobody = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "curl", "-s",
+                                "-o", "/dev/null", "-w", "%{http_code}", url], capture_output=True, text=True,
+                               timeout=30)
+    assert as_nobody.stdout == "401", (as_nobody.stdout, as_nobody.stderr)
+    drain = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "curl", "-s",
+                            "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", f"{stack.url}/worker/1/drain"],
+                           capture_output=True, text=True, timeout=30)
+    assert drain.stdout == "401"
+    own = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url], capture_output=True,
+                         text=True, timeout=30)
+    assert own.stdout == "200"
+
+
+def test_runq_warns_at_start_when_other_local_accounts_could_use_it(tmp_path):
+    runq = procs.start_runq(tmp_path)
+    try:
+        procs.wait_until(lambda: "any account on this host can connect as a client or worker" in runq.log(), 10,
+                         what="the warning")
+    finally:
+        runq.stop()
+    port = procs.free_port()
+    env = procs.base_env(tmp_path, port, **procs.make_secrets(tmp_path))
+    runq = procs.start_runq(tmp_path, port=port, env=env, name="runq-secret")   # both secrets: no warning
+    try:
+        procs.wait_until(lambda: "listening on" in runq.log(), 10, what="runq up")
+        assert "any account on this host" not in runq.log()
+    finally:
+        runq.stop()

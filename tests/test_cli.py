@@ -215,7 +215,7 @@ def test_errors_are_one_line_with_the_http_status(stack, tmp_path):
 def write_user(tmp, name: str, password: str, admin: bool = False) -> None:
     """A user in runweb's users file under `tmp`, added as an operator adds one."""
     subprocess.run([PYTHON, "-m", "runweb.users", "add", *(["--admin"] if admin else []), name],
-                   input=password + "\n", env=procs.base_env(tmp, 0), cwd=ROOT, check=True, capture_output=True,
+                   input=password + "\n", env=procs.base_env(tmp, 8096), cwd=ROOT, check=True, capture_output=True,
                    text=True, timeout=30)
 
 

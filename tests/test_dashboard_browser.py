@@ -69,7 +69,7 @@ def carol_stack(tmp_path, request):
     gunicorn worker re-reads a changed file only every few seconds); carol's basic-auth
     header is `stack.carol`."""
     subprocess.run([procs.PYTHON, "-m", "runweb.users", "add", "carol"], input="carol's secret\n",
-                   env=procs.base_env(tmp_path, 0), cwd=procs.ROOT, check=True, capture_output=True, text=True,
+                   env=procs.base_env(tmp_path, 8096), cwd=procs.ROOT, check=True, capture_output=True, text=True,
                    timeout=30)
     stack = request.getfixturevalue("stack")
     stack.carol = {"Authorization": "Basic " + base64.b64encode(b"carol:carol's secret").decode()}
@@ -246,7 +246,7 @@ def roles_site(tmp_path):
             pass
     runq = _RolesRunq()
     cfg = config.load(path=tmp_path / "none.yaml", env={}, root=tmp_path)
-    server = make_server("127.0.0.1", 0, create_app(runq, cfg), handler_class=Quiet)
+    server = make_server("127.0.0.1", 0, create_app(runq, cfg, own_user=lambda address, port: True), handler_class=Quiet)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_port}", runq

@@ -16,6 +16,8 @@ BATCH = {"id": 7, "name": "test123", "group": "topl", "user": "topl", "engine": 
 REQUEST = b"name: test123\nengine: dummy\ngroup: topl\nuser: topl\nn_runs: 3\nparam:\n  step_count: 5\n"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}  # what curl --data-binary sends
 
+IN_PROCESS = lambda address, port: True   # noqa: E731  (no sockets here: every client is "ours")
+
 
 class StubRunq:
     """Records requests (checked against the protocol, as the real client does) and returns canned Replies."""
@@ -50,7 +52,7 @@ def cfg(tmp_path):
 
 @pytest.fixture
 def client(runq, cfg):
-    return falcon.testing.TestClient(create_app(runq, cfg), headers={"Host": "localhost"})
+    return falcon.testing.TestClient(create_app(runq, cfg, own_user=IN_PROCESS), headers={"Host": "localhost"})
 
 
 def body(result):
@@ -359,7 +361,7 @@ def test_x_forwarded_for_is_not_trusted(client, cfg):
 
 def test_trusted_networks_come_from_config(runq, tmp_path):
     cfg = config.load(path=tmp_path / "none.yaml", env={}, root=tmp_path, runweb_trusted=["203.0.113.0/24"])
-    client = falcon.testing.TestClient(create_app(runq, cfg), headers={"Host": "localhost"})
+    client = falcon.testing.TestClient(create_app(runq, cfg, own_user=IN_PROCESS), headers={"Host": "localhost"})
     assert client.simulate_get("/", remote_addr="203.0.113.7").status_code == 200
     assert client.simulate_get("/", remote_addr="127.0.0.1").status_code == 401
     with pytest.raises(config.ConfigError, match="runweb.trusted"):
@@ -387,7 +389,7 @@ def test_only_the_host_names_runweb_serves_are_answered(tmp_path, host, status):
     """DNS rebinding: a page on evil.example resolved to 127.0.0.1 is refused by its Host header,
     before authentication or loopback trust, on every route."""
     cfg = config.load(path=tmp_path / "none.yaml", env={}, root=tmp_path, runweb_hosts=["sim.lab.example", "*.b.lab.example"])
-    client = falcon.testing.TestClient(create_app(StubRunq(), cfg))
+    client = falcon.testing.TestClient(create_app(StubRunq(), cfg, own_user=IN_PROCESS))
     for path in ("/batch", "/worker", "/", "/health"):
         r = client.simulate_get(path, headers={"Host": host, "Accept": "application/json"})
         assert r.status_code == status, (path, host, r.status_code)

@@ -16,6 +16,8 @@ from test_coordinator import MEMORY, Harness
 
 REQUEST = {"name": "t", "engine": "dummy", "n_runs": 2, "param": {"step_count": 0}}
 
+IN_PROCESS = lambda address, port: True   # noqa: E731  (no sockets here: every client is "ours")
+
 
 # --- runq ---------------------------------------------------------------------------------
 
@@ -225,7 +227,7 @@ def test_behind_a_proxy_loopback_is_not_trusted(tmp_path):
         cfg = config.load(path=tmp_path / "none.yaml", env={}, root=tmp_path, runweb_behind_proxy=behind_proxy,
                           runweb_users_file=str(users_file))
         runq = StubRunq()
-        client = falcon.testing.TestClient(create_app(runq, cfg), headers={"Host": "localhost"})
+        client = falcon.testing.TestClient(create_app(runq, cfg, own_user=IN_PROCESS), headers={"Host": "localhost"})
         assert client.simulate_get("/batch", remote_addr="127.0.0.1").status_code == status
         assert client.simulate_get("/batch", remote_addr="127.0.0.1", headers=ANN).status_code == 200
         assert runq.who[-1] == ("ann", False)
