@@ -152,9 +152,12 @@ def _verbs(which: str, what: str, default: str) -> Collection:
              lambda c: _run(which, "update")),
         make("start", f"Start {what} under supervisord.", lambda c: _run(which, "start")),
         make("stop", f"Stop {what} (unfinished runs go back to the queue).", lambda c: _run(which, "stop")),
-        make("status", f"Show every process of {what}, pid, runq connection; exit 0 only when all are up.",
-             lambda c: _run(which, "status")),
     ]
+
+    def status(c, wait=0):
+        _run(which, "status", wait=float(wait))
+    tasks.append(make("status", f"Show every process of {what}, pid, runq connection; exit 0 only when all are up "
+                                "(--wait S: until they are, S seconds at most).", status))
 
     def restart(c, now=False, wait=False):
         _run(which, "restart", now=bool(now), wait=bool(wait))

@@ -15,6 +15,7 @@ import os
 import socket
 import sys
 import threading
+import time
 
 import invoke.exceptions
 import paramiko
@@ -197,10 +198,23 @@ class Control:
     # ------------------------------------------------------------------ many instances
 
     def each(self, names, action: str, groups_of, header: bool | None = None, **kw) -> list[Report]:
-        """Run `action` on each instance in parallel; print each report as it completes."""
+        """Run `action` on each instance in parallel; print each report as it completes.  A status
+        with `wait` seconds asks again (each half second) until every process is up, or the time is over."""
         header = len(names) > 1 if header is None else header
         if not names:
             return []
+        wait = float(kw.pop("wait", 0) or 0) if action == "status" else 0.0
+        if wait > 0:
+            deadline = time.monotonic() + wait
+            while True:
+                reports = [self.act(n, action, groups_of(n), connected=ops_secrets.connected_workers(
+                    self.config, self.env)) for n in names]
+                if all(r.ok for r in reports) or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.5)
+            for report in reports:
+                self._show(report, header)
+            return reports
         if action == "status" and "connected" not in kw:
             kw["connected"] = ops_secrets.connected_workers(self.config, self.env)
         with concurrent.futures.ThreadPoolExecutor(max_workers=min(32, len(names))) as pool:

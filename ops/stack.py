@@ -14,9 +14,13 @@ from simx import config as simx_config
 
 from . import settings
 from .agent import Agent
+from .control import OpsError
 from .hosts import Instance
 from .paths import Paths
 from .render import RUNQ, RUNWEB, expected_processes, render
+
+
+RUNQ_ANSWERS_WITHIN = 30.0   # seconds `fab runq.start` waits for runq to answer after supervisord starts it
 
 
 class Stack:
@@ -73,6 +77,28 @@ class Stack:
         self.write()
         self._act(self.agent.start, groups)
         self.show(groups)
+        if RUNQ in groups:
+            self.await_runq()
+
+    def await_runq(self, timeout: float = RUNQ_ANSWERS_WITHIN) -> None:
+        """supervisord says RUNNING after startsecs, which on a loaded machine can come before runq
+        listens: return when runq answers Ping (or say it does not)."""
+        from simx.client import RunqUnavailable
+        from simx.process import wait_until
+        from . import secrets as ops_secrets
+
+        def answers() -> bool:
+            client = ops_secrets.runq_client(self.config, self.env, timeout=2.0)
+            try:
+                return client.request("Ping").get("status") == "ok"
+            finally:
+                client.close()
+        try:
+            wait_until(answers, timeout, 0.1, "runq", retry_on=(RunqUnavailable, OSError), timed_out=TimeoutError)
+        except TimeoutError:
+            raise OpsError(f"runq is RUNNING but does not answer on {self.config.runq.host}:{self.config.runq.port} "
+                           f"after {timeout:.0f} s; see `fab local.logs --process runq:runq`") from None
+        self.out(f"runq answers on {self.config.runq.host}:{self.config.runq.port}")
 
     def stop(self, groups) -> None:
         self._act(self.agent.stop, groups)

@@ -88,8 +88,8 @@ def test_fab_list_shows_every_task_with_a_description(ops):
 def test_runq_start_status_stop(ops):
     out = ok(ops.fab("runq.start"))
     assert re.search(r"^runq\s+RUNNING", out, re.M), out
-    # RUNNING (after startsecs=1) does not mean listening yet on a loaded machine
-    wait_until(lambda: ping(ops.runq_port)["status"] == "ok", 20, what="runq to answer")
+    assert f"runq answers on 127.0.0.1:{ops.runq_port}" in out, out
+    assert ping(ops.runq_port)["status"] == "ok"    # start returned once runq answers, not at RUNNING
     assert re.search(r"^runq\s+RUNNING", ok(ops.fab("runq.status")), re.M)
     # the generated config works with plain supervisorctl too
     ctl = subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", str(ops.sup.paths.conf),
@@ -136,8 +136,9 @@ def test_local_starts_three_workers_that_register_with_runq(ops):
     for name in WORKERS:
         assert re.search(rf"^{name.split(':')[1]}\s+RUNNING", out, re.M), out
     assert all(ops.states()[w] == "RUNNING" for w in WORKERS)
-    wait_until(lambda: len(workers_connected(ops.runq_port)) == 3, 20, what="3 workers in WorkerList")
-    ok(ops.fab("local.status"))
+    out = ok(ops.fab("local.status", "--wait", "30"))   # right after: it waits until they are connected
+    assert out.count("connected to runq") == 3 and "NOT connected" not in out, out
+    assert len(workers_connected(ops.runq_port)) == 3
     failed(ops.fab("all.status"))  # runweb is not running
 
     ok(ops.fab("local.stop"))
