@@ -163,6 +163,9 @@ def _verbs(which: str, what: str, default: str) -> Collection:
         _run(which, "restart", now=bool(now), wait=bool(wait))
     tasks.append(make("restart", f"Restart {what}: workers drain and come back one by one (--wait, --now).",
                       restart))
+    if which != "local":   # this host's: `fab shutdown`
+        tasks.append(make("shutdown", f"Stop every process of {what}, then its supervisord.",
+                          lambda c: _run(which, "shutdown")))
     if which != "server":
         tasks.append(make("drain", f"Drain the workers of {what}: each finishes its run, then exits.",
                           lambda c: _run(which, "drain")))

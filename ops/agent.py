@@ -151,7 +151,7 @@ def main(argv=None) -> int:
             getattr(agent, args.action)()
         elif args.action == "logs":
             reply["logs"] = agent.logs([args.name] if args.name else [], args.groups, args.size)
-        if args.action != "logs":
+        if args.action not in ("logs", "shutdown"):
             reply["processes"] = agent.status(args.groups)
     except (OpsError, *RPC_ERRORS) as exc:
         reply["error"] = str(exc)

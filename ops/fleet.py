@@ -157,6 +157,8 @@ class Control:
         if action == "logs":
             self._logs(reply.get("logs") or {}, out)
             return
+        if action == "shutdown":   # its notes said what was stopped
+            return
         known = reply.get("processes")  # None: supervisord is not running there
         configured = self.pools(name) + (SERVER_GROUPS if self.fleet.server == name else [])
         rows = status_rows(inst, groups, known, configured)
@@ -266,6 +268,10 @@ class Control:
             reports += self.each(names, action, lambda n: self.groups(n, False, True), header=True, **kw)
             if action == "stop":
                 reports += self.each([self.fleet.server], action, lambda n: SERVER_GROUPS, header=True)
+        elif action == "shutdown" and which == "all":   # every host's supervisord, the server's last
+            others = [n for n in names if n != self.fleet.server]
+            reports += self.each(others, action, groups_of, header=True)
+            reports += self.each([self.fleet.server], action, groups_of, header=True)
         elif action == "restart" and which == "all":  # the server first, then the pools
             reports += self.each([self.fleet.server], action, lambda n: SERVER_GROUPS, header=True, now=True)
             reports += self.each(names, action, lambda n: self.groups(n, False, True), header=True, **kw)
