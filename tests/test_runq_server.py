@@ -226,7 +226,10 @@ def test_database_is_private_and_an_open_one_is_tightened(tmp_path):
     import sqlite3
     import stat
     db = tmp_path / "runq.sqlite"
-    sqlite3.connect(db).close()
+    conn = sqlite3.connect(db)   # a real (non-empty) database: an empty file is refused
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    conn.close()
     os.chmod(db, 0o644)
     runq = start_runq(tmp_path)
     try:

@@ -139,11 +139,10 @@ def test_a_full_disk_under_the_database_is_a_state_and_nothing_acknowledged_is_l
         assert c.request("StartBatch", name="before", group="", user="", engine="dummy", n_runs=1,
                          param={})["message"] == "batch started"
         filler = disk / "filler"
-        with open(filler, "wb") as f:    # fill the disk
+        with open(filler, "wb", buffering=0) as f:    # fill the disk (unbuffered: closing writes nothing)
             try:
                 while True:
                     f.write(b"\0" * 65536)
-                    f.flush()
             except OSError:
                 pass
         replies = {}
