@@ -99,7 +99,7 @@ def serialize_error(req, resp, ex: falcon.HTTPError) -> None:
 
 
 def create_app(client, config: simx_config.Config, own_user=None) -> falcon.App:
-    """`own_user(address, port)`: whether a loopback client runs as runweb's own Unix user
+    """`own_user(address, port, server)`: whether a loopback client runs as runweb's own Unix user
     (default: asked of the kernel, runweb/peers.py; tests without sockets pass their own)."""
     users = auth.Users(simx_config.resolve_path(config.runweb.users_file, config.root))
     app = falcon.App(middleware=[

@@ -167,6 +167,15 @@ def basic_credentials(header: str | None) -> tuple[str, str] | None:
     return (name, password) if sep else None
 
 
+def server_end(env) -> tuple[str, int] | None:
+    """runweb's end of the request's connection (gunicorn gives the socket), or None."""
+    try:
+        end = env["gunicorn.socket"].getsockname()
+    except (KeyError, AttributeError, OSError):
+        return None
+    return (end[0], end[1]) if isinstance(end, tuple) else None
+
+
 class Authenticate:
     """Middleware: sets ``req.context.actor`` (user name or None) and ``req.context.admin``."""
 
@@ -177,7 +186,7 @@ class Authenticate:
         except ValueError as exc:
             raise ConfigError(f"configuration runweb.trusted: {exc}") from None
         self.users, self.client = users, client
-        self.own_user = own_user   # (address, port) -> whether that local client runs as runweb's user
+        self.own_user = own_user   # (address, port, server end) -> whether that local client runs as runweb's user
 
     def process_request(self, req, resp) -> None:
         req.context.actor, req.context.admin = None, False
@@ -202,7 +211,7 @@ class Authenticate:
             local = ipaddress.ip_address(addr).is_loopback
         except ValueError:
             return False
-        return not local or self.own_user(addr, req.env.get("REMOTE_PORT"))
+        return not local or self.own_user(addr, req.env.get("REMOTE_PORT"), server_end(req.env))
 
     def _throttle(self, req, name: str, failed: bool) -> None:
         """Ask runq whether this address or name must wait (recording a failure first if `failed`)."""

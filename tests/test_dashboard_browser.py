@@ -246,7 +246,7 @@ def roles_site(tmp_path):
             pass
     runq = _RolesRunq()
     cfg = config.load(path=tmp_path / "none.yaml", env={}, root=tmp_path)
-    server = make_server("127.0.0.1", 0, create_app(runq, cfg, own_user=lambda address, port: True), handler_class=Quiet)
+    server = make_server("127.0.0.1", 0, create_app(runq, cfg, own_user=lambda address, port, server=None: True), handler_class=Quiet)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_port}", runq

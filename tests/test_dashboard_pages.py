@@ -14,7 +14,7 @@ CHROME_ACCEPT = ("text/html,application/xhtml+xml,application/xml;q=0.9,image/av
 PAGES = ["/", "/batch", "/batches", "/batch/7", "/batch/7/run/2", "/worker", "/workers", "/worker/3",
          "/user/alice"]
 
-IN_PROCESS = lambda address, port: True   # noqa: E731  (no sockets here: every client is "ours")
+IN_PROCESS = lambda address, port, server=None: True   # noqa: E731  (no sockets here: every client is "ours")
 
 
 class StubRunq:

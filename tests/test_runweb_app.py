@@ -16,7 +16,7 @@ BATCH = {"id": 7, "name": "test123", "group": "topl", "user": "topl", "engine": 
 REQUEST = b"name: test123\nengine: dummy\ngroup: topl\nuser: topl\nn_runs: 3\nparam:\n  step_count: 5\n"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}  # what curl --data-binary sends
 
-IN_PROCESS = lambda address, port: True   # noqa: E731  (no sockets here: every client is "ours")
+IN_PROCESS = lambda address, port, server=None: True   # noqa: E731  (no sockets here: every client is "ours")
 
 
 class StubRunq:

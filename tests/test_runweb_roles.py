@@ -16,7 +16,7 @@ from test_coordinator import MEMORY, Harness
 
 REQUEST = {"name": "t", "engine": "dummy", "n_runs": 2, "param": {"step_count": 0}}
 
-IN_PROCESS = lambda address, port: True   # noqa: E731  (no sockets here: every client is "ours")
+IN_PROCESS = lambda address, port, server=None: True   # noqa: E731  (no sockets here: every client is "ours")
 
 
 # --- runq ---------------------------------------------------------------------------------
