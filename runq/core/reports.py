@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-MAX_RECENT = 100_000   # attempts remembered (about 150 bytes each)
+# Attempts remembered, about 200 bytes each (2 MB).  What comes back is a reconnecting worker's
+# unacknowledged reports, at most its prefetch + 1; 10,000 covers a fleet of 2,000 reconnecting
+# at once.  A report older than that is still safe: its attempt has ended, so it changes nothing.
+MAX_RECENT = 10_000
 
 
 class RecentReports:
