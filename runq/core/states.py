@@ -1,6 +1,8 @@
 """Run, batch and worker states as tables: the legal run edges, how an attempt's end moves
 its run, a worker's state from what it holds.  States are lowercase strings, stored as they
 are; their names are shared vocabulary (simx/records.py)."""
+import itertools
+
 from simx import records
 
 WAITING, RUNNING, FINISHED, FAILED, CANCELLED = records.RUN_STATES   # each has a batch counter n_<state>
@@ -99,8 +101,16 @@ WORKER_STATES = (
 )
 
 
-def worker_state(holds: bool, aborting: bool, draining: bool, broken: bool) -> str:
+def _first_match(facts: tuple) -> str:
     for pattern, state in WORKER_STATES:
-        if all(p is None or p == v for p, v in zip(pattern, (holds, aborting, draining, broken))):
+        if all(p is None or p == v for p, v in zip(pattern, facts)):
             return state
-    raise AssertionError("WORKER_STATES covers every case")
+    raise AssertionError(f"WORKER_STATES covers every case, not {facts}")
+
+
+# the table resolved for each of the 16 cases once (it is asked on every report and dispatch)
+_WORKER_STATE = {facts: _first_match(facts) for facts in itertools.product((False, True), repeat=4)}
+
+
+def worker_state(holds: bool, aborting: bool, draining: bool, broken: bool) -> str:
+    return _WORKER_STATE[bool(holds), bool(aborting), bool(draining), bool(broken)]
