@@ -9,6 +9,7 @@ and the reader's ``ReadStore`` (``reader()``).  Any SQLAlchemy URL; SQLite in WA
 from __future__ import annotations
 
 import logging
+import operator
 import sqlite3
 import uuid
 
@@ -122,11 +123,12 @@ class SqlStore(Writes):
             compiled = self._compiled.get((stmt, keys))
             if compiled is None:
                 c = stmt.compile(dialect=self.engine.dialect, column_keys=list(keys))
-                compiled = self._compiled[(stmt, keys)] = (c.string, tuple(c.positiontup))
-            sql, order = compiled
+                order = tuple(c.positiontup)
+                pick = operator.itemgetter(*order) if len(order) > 1 else (lambda row: tuple(row[k] for k in order))
+                compiled = self._compiled[(stmt, keys)] = (c.string, pick)
+            sql, pick = compiled
             # the DBAPI cursor of this transaction's connection: no SQLAlchemy bookkeeping per call
-            conn.connection.driver_connection.cursor().executemany(sql, [tuple(row[k] for k in order)
-                                                                         for row in group])
+            conn.connection.driver_connection.cursor().executemany(sql, list(map(pick, group)))
 
     def commit(self) -> None:
         """Write everything buffered in one transaction."""
