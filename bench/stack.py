@@ -19,14 +19,11 @@ import shutil
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 
 from common import PY, ROOT, free_port, stop_all, wait_until  # noqa: E402  (bench/ is on sys.path)
 import report  # noqa: E402
 
-SIMX_ENV = ("RUNQ_HOST", "RUNQ_PORT", "RUNQ_LISTEN", "SIMX_DB_URL", "SIMX_DB_SYNCHRONOUS", "RUNWEB_PAGE_CACHE", "SIMX_LOG_LEVEL", "SIMX_VAR", "RUNWEB_PORT",
-            "RUNWEB_BIND", "RUNQ_HEARTBEAT", "RUNQ_LEASE", "RUNQ_GRACE", "SIMX_WORKER_SECRET_FILE",
-            "SIMX_CLIENT_SECRET_FILE", "SIMX_TLS_CERT", "SIMX_TLS_KEY", "SIMX_TLS_CA")
+from simx import localstack  # noqa: E402  (the processes start as the test suite starts them)
 
 
 @dataclasses.dataclass
@@ -89,25 +86,15 @@ class BenchStack:
         self.runq: subprocess.Popen | None = None
         self.runweb: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
-        self.env = {k: v for k, v in os.environ.items() if k not in SIMX_ENV}
-        self.env.update(RUNQ_HOST="127.0.0.1", RUNQ_PORT=str(self.port), RUNQ_LISTEN="127.0.0.1",
-                        SIMX_DB_URL=f"sqlite:///{self.tmp}/runq.sqlite", SIMX_VAR=f"{self.tmp}/var",
-                        SIMX_LOG_LEVEL="WARNING", RUNWEB_BIND="127.0.0.1", PYTHONUNBUFFERED="1")
+        self.env = localstack.stack_env(self.tmp, self.port, SIMX_LOG_LEVEL="WARNING")
         if self.options.secrets:
-            self._secrets()
+            self.env.update(localstack.write_secrets(self.tmp))
         if self.options.tls:
             self._tls()
         self._client = None
         self._http = None
 
     # ---- set-up
-    def _secrets(self):
-        from simx import auth
-        for role in ("worker", "client"):
-            path = Path(self.tmp) / "secrets" / f"{role}.secret"
-            auth.write_secret(path)
-            self.env[f"SIMX_{role.upper()}_SECRET_FILE"] = str(path)
-
     def _tls(self):
         cert, key = f"{self.tmp}/runq.crt", f"{self.tmp}/runq.key"
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
@@ -129,8 +116,8 @@ class BenchStack:
         if self._client is None:
             from simx import config
             from simx.client import RunqClient
-            saved = {k: os.environ.get(k) for k in SIMX_ENV}
-            os.environ.update({k: v for k, v in self.env.items() if k in SIMX_ENV})
+            saved = {k: os.environ.get(k) for k in {*os.environ, *self.env} if k.startswith(localstack.PREFIXES)}
+            os.environ.update({k: v for k, v in self.env.items() if k.startswith(localstack.PREFIXES)})
             try:
                 self._client = RunqClient.from_config(config.load(), timeout=60, port=self.port)
             finally:
@@ -148,12 +135,10 @@ class BenchStack:
         return reply
 
     def start_runq(self, env_extra: dict | None = None, timeout: float = 60) -> subprocess.Popen:
-        cmd = [PY, "-m", "runq"]
         env = dict(self.env, SIMX_DB_SYNCHRONOUS=self.options.sync.upper(), **(env_extra or {}))
-        self.runq = self.spawn(cmd, "runq", env)
         self._client = None
-        wait_until(lambda: self.runq.poll() is None and self.request("Ping")["status"] == "ok", timeout,
-                   f"runq up on {self.port} (log {self.tmp}/runq.log)")
+        self.runq = localstack.start_runq(self.tmp, lambda port: self.request("Ping")["status"] == "ok", self.port,
+                                          env, timeout).popen
         return self.runq
 
     def stop_runq(self, kill: bool = False):
@@ -166,15 +151,9 @@ class BenchStack:
     # ---- runweb
     def start_runweb(self, workers: int | None = None, env_extra: dict | None = None) -> subprocess.Popen:
         self.web_port = free_port()
-        cmd = [PY, "-m", "runweb", "--port", str(self.web_port), "--bind", "127.0.0.1"]
-        if workers:
-            cmd += ["--workers", str(workers)]
         env = dict(self.env, RUNWEB_PORT=str(self.web_port), **(env_extra or {}))
-        self.runweb = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                                       stdout=subprocess.DEVNULL, stderr=self.log("runweb"),
-                                       start_new_session=True)
-        wait_until(lambda: self.http().request("GET", "/health")[0] == 200, 60,
-                   f"runweb up on {self.web_port} (log {self.tmp}/runweb.log)")
+        self.runweb = localstack.start_runweb(self.tmp, self.port, lambda url: self.http().request("GET", "/health")[0]
+                                              == 200, self.web_port, env, workers, timeout=60, access_log=False).popen
         return self.runweb
 
     def http(self) -> HTTP:
