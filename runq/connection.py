@@ -21,6 +21,8 @@ from simx import protocol
 
 log = logging.getLogger("runq.server")
 
+SILENT = "worker silent too long"   # why an idle worker's connection is closed (the core is told)
+
 
 class LogQuota:
     """Lines about misbehaving peers: at most `burst` per `period` seconds, the rest counted and
@@ -92,7 +94,7 @@ class Connection:
         """When this connection is next due for closing, and why."""
         if (self.role == "worker" and self.frame_started is None and not self.paused  # the common case:
                 and not self.reading):                                                # an idle worker
-            return self.last_input + idle_timeout, "worker silent too long"
+            return self.last_input + idle_timeout, SILENT
         times = [(math.inf, "")]
         if self.role is None:
             times.append((self.opened + limits.auth_timeout, "did not say who it is in time"))
@@ -104,7 +106,7 @@ class Connection:
             begun = self.last_input if self.role == "worker" else self.frame_started
             times.append((begun + limits.frame_timeout, "did not finish a frame in time"))
         if self.role == "worker":
-            times.append((self.last_input + idle_timeout, "worker silent too long"))
+            times.append((self.last_input + idle_timeout, SILENT))
         return min(times)
 
 

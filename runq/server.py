@@ -31,7 +31,7 @@ from simx import protocol
 from simx.config import Limits
 from .acceptor import Acceptor
 from .committer import Committer
-from .connection import Connection, Deadlines, LogQuota
+from .connection import SILENT, Connection, Deadlines, LogQuota
 
 log = logging.getLogger("runq.server")
 
@@ -276,7 +276,7 @@ class Server:
     def _expire(self, now: float) -> None:
         for conn, reason in self.deadlines.expired(now):
             self.peer_log(logging.INFO, "%r %s; closing it", conn, reason)
-            self._finish_close(conn)
+            self._finish_close(conn, silent=reason == SILENT)
 
     def _queue(self, out) -> None:
         """Encode what the core wants sent: after this turn's commit, or at once where it depends
@@ -378,7 +378,8 @@ class Server:
             self.sel.unregister(conn.sock)
         conn.events = events
 
-    def _finish_close(self, conn: Connection) -> None:
+    def _finish_close(self, conn: Connection, silent: bool = False) -> None:
+        """Close `conn` and tell the core; `silent`: closed because the worker said nothing."""
         if conn.closed:
             return
         conn.closed = True
@@ -397,4 +398,4 @@ class Server:
             self.acceptor.count_unauth(conn.peer, -1)
         # The coordinator's reaction (a worker now disconnected) is buffered like any
         # other change; nothing needs sending for it.
-        self._queue(self.coord.disconnected(conn, self.clock()))
+        self._queue(self.coord.disconnected(conn, self.clock(), silent))

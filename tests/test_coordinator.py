@@ -249,6 +249,55 @@ def test_silent_worker_loses_its_lease_and_late_result_is_rejected(h):
     assert h.batch()["batch"]["n_finished"] == 1
 
 
+def test_worker_cut_off_for_silence_loses_its_run_at_the_lease_and_its_late_result_is_refused(h):
+    """A cut network: runq closes the silent connection (worker_idle_factor heartbeats, here
+    just before the lease ends); the lease still runs, so the run is requeued at the lease, not
+    after the grace.  The worker comes back within grace with its result: refused as stale, not
+    counted; the run is finished once, by the next attempt, and the worker is idle again."""
+    w1 = h.worker("w1")
+    start(h, 1)
+    first = h.assigned("w1")[-1]
+    w2 = h.worker("w2")
+    h.now += 29
+    h._run(h.coord.disconnected("w1", h.now, silent=True))
+    h.tick(0.5)
+    assert h.assigned("w2") == []                      # t+29.5: within the lease
+    h.tick(1)                                          # t+30.5: the lease ran out (the grace has not)
+    second = h.assigned("w2")[-1]
+    assert (second["batch_index"], second["attempt"]) == (0, 2)
+    (gone,) = [w for w in h.request("WorkerList")["workers"] if w["id"] == w1]
+    assert (gone["state"], gone["connected"], gone["batch_id"]) == ("disconnected", False, None)
+    h.tick(10)                                         # back within grace, with its finished run
+    assert h.reconnect("w1b", w1, first)["keep_run"] is False
+    ack = h.report("w1b", w1, first)[-1][1]
+    assert (ack["type"], ack["accepted"], ack["message"]) == ("RunqAck", False, "stale attempt")
+    h.report("w2", w2, second)
+    batch = h.batch()["batch"]
+    assert (batch["state"], batch["n_finished"]) == ("done", 1)
+    run = h.request("RunStatus", batch_id=1, batch_index=0)["run"]
+    assert [(a["attempt"], a["worker_id"], a["outcome"]) for a in run["attempts"]] == [(1, w1, "lost"),
+                                                                                         (2, w2, "finished")]
+    assert run["attempts"][0]["message"] == "worker lease expired"
+    (back,) = [w for w in h.request("WorkerList")["workers"] if w["id"] == w1]
+    assert (back["state"], back["connected"]) == ("idle", True)
+    start(h, 2)                                        # and it is given work again
+    assert h.assigned("w1b")
+
+
+def test_worker_whose_connection_closed_keeps_its_run_past_the_lease_within_grace(h):
+    """A connection the worker's side closed (not cut for silence) is judged by the grace alone."""
+    wid = h.worker("w1")
+    start(h, 1)
+    a = h.assigned("w1")[-1]
+    h.now += 29
+    h._run(h.coord.disconnected("w1", h.now))
+    h.tick(20)                                         # t+49: the lease would have run out
+    assert h.batch()["batch"]["n_running"] == 1
+    assert h.reconnect("w1b", wid, a)["keep_run"] is True
+    assert h.report("w1b", wid, a)[-1][1]["accepted"] is True
+    assert h.batch()["batch"]["n_finished"] == 1
+
+
 def test_restart_readopts_running_runs_and_duplicate_report_counts_once(h):
     wids = {c: h.worker(c) for c in ("w1", "w2")}
     start(h, 3)

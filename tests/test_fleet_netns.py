@@ -1,4 +1,4 @@
-"""A fleet of three hosts with their own addresses: network namespaces joined by veth pairs to one bridge.
+"""A fleet of hosts with their own addresses: network namespaces joined by veth pairs to one bridge.
 
 Each namespace runs its own sshd (tests/sshhosts.py) and has its own directory;
 runq (under this machine's supervisord, the `local` server) listens on loopback
@@ -26,9 +26,12 @@ FAB = [sys.executable, "-m", "fabric"]
 
 
 @pytest.fixture
-def fleet():
+def fleet(request):
+    """Three hosts of two dummy workers each; a test may ask for other numbers and runq settings
+    with indirect parametrization: dict(hosts=2, count=1, settings=dict(RUNQ_LEASE=6))."""
+    shape = {"hosts": 3, "count": 2, "settings": {}, **getattr(request, "param", {})}
     tmp = Path(tempfile.mkdtemp(prefix="sxf-", dir="/tmp"))
-    lab = NetnsLab(3)
+    lab = NetnsLab(shape["hosts"])
     hosts: list[SshHost] = []
     env = None
     try:
@@ -37,14 +40,15 @@ def fleet():
         for i, (ns, addr) in enumerate(zip(lab.namespaces, lab.addresses), 1):
             hosts.append(SshHost(tmp, f"h{i}", key, address=addr, port=22, netns=ns).start())
         runq_port, runweb_port = free_port(), free_port()
-        pools = "[{name: dummy, engine: dummy, count: 2}]"
+        pools = f"[{{name: dummy, engine: dummy, count: {shape['count']}}}]"
         hosts_file = tmp / "hosts.yaml"
         hosts_file.write_text("server: local\nssh: {connect_timeout: 5}\ninstances:\n  local: {pools: []}\n"
                               + "".join(h.instance_yaml(lab.gateway, pools) for h in hosts))
         # runq listens beyond loopback, so it needs both secrets (protected mode); fab copies the
         # worker secret to each host, and the hosts' workers authenticate with it
         env = base_env(tmp, runq_port, RUNWEB_PORT=runweb_port, RUNQ_LISTEN=f"127.0.0.1,{lab.gateway}",
-                       SIMX_HOSTS=hosts_file, SIMX_KNOWN_HOSTS=tmp / "known_hosts", **make_secrets(tmp))
+                       SIMX_HOSTS=hosts_file, SIMX_KNOWN_HOSTS=tmp / "known_hosts", **make_secrets(tmp),
+                       **shape["settings"])
 
         def fab(*args, timeout=600):
             return subprocess.run(FAB + list(args), cwd=ROOT, env=env, capture_output=True, text=True,
@@ -95,6 +99,88 @@ def test_fab_all_deploys_three_hosts_a_batch_spreads_over_them_and_all_stop_stop
     for h in fleet.hosts:
         assert {i["statename"] for i in Supervisor(Paths(h.dir / "var")).processes().values()} == {"STOPPED"}
     assert Supervisor(Paths(Path(fleet.env["SIMX_VAR"]))).processes()["runq:runq"]["statename"] == "STOPPED"
+
+
+# The default settings' proportions (heartbeat 10 s, lease 30 s: runq cuts a worker silent for
+# worker_idle_factor = 3 heartbeats at the lease), scaled down; a grace ten times the lease, so a
+# run requeued within the test's waits was requeued by the lease, not by the grace.
+LEASE_SETTINGS = dict(RUNQ_HEARTBEAT=2, RUNQ_LEASE=6, RUNQ_GRACE=60)
+
+
+@pytest.mark.parametrize("fleet", [dict(hosts=2, count=1, settings=LEASE_SETTINGS)], indirect=True)
+def test_host_cut_off_past_the_lease_loses_its_run_the_run_finishes_once_and_the_late_result_is_refused(fleet):
+    """A host's veth is set down while its worker computes a run, for longer than the lease and
+    the run: runq requeues the run at the lease and the other host finishes it.  Once the link is
+    up the cut-off worker comes back (same id) with its finished report, which runq refuses as a
+    stale attempt (docs/ARCHITECTURE.md, "Leases, grace and late reports"): one finished attempt,
+    one result, and the worker takes runs again."""
+    for h in fleet.hosts:
+        ok(fleet.fab(f"{h.name}.trust", "--fingerprint", h.fingerprint()))
+    ok(fleet.fab("all"))
+    wait_until(lambda: len(workers_connected(fleet.runq_port, fleet.env)) == 2, 60, what="a worker on each host")
+    def view(path):
+        return http("GET", f"{fleet.url}{path}", headers={"Accept": "application/json"})[2]
+
+    def done(batch_id):
+        def check():
+            page = view(f"/batch/{batch_id}")
+            return page if page["batch"]["state"] == "done" else None
+        return check
+
+    # 12 steps of 0.5 s: 6 s, as long as the lease, so its end is long over when the other host ends it
+    body = {"name": "cut", "engine": "dummy", "n_runs": 1, "param": {"step_count": 12, "step_delay": 0.5}}
+    status, _, reply = http("POST", f"{fleet.url}/batch/new", body)
+    assert status == 201, reply
+    run_path = f"/batch/{reply['batch_id']}/run/0"
+
+    def computing():
+        run = view(run_path)["run"]
+        return run if run["state"] == "running" and run["progress"] > 0 else None
+    first = wait_until(computing, 30, interval=0.1, what="the run computing on a host")
+    cut = fleet.lab.addresses.index(first["address"])
+    other = fleet.lab.addresses[1 - cut]
+    worker_log = fleet.hosts[cut].dir / "var" / "log" / "worker-dummy_00.log"
+    runq_log = Path(fleet.env["SIMX_VAR"]) / "log" / "runq.log"
+
+    subprocess.run(["ip", "link", "set", fleet.lab.veths[cut], "down"], check=True)
+    try:
+        # well within the grace (60 s): only the lease can have requeued it
+        wait_until(done(reply["batch_id"]), 40, interval=0.3,
+                   what="the run requeued at the lease and finished on the other host")
+        ended = view(run_path)["run"]
+        assert (ended["attempt"], ended["address"]) == (2, other), ended
+    finally:
+        subprocess.run(["ip", "link", "set", fleet.lab.veths[cut], "up"], check=True)
+
+    rejected = (f"rejected WorkerFinishedRun from worker {first['worker_id']} for run "
+                f"({reply['batch_id']}, 0) attempt 1: not its current attempt")
+    wait_until(lambda: rejected in runq_log.read_text(), 60, interval=0.3,
+               what=f"the cut-off worker's late result refused by runq ({runq_log})")
+    assert f"finished report of run {reply['batch_id']}/0#1 acked (accepted False: stale attempt)" \
+        in worker_log.read_text()
+
+    def back():
+        workers = {w["id"]: w for w in workers_connected(fleet.runq_port, fleet.env)}
+        worker = workers.get(first["worker_id"])
+        return worker if worker is not None and worker["state"] == "idle" else None
+    returned = wait_until(back, 30, what="the cut-off worker connected and idle, under its own id")
+    assert returned["ipaddr"] == first["address"]
+
+    run = view(run_path)["run"]
+    assert run["state"] == "finished" and run["attempt"] == 2, run
+    assert [(a["attempt"], a["worker_id"], a["outcome"], a["message"]) for a in run["attempts"]] == [
+        (1, first["worker_id"], "lost", "worker lease expired"), (2, ended["worker_id"], "finished", None)]
+    batch = view(f"/batch/{reply['batch_id']}?runs=none")["batch"]
+    assert (batch["n_finished"], batch["n_failed"], batch["n_waiting"], batch["n_running"]) == (1, 0, 0, 0)
+    _, _, results = http("GET", f"{fleet.url}/batch/{reply['batch_id']}/results?format=csv")
+    assert len(results.strip().splitlines()) == 2, results   # the header and one result
+
+    # the worker that was cut off takes runs again: two runs, one on each host
+    status, _, again = http("POST", f"{fleet.url}/batch/new", dict(body, name="after", n_runs=2,
+                                                                  param={"step_count": 4, "step_delay": 0.5}))
+    assert status == 201, again
+    final = wait_until(done(again["batch_id"]), 30, interval=0.3, what="the second batch")
+    assert {r["address"] for r in final["runs"]} == set(fleet.lab.addresses)
 
 
 def test_teardown_kills_what_runs_in_a_namespace_and_removes_it():

@@ -182,7 +182,7 @@ class BuggyCoordinator:
         self.store.buffered += 1
         raise KeyError("a bug in the core")
 
-    def disconnected(self, conn, now):
+    def disconnected(self, conn, now, silent=False):
         return Output()
 
     def next_deadline(self):

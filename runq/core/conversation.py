@@ -109,7 +109,7 @@ class Conversation:
                 c.send(worker.conn, None)  # a half-open old connection: drop it
             log.info("worker %d reconnected", wid)
         c.conns[conn] = wid
-        worker.conn, worker.last_contact, worker.disconnected_at = conn, now, None
+        worker.conn, worker.last_contact, worker.disconnected_at, worker.cut_off = conn, now, None, False
         worker.ipaddr = address or worker.ipaddr
         worker.prefetch = prefetch
         for key in list(worker.held):   # what it held unstarted went with the old session

@@ -134,9 +134,11 @@ class Coordinator:
         self.peers.unsendable(conn, msg, problem)
         return self.take_output()
 
-    def disconnected(self, conn, now: float) -> Output:
+    def disconnected(self, conn, now: float, silent: bool = False) -> Output:
+        """`silent`: the shell closed it because the worker said nothing for worker_idle_factor
+        heartbeats (a cut network looks like that): its lease keeps running, as for any silence."""
         self.peers.forget(conn)
-        self.dispatch.disconnected(conn, now)
+        self.dispatch.disconnected(conn, now, silent)
         return self.take_output()
 
     def tick(self, now: float) -> Output:

@@ -85,10 +85,15 @@ class Deadlines:
             self.c.dispatch.dispatch_batch(batch, now)
 
     def lease_due(self, wid: int, now: float) -> None:
-        """The lease runs from the last word of the worker or the dispatch, whichever is later."""
+        """The lease runs from the last word of the worker or the dispatch, whichever is later.
+
+        It runs while the worker is connected, and on after runq closed the connection for
+        silence (``Worker.cut_off``: a cut network is silence, and the idle cut-off comes at
+        about the same time as the lease with the default settings, 3 x 10 s and 30 s).  A
+        connection that closed otherwise leaves the run to the grace timer."""
         worker = self.c.workers.get(wid)
-        if worker is None or worker.conn is None or not worker.run:
-            return   # idle (no lease), or disconnected (the grace timer decides)
+        if worker is None or not worker.run or (worker.conn is None and not worker.cut_off):
+            return   # idle (no lease), or disconnected by its own side (the grace timer decides)
         run = self.c.runs.get(worker.run)
         if run is None:
             return
@@ -99,6 +104,8 @@ class Deadlines:
         log.warning("worker %d silent for %.0fs (lease %.0fs): requeueing run %s",
                     worker.id, now - worker.last_contact, self.config.lease, worker.run)
         self.c.lifecycle.release_all(worker, states.OUTCOME_LOST, "worker lease expired", now)
+        if worker.conn is None:   # dispatch_worker writes a connected worker's row
+            self.c.store.update_worker(worker.state_row())
 
     def grace_due(self, wid: int, now: float) -> None:
         worker = self.c.workers.get(wid)

@@ -135,13 +135,16 @@ class Dispatch:
         return None
 
     # ---- worker state
-    def disconnected(self, conn, now: float) -> None:
+    def disconnected(self, conn, now: float, silent: bool = False) -> None:
+        """The worker's connection closed: the grace timer starts (runq/core/deadlines.py); if
+        runq closed it for silence (`silent`), its lease runs on too and the earlier one decides."""
         wid = self.c.conns.pop(conn, None)
         worker = self.workers.get(wid)
         if worker is None or worker.conn != conn:
             return
         worker.conn = None
         worker.disconnected_at = now
+        worker.cut_off = silent
         worker.state = states.DISCONNECTED
         self.c.timers.set("grace", worker.id, now + self.c.config.grace)
         self.matcher.remove_idle(worker.id)

@@ -168,6 +168,7 @@ class Worker:
     broken: str | None = None               # why it cannot run its engine (until it restarts)
     last_contact: float = 0.0
     disconnected_at: float | None = None
+    cut_off: bool = False                   # runq closed its connection for silence: the lease still runs
     saved_contact: float = 0.0              # last_contact as last written
     key: str | None = None                  # proves the worker on reconnect (hex); None: cannot reconnect
     assign_seq: int = 0                     # seq of its latest RunqAssignRun (its current run's, if any)
