@@ -396,6 +396,5 @@ class Server:
             self.privileged = None
         if conn.role is None:
             self.acceptor.count_unauth(conn.peer, -1)
-        # The coordinator's reaction (a worker now disconnected) is buffered like any
-        # other change; nothing needs sending for it.
+        # the core's reaction (a worker now disconnected) is buffered like any other change
         self._queue(self.coord.disconnected(conn, self.clock(), silent))
