@@ -147,3 +147,11 @@ def test_runq_logs_no_line_per_run_at_info_and_a_summary_each_period(caplog):
     w.now += 60
     w.out += w.coord.tick(w.now)                    # nothing ended since: no line
     assert len([r for r in caplog.records if r.getMessage().startswith("runs ended")]) == 1
+
+
+def test_no_module_of_the_programs_is_over_400_lines():
+    """runq, runweb, worker and ops: one noun per module, each well under ~400 lines."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    long = {str(p.relative_to(root)): n for package in ("runq", "runweb", "worker", "ops")
+            for p in (root / package).rglob("*.py") if (n := len(p.read_text().splitlines())) > 400}
+    assert long == {}, long
