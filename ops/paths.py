@@ -9,9 +9,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import stat
-import tempfile
 from pathlib import Path
+
+from simx import private
 
 MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to 108 bytes
 # supervisord's config templates: the top-level supervisor/ folder (no __init__.py, so it shadows
@@ -86,18 +86,8 @@ def private_dir(env=None) -> Path:
     $XDG_RUNTIME_DIR/simx, else <tmp>/simx-<uid>.  Made 0700; one that exists and belongs to
     another user, or that others may enter, is refused (someone could squat the socket's name)."""
     from .control import OpsError   # (control imports this module)
-    env = os.environ if env is None else env
-    runtime = env.get("XDG_RUNTIME_DIR")
-    path = Path(runtime) / "simx" if runtime else Path(tempfile.gettempdir()) / f"simx-{os.getuid()}"
     try:
-        path.mkdir(mode=0o700, exist_ok=True)
-        info = os.lstat(path)
-    except OSError as exc:
-        raise OpsError(f"cannot make the private directory {path} for supervisord's socket: {exc}") from None
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        raise OpsError(f"{path} belongs to another user (uid {info.st_uid}) or is not a directory: it may be a "
-                       "trap for supervisord's socket; remove it, or set SIMX_VAR to a shorter path")
-    if info.st_mode & 0o077:
-        raise OpsError(f"{path} is open to other users (mode {stat.S_IMODE(info.st_mode):o}): it must be 0700 "
-                       "(chmod 700 it, or remove it)")
-    return path
+        return private.ensure(private.runtime_base(env), "supervisord's socket",
+                              "remove it, or set SIMX_VAR to a shorter path")
+    except private.NotPrivate as exc:
+        raise OpsError(str(exc)) from None

@@ -85,7 +85,7 @@ def gunicorn_argv(args: argparse.Namespace, cfg: simx_config.Config) -> list[str
         "--access-logfile", "-",
         "--graceful-timeout", "5",
         "--no-control-socket",  # gunicorn 27's default ~/.gunicorn/gunicorn.ctl would be shared by every runweb
-        "-c", "python:runweb.gunicorn_hooks",  # child_exit: request metrics of a dead worker
+        "-c", "python:runweb.gunicorn_hooks",  # request metrics: a dead worker's, the directory at exit
         *tls_argv(cfg),
         APP,
     ]
@@ -111,9 +111,12 @@ def main(argv=None) -> int:
     except simx_config.ConfigError as exc:
         print(f"runweb: {exc}", file=sys.stderr)
         return 2
-    # request latency summed over gunicorn's workers: one fresh directory per instance (port)
-    metrics_dir = request_metrics.prepare(cfg.var / f"runweb-metrics-{listen_port(args, cfg)}")
-    os.environ[request_metrics.ENV] = str(metrics_dir)
+    # request latency summed over gunicorn's workers: one fresh directory per instance, on memory
+    metrics_dir = request_metrics.setup(cfg.var, listen_port(args, cfg))
+    if metrics_dir is None:
+        os.environ.pop(request_metrics.ENV, None)
+    else:
+        os.environ[request_metrics.ENV] = str(metrics_dir)
     sys.stdout.flush()
     os.execv(command[0], command)
     return 0  # not reached: gunicorn replaced this process

@@ -26,8 +26,8 @@ ROUTES = (
     ("/", "index", None, {"GET": "this list of endpoints"}),
     ("/openapi.yaml", "openapi", None, {"GET": "this API described in OpenAPI 3.0 (YAML)"}),
     ("/openapi.json", "openapi", "json", {"GET": "this API described in OpenAPI 3.0 (JSON)"}),
-    ("/health", "health", None, {"GET": "runq's status, with the engines served and their worker counts; "
-                                        "503 when runq does not answer"}),
+    ("/health", "health", None, {"GET": "runq's status, with the engines served and their worker counts and "
+                                        "whether its database takes commits (store); 503 when runq does not answer"}),
     ("/batch", "batches", None, {"GET": "all batches" + PAGED}),
     ("/batches", "batches", None, {"GET": "all batches (same as /batch)" + PAGED}),
     ("/batch/new", "batches", "new", {

@@ -121,16 +121,20 @@ class Index:
 
 
 class Health:
-    """GET /health: runq's own status; 503 when runq does not answer."""
+    """GET /health: runq's own status (runq.store: whether its database takes commits); 503 when
+    runq does not answer."""
 
     def __init__(self, client):
         self.client = client
 
     def on_get(self, req, resp):
         try:
-            resp.media = ask_plain(self.client, "Ping")
+            resp.media = reply = ask_plain(self.client, "Ping")
         except (ErrorReply, ProtocolError) as exc:
             raise RunqUnavailable(f"runq answered Ping badly: {exc}") from None
+        store = (reply.get("runq") or {}).get("store", "ok")
+        if store != "ok":   # runq is up and serves reads: 200, saying what it refuses
+            reply["message"] = f"runq takes no new work: its database refuses commits ({store})"
 
 
 class Batches:

@@ -69,6 +69,8 @@ class Link:
         while not self.pending:
             try:
                 data = self.sock.recv(65536)
+            except TimeoutError:
+                raise RunqUnavailable(f"runq did not answer within {self.sock.gettimeout():g} s") from None
             except OSError as exc:
                 raise RunqUnavailable(f"lost runq while reading: {exc}") from None
             if not data:

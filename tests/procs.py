@@ -8,9 +8,11 @@ terminate, wait, kill), or use the fixtures in conftest.py.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -55,6 +57,32 @@ def shutdown_supervisord(var: Path, timeout: float = 30) -> None:
             os.killpg(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str = "4m"):
+    """A tmpfs of `size` mounted at `path` (the tests run as root), lazily unmounted at the end:
+    a disk that `fill_disk` can fill in a moment."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill_disk(directory: Path) -> Path:
+    """Write zeros to a new file in `directory` until its disk refuses more; unlink the file
+    to free the space.  Unbuffered, so that closing it writes nothing more."""
+    filler = Path(directory) / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass
+    return filler
 
 
 def client(port: int, env: dict | None = None, timeout: float = 5.0, host: str = "127.0.0.1", tls=None):

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import threading
+import types
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,11 @@ import procs
 
 CHROMIUM = os.environ.get("SIMX_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = procs.ROOT / "var" / "test-artifacts"
+# evil.example resolves to 127.0.0.1: the state a rebinding DNS server puts a victim's browser in
+REBOUND = "evil.example"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+        "--no-proxy-server", f"--host-resolver-rules=MAP {REBOUND} 127.0.0.1"]
 JSON = {"Accept": "application/json"}
 XSS = '<img src=x onerror="document.title=1">'
 
@@ -207,6 +211,93 @@ def test_another_origin_cannot_cancel(stack, page):
     finally:
         evil.shutdown()
         evil.server_close()
+
+
+# What a page wants of runweb: read the workers, start a batch, drain worker 1 (same-origin fetches).
+ACTIONS = """async () => {
+  const json = {Accept: 'application/json'};
+  const answer = async r => ({status: r.status, text: await r.text()});
+  return {
+    workers: await answer(await fetch('/workers', {headers: json, cache: 'no-store'})),
+    submit: await answer(await fetch('/batch/new', {method: 'POST', body: 'name: from-a-page\\nengine: dummy\\nn_runs: 1\\n',
+                                                    headers: {...json, 'Content-Type': 'application/yaml'}})),
+    drain: await answer(await fetch('/worker/1/drain', {method: 'POST', headers: json})),
+  };
+}"""
+
+
+class _Rebinding(http.server.BaseHTTPRequestHandler):
+    """The attacker's server for http://evil.example:PORT/ before the rebinding: its page, whose
+    script asks /workers until something other than this server answers at its own origin (the
+    name now leads to runweb on the same port), then does ACTIONS there."""
+
+    def do_GET(self):
+        if self.path == "/":
+            body = ("<!doctype html><title>polling</title><script>(async () => {"
+                    "for (;;) { try { const r = await fetch('/workers', {cache: 'no-store'});"
+                    " if (!r.headers.get('X-Attacker')) break; } catch (e) {}"
+                    " await new Promise(ok => setTimeout(ok, 200)); }"
+                    f"window.got = await ({ACTIONS})(); document.title = 'done'; }})();</script>").encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+        else:
+            body = b"the attacker's server"
+            self.send_response(404)
+            self.send_header("X-Attacker", "1")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_page_whose_name_rebinds_to_loopback_gets_nothing_from_runweb(tmp_path, browser):
+    """DNS rebinding in Chromium: a page of http://evil.example:PORT/, once that name leads to
+    127.0.0.1 where runweb listens on PORT, is same-origin with runweb and its requests come from
+    loopback as the operator's own user; runweb still refuses all three (421, no data), and
+    nothing changes.  The same actions on http://127.0.0.1:PORT work for the operator."""
+    port = procs.free_port()
+    attacker = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Rebinding)
+    threading.Thread(target=attacker.serve_forever, daemon=True).start()
+    started, attacker_up = [], True
+    context = browser.new_context()
+    try:
+        runq = procs.start_runq(tmp_path)
+        started.append(runq)
+        started.append(procs.start_worker(tmp_path, runq.port))
+        procs.wait_until(lambda: len(procs.workers_connected(runq.port)) == 1, 15, what="a worker")
+        victim = context.new_page()
+        victim.goto(f"http://{REBOUND}:{port}/")
+        victim.wait_for_function("() => document.title === 'polling'")
+        attacker.shutdown()              # the rebinding: the name's address now serves runweb
+        attacker.server_close()
+        attacker_up = False
+        runweb = procs.start_runweb(tmp_path, runq.port, port=port)
+        started.append(runweb)
+        victim.wait_for_function("() => document.title === 'done'", timeout=30_000)
+        got = victim.evaluate("window.got")
+        for action in ("workers", "submit", "drain"):
+            assert got[action]["status"] == 421, got
+            assert "does not serve the host name" in got[action]["text"] and '"ipaddr"' not in got[action]["text"]
+        stack = types.SimpleNamespace(url=runweb.url)
+        assert api(stack, "/batch")["batches"] == []
+        assert api(stack, "/worker/1")["worker"]["state"] == "idle"
+        operator = context.new_page()       # the operator's own page, on runweb's own name
+        operator.goto(f"{runweb.url}/")
+        got = operator.evaluate(ACTIONS)
+        assert (got["workers"]["status"], got["submit"]["status"], got["drain"]["status"]) == (200, 201, 200), got
+        assert [w["id"] for w in json.loads(got["workers"]["text"])["workers"]] == [1], got
+        assert [b["name"] for b in api(stack, "/batch")["batches"]] == ["from-a-page"]
+        assert api(stack, "/worker/1")["worker"]["state"] in ("draining", "gone", "disconnected")
+    finally:
+        context.close()
+        if attacker_up:
+            attacker.shutdown()
+            attacker.server_close()
+        for proc in reversed(started):
+            proc.stop()
 
 
 class _RolesRunq:

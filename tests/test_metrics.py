@@ -1,6 +1,9 @@
 """runq's Metrics request and runweb's /metrics: the coordinator driven without sockets, the
 histogram by hand, the Prometheus rendering, and a real stack whose /metrics matches its API."""
 import math
+import os
+import struct
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -8,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import procs
 from simx import protocol
 from runq.core.metrics import Histogram
+from runweb import request_metrics
 from runweb.metrics import render
 from test_coordinator import MEMORY, Harness
 
@@ -144,10 +148,18 @@ def test_runweb_request_latency_is_summed_over_gunicorn_workers(tmp_path):
         routes = {s.labels["route"] for s in families(procs.http("GET", f"{runweb.url}/metrics")[2])[
             "simx_runweb_request_seconds"].samples}
         assert "/batch/{batch_id}" in routes and not any(ch.isdigit() for r in routes for ch in r)  # templates only
-        files = list((tmp_path / "var" / f"runweb-metrics-{port}").glob("*.db"))
+        env = procs.base_env(tmp_path, runq.port)
+        directory = request_metrics.location(Path(env["SIMX_VAR"]).resolve(), port, env)
+        assert Path(env["SIMX_VAR"]) not in directory.parents     # on memory, not on var/'s disk
+        assert os.stat(directory.parent).st_mode & 0o777 == 0o700
+        files = list(directory.glob("*.db"))
         assert files, "no multiprocess files"
+        for f in files:   # prometheus_client writes the files runweb allocated, and only those
+            info = os.stat(f)
+            assert f.name.startswith("histogram_") and info.st_blocks * 512 >= info.st_size, (f, info)
         runweb.stop()
         assert "Traceback" not in runweb.log(), runweb.log()   # child_exit hook ran cleanly
+        assert not directory.exists(), "on_exit left the directory"
         runweb = procs.start_runweb(tmp_path, runq.port, port=port, workers=2)
         assert procs.http("GET", f"{runweb.url}/batch/1")[0] == 404
         assert request_count(runweb.url, "/batch/{batch_id}") == 1
@@ -155,3 +167,56 @@ def test_runweb_request_latency_is_summed_over_gunicorn_workers(tmp_path):
         if runweb is not None:
             runweb.stop()
         runq.stop()
+
+
+def test_runweb_request_metrics_go_on_memory_in_a_directory_of_this_users_own(tmp_path):
+    var = tmp_path / "var"
+    run = tmp_path / "run"
+    run.mkdir()
+    on_memory = request_metrics.location(var, 8097, {"XDG_RUNTIME_DIR": str(run)})
+    assert on_memory.parent == run / "simx" and on_memory.name.startswith("runweb-metrics-")
+    assert request_metrics.location(tmp_path / "other", 8097, {"XDG_RUNTIME_DIR": str(run)}) != on_memory
+    if os.path.isdir("/dev/shm"):
+        assert request_metrics.location(var, 8097, {}).parent == Path(f"/dev/shm/simx-{os.getuid()}")
+    assert request_metrics.setup(var, 8097, {"XDG_RUNTIME_DIR": str(run)}) == on_memory
+    assert os.stat(run / "simx").st_mode & 0o777 == 0o700 and on_memory.is_dir()
+    os.chmod(run / "simx", 0o755)      # others may enter: they could have planted files
+    import io
+    err = io.StringIO()
+    assert request_metrics.setup(var, 8097, {"XDG_RUNTIME_DIR": str(run)}, stderr=err) is None
+    assert err.getvalue().count("\n") == 1 and "request latency metrics are off" in err.getvalue() \
+        and "open to other users" in err.getvalue(), err.getvalue()
+
+
+def test_a_new_label_set_always_fits_in_the_room_runweb_keeps_allocated():
+    """What prometheus_client writes for one (method, route, status) of the histogram (a key per
+    bucket and the sum, each padded to 8 bytes with its two doubles) is less than ROOM, for the
+    longest route template: its growth always lands on bytes runweb allocated."""
+    from prometheus_client.mmap_dict import mmap_key
+    from runweb.app import ROUTES
+    name, text = "simx_runweb_request_seconds", "runweb request latency in seconds, all gunicorn workers"
+    route = max([path for path, *_ in ROUTES] + ["(no route)"], key=len)
+    labels = ["method", "route", "status"]
+    values = ["OPTIONS", route, "unknown"]
+    keys = [mmap_key(name, name + "_sum", labels, values, text)]
+    keys += [mmap_key(name, name + "_bucket", labels + ["le"], values + ["+Inf" if b is None else str(b)], text)
+             for b in (*request_metrics.BUCKETS, None)]
+    size = sum(4 + len(k.encode()) + 8 + 16 for k in keys)
+    assert size < request_metrics.ROOM < request_metrics.FIRST_SIZE, size
+
+
+def test_the_room_is_allocated_ahead_and_a_full_disk_is_an_error_not_a_signal(tmp_path):
+    with procs.small_disk(tmp_path / "disk", "256k") as disk:
+        f = request_metrics.ProcessFile(disk, 123)
+        assert f.path.name == "histogram_123.db" and f.size == request_metrics.FIRST_SIZE
+        os.pwrite(f.fd, struct.pack("i", request_metrics.FIRST_SIZE - request_metrics.ROOM + 1), 0)
+        f.make_room()
+        info = os.stat(f.path)
+        assert f.size == info.st_size == 2 * request_metrics.FIRST_SIZE and info.st_blocks * 512 >= info.st_size
+        procs.fill_disk(disk)
+        os.pwrite(f.fd, struct.pack("i", f.size - 8), 0)
+        with pytest.raises(OSError):
+            f.make_room()
+        with pytest.raises(OSError):
+            request_metrics.ProcessFile(disk, 124)
+        os.close(f.fd)

@@ -397,3 +397,22 @@ def test_only_the_host_names_runweb_serves_are_answered(tmp_path, host, status):
             assert r.json["status"] == "error" and "does not serve the host name" in r.json["message"]
     r = client.simulate_post("/worker/1/drain", headers={"Host": host, "Origin": f"http://{host}"})
     assert (r.status_code == 421) == (status == 421)
+
+
+def test_a_foreign_host_is_refused_on_every_route_and_method_before_runq_is_asked(runq, cfg):
+    """Every row of ROUTES, each method it serves (and one it does not), the dashboard's static
+    files and an unknown path: 421 in the envelope, and runq hears nothing of it."""
+    import re
+    client = falcon.testing.TestClient(create_app(runq, cfg, own_user=IN_PROCESS))
+    evil = {"Host": "evil.example:8097", "Origin": "http://evil.example:8097", "Accept": "application/json"}
+    tried = []
+    for path, _, _, described in ROUTES:
+        concrete = re.sub(r"\{[a-z_]+\}", "1", path)
+        for method in (*described, "DELETE"):
+            tried.append((method, concrete))
+    tried += [("GET", "/static/dash.js"), ("GET", "/no/such/thing")]
+    for method, path in tried:
+        r = client.simulate_request(method, path, headers=evil, body=REQUEST if method == "POST" else None)
+        assert r.status_code == 421, (method, path, r.status_code)
+        assert r.json["status"] == "error" and "does not serve the host name 'evil.example:8097'" in r.json["message"]
+    assert len(tried) > len(ROUTES) and runq.requests == [] and runq.who == []

@@ -1,5 +1,6 @@
-"""Faults of the database are states, not crashes (a real runq process): another process's
-exclusive lock, an empty or corrupt database file."""
+"""Faults of the database are states, not crashes (real runq and runweb processes): another
+process's exclusive lock, an empty or corrupt database file, a full disk."""
+import re
 import sqlite3
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from procs import PYTHON, base_env, client, free_port, start_runq, wait_until
 from simx import protocol
 from runq.committer import Committer
 from runq.store import StoreFault
+from runweb.app import ROUTES
 
 
 def test_another_process_holding_an_exclusive_lock_is_a_state_runq_answers_through(tmp_path):
@@ -127,50 +129,124 @@ def test_a_full_disk_under_the_database_is_a_state_and_nothing_acknowledged_is_l
     work with 507 naming the disk, acknowledges nothing it could not commit, and carries on by
     itself when space is freed."""
     import os
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], check=True)
-    runq = None
-    try:
+    with procs.small_disk(tmp_path / "disk") as disk:
         port = free_port()
         env = base_env(tmp_path, port, SIMX_DB_URL=f"sqlite:///{disk / 'runq.sqlite'}")
         runq = start_runq(tmp_path, port=port, env=env)
-        c = client(port, timeout=30)
-        assert c.request("StartBatch", name="before", group="", user="", engine="dummy", n_runs=1,
-                         param={})["message"] == "batch started"
-        filler = disk / "filler"
-        with open(filler, "wb", buffering=0) as f:    # fill the disk (unbuffered: closing writes nothing)
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-            except OSError:
-                pass
-        replies = {}
+        try:
+            c = client(port, timeout=30)
+            assert c.request("StartBatch", name="before", group="", user="", engine="dummy", n_runs=1,
+                             param={})["message"] == "batch started"
+            filler = procs.fill_disk(disk)
+            replies = {}
 
-        def submit():
-            other = client(port, timeout=30)
-            try:
-                replies["during"] = other.request("StartBatch", name="during", group="", user="", engine="dummy",
-                                                  n_runs=1, param={"pad": "x" * 200_000})
-            finally:
-                other.close()
-        t = threading.Thread(target=submit)
-        t.start()
-        wait_until(lambda: procs.ping(port, env=env)["runq"]["store"].startswith("full"), 15, what="the full disk")
-        started = time.monotonic()
-        assert c.request("Ping")["status"] == "ok" and time.monotonic() - started < 2.0
-        assert [b["name"] for b in c.request("BatchList")["batches"]] == ["before"]   # reads go on
-        refused = c.request("StartBatch", name="refused", group="", user="", engine="dummy", n_runs=1, param={})
-        assert (refused["status"], refused["code"]) == ("error", 507) and "disk is full" in refused["message"]
-        assert "during" not in replies
-        os.unlink(filler)                # space returns: runq carries on by itself
-        t.join(20)
-        assert replies["during"]["message"] == "batch started"
-        wait_until(lambda: procs.ping(port, env=env)["runq"]["store"] == "ok", 10, what="the store ok again")
-        assert [b["name"] for b in c.request("BatchList")["batches"]] == ["before", "during"]
-        c.close()
-        assert runq.alive()
-    finally:
-        if runq is not None:
+            def submit():
+                other = client(port, timeout=30)
+                try:
+                    replies["during"] = other.request("StartBatch", name="during", group="", user="", engine="dummy",
+                                                      n_runs=1, param={"pad": "x" * 200_000})
+                finally:
+                    other.close()
+            t = threading.Thread(target=submit)
+            t.start()
+            wait_until(lambda: procs.ping(port, env=env)["runq"]["store"].startswith("full"), 15, what="the full disk")
+            started = time.monotonic()
+            assert c.request("Ping")["status"] == "ok" and time.monotonic() - started < 2.0
+            assert [b["name"] for b in c.request("BatchList")["batches"]] == ["before"]   # reads go on
+            refused = c.request("StartBatch", name="refused", group="", user="", engine="dummy", n_runs=1, param={})
+            assert (refused["status"], refused["code"]) == ("error", 507) and "disk is full" in refused["message"]
+            assert "during" not in replies
+            os.unlink(filler)                # space returns: runq carries on by itself
+            t.join(20)
+            assert replies["during"]["message"] == "batch started"
+            wait_until(lambda: procs.ping(port, env=env)["runq"]["store"] == "ok", 10, what="the store ok again")
+            assert [b["name"] for b in c.request("BatchList")["batches"]] == ["before", "during"]
+            c.close()
+            assert runq.alive()
+        finally:
             runq.stop()
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _booted(runweb) -> list[str]:
+    """The pids gunicorn has started workers with, from its log."""
+    return re.findall(r"Booting worker with pid: (\d+)", runweb.log())
+
+
+def _every_route_and_method():
+    """(method, path) of every route with its parameters filled, under every method: a new
+    (method, route, status) label set for runweb's request metrics each."""
+    for path, _, _, _ in ROUTES:
+        for method in ("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"):
+            yield method, re.sub(r"\{[a-z_]+\}", "1", path)
+
+
+def test_a_full_disk_under_runweb_and_runq_is_answered_with_reasons(tmp_path):
+    """SIMX_VAR, the database and even runweb's request-metrics files (XDG_RUNTIME_DIR) on one
+    small tmpfs that fills: runweb's gunicorn workers stay up (none respawned), writes get 507
+    naming the full disk, /health says so, reads answer 200, request metrics turn off with a
+    warning; once space is freed, writes work again with nothing restarted.  With runq gone,
+    every request gets 503 with the reason."""
+    import os
+    json_ = {"Accept": "application/json"}
+    submit = {"engine": "dummy", "n_runs": 1}
+    with procs.small_disk(tmp_path / "disk", "20m") as disk:
+        (disk / "run").mkdir()
+        port, web_port = free_port(), free_port()
+        env = base_env(tmp_path, port, SIMX_DB_URL=f"sqlite:///{disk / 'runq.sqlite'}", SIMX_VAR=disk / "var",
+                       XDG_RUNTIME_DIR=disk / "run", RUNWEB_PORT=web_port)
+        runq = start_runq(tmp_path, port=port, env=env)
+        runweb = None
+        try:
+            runweb = procs.start_runweb(tmp_path, port, port=web_port, env=env, workers=2)
+            url = runweb.url
+            assert procs.http("POST", f"{url}/batch/new", {"name": "before", **submit})[0] == 201
+            booted = _booted(runweb)
+            assert len(booted) == 2, runweb.log()
+            filler = procs.fill_disk(disk)
+            during = {}
+
+            def held():   # runq holds it until it can commit it
+                during["reply"] = procs.http("POST", f"{url}/batch/new", {"name": "during", **submit,
+                                                                         "param": {"pad": "x" * 200_000}}, timeout=60)
+            t = threading.Thread(target=held)
+            t.start()
+
+            def health():
+                status, _, body = procs.http("GET", f"{url}/health", headers=json_)
+                assert status == 200, body
+                return body
+            wait_until(lambda: health()["runq"]["store"].startswith("full"), 15, what="/health to show the full disk")
+            assert "disk is full" in health()["message"], health()
+            status, _, body = procs.http("POST", f"{url}/batch/new", {"name": "refused", **submit}, headers=json_)
+            assert status == 507 and "disk is full" in body["message"], (status, body)
+            status, _, body = procs.http("GET", f"{url}/batch", headers=json_)
+            assert status == 200 and [b["name"] for b in body["batches"]] == ["before"], body
+            for method, path in _every_route_and_method():   # the metrics files must grow: they cannot
+                status, _, body = procs.http(method, url + path, headers=json_, timeout=30)
+                assert 200 <= status < 600, (method, path, status)
+                if status >= 400 and method != "OPTIONS":
+                    assert body["status"] == "error" and body["message"], (method, path, body)
+            warnings = re.findall(r"request latency metrics are off in process (\d+)", runweb.log())
+            assert warnings and len(set(warnings)) == len(warnings), runweb.log()[-3000:]   # once a process
+            assert _booted(runweb) == booted and "was sent" not in runweb.log(), runweb.log()[-3000:]
+            assert "during" not in during
+            os.unlink(filler)                # space returns: runq and runweb carry on by themselves
+            t.join(30)
+            assert during["reply"][0] == 201, during
+            wait_until(lambda: health()["runq"]["store"] == "ok", 10, what="/health to show the store ok again")
+            assert health()["message"] == "ok"
+            assert procs.http("POST", f"{url}/batch/new", {"name": "after", **submit})[0] == 201
+            status, _, body = procs.http("GET", f"{url}/batch", headers=json_)
+            assert [b["name"] for b in body["batches"]] == ["before", "during", "after"], body
+            assert _booted(runweb) == booted and runq.alive()
+            runq.stop()                      # runq unreachable: 503 with the reason, on reads and writes
+            for method, path, data in (("GET", "/batch", None), ("POST", "/batch/new", {"name": "gone", **submit}),
+                                       ("GET", "/health", None)):
+                status, headers, body = procs.http(method, url + path, data, headers=json_)
+                assert status == 503 and body["message"].startswith("runq is unavailable: "), (path, status, body)
+                assert headers.get("retry-after") == "5"
+            assert _booted(runweb) == booted
+        finally:
+            if runweb is not None:
+                runweb.stop()
+            runq.stop()
