@@ -101,7 +101,7 @@ def test_dashboard_follows_a_running_batch_and_cancels_it(stack, page):
     slow = submit(stack, name=XSS, user="alice", n_runs=6, param={"step_count": 12, "step_delay": 0.2})
 
     page.goto(f"{stack.url}/batch/{slow}")
-    page.wait_for_function("() => document.querySelector('#n-running').textContent === '2'")
+    page.wait_for_function("() => document.querySelector('#n-running')?.textContent === '2'")   # (null until the first poll)
     page.evaluate("window.notReloaded = true")
     # names are text, never markup: no <img> was made from the batch name, and the title is intact
     assert page.locator("img").count() == 0 and page.title() == f"Batch {slow} · simx"

@@ -180,6 +180,14 @@ def _every_route_and_method():
             yield method, re.sub(r"\{[a-z_]+\}", "1", path)
 
 
+def _answer(runweb, method: str, path: str, body=None):
+    """(status, headers, body) of one request as JSON; no answer at all fails, with runweb's log."""
+    try:
+        return procs.http(method, runweb.url + path, body, headers={"Accept": "application/json"}, timeout=30)
+    except OSError as exc:
+        raise AssertionError(f"runweb gave no answer to {method} {path} ({exc}); {runweb.describe()}") from None
+
+
 def test_a_full_disk_under_runweb_and_runq_is_answered_with_reasons(tmp_path):
     """SIMX_VAR, the database and even runweb's request-metrics files (XDG_RUNTIME_DIR) on one
     small tmpfs that fills: runweb's gunicorn workers stay up (none respawned), writes get 507
@@ -187,7 +195,6 @@ def test_a_full_disk_under_runweb_and_runq_is_answered_with_reasons(tmp_path):
     warning; once space is freed, writes work again with nothing restarted.  With runq gone,
     every request gets 503 with the reason."""
     import os
-    json_ = {"Accept": "application/json"}
     submit = {"engine": "dummy", "n_runs": 1}
     with procs.small_disk(tmp_path / "disk", "20m") as disk:
         (disk / "run").mkdir()
@@ -206,43 +213,46 @@ def test_a_full_disk_under_runweb_and_runq_is_answered_with_reasons(tmp_path):
             during = {}
 
             def held():   # runq holds it until it can commit it
-                during["reply"] = procs.http("POST", f"{url}/batch/new", {"name": "during", **submit,
-                                                                         "param": {"pad": "x" * 200_000}}, timeout=60)
+                try:
+                    during["reply"] = procs.http("POST", f"{url}/batch/new", {"name": "during", **submit,
+                                                 "param": {"pad": "x" * 200_000}}, timeout=60)
+                except OSError as exc:
+                    during["reply"] = ("no answer", exc)
             t = threading.Thread(target=held)
             t.start()
 
             def health():
-                status, _, body = procs.http("GET", f"{url}/health", headers=json_)
+                status, _, body = _answer(runweb, "GET", "/health")
                 assert status == 200, body
                 return body
             wait_until(lambda: health()["runq"]["store"].startswith("full"), 15, what="/health to show the full disk")
             assert "disk is full" in health()["message"], health()
-            status, _, body = procs.http("POST", f"{url}/batch/new", {"name": "refused", **submit}, headers=json_)
+            status, _, body = _answer(runweb, "POST", "/batch/new", {"name": "refused", **submit})
             assert status == 507 and "disk is full" in body["message"], (status, body)
-            status, _, body = procs.http("GET", f"{url}/batch", headers=json_)
+            status, _, body = _answer(runweb, "GET", "/batch")
             assert status == 200 and [b["name"] for b in body["batches"]] == ["before"], body
             for method, path in _every_route_and_method():   # the metrics files must grow: they cannot
-                status, _, body = procs.http(method, url + path, headers=json_, timeout=30)
+                status, _, body = _answer(runweb, method, path)
                 assert 200 <= status < 600, (method, path, status)
                 if status >= 400 and method != "OPTIONS":
                     assert body["status"] == "error" and body["message"], (method, path, body)
             warnings = re.findall(r"request latency metrics are off in process (\d+)", runweb.log())
             assert warnings and len(set(warnings)) == len(warnings), runweb.log()[-3000:]   # once a process
             assert _booted(runweb) == booted and "was sent" not in runweb.log(), runweb.log()[-3000:]
-            assert "during" not in during
+            assert "reply" not in during, during          # not acknowledged before it is committed
             os.unlink(filler)                # space returns: runq and runweb carry on by themselves
             t.join(30)
             assert during["reply"][0] == 201, during
             wait_until(lambda: health()["runq"]["store"] == "ok", 10, what="/health to show the store ok again")
             assert health()["message"] == "ok"
-            assert procs.http("POST", f"{url}/batch/new", {"name": "after", **submit})[0] == 201
-            status, _, body = procs.http("GET", f"{url}/batch", headers=json_)
+            assert _answer(runweb, "POST", "/batch/new", {"name": "after", **submit})[0] == 201
+            status, _, body = _answer(runweb, "GET", "/batch")
             assert [b["name"] for b in body["batches"]] == ["before", "during", "after"], body
             assert _booted(runweb) == booted and runq.alive()
             runq.stop()                      # runq unreachable: 503 with the reason, on reads and writes
             for method, path, data in (("GET", "/batch", None), ("POST", "/batch/new", {"name": "gone", **submit}),
                                        ("GET", "/health", None)):
-                status, headers, body = procs.http(method, url + path, data, headers=json_)
+                status, headers, body = _answer(runweb, method, path, data)
                 assert status == 503 and body["message"].startswith("runq is unavailable: "), (path, status, body)
                 assert headers.get("retry-after") == "5"
             assert _booted(runweb) == booted
