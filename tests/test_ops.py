@@ -378,3 +378,20 @@ def test_the_default_deployment_is_private_to_its_operator(ops):
         assert done.returncode == 2, (args, done.returncode, done.stderr[-2000:])
         assert ("wrong proof" if not args else "Permission denied") in done.stderr, done.stderr[-2000:]
     assert len(workers_connected(ops.runq_port, ops.env)) == 3   # the operator's workers only
+
+
+def test_an_installation_without_secrets_gets_them_at_the_next_fab_all(ops):
+    """A stack fab started before it made secrets: the next `fab all` makes them and restarts runq and
+    runweb with them; the pool is replaced at once (drained, its workers could not reconnect)."""
+    from ops import hosts
+    from ops.stack import Stack
+    old = Stack(simx_config.load(env=ops.env, root=ROOT), hosts.load(root=ROOT)["local"], ops.env,
+                out=lambda line: None)
+    old.start(["runq", "runweb"] + old.pools)   # what fab did before: no secret anywhere
+    wait_until(lambda: len(workers_connected(ops.runq_port, ops.env)) == 3, 30, what="3 workers without secrets")
+    assert not (ops.var / "secrets").exists()
+    out = ok(ops.fab("all"))
+    assert "fab made" in out and "config changed (restarted if running): runq, runweb, worker-dummy" in out, out
+    out = ok(ops.fab("all.status", "--wait", "30"))
+    assert out.count("connected to runq") == 3 and "NOT connected" not in out, out
+    assert procs.secret_of(ops.env) is not None and len(workers_connected(ops.runq_port, ops.env)) == 3
