@@ -133,7 +133,8 @@ def create(config: Config, force: bool = False) -> list[str]:
     finds them there and what copies them to other hosts."""
     written = auth.create_secret_files(config.runq, lambda p: resolve(config, p), force=force)
     lines = [f"{role} secret: {path} (written, mode 0600)" for role, path in written.items()]
-    default = [role for role in written if getattr(config.runq, f"{role}_secret_file") in ("", auth.DEFAULT_FILES[role])]
+    default = [role for role in written
+               if getattr(config.runq, f"{role}_secret_file") in ("", auth.DEFAULT_FILES[role])]
     if default:
         lines.append(f"runq, runweb, fab and the workers using the run-time directory {config.var} find "
                      f"{' and '.join(f'the {r} secret' for r in default)} there: nothing to set.  Elsewhere, set "
