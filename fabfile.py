@@ -19,10 +19,11 @@ from invoke import Collection, Exit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `fab` from a checkout that is not pip-installed
 
-from ops import paths as ops_paths, ssh as ops_ssh  # noqa: E402
+from ops import paths as ops_paths, secrets as ops_secrets, ssh as ops_ssh  # noqa: E402
 from ops.control import OpsError  # noqa: E402
 from ops.fleet import Control  # noqa: E402
 from ops.render import RUNQ, RUNWEB  # noqa: E402
+from simx import config as simx_config  # noqa: E402
 from simx.config import ConfigError  # noqa: E402
 
 
@@ -31,6 +32,19 @@ def _control() -> Control:
         return Control(os.environ)
     except ConfigError as exc:
         raise Exit(f"simx: {exc}", code=2)
+
+
+def _config() -> simx_config.Config:
+    """conf as a program run from this shell reads it (no recorded settings)."""
+    try:
+        return simx_config.load(env=os.environ, root=ops_paths.root())
+    except ConfigError as exc:
+        raise Exit(f"simx: {exc}", code=2)
+
+
+def _print(lines) -> None:
+    for line in lines:
+        print(line, flush=True)
 
 
 def _done(code: int) -> None:
@@ -44,8 +58,7 @@ def _run(which: str, action: str, **kw) -> None:
 
 def _programs(groups: list[str], action: str, **kw) -> None:
     """runq or runweb alone, on the server instance."""
-    ctl = _control()
-    _done(ctl.finish(ctl.each([ctl.fleet.server], action, lambda n: groups, **kw)))
+    _done(_control().programs(groups, action, **kw))
 
 
 def _exec(*args: str) -> None:
@@ -60,6 +73,10 @@ def _exec(*args: str) -> None:
 @task(name="run")
 def runq_run(c, port=None):
     """Run runq in the foreground, logs on the terminal (RUNQ_PORT or --port)."""
+    try:
+        _print(ops_secrets.before_runq(_config()))
+    except OpsError as exc:
+        raise Exit(f"simx: {exc}", code=1)
     _exec("runq", *(["--port", str(port)] if port else []))
 
 
@@ -90,15 +107,11 @@ def runq_status(c):
 @task(name="secrets")
 def runq_secrets(c, force=False):
     """Create the worker and client secret files (mode 0600; --force replaces existing ones)."""
-    from simx import auth
-    from simx import config as simx_config
+    from simx.auth import SecretError
     try:
-        cfg = simx_config.load(env=os.environ)
-        lines = auth.create_secret_files(cfg.runq, lambda p: simx_config.resolve_var_path(p, cfg.root, cfg.var),
-                                         force=bool(force))
-    except (simx_config.ConfigError, auth.SecretError) as exc:
+        _print(ops_secrets.create(_config(), force=bool(force)))
+    except (SecretError, OSError) as exc:
         raise Exit(f"simx: {exc}", code=1)
-    print("\n".join(lines))
 
 
 @task(name="run")

@@ -36,16 +36,17 @@ class Agent:
         self.notes: list[str] = []
         self.replacing: dict[str, int] = {}  # workers of changed pools draining before their pool is replaced
 
-    def up(self, detach: bool = True) -> list[str]:
+    def up(self, detach: bool = True, drain: bool = True) -> list[str]:
         """Start supervisord on the written config, or apply what changed; changed pools drain first
-        (their replacement runs detached, or, not `detach`, is left in `self.replacing` for the caller)."""
+        (their replacement runs detached, or, not `detach`, is left in `self.replacing` for the caller);
+        not `drain`: they are stopped and replaced at once."""
         if not self.paths.conf.exists():
             raise OpsError(f"no supervisord config at {self.paths.conf}: run the update task first")
         if not self.sup.running():
             self.notes.append(f"supervisord: starting ({self.paths.conf})")
             self.sup.launch({k: v for k, v in self.env.items() if k not in SETTINGS_ENV + ("SIMX_VAR",)})
             return []
-        notes, deferred = self.sup.apply(keep_running=self.sup.worker_groups())
+        notes, deferred = self.sup.apply(keep_running=self.sup.worker_groups() if drain else ())
         self.notes += [f"supervisord: config {n}" for n in notes]
         if deferred:
             self.replacing = restarter.begin(self.sup, deferred, replace=deferred)
@@ -53,8 +54,8 @@ class Agent:
                 restarter.detach(self.paths, self.replacing, replace=deferred, python=self.python)
         return deferred
 
-    def start(self, groups) -> None:
-        deferred = self.up()
+    def start(self, groups, now: bool = False) -> None:
+        deferred = self.up(drain=not now)
         for g in reversed(stop_order(groups)):  # runq before runweb before workers
             if g not in deferred:
                 self.sup.start(g)

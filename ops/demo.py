@@ -18,7 +18,7 @@ from pathlib import Path
 from simx import config as simx_config, records
 from simx.process import free_port
 
-from . import hosts
+from . import hosts, secrets as ops_secrets
 from .control import OpsError
 from .render import RUNQ, RUNWEB, SETTINGS_ENV
 from .stack import Stack
@@ -124,6 +124,10 @@ def main(root: Path, env, keep: bool = False, timeout: float = 120.0, out=print)
     var = simx_config.load(env=env, root=root).var / "demo"
     runq_port, runweb_port = free_port(), free_port()
     cfg = simx_config.load(env=demo_env(env, var, runq_port, runweb_port), root=root)
+    made = ops_secrets.before_runq(cfg)   # private to this user, like every stack fab starts
+    if made:
+        out(made[0])
+        cfg = simx_config.load(env=demo_env(env, var, runq_port, runweb_port), root=root)
     stack = Stack(cfg, hosts.load(root=root)["local"], demo_env(env, var, runq_port, runweb_port), out=out)
     base = f"http://127.0.0.1:{runweb_port}"
     out(f"simx demo: runq on 127.0.0.1:{runq_port}, runweb on {base}, files in {var}")

@@ -27,7 +27,7 @@ from .control import OpsError
 from .hosts import Instance
 from .paths import Paths
 from .remote import Remote
-from .render import RUNQ, RUNWEB
+from .render import RUNQ, RUNWEB, used_only_by_others
 from .stack import Stack, status_rows
 
 SERVER_GROUPS = [RUNQ, RUNWEB]
@@ -53,12 +53,28 @@ class Control:
         self.err = err or (lambda line: print(line, file=sys.stderr, flush=True))
         self.root = ops_paths.root(env)
         var = simx_config.load(env=env, root=self.root).var
-        self.applied, self.notes = settings.merge(settings.load(Paths(var).applied), env)
+        self.caller_env, self.recorded = env, settings.load(Paths(var).applied)
+        self.applied, self.notes = settings.merge(self.recorded, env)
         self.env = settings.effective_env(env, self.applied)
         self.config = simx_config.load(env=self.env, root=self.root)
         self.fleet = hosts.load_fleet(self.env.get("SIMX_HOSTS"), root=self.root, env=self.env)
         self.cache = ops_paths.cache_dir(env)
+        self.fresh_secrets = False   # made by this task: worker pools are replaced at once, not drained
         self._print = threading.Lock()
+
+    def prepare(self, groups) -> None:
+        """Before a task starts `groups`: a setting only other programs use keeps its recorded value
+        (noted), so the task restarts nothing it does not name; when runq is among them and no
+        secret is configured, the default ones are made (ops/secrets.py), for every program."""
+        self.applied, self.notes = settings.merge(self.recorded, self.caller_env, used_only_by_others(groups))
+        self.env = settings.effective_env(self.caller_env, self.applied)
+        self.config = simx_config.load(env=self.env, root=self.root)
+        if RUNQ in groups:
+            made = ops_secrets.ensure(self.config)
+            if made:   # workers without them could no longer reach runq: they are replaced at once
+                self.notes.append(ops_secrets.ensured_note(made))
+                self.config = simx_config.load(env=self.env, root=self.root)
+                self.fresh_secrets = True
 
     # ------------------------------------------------------------------ which programs
 
@@ -127,7 +143,9 @@ class Control:
             if action in ("stop", "drain") and kw.get("pools"):  # also pools no longer in the hosts file
                 groups = stack.worker_groups() + [g for g in groups if not g.startswith("worker-")]
             if action == "restart":
-                stack.restart(groups, now=kw.get("now", False), wait=kw.get("wait", False))
+                stack.restart(groups, now=kw.get("now", False) or self.fresh_secrets, wait=kw.get("wait", False))
+            elif action == "start":
+                stack.start(groups, now=self.fresh_secrets)
             else:
                 getattr(stack, action)(groups)
         elif action == "status":
@@ -261,6 +279,8 @@ class Control:
 
         def groups_of(n):
             return self.groups(n, server, pools)
+        if action in ("start", "restart"):
+            self.prepare(sorted({g for n in names for g in groups_of(n)}))
         if action in ("stop", "drain") and pools:
             kw["pools"] = True
         reports: list[Report] = []
@@ -282,9 +302,16 @@ class Control:
     def deploy(self, which: str) -> int:
         """update, then start (`fab NAME`, `fab all`, `fab server`)."""
         names = [self.fleet.server] if which == "server" else self.names(which)
+        server = which in ("all", "server")
+        self.prepare(sorted({g for n in names for g in self.groups(n, server, which != "server")}))
         updated = self.each(names, "update", lambda n: [], header=len(names) > 1)
         ok = [r.name for r in updated if r.ok]
-        server = which in ("all", "server")
         started = self.each(ok, "start", lambda n: self.groups(n, server, which != "server"),
                             header=len(names) > 1)
         return self.finish(updated + started)
+
+    def programs(self, groups: list[str], action: str, **kw) -> int:
+        """runq or runweb alone, on the server instance (`fab runq.start`, `fab runweb.restart`)."""
+        if action in ("start", "restart"):
+            self.prepare(groups)
+        return self.finish(self.each([self.fleet.server], action, lambda n: groups, **kw))

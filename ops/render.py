@@ -17,7 +17,7 @@ import string
 import sys
 from pathlib import Path
 
-from simx.config import ENV, Config, ConfigError
+from simx.config import ENV, Config, ConfigError, resolve_var_path
 
 from . import paths as ops_paths
 from .hosts import Instance, Pool
@@ -52,6 +52,14 @@ PROGRAM_ENV = {
 # Every variable a start task records and passes on (ops/settings.py).
 SETTINGS_ENV = tuple(dict.fromkeys(tuple(ENV) + SECRET_ENV + ("RUNQ_TLS_SERVER_NAME", "SIMX_ENGINES",
                                                               "SIMX_HOSTS")))
+
+
+def used_only_by_others(groups) -> dict[str, list[str]]:
+    """Settings that no program of `groups` uses -> the programs that do.  A task that starts
+    `groups` leaves these as recorded (ops/settings.py), so it restarts nothing it does not name."""
+    named = {"worker" if g.startswith(WORKER_PREFIX) else g for g in groups}
+    users = {key: [kind for kind, keys in PROGRAM_ENV.items() if key in keys] for key in SETTINGS_ENV}
+    return {key: kinds for key, kinds in users.items() if kinds and not named & set(kinds)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,9 +104,19 @@ def _num(value) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-def program_env(kind: str, env, effective: dict, target: Target, remote: bool) -> dict[str, str]:
-    """A program's environment: the settings it uses that were set, then its effective settings."""
-    out = {k: str(env[k]) for k in PROGRAM_ENV[kind] if env.get(k) not in (None, "")}
+def secret_files(config: Config, target: Target) -> dict[str, str]:
+    """The secret files conf names or the default ones found (simx.config.default_secrets), as the
+    programs' environment names them: every program fab starts uses them, whoever reads conf later."""
+    named = {WORKER_SECRET: config.runq.worker_secret_file, CLIENT_SECRET: config.runq.client_secret_file}
+    return {k: str(resolve_var_path(v, config.root, target.var)) for k, v in named.items() if v}
+
+
+def program_env(kind: str, env, effective: dict, target: Target, remote: bool,
+                secrets: dict | None = None) -> dict[str, str]:
+    """A program's environment: the settings it uses that were set (secret files: also those conf
+    names), then its effective settings."""
+    out = {k: v for k, v in (secrets or {}).items() if k in PROGRAM_ENV[kind]}
+    out.update({k: str(env[k]) for k in PROGRAM_ENV[kind] if env.get(k) not in (None, "")})
     if remote:  # secret files: the copies on that host, never the control machine's paths
         copies = secret_copies(target)
         out.update({k: str(copies[k]) for k in out.keys() & copies.keys()})
@@ -116,11 +134,12 @@ def programs(config: Config, instance: Instance, env, target: Target, serves: bo
     """One dict per supervisor program: program, command, environment, numprocs, autorestart."""
     python = target.python
     out = []
+    secrets = secret_files(config, target)
     if serves:
         runq_env = program_env(RUNQ, env, dict(RUNQ_PORT=str(config.runq.port), SIMX_DB_URL=config.runq.db_url),
-                               target, remote)
+                               target, remote, secrets)
         runweb_env = program_env(RUNWEB, env, dict(RUNQ_HOST=config.runq.host, RUNQ_PORT=str(config.runq.port),
-                                                   RUNWEB_PORT=str(config.runweb.port)), target, remote)
+                                                   RUNWEB_PORT=str(config.runweb.port)), target, remote, secrets)
         out.append(dict(program=RUNQ, comment=f"the coordinator, port {config.runq.port}",
                         command=[python, "-m", "runq"], environment=runq_env, numprocs=1, autorestart="true"))
         out.append(dict(program=RUNWEB, comment=f"the REST API, port {config.runweb.port}",
@@ -128,7 +147,7 @@ def programs(config: Config, instance: Instance, env, target: Target, serves: bo
                         autorestart="true"))
     worker_env = program_env("worker", env, dict(RUNQ_HOST=instance.runq_host or config.runq.host,
                                                  RUNQ_PORT=str(instance.runq_port or config.runq.port)),
-                             target, remote)
+                             target, remote, secrets)
     for pool in (p for p in instance.pools if p.count > 0):
         # exit 0 means drained or stopped on purpose: stay down; a kill or crash: restart
         out.append(dict(program=pool.program, comment=f"worker pool {pool.name}: {pool.count} x {pool.engine}",

@@ -3,16 +3,21 @@
 Paths come from the environment (SIMX_WORKER_SECRET_FILE, SIMX_CLIENT_SECRET_FILE,
 SIMX_TLS_CA, ...) or conf (``runq.worker_secret_file``, ``runq.client_secret_file``,
 ``runq.tls.ca`` ...); relative to the simx root, a leading ``var/`` meaning the
-run-time directory.  A secret file readable by group or others is refused.
+run-time directory.  A secret file readable by group or others is refused.  When
+neither names a secret, fab makes one in ``var/secrets/`` before it first starts
+runq (`ensure`), where every program of that run-time directory finds it
+(simx.config.default_secrets).
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+from simx import auth
 from simx.config import Config
 
 from .control import OpsError
+from .paths import Paths
 from .render import CLIENT_SECRET, TLS_CA, WORKER_SECRET
 
 # setting -> where conf keeps it (section attribute, then key inside a mapping)
@@ -87,3 +92,55 @@ def connected_workers(config: Config, env) -> set[tuple[str, int]] | None:
     except (RunqUnavailable, OSError):
         return None
     return out
+
+
+def _named(config: Config, role: str) -> bool:
+    """Whether conf or the environment names a secret of `role` (a default file found counts)."""
+    return bool(getattr(config.runq, f"{role}_secret_file") or (role == "worker" and config.runq.worker_secrets))
+
+
+def ensure(config: Config) -> list[Path]:
+    """Before fab starts runq: the default secret file (``var/secrets/ROLE.secret``) of each role
+    nothing names yet, made 0600 in a 0700 directory, so the deployment is private to this user.
+    -> the files made (reload conf afterwards: it finds them)."""
+    missing = [role for role in ("worker", "client") if not _named(config, role)]
+    if not missing:
+        return []
+    Paths(config.var).make()
+    made = []
+    try:
+        for role in missing:
+            made.append(auth.write_secret(resolve(config, auth.DEFAULT_FILES[role])))
+        made[0].parent.chmod(0o700)
+    except (auth.SecretError, OSError) as exc:
+        raise OpsError(f"cannot make the {role} secret: {exc}") from None
+    return made
+
+
+def before_runq(config: Config) -> list[str]:
+    """`fab runq.run`: ensure(), as the note to print."""
+    made = ensure(config)
+    return [ensured_note(made)] if made else []
+
+
+def ensured_note(made: list[Path]) -> str:
+    return (f"secrets: none configured, so fab made {' and '.join(map(str, made))} (mode 0600, directory 0700); "
+            "runq, runweb, fab and the workers use them, other accounts on this host cannot (docs/SECURITY.md)")
+
+
+def create(config: Config, force: bool = False) -> list[str]:
+    """`fab runq.secrets`: write both secret files; the lines saying where they are (absolute), who
+    finds them there and what copies them to other hosts."""
+    written = auth.create_secret_files(config.runq, lambda p: resolve(config, p), force=force)
+    lines = [f"{role} secret: {path} (written, mode 0600)" for role, path in written.items()]
+    default = [role for role in written
+               if getattr(config.runq, f"{role}_secret_file") in ("", auth.DEFAULT_FILES[role])]
+    if default:
+        lines.append(f"runq, runweb, fab and the workers using the run-time directory {config.var} find "
+                     f"{' and '.join(f'the {r} secret' for r in default)} there: nothing to set.  Elsewhere, set "
+                     + ", ".join(f"runq.{r}_secret_file: {written[r]}" for r in default)
+                     + " in conf/simx.yaml (or " + ", ".join(f"SIMX_{r.upper()}_SECRET_FILE" for r in default) + ")")
+    lines.append("`fab NAME.update` and `fab all` copy the worker secret to each remote instance (the client "
+                 "secret to the server instance only); a worker started by hand elsewhere needs a copy "
+                 "(--secret-file FILE).  Restart what runs to use them: `fab all.restart --now` (docs/SECURITY.md)")
+    return lines

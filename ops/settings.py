@@ -4,7 +4,10 @@
 a later plain `fab local` or `fab local.status` merges that record with its own
 environment, so it agrees with what runs instead of reverting it.  A variable set
 to a different value wins, and is named in a note; set to "" it is dropped (back
-to conf/simx.yaml).  Values are not shown for variables that may hold a secret.
+to conf/simx.yaml).  A task touches only the programs it names: a setting that
+only other programs use keeps its recorded value, with a one-line note (`fab local`
+ignores a changed RUNWEB_PORT; `fab runweb.restart` applies it).  Values are not
+shown for variables that may hold a secret.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from pathlib import Path
 from .render import SETTINGS_ENV
 
 _HIDDEN = ("TOKEN", "SECRET", "KEY", "DB_URL", "USERS")
+_APPLIES = {"runq": "fab runq.restart", "runweb": "fab runweb.restart", "worker": "fab local"}  # by program
 
 
 def shown(key: str, value: str) -> str:
@@ -30,15 +34,23 @@ def load(path: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in env.items() if k in SETTINGS_ENV} if isinstance(env, dict) else {}
 
 
-def merge(recorded: dict, env) -> tuple[dict, list[str]]:
-    """(settings to apply, notes on what differs from the record).  Pure."""
+def merge(recorded: dict, env, keep=None) -> tuple[dict, list[str]]:
+    """(settings to apply, notes on what differs from the record).  Pure.
+
+    `keep`: settings only programs the task does not start use (render.used_only_by_others) -> those
+    programs; a different value of one is noted and ignored: the task leaves them as they run."""
+    keep = keep or {}
     out = dict(recorded)
     notes = []
     for key in SETTINGS_ENV:
         if key not in env:
             continue
         value = str(env[key])
-        if value == "":
+        if key in keep and recorded.get(key, "") != value:
+            programs = " and ".join(keep[key])
+            notes.append(f"setting {key}={shown(key, value)} ignored: only {programs} use{'s' * (len(keep[key]) == 1)} "
+                         f"it and this task does not start {programs} (`{_APPLIES[keep[key][0]]}` applies it)")
+        elif value == "":
             if key in out:
                 notes.append(f"setting {key} unset (was {shown(key, out.pop(key))}): applied to the programs using it")
         elif out.get(key) != value:

@@ -73,9 +73,11 @@ class Stack:
         self.write()
         self._act(self.agent.up)
 
-    def start(self, groups) -> None:
+    def start(self, groups, now: bool = False) -> None:
+        """Write the config, apply it and start `groups`; `now`: changed worker pools are replaced
+        at once (their workers stopped), not drained."""
         self.write()
-        self._act(self.agent.start, groups)
+        self._act(self.agent.start, groups, now=now)
         self.show(groups)
         if RUNQ in groups:
             self.await_runq()

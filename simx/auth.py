@@ -143,25 +143,16 @@ def write_secret(path: str | Path, force: bool = False) -> Path:
 DEFAULT_FILES = {"worker": "var/secrets/worker.secret", "client": "var/secrets/client.secret"}
 
 
-def create_secret_files(runq_conf, resolve, force: bool = False) -> list[str]:
-    """`fab runq.secrets`: write the worker and client secret files conf names (or the defaults);
-    the lines to print, saying where they are and which conf keys to set."""
-    lines = []
+def create_secret_files(runq_conf, resolve, force: bool = False) -> dict[str, Path]:
+    """`fab runq.secrets`: write the worker and client secret files conf names (or the defaults,
+    ``DEFAULT_FILES``); refuse to overwrite either unless ``force``.  -> role: the file written."""
     configured = {role: getattr(runq_conf, f"{role}_secret_file") for role in ("worker", "client")}
-    paths = {role: Path(resolve(configured[role] or DEFAULT_FILES[role])) for role in configured}
+    paths = {role: Path(resolve(configured[role] or DEFAULT_FILES[role])).absolute() for role in configured}
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not force:
         raise SecretError(f"{', '.join(existing)} exist(s); not overwriting (use --force to replace, which "
                           "locks out every peer still using the old secret)")
-    for role in ("worker", "client"):
-        path = write_secret(paths[role], force=True)
-        lines.append(f"{role} secret written to {path} (mode 0600)")
-        if not configured[role]:
-            lines.append(f"  set runq.{role}_secret_file: {DEFAULT_FILES[role]} in conf/simx.yaml "
-                         f"(or SIMX_{role.upper()}_SECRET_FILE={path})")
-    lines.append("copy the worker secret to worker hosts and the client secret to runweb's host only; "
-                 "restart runq, runweb and the workers (docs/SECURITY.md)")
-    return lines
+    return {role: write_secret(path, force=True) for role, path in paths.items()}
 
 
 # ---- what runq holds

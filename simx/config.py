@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from . import datatypes as dt
-from .auth import NUMERIC_TRAITS, Bounds
+from .auth import DEFAULT_FILES, NUMERIC_TRAITS, Bounds
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -371,8 +371,20 @@ def load(path: str | Path | None = None, env: dict | None = None, root: Path = R
     built = {section: _build(section, raw.get(section), cls) for section, cls in SECTIONS.items()}
     if built["sched"].half_life <= 0:
         raise ConfigError("configuration sched.half_life: must be a positive number of seconds")
-    var = Path(env["SIMX_VAR"]) if env.get("SIMX_VAR") else root / "var"
-    return Config(root=root, var=var.resolve(), **built)
+    var = (Path(env["SIMX_VAR"]) if env.get("SIMX_VAR") else root / "var").resolve()
+    built["runq"] = default_secrets(built["runq"], var)
+    return Config(root=root, var=var, **built)
+
+
+def default_secrets(runq: RunqConfig, var: Path) -> RunqConfig:
+    """A role whose secret conf and environment name none uses the file fab makes for it
+    (``var/secrets/ROLE.secret``, docs/SECURITY.md) when that file exists, so runq, runweb, fab,
+    the workers and the benches of one run-time directory agree without a setting.  A file
+    this user cannot even see (another account's 0700 directory) is not there."""
+    named = {"worker": runq.worker_secret_file or runq.worker_secrets, "client": runq.client_secret_file}
+    found = {f"{role}_secret_file": path for role, path in DEFAULT_FILES.items()
+             if not named[role] and os.path.exists(resolve_var_path(path, var=var))}
+    return dataclasses.replace(runq, **found) if found else runq
 
 
 def resolve_db_url(url: str, root: Path = ROOT, var: Path | None = None) -> str:

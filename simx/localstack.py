@@ -48,8 +48,13 @@ def write_secrets(tmp: Path) -> dict:
 
 
 def secret_of(env: dict | None, role: str = "client") -> bytes | None:
-    """The secret a process started with `env` would use for `role` (None without one)."""
-    path = (env or {}).get(f"SIMX_{role.upper()}_SECRET_FILE")
+    """The secret a process started with `env` would use for `role` (None without one): the file
+    env names, else the one fab makes under SIMX_VAR when it is there (simx.config.default_secrets)."""
+    env = env or {}
+    path = env.get(f"SIMX_{role.upper()}_SECRET_FILE")
+    if not path and env.get("SIMX_VAR"):
+        default = Path(env["SIMX_VAR"]) / "secrets" / f"{role}.secret"
+        path = default if default.exists() else None
     return auth.load_secret(path) if path else None
 
 

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,7 @@ import pytest
 
 import procs
 from procs import ROOT, base_env, free_port, http, ping, wait_until, workers_connected, Proc
+from simx import config as simx_config
 from simx.client import RunqUnavailable
 from ops.control import Supervisor, read_pid
 from simx.process import alive
@@ -89,7 +91,7 @@ def test_runq_start_status_stop(ops):
     out = ok(ops.fab("runq.start"))
     assert re.search(r"^runq\s+RUNNING", out, re.M), out
     assert f"runq answers on 127.0.0.1:{ops.runq_port}" in out, out
-    assert ping(ops.runq_port)["status"] == "ok"    # start returned once runq answers, not at RUNNING
+    assert ping(ops.runq_port, env=ops.env)["status"] == "ok"    # start returned once runq answers, not at RUNNING
     assert re.search(r"^runq\s+RUNNING", ok(ops.fab("runq.status")), re.M)
     # the generated config works with plain supervisorctl too
     ctl = subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", str(ops.sup.paths.conf),
@@ -98,7 +100,7 @@ def test_runq_start_status_stop(ops):
 
     ok(ops.fab("runq.stop"))
     assert re.search(r"^runq\s+STOPPED", failed(ops.fab("runq.status")), re.M)
-    assert _refused(ops.runq_port)
+    assert _refused(ops.runq_port, ops.env)
 
 
 def test_start_applies_changed_settings_to_a_running_program(ops):
@@ -108,14 +110,14 @@ def test_start_applies_changed_settings_to_a_running_program(ops):
     assert "changed" in out, out
     # supervisor calls runq RUNNING after startsecs (1 s); binding its port can take longer on a
     # loaded machine (imports, recovery), so the new port is awaited like the old one's closing
-    wait_until(lambda: not _refused(other), 10, what="runq to answer on its new port")
-    assert ping(other)["status"] == "ok"
-    wait_until(lambda: _refused(ops.runq_port), 10, what="the old port to close")
+    wait_until(lambda: not _refused(other, ops.env), 10, what="runq to answer on its new port")
+    assert ping(other, env=ops.env)["status"] == "ok"
+    wait_until(lambda: _refused(ops.runq_port, ops.env), 10, what="the old port to close")
 
 
-def _refused(port: int) -> bool:
+def _refused(port: int, env: dict) -> bool:
     try:
-        ping(port)
+        ping(port, env=env)
     except (RunqUnavailable, OSError):
         return True
     return False
@@ -138,13 +140,13 @@ def test_local_starts_three_workers_that_register_with_runq(ops):
     assert all(ops.states()[w] == "RUNNING" for w in WORKERS)
     out = ok(ops.fab("local.status", "--wait", "30"))   # right after: it waits until they are connected
     assert out.count("connected to runq") == 3 and "NOT connected" not in out, out
-    assert len(workers_connected(ops.runq_port)) == 3
+    assert len(workers_connected(ops.runq_port, ops.env)) == 3
     failed(ops.fab("all.status"))  # runweb is not running
 
     ok(ops.fab("local.stop"))
     assert all(ops.states()[w] == "STOPPED" for w in WORKERS)
     failed(ops.fab("local.status"))
-    wait_until(lambda: not workers_connected(ops.runq_port), 20, what="the stopped workers to disconnect")
+    wait_until(lambda: not workers_connected(ops.runq_port, ops.env), 20, what="the stopped workers to disconnect")
 
 
 def test_killed_worker_is_restarted_by_supervisor(ops):
@@ -157,14 +159,14 @@ def test_killed_worker_is_restarted_by_supervisor(ops):
         info = ops.sup.processes()[WORKERS[1]]
         return info["statename"] == "RUNNING" and info["pid"] not in (0, victim)
     wait_until(back, 20, what="supervisor to restart the killed worker")
-    wait_until(lambda: len(workers_connected(ops.runq_port)) == 3, 20, what="3 connected workers again")
+    wait_until(lambda: len(workers_connected(ops.runq_port, ops.env)) == 3, 20, what="3 connected workers again")
     ok(ops.fab("local.status"))
 
 
 def test_drained_workers_exit_0_and_stay_down(ops):
     ok(ops.fab("runq.start"))
     ok(ops.fab("local"))
-    wait_until(lambda: len(workers_connected(ops.runq_port)) == 3, 20, what="3 workers in WorkerList")
+    wait_until(lambda: len(workers_connected(ops.runq_port, ops.env)) == 3, 20, what="3 workers in WorkerList")
     ok(ops.fab("local.drain"))
 
     def drained():
@@ -190,7 +192,7 @@ def test_changed_pools_are_applied_by_the_next_start(ops):
     assert "changed, replaced as each worker finishes its run: worker-small" in out, out
     wait_until(lambda: ops.states().get("worker-small:worker-small_02") == "RUNNING", 20,
                what="the third worker of the replaced pool")
-    wait_until(lambda: len(workers_connected(ops.runq_port)) == 3, 20, what="3 workers in WorkerList")
+    wait_until(lambda: len(workers_connected(ops.runq_port, ops.env)) == 3, 20, what="3 workers in WorkerList")
 
     hosts_file.write_text("instances:\n  local:\n    pools: []\n")
     out = ok(ops.fab("local", env_extra=use))
@@ -220,7 +222,7 @@ def test_all_starts_the_stack_and_shutdown_stops_supervisord(ops):
     ok(ops.fab("shutdown"))
     assert not ops.sup.running()
     assert pid and not alive(pid)
-    assert _refused(ops.runq_port)
+    assert _refused(ops.runq_port, ops.env)
     with pytest.raises(OSError):
         http("GET", f"{ops.url}/health", timeout=2)
     failed(ops.fab("all.status"))
@@ -230,7 +232,10 @@ def test_run_tasks_serve_in_the_foreground(ops):
     runq = Proc("fab-runq-run", FAB + ["runq.run"], ops.env, ops.tmp / "fab-runq-run.log")
     runweb = None
     try:
-        wait_until(lambda: ping(ops.runq_port)["status"] == "ok", 20, what=f"fab runq.run to serve\n{runq.log()}")
+        # runq.run makes the secrets first (none configured); runweb.run and this ping find them in var/secrets
+        wait_until(lambda: ping(ops.runq_port, env=ops.env)["status"] == "ok", 20,
+                   what=f"fab runq.run to serve\n{runq.log()}")
+        assert "secrets: none configured, so fab made" in runq.log()
         port = free_port()
         runweb = Proc("fab-runweb-run", FAB + ["runweb.run", "--port", str(port)], ops.env,
                       ops.tmp / "fab-runweb-run.log")
@@ -263,3 +268,130 @@ def test_demo_runs_the_example_batch_and_stops_its_stack(ops):
     assert not demo.running()
     pid = read_pid(demo.paths.pid)
     assert pid is None or not alive(pid)
+
+
+# ------------------------------------------------------------------ a task touches only what it names
+
+def test_local_notes_and_ignores_a_runweb_setting_that_runweb_restart_applies(ops):
+    ok(ops.fab("all"))
+    before = {name: info["pid"] for name, info in ops.sup.processes().items()}
+    other = free_port()
+    out = ok(ops.fab("local", env_extra={"RUNWEB_PORT": str(other)}))
+    assert re.search(rf"^setting RUNWEB_PORT='{other}' ignored: only runweb uses it and this task does not "
+                     r"start runweb \(`fab runweb.restart` applies it\)$", out, re.M), out
+    assert out.count("RUNWEB_PORT") == 1, out
+    info = ops.sup.processes()["runweb:runweb"]
+    assert (info["statename"], info["pid"]) == ("RUNNING", before["runweb:runweb"])   # not restarted
+    assert http("GET", f"{ops.url}/health")[0] == 200
+    assert ok(ops.fab("local")).count("RUNWEB_PORT") == 0   # the record still says what runs
+
+    out = ok(ops.fab("runweb.restart", env_extra={"RUNWEB_PORT": str(other)}))
+    assert f"setting RUNWEB_PORT changed from '{ops.runweb_port}' to '{other}'" in out, out
+    wait_until(lambda: http("GET", f"http://127.0.0.1:{other}/health")[0] == 200, 30, what="runweb on its new port")
+    after = {name: info["pid"] for name, info in ops.sup.processes().items()}
+    assert after["runweb:runweb"] != before["runweb:runweb"]
+    assert {n: p for n, p in after.items() if n != "runweb:runweb"} == \
+        {n: p for n, p in before.items() if n != "runweb:runweb"}   # runq and the workers ran on
+
+
+# ------------------------------------------------------------------ secrets
+
+@pytest.mark.parametrize("where", ["relative", "absolute"])
+def test_runq_secrets_prints_absolute_paths_of_the_files_it_wrote(tmp_path, where):
+    var = "run-var" if where == "relative" else str(tmp_path / "run-var")
+    env = base_env(tmp_path, free_port(), SIMX_VAR=var)
+    out = ok(subprocess.run(FAB + ["-r", str(ROOT), "runq.secrets"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=60))   # run from tmp_path: a relative SIMX_VAR is under it
+    printed = dict(re.findall(r"^(worker|client) secret: (\S+) \(written, mode 0600\)$", out, re.M))
+    assert sorted(printed) == ["client", "worker"], out
+    for role, path in printed.items():
+        assert Path(path).is_absolute(), out
+        assert Path(path).samefile(tmp_path / "run-var" / "secrets" / f"{role}.secret")
+        assert re.fullmatch(r"[0-9a-f]{64}\n", Path(path).read_text())
+        assert f"runq.{role}_secret_file: {path}" in out, out   # the conf line names that same file
+        found = simx_config.load(env=dict(env, SIMX_VAR=str(tmp_path / "run-var")), root=ROOT).runq
+        assert simx_config.resolve_var_path(getattr(found, f"{role}_secret_file"), ROOT,
+                                            tmp_path / "run-var") == Path(path)   # found there, nothing to set
+    assert "`fab NAME.update` and `fab all` copy the worker secret to each remote instance" in out, out
+    assert "copy the worker secret to worker hosts" not in out
+
+
+# ------------------------------------------------------------------ the default deployment is private
+
+NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+CLIENT = """
+from simx import config
+from simx.client import RunqClient
+try:
+    print("answered", RunqClient.from_config(config.load(), timeout=5).request("Ping"))
+except Exception as exc:
+    print("refused:", type(exc).__name__, exc)
+"""
+
+
+def _as_nobody(args, env: dict) -> subprocess.CompletedProcess:
+    """`args` run by another local account (nobody), from the simx directory."""
+    return subprocess.run(NOBODY + list(args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_the_default_deployment_is_private_to_its_operator(ops):
+    """`fab all` with no secret configured: fab makes them and every program it starts uses them;
+    another local account (`nobody`, by setpriv) is not admin on runweb, and runq refuses it as a
+    client and as a worker.  The operator's own curl and `simx` need no password."""
+    ops.tmp.chmod(0o755)   # as a simx directory is: only var/ (0700) and the files keep others out
+    out = ok(ops.fab("all"))
+    secrets = ops.var / "secrets"
+    files = {role: secrets / f"{role}.secret" for role in ("worker", "client")}
+    assert f"fab made {files['worker']} and {files['client']}" in out, out
+    assert stat.S_IMODE(ops.var.stat().st_mode) == 0o700 and stat.S_IMODE(secrets.stat().st_mode) == 0o700
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files.values())
+    conf = ops.sup.paths.conf.read_text()
+    assert conf.count(f'SIMX_WORKER_SECRET_FILE="{files["worker"]}"') == 2, conf   # runq, the pool
+    assert conf.count(f'SIMX_CLIENT_SECRET_FILE="{files["client"]}"') == 2, conf   # runq, runweb
+    out = ok(ops.fab("all.status", "--wait", "30"))   # fab asks runq with them; the workers hold them
+    assert out.count("connected to runq") == 3 and "NOT connected" not in out, out
+    wait_until(lambda: http("GET", f"{ops.url}/health")[0] == 200, 20, what="runweb reaching runq with them")
+
+    # the operator: curl on loopback is admin without a password, and so is the simx command line
+    assert http("GET", f"{ops.url}/worker")[0] == 200
+    cli = subprocess.run([sys.executable, "-m", "simx", "workers"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, env=dict(ops.env, SIMX_URL=ops.url, HOME=str(ops.tmp)))
+    assert cli.returncode == 0 and "dummy" in cli.stdout, cli.stdout + cli.stderr
+
+    # another account: 401 on runweb, no secret to read, refused by runq as a client and as a worker
+    for method, path in (("GET", "/worker"), ("POST", "/worker/1/drain"), ("GET", "/batch")):
+        done = _as_nobody(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method, ops.url + path],
+                          ops.env)
+        assert done.stdout == "401", (method, path, done.stdout, done.stderr)
+    for f in files.values():
+        assert _as_nobody(["cat", str(f)], ops.env).returncode != 0
+    for extra in ({}, {"SIMX_CLIENT_SECRET_FILE": str(files["client"])}):
+        done = _as_nobody([sys.executable, "-c", CLIENT], dict(ops.env, **extra))
+        assert done.stdout.startswith("refused:"), (extra, done.stdout, done.stderr)
+        assert ("wrong proof" if not extra else "Permission denied") in done.stdout, done.stdout
+    home = ops.tmp / "nobody"
+    home.mkdir()
+    os.chown(home, 65534, 65534)
+    for args in ((), ("--secret-file", str(files["worker"]))):
+        done = _as_nobody([sys.executable, "-m", "worker", "--engine", "dummy", "--retry-delay-max", "1", *args],
+                          dict(ops.env, SIMX_VAR=str(home)))
+        assert done.returncode == 2, (args, done.returncode, done.stderr[-2000:])
+        assert ("wrong proof" if not args else "Permission denied") in done.stderr, done.stderr[-2000:]
+    assert len(workers_connected(ops.runq_port, ops.env)) == 3   # the operator's workers only
+
+
+def test_an_installation_without_secrets_gets_them_at_the_next_fab_all(ops):
+    """A stack fab started before it made secrets: the next `fab all` makes them and restarts runq and
+    runweb with them; the pool is replaced at once (drained, its workers could not reconnect)."""
+    from ops import hosts
+    from ops.stack import Stack
+    old = Stack(simx_config.load(env=ops.env, root=ROOT), hosts.load(root=ROOT)["local"], ops.env,
+                out=lambda line: None)
+    old.start(["runq", "runweb"] + old.pools)   # what fab did before: no secret anywhere
+    wait_until(lambda: len(workers_connected(ops.runq_port, ops.env)) == 3, 30, what="3 workers without secrets")
+    assert not (ops.var / "secrets").exists()
+    out = ok(ops.fab("all"))
+    assert "fab made" in out and "config changed (restarted if running): runq, runweb, worker-dummy" in out, out
+    out = ok(ops.fab("all.status", "--wait", "30"))
+    assert out.count("connected to runq") == 3 and "NOT connected" not in out, out
+    assert procs.secret_of(ops.env) is not None and len(workers_connected(ops.runq_port, ops.env)) == 3

@@ -11,7 +11,7 @@ import pytest
 from ops import hosts, paths as ops_paths, settings, wheelhouse
 from ops.fleet import Control
 from ops.remote import pick_python
-from ops.render import Target, programs, remote_target, render
+from ops.render import Target, programs, remote_target, render, used_only_by_others
 from ops.ssh import fingerprint
 from simx import config as simx_config
 from simx.config import ConfigError
@@ -90,6 +90,19 @@ def test_the_settings_record_is_reused_and_a_different_value_is_announced():
     assert applied == {"SIMX_DB_URL": "postgresql://u:pw@h/db"} and "unset" in notes[0]
     eff = settings.effective_env({"RUNQ_PORT": "1", "HOME": "/root"}, {"RUNQ_PORT": "2"})
     assert eff == {"RUNQ_PORT": "2", "HOME": "/root"}
+
+
+def test_a_task_leaves_settings_only_programs_it_does_not_start_use_as_recorded():
+    keep = used_only_by_others(["worker-dummy"])            # `fab local`: the pools alone
+    assert keep["RUNWEB_PORT"] == ["runweb"] and keep["SIMX_DB_URL"] == ["runq"]
+    assert "RUNQ_PORT" not in keep and "SIMX_HOSTS" not in keep   # the workers use it; fab itself does
+    applied, notes = settings.merge({"RUNWEB_PORT": "8097"}, {"RUNWEB_PORT": "9000", "RUNQ_PORT": "5000"}, keep)
+    assert applied == {"RUNWEB_PORT": "8097", "RUNQ_PORT": "5000"}
+    assert notes == ["setting RUNWEB_PORT='9000' ignored: only runweb uses it and this task does not start runweb "
+                     "(`fab runweb.restart` applies it)"]
+    assert settings.merge({}, {"RUNWEB_PORT": ""}, keep) == ({}, [])
+    assert used_only_by_others(["runq", "runweb", "worker-dummy"]) == {}   # `fab all`: everything applies
+    assert "RUNWEB_PORT" not in used_only_by_others(["runweb"])
 
 
 def test_settings_record_round_trip_is_private(tmp_path):

@@ -274,17 +274,17 @@ def test_quarter_of_supervised_workers_sigkilled_all_runs_finish(tmp_path):
     port = procs.free_port()
     env = procs.base_env(tmp, port, RUNWEB_PORT=procs.free_port(), SIMX_HOSTS=hosts, **dict(FAST, RUNQ_GRACE="2"))
     sup = Supervisor(Paths(Path(env["SIMX_VAR"])))
-    client = RunqClient("127.0.0.1", port)
     try:
         out = subprocess.run([sys.executable, "-m", "fabric", "all"], cwd=procs.ROOT, env=env,
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stdout + out.stderr
-        wait_until(lambda: len(procs.workers_connected(port)) == 8, 30, what="8 supervised workers")
+        client = procs.client(port, env)   # with the client secret `fab all` made in var/secrets
+        wait_until(lambda: len(procs.workers_connected(port, env)) == 8, 30, what="8 supervised workers")
         client.request("StartBatch", name="k", engine="dummy", n_runs=200,
                        param={"step_count": 4, "step_delay": 0.05})
         wait_until(lambda: client.request("BatchStatus", batch_id=1, limit=1)["batch"]["n_finished"] >= 40, 30,
                    what="the batch under way")
-        busy = [w for w in procs.workers_connected(port) if w["state"] == "busy"][:2]
+        busy = [w for w in procs.workers_connected(port, env) if w["state"] == "busy"][:2]
         assert len(busy) == 2
         before = {name: info["pid"] for name, info in sup.processes().items()}
         for w in busy:
