@@ -69,9 +69,13 @@ class Control:
         self.applied, self.notes = settings.merge(self.recorded, self.caller_env, used_only_by_others(groups))
         self.env = settings.effective_env(self.caller_env, self.applied)
         self.config = simx_config.load(env=self.env, root=self.root)
-        if RUNQ in groups:
+        if RUNQ in groups and ops_secrets.missing(self.config):
+            computing = ops_secrets.computing_workers(self.config, self.env)
+            if computing:   # running work is never lost to a change of settings
+                self.notes.append(ops_secrets.left_open(computing))
+                return
             made = ops_secrets.ensure(self.config)
-            if made:   # workers without them could no longer reach runq: they are replaced at once
+            if made:   # workers without them could no longer reach runq: they are replaced at once (all idle)
                 self.notes.append(ops_secrets.ensured_note(made))
                 self.config = simx_config.load(env=self.env, root=self.root)
                 self.fresh_secrets = True

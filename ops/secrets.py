@@ -20,6 +20,8 @@ from .control import OpsError
 from .paths import Paths
 from .render import CLIENT_SECRET, TLS_CA, WORKER_SECRET
 
+COMPUTING = ("busy", "draining", "aborting")   # runq/core/states.py: a worker holding a run
+
 # setting -> where conf keeps it (section attribute, then key inside a mapping)
 _CONF = {WORKER_SECRET: ("worker_secret_file", None), CLIENT_SECRET: ("client_secret_file", None),
          TLS_CA: ("tls", "ca"), "SIMX_TLS_CERT": ("tls", "cert"), "SIMX_TLS_KEY": ("tls", "key")}
@@ -77,21 +79,32 @@ def runq_client(config: Config, env, timeout: float = 10.0):
                       server_name=server_name)
 
 
-def connected_workers(config: Config, env) -> set[tuple[str, int]] | None:
-    """(host, pid) of every worker runq lists as connected; None when runq does not answer."""
+def _connected(config: Config, env) -> list[dict] | None:
+    """The rows of every worker runq lists as connected; None when runq does not answer."""
     from simx.client import RunqUnavailable
     client = runq_client(config, env)
-    out, offset = set(), 0
+    out, offset = [], 0
     try:
         while offset is not None:
             reply = client.request("WorkerList", offset=offset, limit=10000)
             if reply.get("status") != "ok":
                 return None
-            out |= {(w["host"], w["pid"]) for w in reply.get("workers", []) if w.get("connected")}
+            out += [w for w in reply.get("workers", []) if w.get("connected")]
             offset = reply.get("next_offset")
     except (RunqUnavailable, OSError):
         return None
     return out
+
+
+def connected_workers(config: Config, env) -> set[tuple[str, int]] | None:
+    """(host, pid) of every worker runq lists as connected; None when runq does not answer."""
+    rows = _connected(config, env)
+    return None if rows is None else {(w["host"], w["pid"]) for w in rows}
+
+
+def computing_workers(config: Config, env) -> int:
+    """How many connected workers hold a run now (0 when runq does not answer)."""
+    return sum(1 for w in _connected(config, env) or () if w.get("state") in COMPUTING)
 
 
 def _named(config: Config, role: str) -> bool:
@@ -99,22 +112,33 @@ def _named(config: Config, role: str) -> bool:
     return bool(getattr(config.runq, f"{role}_secret_file") or (role == "worker" and config.runq.worker_secrets))
 
 
+def missing(config: Config) -> list[str]:
+    """The roles whose secret nothing names (conf, environment, or a default file found)."""
+    return [role for role in ("worker", "client") if not _named(config, role)]
+
+
 def ensure(config: Config) -> list[Path]:
     """Before fab starts runq: the default secret file (``var/secrets/ROLE.secret``) of each role
     nothing names yet, made 0600 in a 0700 directory, so the deployment is private to this user.
     -> the files made (reload conf afterwards: it finds them)."""
-    missing = [role for role in ("worker", "client") if not _named(config, role)]
-    if not missing:
+    if not missing(config):
         return []
     Paths(config.var).make()
     made = []
     try:
-        for role in missing:
+        for role in missing(config):
             made.append(auth.write_secret(resolve(config, auth.DEFAULT_FILES[role])))
         made[0].parent.chmod(0o700)
     except (auth.SecretError, OSError) as exc:
         raise OpsError(f"cannot make the {role} secret: {exc}") from None
     return made
+
+
+def left_open(computing: int) -> str:
+    return (f"secrets: none configured, and {computing} worker(s) are computing runs, which would be lost if fab "
+            "made secrets now (those workers could no longer reach runq): this installation stays as it is, open to "
+            "other accounts on this host.  Make it private once its runs are done: `fab all.drain`, then `fab all` "
+            "(docs/SECURITY.md)")
 
 
 def before_runq(config: Config) -> list[str]:
@@ -142,5 +166,6 @@ def create(config: Config, force: bool = False) -> list[str]:
                      + " in conf/simx.yaml (or " + ", ".join(f"SIMX_{r.upper()}_SECRET_FILE" for r in default) + ")")
     lines.append("`fab NAME.update` and `fab all` copy the worker secret to each remote instance (the client "
                  "secret to the server instance only); a worker started by hand elsewhere needs a copy "
-                 "(--secret-file FILE).  Restart what runs to use them: `fab all.restart --now` (docs/SECURITY.md)")
+                 "(--secret-file FILE).  Programs that run take them when they restart: once the runs "
+                 "in flight are done (`fab all.drain`), `fab all` (docs/SECURITY.md)")
     return lines

@@ -395,3 +395,32 @@ def test_an_installation_without_secrets_gets_them_at_the_next_fab_all(ops):
     out = ok(ops.fab("all.status", "--wait", "30"))
     assert out.count("connected to runq") == 3 and "NOT connected" not in out, out
     assert procs.secret_of(ops.env) is not None and len(workers_connected(ops.runq_port, ops.env)) == 3
+
+
+def test_fab_all_leaves_an_open_installation_as_it_is_while_its_workers_compute(ops):
+    """Making secrets would cut the running workers off runq (their runs lost): while any computes,
+    `fab all` says so and what to do, makes none, and the run goes on to finish where it runs."""
+    from ops import hosts
+    from ops.stack import Stack
+    old = Stack(simx_config.load(env=ops.env, root=ROOT), hosts.load(root=ROOT)["local"], ops.env,
+                out=lambda line: None)
+    old.start(["runq", "runweb"] + old.pools)   # what fab did before: no secret anywhere
+    wait_until(lambda: len(workers_connected(ops.runq_port, ops.env)) == 3, 30, what="3 workers without secrets")
+    client = procs.client(ops.runq_port, ops.env)
+    try:
+        bid = client.request("StartBatch", name="long", group="", user="", engine="dummy", n_runs=1,
+                             param={"step_count": 40, "step_delay": 0.1})["batch_id"]
+
+        def computing():
+            busy = [w for w in client.request("WorkerList")["workers"] if w.get("state") == "busy"]
+            return busy[0]["pid"] if busy else None
+        pid = wait_until(computing, 20, what="a worker computing the run")
+        out = ok(ops.fab("all"))
+        assert "worker(s) are computing runs" in out and "`fab all.drain`, then `fab all`" in out, out
+        assert not (ops.var / "secrets").exists() and procs.secret_of(ops.env) is None
+        assert alive(pid) and computing() == pid
+        wait_until(lambda: client.request("BatchStatus", batch_id=bid, offset=0, limit=10)["batch"]["state"]
+                   == "done", 30, what="the run finished where it ran")
+        assert client.request("BatchStatus", batch_id=bid, offset=0, limit=10)["runs"][0]["attempt"] == 1
+    finally:
+        client.close()
