@@ -155,8 +155,11 @@ def ensured_note(made: list[Path]) -> str:
 def create(config: Config, force: bool = False) -> list[str]:
     """`fab runq.secrets`: write both secret files; the lines saying where they are (absolute), who
     finds them there and what copies them to other hosts."""
-    written = auth.create_secret_files(config.runq, lambda p: resolve(config, p), force=force)
-    lines = [f"{role} secret: {path} (written, mode 0600)" for role, path in written.items()]
+    files = auth.create_secret_files(config.runq, lambda p: resolve(config, p), force=force)
+    lines = [f"{role} secret: {path} " + ("(written, mode 0600)" if new else
+                                          "(already there, kept; --force replaces it, which locks out every "
+                                          "program still using it)") for role, (path, new) in files.items()]
+    written = {role: path for role, (path, _) in files.items()}
     default = [role for role in written
                if getattr(config.runq, f"{role}_secret_file") in ("", auth.DEFAULT_FILES[role])]
     if default:
@@ -166,6 +169,7 @@ def create(config: Config, force: bool = False) -> list[str]:
                      + " in conf/simx.yaml (or " + ", ".join(f"SIMX_{r.upper()}_SECRET_FILE" for r in default) + ")")
     lines.append("`fab NAME.update` and `fab all` copy the worker secret to each remote instance (the client "
                  "secret to the server instance only); a worker started by hand elsewhere needs a copy "
-                 "(--secret-file FILE).  Programs that run take them when they restart: once the runs "
-                 "in flight are done (`fab all.drain`), `fab all` (docs/SECURITY.md)")
+                 "(--secret-file FILE)." + ("  Programs already running take new secrets when they restart: once "
+                 "their runs are done (`fab all.drain`), `fab all` (docs/SECURITY.md)" if any(
+                     new for _, new in files.values()) else ""))
     return lines

@@ -143,16 +143,20 @@ def write_secret(path: str | Path, force: bool = False) -> Path:
 DEFAULT_FILES = {"worker": "var/secrets/worker.secret", "client": "var/secrets/client.secret"}
 
 
-def create_secret_files(runq_conf, resolve, force: bool = False) -> dict[str, Path]:
-    """`fab runq.secrets`: write the worker and client secret files conf names (or the defaults,
-    ``DEFAULT_FILES``); refuse to overwrite either unless ``force``.  -> role: the file written."""
+def create_secret_files(runq_conf, resolve, force: bool = False) -> dict[str, tuple[Path, bool]]:
+    """`fab runq.secrets`: the worker and client secret files conf names (or the defaults,
+    ``DEFAULT_FILES``), each written unless it exists (kept, unless ``force``: replacing one locks
+    out every peer still using the old).  -> role: (the file, whether it was written now)."""
     configured = {role: getattr(runq_conf, f"{role}_secret_file") for role in ("worker", "client")}
     paths = {role: Path(resolve(configured[role] or DEFAULT_FILES[role])).absolute() for role in configured}
-    existing = [str(p) for p in paths.values() if p.exists()]
-    if existing and not force:
-        raise SecretError(f"{', '.join(existing)} exist(s); not overwriting (use --force to replace, which "
-                          "locks out every peer still using the old secret)")
-    return {role: write_secret(path, force=True) for role, path in paths.items()}
+    out = {}
+    for role, path in paths.items():
+        if path.exists() and not force:
+            load_secret(path)   # a kept file must be a usable secret (SecretError naming it, if not)
+            out[role] = (path, False)
+        else:
+            out[role] = (write_secret(path, force=True), True)
+    return out
 
 
 # ---- what runq holds

@@ -192,10 +192,13 @@ def test_fab_runq_secrets_writes_both_files_once(tmp_path):
     written = auth.create_secret_files(conf, resolve)
     for role in ("worker", "client"):
         path = tmp_path / "var" / "secrets" / f"{role}.secret"
-        assert len(auth.load_secret(path)) == 64 and written[role] == path
+        assert len(auth.load_secret(path)) == 64 and written[role] == (path, True)
     before = (tmp_path / "var" / "secrets" / "client.secret").read_text()
-    with pytest.raises(auth.SecretError, match="--force"):
-        auth.create_secret_files(conf, resolve)
+    again = auth.create_secret_files(conf, resolve)   # kept: nothing locked out
+    assert all(new is False for _, new in again.values())
     assert (tmp_path / "var" / "secrets" / "client.secret").read_text() == before
     auth.create_secret_files(conf, resolve, force=True)
     assert (tmp_path / "var" / "secrets" / "client.secret").read_text() != before
+    (tmp_path / "var" / "secrets" / "worker.secret").write_text("junk\n")
+    with pytest.raises(auth.SecretError, match="worker.secret"):
+        auth.create_secret_files(conf, resolve)

@@ -314,6 +314,12 @@ def test_runq_secrets_prints_absolute_paths_of_the_files_it_wrote(tmp_path, wher
                                             tmp_path / "run-var") == Path(path)   # found there, nothing to set
     assert "`fab NAME.update` and `fab all` copy the worker secret to each remote instance" in out, out
     assert "copy the worker secret to worker hosts" not in out
+    before = {role: Path(path).read_text() for role, path in printed.items()}
+    again = ok(subprocess.run(FAB + ["-r", str(ROOT), "runq.secrets"], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=60))   # as after `fab all` made them: kept, and said where
+    kept = dict(re.findall(r"^(worker|client) secret: (\S+) \(already there, kept;", again, re.M))
+    assert kept == printed and {r: Path(p).read_text() for r, p in kept.items()} == before, again
+    assert "take new secrets" not in again, again
 
 
 # ------------------------------------------------------------------ the default deployment is private
