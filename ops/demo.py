@@ -110,13 +110,14 @@ def summary(reply: dict) -> list[str]:
     ]
 
 
-def api_help(base: str, batch_id: int, user: str) -> list[str]:
+def api_help(base: str, batch_id: int, user: str, worker_id: int = 1) -> list[str]:
     host = base.removeprefix("http://")
     return [f"The API (runweb) is at {base}; for example:"] + [f"  curl {host}{path}" for path in (
         "/", "/batch", f"/batch/{batch_id}", f"/batch/{batch_id}/run/0", "/workers", f"/user/{user or 'NAME'}",
         "/health", f"/batch/new --data-binary @{EXAMPLE}",
-    )] + [f"  curl -X POST {host}/batch/{batch_id}/cancel", f"  curl -X POST {host}/worker/1/drain",
-          f"  curl -H 'Accept: application/json' {host}/batch/{batch_id}"]
+    )] + [f"  curl -X POST {host}/batch/{batch_id}/cancel", f"  curl -X POST {host}/worker/{worker_id}/drain",
+          f"  curl -H 'Accept: application/json' {host}/batch/{batch_id}",
+          f"and the command line:  .venv/bin/simx --url {base} show {batch_id}"]
 
 
 def main(root: Path, env, keep: bool = False, timeout: float = 120.0, out=print) -> int:
@@ -146,7 +147,8 @@ def main(root: Path, env, keep: bool = False, timeout: float = 120.0, out=print)
             out(line)
         b = final["batch"]
         code = 0 if b["state"] == "done" and b.get("n_finished") == b["n_runs"] else 1
-        for line in api_help(base, reply["batch_id"], b.get("user", "")):
+        ran = sorted(r["worker_id"] for r in final.get("runs", []) if r.get("worker_id") is not None)
+        for line in api_help(base, reply["batch_id"], b.get("user", ""), ran[0] if ran else 1):
             out(line)
         if not keep:
             out("  (the demo stack stops now; `make demo KEEP=1` leaves it up to try these)")

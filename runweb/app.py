@@ -53,7 +53,8 @@ ROUTES = (
     ("/worker/{worker_id}", "worker", None, {"GET": "one worker: its state, current run and last contact"}),
     ("/worker/{worker_id}/drain", "worker", "drain", {
         "POST": "let the worker finish its run, then take no more (admins only)"}),
-    ("/metrics", "metrics", None, {"GET": "runq's counters, gauges and latency histograms in Prometheus text format"}),
+    ("/metrics", "metrics", None, {"GET": "runq's counters, gauges and latency histograms, and runweb's "
+                                          "request latency, in Prometheus text format"}),
 )
 
 # domain error -> (HTTP status, message prefix, extra headers)
