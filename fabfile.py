@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `fab` from a checkou
 
 from ops import paths as ops_paths, secrets as ops_secrets, ssh as ops_ssh  # noqa: E402
 from ops.control import OpsError  # noqa: E402
-from ops.fleet import Control  # noqa: E402
+from ops.fleet import SETTLE, Control  # noqa: E402
 from ops.render import RUNQ, RUNWEB  # noqa: E402
 from simx import config as simx_config  # noqa: E402
 from simx.config import ConfigError  # noqa: E402
@@ -159,11 +159,16 @@ def _verbs(which: str, what: str, default: str) -> Collection:
         fn.__doc__ = doc
         return task(name=name, default=name == default)(fn)
 
+    def deploy(c, wait=SETTLE):
+        _done(_control().deploy(which, wait=float(wait)))
+
+    def start(c, wait=SETTLE):
+        _run(which, "start", settle=float(wait))
     tasks = [
-        make("deploy", f"Update {what}, then start it.", lambda c: _done(_control().deploy(which))),
+        make("deploy", f"Update {what}, start it, wait until it is up (--wait S, {SETTLE:.0f}; 0: no).", deploy),
         make("update", f"Put code, virtualenv, config and worker secret on {what}.",
              lambda c: _run(which, "update")),
-        make("start", f"Start {what} under supervisord.", lambda c: _run(which, "start")),
+        make("start", f"Start {what} under supervisord, wait until it is up (--wait S, {SETTLE:.0f}; 0: no).", start),
         make("stop", f"Stop {what} (unfinished runs go back to the queue).", lambda c: _run(which, "stop")),
     ]
 

@@ -14,7 +14,7 @@ import socket
 import sys
 from pathlib import Path
 
-from . import restarter
+from . import probe, restarter
 from .control import RPC_ERRORS, OpsError, Supervisor
 from .paths import Paths
 from .render import RUNQ, RUNWEB, SETTINGS_ENV, WORKER_PREFIX, stop_order
@@ -35,6 +35,8 @@ class Agent:
         self.sup = Supervisor(paths, python)
         self.notes: list[str] = []
         self.replacing: dict[str, int] = {}  # workers of changed pools draining before their pool is replaced
+        self.deferred: list[str] = []        # those pools: their new processes are added after the drain
+        self.draining: dict[str, tuple[int, str]] = {}  # process -> (pid, what then) of workers told to drain
 
     def up(self, detach: bool = True, drain: bool = True) -> list[str]:
         """Start supervisord on the written config, or apply what changed; changed pools drain first
@@ -48,8 +50,10 @@ class Agent:
             return []
         notes, deferred = self.sup.apply(keep_running=self.sup.worker_groups() if drain else ())
         self.notes += [f"supervisord: config {n}" for n in notes]
+        self.deferred = deferred
         if deferred:
             self.replacing = restarter.begin(self.sup, deferred, replace=deferred)
+            self._draining(self.replacing, "replaced by its changed pool after its run")
             if detach:
                 restarter.detach(self.paths, self.replacing, replace=deferred, python=self.python)
         return deferred
@@ -75,9 +79,11 @@ class Agent:
     def drain(self, groups) -> None:
         """Ask workers to finish their current run and exit 0 (supervisor leaves them down)."""
         if self.sup.running():
-            for g in groups:
-                if is_pool(g):
-                    self.sup.signal(g, "USR1")
+            pools = [g for g in groups if is_pool(g)]
+            self._draining({n: i["pid"] for n, i in self.sup.processes().items()
+                            if i["group"] in pools and i["statename"] in restarter.UP}, "exits after its run")
+            for g in pools:
+                self.sup.signal(g, "USR1")
 
     def restart(self, groups, now: bool = False, wait: bool = False) -> None:
         """Servers: stop and start.  Pools: drain and start each worker as it exits (graceful);
@@ -96,6 +102,7 @@ class Agent:
         for g in reversed(stop_order(servers)):
             self.sup.start(g)
         pending = restarter.begin(self.sup, [g for g in pools if g not in deferred])
+        self._draining(pending, "starts again after its run")
         if pending or self.replacing:
             self.notes.append(f"draining {len(pending) + len(self.replacing)} worker(s); "
                               f"each starts again as soon as it exits")
@@ -104,12 +111,22 @@ class Agent:
         elif pending:
             restarter.detach(self.paths, pending, python=self.python)
 
+    def _draining(self, pids: dict[str, int], then: str) -> None:
+        self.draining.update({n: (pid, then) for n, pid in pids.items()})
+
     def status(self, groups) -> dict[str, dict] | None:
-        """`group:name` -> {statename, pid, description} of the processes of `groups`; None: no supervisord."""
+        """`group:name` -> {statename, pid, description} of the processes of `groups`; None: no supervisord.
+        A worker this agent told to drain, still running, is DRAINING (and says what comes after)."""
         if not self.sup.running():
             return None
-        return {n: {k: i[k] for k in ("statename", "pid", "description")}
-                for n, i in self.sup.processes().items() if i["group"] in groups}
+        out = {}
+        for n, i in self.sup.processes().items():
+            if i["group"] in groups:
+                pid, then = self.draining.get(n, (None, ""))
+                draining = pid == i["pid"] and i["statename"] in restarter.UP
+                out[n] = {"statename": "DRAINING" if draining else i["statename"], "pid": i["pid"],
+                          "description": f"{i['description']}; {then}" if draining else i["description"]}
+        return out
 
     def logs(self, names, groups, size: int) -> dict[str, str]:
         """The end of each named process's log (`names`; else every process of `groups`), via supervisord."""
@@ -139,6 +156,7 @@ def main(argv=None) -> int:
     p.add_argument("--pools", action="store_true", help="stop/drain: also every worker pool it runs")
     p.add_argument("--name", default="")
     p.add_argument("--size", type=int, default=4000)
+    p.add_argument("--web", default="", help="status: also whether runweb answers at this URL")
     args = p.parse_args(argv)
     agent = Agent(Paths(Path(args.var)))
     reply = {"hostname": socket.gethostname(), "python": sys.executable, "error": None}
@@ -154,6 +172,9 @@ def main(argv=None) -> int:
             reply["logs"] = agent.logs([args.name] if args.name else [], args.groups, args.size)
         if args.action not in ("logs", "shutdown"):
             reply["processes"] = agent.status(args.groups)
+            reply["replacing"] = {"pools": agent.deferred, "workers": agent.replacing}
+        if args.web and RUNWEB in args.groups:
+            reply["web"] = probe.answers(args.web)
     except (OpsError, *RPC_ERRORS) as exc:
         reply["error"] = str(exc)
     reply["notes"] = agent.notes

@@ -168,7 +168,7 @@ class Remote:
 
 
 _REPLY = {"hostname": str, "python": str, "error": (str, type(None)), "notes": list,
-          "processes": (dict, type(None)), "logs": dict}
+          "processes": (dict, type(None)), "logs": dict, "replacing": dict, "web": bool}
 
 
 def checked(reply) -> dict:
@@ -186,6 +186,11 @@ def checked(reply) -> dict:
             raise ValueError("processes: wrong type")
     if not all(isinstance(t, str) for t in (reply.get("logs") or {}).values()):
         raise ValueError("logs: wrong type")
+    replacing = reply.get("replacing") or {}
+    pools, workers = replacing.get("pools", []), replacing.get("workers", {})
+    if not (isinstance(pools, list) and all(isinstance(g, str) for g in pools) and isinstance(workers, dict)
+            and all(isinstance(pid, int) for pid in workers.values())):
+        raise ValueError("replacing: wrong type")
     return reply
 
 

@@ -93,13 +93,16 @@ def _connected(config: Config, env) -> list[dict] | None:
             offset = reply.get("next_offset")
     except (RunqUnavailable, OSError):
         return None
+    finally:
+        client.close()
     return out
 
 
-def connected_workers(config: Config, env) -> set[tuple[str, int]] | None:
-    """(host, pid) of every worker runq lists as connected; None when runq does not answer."""
+def connected_workers(config: Config, env) -> dict[tuple[str, int], dict] | None:
+    """(host, pid) -> runq's row (state, batch_id, ...) of every worker it lists as connected;
+    None when runq does not answer."""
     rows = _connected(config, env)
-    return None if rows is None else {(w["host"], w["pid"]) for w in rows}
+    return None if rows is None else {(w["host"], w["pid"]): w for w in rows}
 
 
 def computing_workers(config: Config, env) -> int:

@@ -123,7 +123,7 @@ class Stack:
     def status(self, groups) -> list[tuple[str, str, str]]:
         """(process, state, description) for every process the groups should have."""
         return status_rows(self.instance, groups, self.agent.status(groups) if self.sup.running() else None,
-                           self.pools + self.servers)
+                           self.pools + self.servers, adding=self.agent.deferred)
 
     def show(self, groups) -> bool:
         """Print one line per expected process; True when all of them are RUNNING."""
@@ -136,8 +136,10 @@ class Stack:
         self._act(self.agent.shutdown)
 
 
-def status_rows(instance: Instance, groups, known: dict | None, configured) -> list[tuple[str, str, str]]:
-    """(process, state, description) for every process `groups` should have; `known` from Agent.status."""
+def status_rows(instance: Instance, groups, known: dict | None, configured,
+                adding=()) -> list[tuple[str, str, str]]:
+    """(process, state, description) for every process `groups` should have; `known` from Agent.status;
+    `adding`: changed pools being replaced, whose new processes come after the old ones' runs."""
     if known is None:
         return [(n.split(":")[1], "STOPPED", "supervisord not running")
                 for n in expected_processes(instance, [g for g in groups if g in configured])]
@@ -146,6 +148,11 @@ def status_rows(instance: Instance, groups, known: dict | None, configured) -> l
     rows = []
     for name in names:
         info = known.get(name)
-        rows.append((name.split(":")[1], info["statename"], info["description"]) if info
-                    else (name.split(":")[1], "ABSENT", "not in the running config (start it to apply)"))
+        short = name.split(":")[1]
+        if info:
+            rows.append((short, info["statename"], info["description"]))
+        elif name.split(":")[0] in adding:
+            rows.append((short, "ADDING", f"adding {short}: starts as soon as its pool's workers have drained"))
+        else:
+            rows.append((short, "ABSENT", "not in the running config (start it to apply)"))
     return rows

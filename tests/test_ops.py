@@ -137,6 +137,8 @@ def test_local_starts_three_workers_that_register_with_runq(ops):
     out = ok(ops.fab("local"))
     for name in WORKERS:
         assert re.search(rf"^{name.split(':')[1]}\s+RUNNING", out, re.M), out
+    assert "up after" in out and "3 worker(s)" in out, out
+    assert len(workers_connected(ops.runq_port)) == 3   # the start returned once runq lists them
     assert all(ops.states()[w] == "RUNNING" for w in WORKERS)
     out = ok(ops.fab("local.status", "--wait", "30"))   # right after: it waits until they are connected
     assert out.count("connected to runq") == 3 and "NOT connected" not in out, out
@@ -167,7 +169,10 @@ def test_drained_workers_exit_0_and_stay_down(ops):
     ok(ops.fab("runq.start"))
     ok(ops.fab("local"))
     wait_until(lambda: len(workers_connected(ops.runq_port, ops.env)) == 3, 20, what="3 workers in WorkerList")
-    ok(ops.fab("local.drain"))
+    out = ok(ops.fab("local.drain"))
+    for w in WORKERS:   # told to drain: not shown as RUNNING (idle ones may have exited already)
+        assert re.search(rf"^{w.split(':')[1]}\s+(DRAINING .*; exits after its run|EXITED)", out, re.M), out
+    assert "RUNNING" not in out, out
 
     def drained():
         procs = ops.sup.processes()
@@ -188,11 +193,13 @@ def test_changed_pools_are_applied_by_the_next_start(ops):
                                                                           "worker-small:worker-small_01"]
     hosts_file.write_text("instances:\n  local:\n    pools:\n      - {name: small, engine: dummy, count: 3}\n")
     out = ok(ops.fab("local", env_extra=use))
-    # a changed pool is replaced gracefully: each worker drains (these are idle), then the new pool starts
+    # a changed pool is replaced gracefully: each worker drains (these are idle), then the new pool starts;
+    # the start waits for it, since no old worker holds a run
     assert "changed, replaced as each worker finishes its run: worker-small" in out, out
-    wait_until(lambda: ops.states().get("worker-small:worker-small_02") == "RUNNING", 20,
-               what="the third worker of the replaced pool")
-    wait_until(lambda: len(workers_connected(ops.runq_port, ops.env)) == 3, 20, what="3 workers in WorkerList")
+    assert "ABSENT" not in out and re.search(r"^worker-small_02\s+(ADDING|STARTING|RUNNING)", out, re.M), out
+    assert ops.states().get("worker-small:worker-small_02") == "RUNNING"
+    assert len(workers_connected(ops.runq_port, ops.env)) == 3
+    ok(ops.fab("local.status"))
 
     hosts_file.write_text("instances:\n  local:\n    pools: []\n")
     out = ok(ops.fab("local", env_extra=use))
@@ -212,11 +219,15 @@ def test_a_worker_that_cannot_start_is_reported_with_its_log(ops):
 # ------------------------------------------------------------------ everything
 
 def test_all_starts_the_stack_and_shutdown_stops_supervisord(ops):
-    ok(ops.fab("all"))
+    out = ok(ops.fab("all"))
+    assert re.search(r"^up after [\d.]+ s: runq, runweb, 3 worker\(s\)$", out, re.M), out
     assert set(ops.states()) == {"runq:runq", "runweb:runweb", *WORKERS}
     assert set(ops.states().values()) == {"RUNNING"}
-    wait_until(lambda: http("GET", f"{ops.url}/health")[0] == 200, 20, what="runweb /health 200")
-    ok(ops.fab("all.status"))
+    assert http("GET", f"{ops.url}/health")[0] == 200   # `fab all` returned once runweb answers
+    out = ok(ops.fab("all.status"))                      # right after: everything is up and connected
+    assert re.search(r"^runq\s+RUNNING .*  answers$", out, re.M), out
+    assert re.search(rf"^runweb\s+RUNNING .*  answers on http://127.0.0.1:{ops.runweb_port}$", out, re.M), out
+    assert out.count("connected to runq") == 3, out
     pid = read_pid(ops.sup.paths.pid)
 
     ok(ops.fab("shutdown"))

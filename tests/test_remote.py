@@ -95,9 +95,18 @@ def deployed(site) -> None:
     if site.deployed:
         return
     ok(site.fab("lab.trust", "--fingerprint", site.lab.fingerprint()))
-    ok(site.fab("all", timeout=600))
-    wait_until(lambda: len(connected(site)) == 2, 30, what="lab's 2 workers in WorkerList")
+    all_up(site)
     site.deployed = True
+
+
+def all_up(site) -> str:
+    """`fab all`, and right after it (no waiting): runq lists lab's 2 workers and `fab all.status` exits 0."""
+    out = ok(site.fab("all", timeout=600))
+    assert re.search(r"^== local\nup after [\d.]+ s: runq, runweb$", out, re.M), out
+    assert re.search(r"^== lab\nup after [\d.]+ s: 2 worker\(s\)$", out, re.M), out
+    assert len(connected(site)) == 2
+    ok(site.fab("all.status"))
+    return out
 
 
 def connected(site) -> list[dict]:
@@ -241,7 +250,9 @@ def test_drain_during_a_run_lets_it_finish_then_the_workers_stay_down(site):
     deployed(site)
     batch_id = batch(site, 2)
     wait_until(lambda: all_running(site, batch_id), 20, what="both runs to start")
-    ok(site.fab("lab.drain"))
+    out = ok(site.fab("all.drain"))
+    assert len(re.findall(r"^worker-dummy_0[01]\s+DRAINING .*; exits after its run$", out, re.M)) == 2, out
+    assert "RUNNING" not in out, out
     finished_once(site, batch_id)
     wait_until(lambda: {s for s, _ in states(site.remote).values()} == {"EXITED"}, 20,
                what="drained workers to exit")
@@ -278,6 +289,47 @@ def test_restart_wait_and_now(site):
     assert all(s == "RUNNING" for s, _ in states(site.remote).values())
 
 
+def processes_under(directory: Path) -> list[str]:
+    """Command lines of the processes running a program from `directory` (the host's venv python)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if cmdline and cmdline[0].decode(errors="replace").startswith(str(directory) + "/"):
+            found.append(" ".join(c.decode(errors="replace") for c in cmdline))
+    return found
+
+
+def test_shutdown_stops_the_hosts_supervisord_and_its_programs_and_all_brings_them_back(site):
+    from ops.control import read_pid
+    from simx.process import alive
+    deployed(site)
+    assert len(connected(site)) == 2
+    sup_pid, workers = read_pid(site.remote.paths.pid), [pid for _, pid in states(site.remote).values()]
+    assert sup_pid and alive(sup_pid) and processes_under(site.lab.dir)
+    out = ok(site.fab("lab.shutdown"))
+    assert "supervisord: shut down" in out, out
+    assert not site.remote.running() and not alive(sup_pid) and not any(alive(p) for p in workers)
+    assert processes_under(site.lab.dir) == []          # nothing of lab's is left running
+    assert not site.remote.paths.sock.exists()
+    wait_until(lambda: not connected(site), 20, what="runq to see lab's workers leave")
+    assert site.local.running()                        # the server's supervisord was left alone
+    out = failed(site.fab("lab.status"))
+    assert "supervisord not running" in out, out
+    all_up(site)                                       # `fab all` brings lab back
+
+    server = read_pid(site.local.paths.pid)
+    out = ok(site.fab("all.shutdown"))                 # every host's, the server's last
+    assert out.index("== lab") < out.index("== local"), out
+    assert not site.remote.running() and not site.local.running() and not alive(server)
+    assert processes_under(site.lab.dir) == []
+    with pytest.raises(OSError):
+        http("GET", f"{site.url}/health", timeout=2)
+    all_up(site)
+
+
 # ------------------------------------------------------------------ settings reach only their programs
 
 def test_a_second_deploy_restarts_nothing(site):
@@ -291,21 +343,28 @@ def test_a_second_deploy_restarts_nothing(site):
 def test_a_changed_pool_is_replaced_only_after_its_workers_finish_their_runs(site):
     deployed(site)
     hosts = site.tmp / "hosts-cost.yaml"
-    hosts.write_text(site.hosts.read_text().replace("count: 2}", "count: 2, cost: 5}"))
+    hosts.write_text(site.hosts.read_text().replace("count: 2}", "count: 3, cost: 5}"))
     before = {n: pid for n, (_, pid) in states(site.remote).items()}
     batch_id = batch(site, 2, steps=20, delay=0.5)  # longer than an update takes
     wait_until(lambda: all_running(site, batch_id), 20, what="both runs to start")
     try:
-        out = ok(site.fab("lab", env_extra={"SIMX_HOSTS": str(hosts)}))
+        out = ok(site.fab("all", env_extra={"SIMX_HOSTS": str(hosts)}))
         assert "replaced as each worker finishes its run: worker-dummy" in out, out
-        assert batch_view(site, batch_id)["batch"]["state"] == "active"
+        # what happens, said as it is: the busy old workers drain, the third one comes after them
+        assert len(re.findall(r"^worker-dummy_0[01]\s+DRAINING .*; replaced by its changed pool after its run$",
+                              out, re.M)) == 2, out
+        assert re.search(r"^worker-dummy_02\s+ADDING\s+adding worker-dummy_02: ", out, re.M), out
+        assert "ABSENT" not in out and "start it to apply" not in out, out
+        assert re.search(r"^up after .*; replaced after their workers' runs: worker-dummy$", out, re.M), out
+        assert batch_view(site, batch_id)["batch"]["state"] == "active"   # fab returned while they run
         finished_once(site, batch_id)
-        wait_until(lambda: sorted(w["cost"] for w in connected(site)) == [5, 5], 30,
+        wait_until(lambda: sorted(w["cost"] for w in connected(site)) == [5, 5, 5], 30,
                    what="the replaced pool's workers (cost 5) to connect")
-        assert all(pid != before[n] for n, (_, pid) in states(site.remote).items())
-    finally:  # back to the module's pool
-        ok(site.fab("lab", env_extra={"SIMX_HOSTS": str(site.hosts)}))
-        wait_until(lambda: sorted(w["cost"] for w in connected(site)) == [1, 1], 30, what="cost 1 workers")
+        assert all(pid != before.get(n) for n, (_, pid) in states(site.remote).items())
+    finally:  # back to the module's pool: idle workers, so `fab lab` waits until the new ones are connected
+        out = ok(site.fab("lab", env_extra={"SIMX_HOSTS": str(site.hosts)}))
+    assert sorted(w["cost"] for w in connected(site)) == [1, 1], out
+    ok(site.fab("lab.status"))
 
 
 def test_runweb_bind_change_restarts_runweb_alone_and_a_plain_start_agrees(site):
