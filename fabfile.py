@@ -100,7 +100,7 @@ def runq_restart(c):
 
 @task(name="status")
 def runq_status(c):
-    """Show runq's state; exit 0 only when it is RUNNING."""
+    """Show runq's state; exit 0 only when it is RUNNING and answers."""
     _programs([RUNQ], "status")
 
 
@@ -140,7 +140,7 @@ def runweb_restart(c):
 
 @task(name="status")
 def runweb_status(c):
-    """Show runweb's state; exit 0 only when it is RUNNING."""
+    """Show runweb's state; exit 0 only when it is RUNNING and answers."""
     _programs([RUNWEB], "status")
 
 
@@ -165,10 +165,11 @@ def _verbs(which: str, what: str, default: str) -> Collection:
     def start(c, wait=SETTLE):
         _run(which, "start", settle=float(wait))
     tasks = [
-        make("deploy", f"Update {what}, start it, wait until it is up (--wait S, {SETTLE:.0f}; 0: no).", deploy),
+        make("deploy", f"Update {what}, start, wait until all is up (--wait S, {SETTLE:.0f}; 0: no wait).", deploy),
         make("update", f"Put code, virtualenv, config and worker secret on {what}.",
              lambda c: _run(which, "update")),
-        make("start", f"Start {what} under supervisord, wait until it is up (--wait S, {SETTLE:.0f}; 0: no).", start),
+        make("start", f"Start {what} under supervisord, wait until all is up (--wait S, {SETTLE:.0f}; 0: no wait).",
+             start),
         make("stop", f"Stop {what} (unfinished runs go back to the queue).", lambda c: _run(which, "stop")),
     ]
 

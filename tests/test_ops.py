@@ -218,9 +218,32 @@ def test_a_worker_that_cannot_start_is_reported_with_its_log(ops):
 
 # ------------------------------------------------------------------ everything
 
+def test_all_returns_once_everything_is_up_and_connected(ops):
+    hosts_file = ops.tmp / "hosts.yaml"   # ten workers starting at once on a small machine: some connect late
+    hosts_file.write_text("instances:\n  local:\n    pools:\n      - {name: many, engine: dummy, count: 10}\n")
+    use = {"SIMX_HOSTS": str(hosts_file)}
+    out = ok(ops.fab("all", env_extra=use))
+    assert len(workers_connected(ops.runq_port)) == 10, out      # right after, without waiting
+    assert http("GET", f"{ops.url}/health")[0] == 200
+    out = ok(ops.fab("all.status", env_extra=use))
+    assert out.count("connected to runq") == 10 and "NOT" not in out, out
+
+
+def test_a_start_says_which_worker_is_not_connected_after_its_wait(ops):
+    ok(ops.fab("runq.start"))
+    hosts_file = ops.tmp / "hosts.yaml"   # this pool's workers look for runq on a port nobody listens on
+    hosts_file.write_text(f"instances:\n  local:\n    runq_port: {free_port()}\n"
+                          f"    pools:\n      - {{name: lost, engine: dummy, count: 1}}\n")
+    result = ops.fab("local", "--wait", "3", env_extra={"SIMX_HOSTS": str(hosts_file)})
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert re.search(r"^worker-lost_00\s+RUNNING .*  NOT connected to runq$", result.stdout, re.M), result.stdout
+    assert "local: FAILED: not up: worker-lost_00 (3 s after the start)" in result.stderr, result.stderr
+
+
 def test_all_starts_the_stack_and_shutdown_stops_supervisord(ops):
     out = ok(ops.fab("all"))
     assert re.search(r"^up after [\d.]+ s: runq, runweb, 3 worker\(s\)$", out, re.M), out
+    assert len(workers_connected(ops.runq_port)) == 3
     assert set(ops.states()) == {"runq:runq", "runweb:runweb", *WORKERS}
     assert set(ops.states().values()) == {"RUNNING"}
     assert http("GET", f"{ops.url}/health")[0] == 200   # `fab all` returned once runweb answers
