@@ -160,7 +160,8 @@ def test_root_does_not_assume_a_checkout(tmp_path):
 
 @pytest.mark.parametrize("reply", [
     [], {"notes": "x"}, {"notes": [1]}, {"processes": {"g:n": {"statename": "RUNNING", "pid": "1", "description": ""}}},
-    {"processes": [1]}, {"logs": {"a": 1}}, {"error": 3},
+    {"processes": [1]}, {"logs": {"a": 1}}, {"error": 3}, {"web": "yes"}, {"replacing": []},
+    {"replacing": {"pools": "worker-a"}}, {"replacing": {"workers": {"g:n": "1"}}},
 ])
 def test_a_malformed_agent_reply_is_refused(reply):
     from ops.remote import checked
@@ -171,7 +172,8 @@ def test_a_malformed_agent_reply_is_refused(reply):
 def test_a_well_formed_agent_reply_passes():
     from ops.remote import checked
     reply = {"hostname": "h", "python": "/p", "error": None, "notes": ["n"], "logs": {"a:b": "x"},
-             "processes": {"g:n": {"statename": "RUNNING", "pid": 1, "description": "pid 1"}}}
+             "processes": {"g:n": {"statename": "RUNNING", "pid": 1, "description": "pid 1"}},
+             "replacing": {"pools": ["g"], "workers": {"g:n": 1}}, "web": True}
     assert checked(reply) is reply
 
 
