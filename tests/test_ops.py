@@ -138,7 +138,7 @@ def test_local_starts_three_workers_that_register_with_runq(ops):
     for name in WORKERS:
         assert re.search(rf"^{name.split(':')[1]}\s+RUNNING", out, re.M), out
     assert "up after" in out and "3 worker(s)" in out, out
-    assert len(workers_connected(ops.runq_port)) == 3   # the start returned once runq lists them
+    assert len(workers_connected(ops.runq_port, ops.env)) == 3   # the start returned once runq lists them
     assert all(ops.states()[w] == "RUNNING" for w in WORKERS)
     out = ok(ops.fab("local.status", "--wait", "30"))   # right after: it waits until they are connected
     assert out.count("connected to runq") == 3 and "NOT connected" not in out, out
@@ -223,7 +223,7 @@ def test_all_returns_once_everything_is_up_and_connected(ops):
     hosts_file.write_text("instances:\n  local:\n    pools:\n      - {name: many, engine: dummy, count: 10}\n")
     use = {"SIMX_HOSTS": str(hosts_file)}
     out = ok(ops.fab("all", env_extra=use))
-    assert len(workers_connected(ops.runq_port)) == 10, out      # right after, without waiting
+    assert len(workers_connected(ops.runq_port, ops.env)) == 10, out      # right after, without waiting
     assert http("GET", f"{ops.url}/health")[0] == 200
     out = ok(ops.fab("all.status", env_extra=use))
     assert out.count("connected to runq") == 10 and "NOT" not in out, out
@@ -243,7 +243,7 @@ def test_a_start_says_which_worker_is_not_connected_after_its_wait(ops):
 def test_all_starts_the_stack_and_shutdown_stops_supervisord(ops):
     out = ok(ops.fab("all"))
     assert re.search(r"^up after [\d.]+ s: runq, runweb, 3 worker\(s\)$", out, re.M), out
-    assert len(workers_connected(ops.runq_port)) == 3
+    assert len(workers_connected(ops.runq_port, ops.env)) == 3
     assert set(ops.states()) == {"runq:runq", "runweb:runweb", *WORKERS}
     assert set(ops.states().values()) == {"RUNNING"}
     assert http("GET", f"{ops.url}/health")[0] == 200   # `fab all` returned once runweb answers
