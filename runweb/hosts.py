@@ -5,12 +5,15 @@ same-origin with runweb for the browser, and its requests come from loopback, wh
 trusts.  What gives it away is the ``Host`` header: runweb refuses every request whose Host
 is not one of its names (``runweb.hosts``, plus localhost, 127.0.0.1, ::1, the bound address
 and this machine's names) with 421, before authentication or trust is considered.  A
-request without Host (HTTP/1.0) is taken as for the bound address.  A name in
+request without Host (HTTP/1.0) is taken as for the bound address, and so is a Host that is
+an IP address of this machine (the kernel says: a socket binds to it), as a load balancer's
+liveness check sends: no rebinding makes a page's origin an address of ours.  A name in
 ``runweb.hosts`` may be ``*.example.org`` (any name under it) or ``*`` (any: for an operator
 who checks Host in a proxy in front).
 """
 from __future__ import annotations
 
+import ipaddress
 import socket
 
 from .errors import MisdirectedHost
@@ -46,17 +49,41 @@ def served_names(configured=(), bind: str = "") -> tuple[frozenset, tuple]:
     return frozenset(names), tuple(suffixes)
 
 
+def is_local_address(name: str) -> bool:
+    """Whether `name` is an IP address of this machine: a socket can bind to it."""
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((str(ip), 0))
+        return True
+    except OSError:
+        return False
+
+
 class KnownHosts:
     """Middleware: 421 for a Host runweb does not serve."""
 
+    MAX_ADDRESSES = 256   # IP addresses in Host headers remembered (local or not)
+
     def __init__(self, configured=(), bind: str = ""):
         self.names, self.suffixes = served_names(configured, bind)
+        self.addresses: dict[str, bool] = {}
 
     def serves(self, header: str | None) -> bool:
         if header is None or not header.strip():
             return True
         name = host_name(header)
-        return name in self.names or any(name.endswith(s) for s in self.suffixes)
+        if name in self.names or any(name.endswith(s) for s in self.suffixes):
+            return True
+        local = self.addresses.get(name)
+        if local is None:
+            local = is_local_address(name)
+            if len(self.addresses) < self.MAX_ADDRESSES:
+                self.addresses[name] = local
+        return local
 
     def process_request(self, req, resp) -> None:
         header = req.get_header("Host")

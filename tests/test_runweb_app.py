@@ -384,6 +384,7 @@ def test_listings_are_paged_and_one_worker_can_be_asked_for(client, runq):
 @pytest.mark.parametrize("host, status", [
     ("evil.example:8097", 421), ("127.0.0.1.evil.example", 421), ("localhost:8097", 200), ("127.0.0.1", 200),
     ("[::1]:8097", 200), ("LOCALHOST", 200), ("sim.lab.example", 200), ("a.b.lab.example", 200), ("lab.example", 421),
+    ("127.0.0.2:8097", 200), ("192.0.2.7:8097", 421), ("[2001:db8::1]", 421),   # an address of ours (a balancer's check)
 ])
 def test_only_the_host_names_runweb_serves_are_answered(tmp_path, host, status):
     """DNS rebinding: a page on evil.example resolved to 127.0.0.1 is refused by its Host header,
