@@ -41,6 +41,15 @@ class Limits:
 
 
 @dataclasses.dataclass(frozen=True)
+class Logins:
+    """runq.logins: wrong passwords allowed in `window` seconds, past which runweb answers 429."""
+    pair: int = setting(10, dt.positive_int)       # from one address for one user name
+    address: int = setting(30, dt.positive_int)    # from one address, for any names
+    user: int = setting(300, dt.positive_int)      # for one user name from all addresses (the ceiling)
+    window: float = setting(60.0, dt.positive_number)
+
+
+@dataclasses.dataclass(frozen=True)
 class Tls:
     """runq.tls: runq serves TLS when cert and key are set; peers verify runq against ca (TLS on when set)."""
     cert: str = ""
@@ -79,6 +88,7 @@ class RunqConfig:
     # seconds another process may hold a lock on the database before runq ends (runq/committer.py)
     lock_limit: float = setting(600.0, dt.positive_number)
     limits: Limits = Limits()
+    logins: Logins = Logins()
     tls: Tls = Tls()
     tls_server_name: str = ""   # the name peers check in runq's certificate; "" = host
 

@@ -38,7 +38,8 @@ CHANGES = frozenset({"StartBatch", "CancelBatch", "CancelRun", "DrainWorker"})  
 class Commands:
     def __init__(self, coord):
         self.c = coord
-        self.logins = Throttle()
+        logins = coord.config.logins
+        self.logins = Throttle(logins.pair, logins.address, logins.user, logins.window)
         self.fault = None   # why the database refuses commits, while it does (Coordinator.store_fault)
         self.handlers = {
             "Ping": self.ping, "StartBatch": self.start_batch, "CancelBatch": self.cancel_batch,
