@@ -144,6 +144,16 @@ def test_runq_error_reply_becomes_its_code(client, runq):
     assert result.status_code == 409 and result.json == {"status": "error", "message": "worker 3 is disconnected"}
 
 
+def test_a_quota_refusal_is_429_naming_it_without_retry_after(client, runq):
+    """Waiting does not lift a quota (unlike a login throttle): no Retry-After, so clients do not retry."""
+    message = "quota waiting_runs: 1,000,000 waiting runs at most; ann has 999,990 and asks for 100"
+    runq.replies["StartBatch"] = protocol.reply(status="error", code=429, message=message)
+    result = client.simulate_post("/batch/new", body="engine: dummy\nn_runs: 100\n",
+                                  headers={"Accept": "application/json"})
+    assert result.status_code == 429 and result.json == {"status": "error", "message": message}
+    assert "retry-after" not in result.headers
+
+
 def test_runq_unreachable_is_503_with_a_message(client, runq):
     runq.replies["BatchList"] = RunqUnavailable("cannot reach runq at 127.0.0.1:1: refused")
     result = client.simulate_get("/batches")
