@@ -207,8 +207,9 @@ def test_a_full_disk_under_runweb_and_runq_is_answered_with_reasons(tmp_path):
             runweb = procs.start_runweb(tmp_path, port, port=web_port, env=env, workers=2)
             url = runweb.url
             assert procs.http("POST", f"{url}/batch/new", {"name": "before", **submit})[0] == 201
-            booted = _booted(runweb)
-            assert len(booted) == 2, runweb.log()
+            # /health answers once one worker serves; the other may still be booting
+            booted = procs.wait_until(lambda: b if len(b := _booted(runweb)) == 2 else None, 20,
+                                      what="both gunicorn workers booted")
             filler = procs.fill_disk(disk)
             during = {}
 
