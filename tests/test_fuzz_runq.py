@@ -259,7 +259,10 @@ def exchange(peers: Peers, data: bytes, role: str) -> None:
 @pytest.fixture(scope="module")
 def fuzz_runq(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fuzz")
-    conf = {"runq": {"limits": {"frame_timeout": 2, "auth_timeout": 20, "max_output": 4 * MiB},
+    # one frame cap for both roles: a header just past it is cut at once, never a legal frame the
+    # fuzz leaves unfinished for frame_timeout (2 s each, once a third of the test's time)
+    conf = {"runq": {"limits": {"frame_timeout": 2, "auth_timeout": 20, "max_output": 4 * MiB,
+                                "max_worker_frame": CLIENT_CAP},
                      "heartbeat_interval": 5}}
     runq = start_runq(tmp, conf=conf)
     peers = Peers(runq.port)
