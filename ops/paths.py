@@ -75,10 +75,15 @@ class Paths:
         return private_dir() / f"supervisord-{digest}.sock"
 
     def make(self) -> None:
-        """Create the run-time directories, private to this user."""
-        for d in (self.var, self.conf.parent, self.log_dir):
-            d.mkdir(parents=True, exist_ok=True)
-            d.chmod(0o700)
+        """Create the run-time directories, private to this user (parents it creates too: var/ of
+        var/demo; parents that exist are left as they are)."""
+        old = os.umask(0o077)
+        try:
+            for d in (self.var, self.conf.parent, self.log_dir):
+                d.mkdir(parents=True, exist_ok=True)
+                d.chmod(0o700)
+        finally:
+            os.umask(old)
 
 
 def private_dir(env=None) -> Path:

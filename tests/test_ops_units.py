@@ -204,3 +204,12 @@ def test_a_long_var_puts_the_socket_in_a_private_directory_and_a_squatted_one_is
     os.symlink(tmp_path, sock.parent)          # a link planted in its place
     with pytest.raises(OpsError, match="not a directory"):
         private_dir()
+
+
+def test_run_time_directories_and_the_parents_made_for_them_are_private(tmp_path):
+    from ops.paths import Paths
+    (tmp_path / "shared").mkdir(mode=0o755)
+    Paths(tmp_path / "shared" / "var" / "demo").make()   # var/ made on the way, as `make demo` does
+    mode = lambda p: p.stat().st_mode & 0o777   # noqa: E731
+    assert mode(tmp_path / "shared" / "var") == 0o700 and mode(tmp_path / "shared" / "var" / "demo") == 0o700
+    assert mode(tmp_path / "shared") == 0o755     # what existed is left as it is
