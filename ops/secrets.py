@@ -20,8 +20,6 @@ from .control import OpsError
 from .paths import Paths
 from .render import CLIENT_SECRET, TLS_CA, WORKER_SECRET
 
-COMPUTING = ("busy", "draining", "aborting")   # runq/core/states.py: a worker holding a run
-
 # setting -> where conf keeps it (section attribute, then key inside a mapping)
 _CONF = {WORKER_SECRET: ("worker_secret_file", None), CLIENT_SECRET: ("client_secret_file", None),
          TLS_CA: ("tls", "ca"), "SIMX_TLS_CERT": ("tls", "cert"), "SIMX_TLS_KEY": ("tls", "key")}
@@ -107,7 +105,7 @@ def connected_workers(config: Config, env) -> dict[tuple[str, int], dict] | None
 
 def computing_workers(config: Config, env) -> int:
     """How many connected workers hold a run now (0 when runq does not answer)."""
-    return sum(1 for w in _connected(config, env) or () if w.get("state") in COMPUTING)
+    return sum(1 for w in _connected(config, env) or () if w.get("batch_id") is not None)
 
 
 def _named(config: Config, role: str) -> bool:
